@@ -1,0 +1,189 @@
+//! Builds every part from a [`Config`], runs them, and owns shutdown: stop intake, let the delivery
+//! worker finish what is in flight within the grace period, then close the store.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AdminState};
+use crate::channel::{self, Channels};
+use crate::config::Config;
+use crate::deliver::Dispatcher;
+use crate::pipeline::Pipeline;
+use crate::source::http::{self as ingest, IngestState};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{now_ms, Store};
+
+/// How often retention runs.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// A configuration with its live channels.
+pub struct Runtime {
+    /// The configuration.
+    pub config: Config,
+    /// Channels built from it.
+    pub channels: Channels,
+}
+
+/// The current [`Runtime`], replaced whole on reload.
+pub struct Shared(RwLock<Arc<Runtime>>);
+
+impl Shared {
+    /// Holds `rt`.
+    pub fn new(rt: Runtime) -> Shared {
+        Shared(RwLock::new(Arc::new(rt)))
+    }
+
+    /// The current runtime.
+    pub fn get(&self) -> Arc<Runtime> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A running relay.
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its store.
+    pub store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// Opens the store, builds the channels, binds the listener and starts every task.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let store = SqliteStore::open(&config.storage.data_dir, config.ingest.queue)?;
+    tracing::info!(database = %store.path().display(), "store opened");
+    let store: Arc<dyn Store> = Arc::new(store);
+    let recovered = store.recover(now_ms()).await?;
+    if recovered > 0 {
+        tracing::info!(
+            recovered,
+            "deliveries left in flight by the previous run are due again"
+        );
+    }
+    let channels = channel::build_all(&config.channels)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+
+    let (workers_n, grace) = (config.delivery.workers, config.delivery.shutdown_grace);
+    let (retention, dead_retention) = (config.storage.retention, config.storage.dead_retention);
+    let (authorization, max_body, source) = (
+        config.ingest.authorization.clone(),
+        config.ingest.max_body_bytes,
+        config.ingest.source.clone(),
+    );
+    let admin = AdminState {
+        store: store.clone(),
+        token: config.admin_token.clone(),
+    };
+    let path = config.ingest.path.clone();
+    let rules = config.rules.rules().len();
+    let shared = Arc::new(Shared::new(Runtime { config, channels }));
+    let wake = Arc::new(Notify::new());
+    let pipeline = Pipeline {
+        shared: shared.clone(),
+        store: store.clone(),
+        wake: wake.clone(),
+    };
+    let intake = IngestState {
+        pipeline,
+        authorization,
+        max_body,
+        source,
+    };
+    let app = ingest::router(&path, intake).merge(api::router(admin));
+
+    let shutdown = CancellationToken::new();
+    let dispatcher = Dispatcher {
+        store: store.clone(),
+        shared,
+        wake,
+        workers: workers_n,
+        grace,
+    };
+    let mut workers = vec![tokio::spawn(dispatcher.run(shutdown.clone()))];
+    let (s, sd) = (store.clone(), shutdown.clone());
+    workers.push(tokio::spawn(async move {
+        loop {
+            match s.prune(now_ms(), retention, dead_retention).await {
+                Ok(p) if p.deliveries + p.events > 0 => tracing::info!(
+                    deliveries = p.deliveries,
+                    events = p.events,
+                    "retention: pruned"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "retention failed"),
+            }
+            tokio::select! {
+                _ = sd.cancelled() => break,
+                _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
+            }
+        }
+    }));
+    let sd = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { sd.cancelled().await })
+            .await
+    });
+    tracing::info!(%addr, path, rules, "trackrelay listening");
+    Ok(Running {
+        addr,
+        store,
+        shutdown,
+        server,
+        workers,
+    })
+}
+
+impl Running {
+    /// Stops intake, drains deliveries in flight, and waits for every task.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.server.await.context("server task")??;
+        for w in self.workers {
+            w.await.context("worker task")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: intake stopped, finishing sends in flight");
+    running.stop().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,194 @@
+//! The `email` channel: SMTP through lettre (tokio, rustls), a plain text and an HTML part, the
+//! notification's idempotency key as `Message-ID`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use super::{Channel, SendError, DEFAULT_TIMEOUT};
+use crate::config::raw::RawEmail;
+use crate::config::Secret;
+use crate::notification::{Content, Notification};
+
+/// Default subject template.
+pub const DEFAULT_SUBJECT: &str = "{{ title }}: {{ device.name }}";
+/// Default body template (the HTML part is the same template, HTML-escaped).
+pub const DEFAULT_TEMPLATE: &str = "{{ title }}\n\nDevice: {{ device.name }}\nTime: {{ time_local }}\
+{% if position %}\nSpeed: {{ speed_kmh }} km/h{% if position.address %}\nAddress: {{ position.address }}{% endif %}\
+\nMap: {{ map_url }}{% endif %}{% if geofence %}\nGeofence: {{ geofence.name }}{% endif %}";
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// Plain connection upgraded with STARTTLS (port 587); required, not opportunistic.
+    StartTls,
+    /// Implicit TLS (port 465).
+    Tls,
+    /// No encryption (local relays, tests).
+    None,
+}
+
+/// Validated email settings.
+#[derive(Debug, Clone)]
+pub struct EmailSettings {
+    /// SMTP host.
+    pub host: String,
+    /// SMTP port.
+    pub port: u16,
+    /// Security.
+    pub security: Security,
+    /// Login.
+    pub credentials: Option<(String, Secret)>,
+    /// Sender.
+    pub from: Mailbox,
+    /// Default recipients.
+    pub to: Vec<String>,
+    /// Subject template source.
+    pub subject: String,
+    /// Timeout.
+    pub timeout: Duration,
+}
+
+impl EmailSettings {
+    /// Validates raw settings.
+    pub fn compile(raw: &RawEmail) -> Result<EmailSettings, Vec<String>> {
+        let mut errors = Vec::new();
+        let security = match raw.security.as_deref().unwrap_or("starttls") {
+            "starttls" => Security::StartTls,
+            "tls" => Security::Tls,
+            "none" => Security::None,
+            other => {
+                errors.push(format!(
+                    "security: `{other}` is not one of starttls, tls, none"
+                ));
+                Security::StartTls
+            }
+        };
+        let from = raw
+            .from
+            .parse::<Mailbox>()
+            .map_err(|e| format!("from: `{}`: {e}", raw.from));
+        let to: Vec<String> = raw.to.clone().map(|t| t.into_vec()).unwrap_or_default();
+        for addr in &to {
+            if let Err(e) = addr.parse::<Mailbox>() {
+                errors.push(format!("to: `{addr}`: {e}"));
+            }
+        }
+        let credentials = match (&raw.username, &raw.password) {
+            (Some(u), Some(p)) => Some((u.clone(), Secret(p.clone()))),
+            (None, None) => None,
+            _ => {
+                errors.push("username and password go together".into());
+                None
+            }
+        };
+        if raw.host.trim().is_empty() {
+            errors.push("host is empty".into());
+        }
+        let from = from.map_err(|e| errors.push(e)).ok();
+        match from {
+            Some(from) if errors.is_empty() => Ok(EmailSettings {
+                host: raw.host.clone(),
+                port: raw.port.unwrap_or(match security {
+                    Security::StartTls => 587,
+                    Security::Tls => 465,
+                    Security::None => 25,
+                }),
+                security,
+                credentials,
+                from,
+                to,
+                subject: raw
+                    .subject
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_SUBJECT.into()),
+                timeout: raw.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+/// Sends mail over one pooled SMTP transport.
+pub struct EmailChannel {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl EmailChannel {
+    /// Builds the transport (no connection is made until the first send).
+    pub fn new(s: &EmailSettings) -> Result<EmailChannel, String> {
+        let tls = || TlsParameters::new(s.host.clone()).map_err(|e| format!("TLS setup: {e}"));
+        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
+            .port(s.port)
+            .timeout(Some(s.timeout));
+        b = match s.security {
+            Security::StartTls => b.tls(Tls::Required(tls()?)),
+            Security::Tls => b.tls(Tls::Wrapper(tls()?)),
+            Security::None => b.tls(Tls::None),
+        };
+        if let Some((user, pass)) = &s.credentials {
+            b = b.credentials(Credentials::new(user.clone(), pass.expose().to_string()));
+        }
+        Ok(EmailChannel {
+            transport: b.build(),
+            from: s.from.clone(),
+        })
+    }
+}
+
+#[async_trait]
+impl Channel for EmailChannel {
+    async fn send(&self, n: &Notification) -> Result<(), SendError> {
+        let Content::Email {
+            subject,
+            text,
+            html,
+        } = &n.content
+        else {
+            return Err(SendError::permanent(
+                "email channel got a message rendered for another kind",
+            ));
+        };
+        let to: Mailbox = n.recipient.parse().map_err(|e| {
+            SendError::permanent(format!("bad recipient address `{}`: {e}", n.recipient))
+        })?;
+        let msg = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(subject.as_str())
+            // Stable across retries, so a mail sent twice after a crash is recognisably one message.
+            .message_id(Some(format!("<{}@trackrelay>", n.key)))
+            .multipart(
+                MultiPart::alternative()
+                    .singlepart(
+                        SinglePart::builder()
+                            .header(ContentType::TEXT_PLAIN)
+                            .body(text.clone()),
+                    )
+                    .singlepart(
+                        SinglePart::builder()
+                            .header(ContentType::TEXT_HTML)
+                            .body(html.clone()),
+                    ),
+            )
+            .map_err(|e| SendError::permanent(format!("cannot build mail: {e}")))?;
+        match self.transport.send(msg).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_permanent() => Err(SendError::permanent(format!("SMTP: {e}"))),
+            // 4xx, timeouts, refused connections, TLS hiccups: the server may be back later.
+            Err(e) => Err(SendError::transient(format!("SMTP: {e}"))),
+        }
+    }
+}
+
+/// Wraps a rendered, HTML-escaped body into a minimal mail page, keeping its line breaks.
+pub fn html_page(escaped_body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html><body><div style=\"font-family:sans-serif;white-space:pre-wrap\">{escaped_body}</div></body></html>\n"
+    )
+}

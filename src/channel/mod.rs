@@ -1,0 +1,249 @@
+//! Channels: where notifications go. One narrow trait, [`Channel::send`], whose error says whether a
+//! retry can help; retries, logging and metrics are written once around it, in [`crate::deliver`].
+//!
+//! Adding a channel means one new file here (settings, defaults, `send`) and one arm in each match below.
+
+pub mod email;
+pub mod log;
+pub mod telegram;
+pub mod webhook;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::raw::RawChannel;
+use crate::notification::Notification;
+use crate::render::Escape;
+use crate::retry::RetryPolicy;
+
+/// Every channel waits at most this long for its peer by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why a send failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SendError {
+    /// Worth retrying: a timeout, a refused connection, a 5xx, a 429, an SMTP 4xx.
+    #[error("{reason}")]
+    Transient {
+        /// What happened (no secrets).
+        reason: String,
+        /// How long the peer asked us to wait.
+        retry_after: Option<Duration>,
+    },
+    /// Retrying cannot help: a 4xx, an unknown chat, an SMTP 5xx, a bad address.
+    #[error("{reason}")]
+    Permanent {
+        /// What happened (no secrets).
+        reason: String,
+    },
+}
+
+impl SendError {
+    /// A transient error without a requested delay.
+    pub fn transient(reason: impl Into<String>) -> SendError {
+        SendError::Transient {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A permanent error.
+    pub fn permanent(reason: impl Into<String>) -> SendError {
+        SendError::Permanent {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A destination that can send a rendered notification.
+#[async_trait]
+pub trait Channel: Send + Sync {
+    /// Sends one notification; `Ok` only once the peer has accepted it.
+    async fn send(&self, n: &Notification) -> Result<(), SendError>;
+}
+
+/// A channel's validated settings.
+#[derive(Debug)]
+pub enum ChannelKind {
+    /// Standard output.
+    Log,
+    /// SMTP.
+    Email(email::EmailSettings),
+    /// Telegram Bot API.
+    Telegram(telegram::TelegramSettings),
+    /// HTTP webhook.
+    Webhook(webhook::WebhookSettings),
+}
+
+/// A configured channel.
+#[derive(Debug)]
+pub struct ChannelConfig {
+    /// Its name.
+    pub name: String,
+    /// Kind and settings.
+    pub kind: ChannelKind,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Default message template source.
+    pub template: String,
+    /// Default recipients (rendered literally), if any.
+    pub default_to: Vec<String>,
+}
+
+impl ChannelConfig {
+    /// Validates a raw channel; every problem is returned.
+    pub fn compile(
+        name: &str,
+        raw: RawChannel,
+        default_retry: &RetryPolicy,
+    ) -> Result<ChannelConfig, Vec<String>> {
+        let (kind, template, default_to, retry) = match raw {
+            RawChannel::Log { template, retry } => (
+                ChannelKind::Log,
+                template.unwrap_or_else(|| log::DEFAULT_TEMPLATE.into()),
+                vec![],
+                retry,
+            ),
+            RawChannel::Email(raw) => {
+                let retry = raw.retry.clone();
+                let s = email::EmailSettings::compile(&raw)?;
+                let to = s.to.clone();
+                let t = raw
+                    .template
+                    .unwrap_or_else(|| email::DEFAULT_TEMPLATE.into());
+                (ChannelKind::Email(s), t, to, retry)
+            }
+            RawChannel::Telegram(raw) => {
+                let retry = raw.retry.clone();
+                let s = telegram::TelegramSettings::compile(&raw)?;
+                let to = s.chat_id.iter().cloned().collect();
+                let t = raw
+                    .template
+                    .unwrap_or_else(|| s.parse_mode_default_template().into());
+                (ChannelKind::Telegram(s), t, to, retry)
+            }
+            RawChannel::Webhook(raw) => {
+                let retry = raw.retry.clone();
+                let t = raw
+                    .template
+                    .clone()
+                    .unwrap_or_else(|| log::DEFAULT_TEMPLATE.into());
+                let s = webhook::WebhookSettings::compile(raw)?;
+                (ChannelKind::Webhook(s), t, vec![], retry)
+            }
+        };
+        Ok(ChannelConfig {
+            name: name.to_string(),
+            kind,
+            retry: default_retry.with(&retry),
+            template,
+            default_to,
+        })
+    }
+
+    /// How message bodies for this channel are escaped.
+    pub fn escape(&self) -> Escape {
+        match &self.kind {
+            ChannelKind::Telegram(t) => t.escape(),
+            _ => Escape::Text,
+        }
+    }
+
+    /// Whether deliveries to one recipient must be sent one at a time, in order.
+    pub fn ordered(&self) -> bool {
+        match &self.kind {
+            ChannelKind::Log => false,
+            // One mailbox and one chat read alarms in the order they happened.
+            ChannelKind::Email(_) | ChannelKind::Telegram(_) => true,
+            ChannelKind::Webhook(w) => w.ordered,
+        }
+    }
+
+    /// Whether rules may name recipients (`to:`) for this channel.
+    pub fn takes_recipients(&self) -> bool {
+        matches!(self.kind, ChannelKind::Email(_) | ChannelKind::Telegram(_))
+    }
+
+    /// The kind's name, for messages.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            ChannelKind::Log => "log",
+            ChannelKind::Email(_) => "email",
+            ChannelKind::Telegram(_) => "telegram",
+            ChannelKind::Webhook(_) => "webhook",
+        }
+    }
+}
+
+/// The live channels by name.
+pub type Channels = BTreeMap<String, Arc<dyn Channel>>;
+
+/// Builds the live channels of a configuration.
+pub fn build_all(configs: &BTreeMap<String, ChannelConfig>) -> Result<Channels, BuildError> {
+    let mut out: Channels = BTreeMap::new();
+    for (name, c) in configs {
+        let ch: Arc<dyn Channel> = match &c.kind {
+            ChannelKind::Log => Arc::new(log::LogChannel),
+            ChannelKind::Email(s) => {
+                Arc::new(email::EmailChannel::new(s).map_err(|e| BuildError {
+                    channel: name.clone(),
+                    reason: e,
+                })?)
+            }
+            ChannelKind::Telegram(s) => {
+                Arc::new(telegram::TelegramChannel::new(s).map_err(|e| BuildError {
+                    channel: name.clone(),
+                    reason: e,
+                })?)
+            }
+            ChannelKind::Webhook(s) => {
+                Arc::new(webhook::WebhookChannel::new(s).map_err(|e| BuildError {
+                    channel: name.clone(),
+                    reason: e,
+                })?)
+            }
+        };
+        out.insert(name.clone(), ch);
+    }
+    Ok(out)
+}
+
+/// A channel that could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("channel '{channel}': {reason}")]
+pub struct BuildError {
+    /// Channel name.
+    pub channel: String,
+    /// What failed.
+    pub reason: String,
+}
+
+/// Parses an HTTP `Retry-After` value: seconds, or an HTTP date.
+pub fn parse_retry_after(v: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}

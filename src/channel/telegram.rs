@@ -1,0 +1,428 @@
+//! The `telegram` channel: Bot API `sendMessage` / `sendLocation` through teloxide-core. Errors are
+//! classified here and retried by the outbox, not by teloxide's own throttle (which would retry forever).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use teloxide_core::payloads::{SendLocationSetters, SendMessageSetters};
+use teloxide_core::requests::{Request, Requester};
+use teloxide_core::types::{ChatId, MessageId, Recipient, ThreadId};
+use teloxide_core::{ApiError, Bot, RequestError};
+
+use super::{Channel, SendError, DEFAULT_TIMEOUT};
+use crate::config::raw::RawTelegram;
+use crate::config::Secret;
+use crate::notification::{Content, Notification, ParseMode};
+use crate::render::Escape;
+
+/// Telegram's limit on one message, in characters after entity parsing.
+pub const MAX_MESSAGE_CHARS: usize = 4096;
+/// The public Bot API.
+pub const DEFAULT_API_URL: &str = "https://api.telegram.org";
+
+/// Default template in HTML mode.
+pub const DEFAULT_TEMPLATE_HTML: &str = "<b>{{ title }}</b>\n{{ device.name }} · {{ time_local }}\
+{% if position %}\n{{ speed_kmh }} km/h{% if position.address %} · {{ position.address }}{% endif %}\
+\n<a href=\"{{ map_url }}\">Map</a>{% endif %}";
+/// Default template in MarkdownV2 mode (literal reserved characters escaped by hand).
+pub const DEFAULT_TEMPLATE_MDV2: &str = "*{{ title }}*\n{{ device.name }} · {{ time_local }}\
+{% if position %}\n{{ speed_kmh }} km/h{% if position.address %} · {{ position.address }}{% endif %}\
+\n[Map]({{ map_url }}){% endif %}";
+/// Default template in plain mode.
+pub const DEFAULT_TEMPLATE_PLAIN: &str = "{{ title }}\n{{ device.name }} · {{ time_local }}\
+{% if position %}\n{{ speed_kmh }} km/h{% if position.address %} · {{ position.address }}{% endif %}\
+\n{{ map_url }}{% endif %}";
+
+/// Validated Telegram settings.
+#[derive(Debug, Clone)]
+pub struct TelegramSettings {
+    /// Bot token.
+    pub bot_token: Secret,
+    /// Default chat.
+    pub chat_id: Option<String>,
+    /// Forum topic.
+    pub thread_id: Option<i32>,
+    /// Formatting.
+    pub parse_mode: ParseMode,
+    /// Send a map pin after the message.
+    pub location: bool,
+    /// Bot API base URL.
+    pub api_url: reqwest::Url,
+    /// Request timeout.
+    pub timeout: Duration,
+}
+
+impl TelegramSettings {
+    /// Validates raw settings.
+    pub fn compile(raw: &RawTelegram) -> Result<TelegramSettings, Vec<String>> {
+        let mut errors = Vec::new();
+        // Tokens look like `123456:ABC-def`; anything else is a paste error caught now, not at 3 a.m.
+        let token_ok = raw.bot_token.split_once(':').is_some_and(|(id, rest)| {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty()
+        });
+        if !token_ok {
+            errors
+                .push("bot_token does not look like a Bot API token (`<digits>:<secret>`)".into());
+        }
+        let parse_mode = match raw
+            .parse_mode
+            .as_deref()
+            .unwrap_or("html")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "html" => ParseMode::Html,
+            "markdownv2" => ParseMode::MarkdownV2,
+            "plain" | "none" => ParseMode::Plain,
+            other => {
+                errors.push(format!(
+                    "parse_mode: `{other}` is not one of html, markdownv2, plain"
+                ));
+                ParseMode::Html
+            }
+        };
+        if let Some(c) = &raw.chat_id {
+            if let Err(e) = recipient(c) {
+                errors.push(format!("chat_id: {e}"));
+            }
+        }
+        let api_url = raw.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
+        let api_url = reqwest::Url::parse(api_url)
+            .map_err(|e| errors.push(format!("api_url: `{api_url}`: {e}")))
+            .ok();
+        match api_url {
+            Some(api_url) if errors.is_empty() => Ok(TelegramSettings {
+                bot_token: Secret(raw.bot_token.clone()),
+                chat_id: raw.chat_id.clone(),
+                thread_id: raw.thread_id,
+                parse_mode,
+                location: raw.location.unwrap_or(false),
+                api_url,
+                timeout: raw.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// The escaping that goes with the parse mode.
+    pub fn escape(&self) -> Escape {
+        match self.parse_mode {
+            ParseMode::Html => Escape::Html,
+            ParseMode::MarkdownV2 => Escape::MarkdownV2,
+            ParseMode::Plain => Escape::Text,
+        }
+    }
+
+    /// The default template for the parse mode.
+    pub fn parse_mode_default_template(&self) -> &'static str {
+        match self.parse_mode {
+            ParseMode::Html => DEFAULT_TEMPLATE_HTML,
+            ParseMode::MarkdownV2 => DEFAULT_TEMPLATE_MDV2,
+            ParseMode::Plain => DEFAULT_TEMPLATE_PLAIN,
+        }
+    }
+}
+
+/// A chat id as the Bot API takes it: a number, or `@channelusername`.
+pub fn recipient(chat: &str) -> Result<Recipient, String> {
+    let chat = chat.trim();
+    if let Ok(id) = chat.parse::<i64>() {
+        Ok(Recipient::Id(ChatId(id)))
+    } else if chat.starts_with('@') && chat.len() > 1 {
+        Ok(Recipient::ChannelUsername(chat.to_string()))
+    } else {
+        Err(format!(
+            "`{chat}` is neither a numeric chat id nor an @channel name"
+        ))
+    }
+}
+
+/// Sends through one Bot API client.
+pub struct TelegramChannel {
+    bot: Bot,
+    token: Secret,
+    thread_id: Option<i32>,
+}
+
+impl TelegramChannel {
+    /// Builds the client.
+    pub fn new(s: &TelegramSettings) -> Result<TelegramChannel, String> {
+        let client = reqwest::Client::builder()
+            .timeout(s.timeout)
+            .connect_timeout(s.timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(TelegramChannel {
+            bot: Bot::with_client(s.bot_token.expose(), client).set_api_url(s.api_url.clone()),
+            token: s.bot_token.clone(),
+            thread_id: s.thread_id,
+        })
+    }
+
+    /// The error in words, with the bot token (which is part of every request URL) removed.
+    fn classify(&self, e: RequestError) -> SendError {
+        let redact = |s: String| s.replace(self.token.expose(), "<bot-token>");
+        match e {
+            RequestError::RetryAfter(secs) => SendError::Transient {
+                reason: format!("Telegram flood control: retry after {}s", secs.seconds()),
+                retry_after: Some(secs.duration()),
+            },
+            RequestError::MigrateToChatId(id) => SendError::permanent(format!(
+                "Telegram: the group moved to chat id {id}; update the chat id"
+            )),
+            RequestError::Api(ApiError::Unknown(desc)) => {
+                // teloxide keeps only the description; Telegram starts it with the HTTP reason phrase.
+                let client_error = [
+                    "Bad Request",
+                    "Forbidden",
+                    "Unauthorized",
+                    "Not Found",
+                    "Conflict",
+                ]
+                .iter()
+                .any(|p| desc.starts_with(p));
+                let reason = redact(format!("Telegram: {desc}"));
+                if client_error {
+                    SendError::permanent(reason)
+                } else {
+                    SendError::transient(reason)
+                }
+            }
+            RequestError::Api(api) => SendError::permanent(redact(format!("Telegram: {api}"))),
+            RequestError::Network(e) => {
+                let kind = if e.is_timeout() {
+                    "timeout"
+                } else if e.is_connect() {
+                    "connection failed"
+                } else {
+                    "network error"
+                };
+                SendError::transient(redact(format!("Telegram: {kind}: {}", without_url(&e))))
+            }
+            // An HTML error page from a proxy, a truncated answer: the next try may get through.
+            RequestError::InvalidJson { .. } => SendError::transient("Telegram: unreadable answer"),
+            RequestError::Io(e) => SendError::transient(redact(format!("Telegram: {e}"))),
+        }
+    }
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut s = String::new();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    if s.is_empty() {
+        "request failed".into()
+    } else {
+        s
+    }
+}
+
+#[async_trait]
+impl Channel for TelegramChannel {
+    async fn send(&self, n: &Notification) -> Result<(), SendError> {
+        let chat = recipient(&n.recipient).map_err(SendError::permanent)?;
+        let thread = self.thread_id.map(|t| ThreadId(MessageId(t)));
+        match &n.content {
+            Content::TelegramText { text, parse_mode } => {
+                for (chunk, mode) in chunks(text, *parse_mode) {
+                    let mut req = self.bot.send_message(chat.clone(), chunk);
+                    if let Some(m) = teloxide_mode(mode) {
+                        req = req.parse_mode(m);
+                    }
+                    if let Some(t) = thread {
+                        req = req.message_thread_id(t);
+                    }
+                    req.send().await.map_err(|e| self.classify(e))?;
+                }
+                Ok(())
+            }
+            Content::TelegramLocation {
+                latitude,
+                longitude,
+            } => {
+                let mut req = self.bot.send_location(chat, *latitude, *longitude);
+                if let Some(t) = thread {
+                    req = req.message_thread_id(t);
+                }
+                req.send().await.map(|_| ()).map_err(|e| self.classify(e))
+            }
+            _ => Err(SendError::permanent(
+                "telegram channel got a message rendered for another kind",
+            )),
+        }
+    }
+}
+
+fn teloxide_mode(m: ParseMode) -> Option<teloxide_core::types::ParseMode> {
+    match m {
+        ParseMode::Html => Some(teloxide_core::types::ParseMode::Html),
+        ParseMode::MarkdownV2 => Some(teloxide_core::types::ParseMode::MarkdownV2),
+        ParseMode::Plain => None,
+    }
+}
+
+/// Splits a message Telegram would reject as too long. A formatted text cannot be cut safely inside its
+/// markup, so an overlong one is sent as plain text (markup removed), in pieces at line breaks.
+pub fn chunks(text: &str, mode: ParseMode) -> Vec<(String, ParseMode)> {
+    let plain_len = |s: &str| s.encode_utf16().count();
+    if plain_len(text) <= MAX_MESSAGE_CHARS {
+        return vec![(text.to_string(), mode)];
+    }
+    let plain = match mode {
+        ParseMode::Html => strip_html(text),
+        ParseMode::MarkdownV2 => strip_markdown_v2(text),
+        ParseMode::Plain => text.to_string(),
+    };
+    if plain_len(&plain) <= MAX_MESSAGE_CHARS {
+        return vec![(plain, ParseMode::Plain)];
+    }
+    let mut out: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    for line in plain.split_inclusive('\n') {
+        for c in line.chars() {
+            if plain_len(&cur) + c.len_utf16() > MAX_MESSAGE_CHARS {
+                out.push(std::mem::take(&mut cur));
+            }
+            cur.push(c);
+        }
+        // Prefer a break at the end of a line once the piece is well filled.
+        if plain_len(&cur) > MAX_MESSAGE_CHARS * 3 / 4 {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur);
+    }
+    out.into_iter()
+        .filter(|c| !c.trim().is_empty())
+        .map(|c| (c, ParseMode::Plain))
+        .collect()
+}
+
+/// Removes tags and decodes the entities Telegram's HTML mode knows.
+fn strip_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_tag = false;
+    for c in s.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    decode_entities(&out)
+}
+
+fn decode_entities(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        let end = after.find(';').filter(|e| *e <= 10);
+        let decoded = end.and_then(|e| {
+            let ent = &after[1..e];
+            let c = match ent {
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "amp" => Some('&'),
+                "quot" => Some('"'),
+                _ => ent
+                    .strip_prefix("#x")
+                    .or_else(|| ent.strip_prefix("#X"))
+                    .and_then(|h| u32::from_str_radix(h, 16).ok())
+                    .or_else(|| ent.strip_prefix('#').and_then(|d| d.parse().ok()))
+                    .and_then(char::from_u32),
+            }?;
+            Some((c, e))
+        });
+        match decoded {
+            Some((c, e)) => {
+                out.push(c);
+                rest = &after[e + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &after[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Removes MarkdownV2 escapes and the markers of bold/italic/code (links keep their text).
+fn strip_markdown_v2(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            '*' | '_' | '~' | '`' | '|' | '[' | ']' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_messages_keep_their_format() {
+        assert_eq!(
+            chunks("<b>x</b>", ParseMode::Html),
+            vec![("<b>x</b>".to_string(), ParseMode::Html)]
+        );
+    }
+
+    #[test]
+    fn long_messages_become_plain_pieces() {
+        let line = format!("<b>{}</b> &lt;x&gt;\n", "a".repeat(90));
+        let text = line.repeat(100);
+        let parts = chunks(&text, ParseMode::Html);
+        assert!(parts.len() >= 2, "{}", parts.len());
+        for (p, m) in &parts {
+            assert_eq!(*m, ParseMode::Plain);
+            assert!(p.encode_utf16().count() <= MAX_MESSAGE_CHARS);
+            assert!(!p.contains("<b>"));
+        }
+        let joined: String = parts.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(joined, format!("{} <x>\n", "a".repeat(90)).repeat(100));
+    }
+
+    #[test]
+    fn recipients() {
+        assert!(matches!(
+            recipient("-1001234"),
+            Ok(Recipient::Id(ChatId(-1001234)))
+        ));
+        assert!(matches!(
+            recipient("@fleet"),
+            Ok(Recipient::ChannelUsername(_))
+        ));
+        assert!(recipient("fleet").is_err());
+        assert!(recipient("").is_err());
+    }
+
+    #[test]
+    fn entities_decode() {
+        assert_eq!(
+            strip_html("a &amp; <i>b</i> &#x27;&#39; &unknown; &"),
+            "a & b '' &unknown; &"
+        );
+        assert_eq!(
+            strip_markdown_v2(r"*Lena's \<Bike\> \*1\*\_\.*"),
+            "Lena's <Bike> *1*_."
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! The `webhook` channel: an HTTP request per notification (reqwest), with an `Idempotency-Key` that is
+//! stable across retries and an optional HMAC-SHA256 signature so the receiver can verify the sender.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use hmac::{Hmac, Mac};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{Method, StatusCode, Url};
+use sha2::Sha256;
+
+use super::{parse_retry_after, Channel, SendError, DEFAULT_TIMEOUT};
+use crate::config::raw::RawWebhook;
+use crate::config::Secret;
+use crate::notification::{Content, Notification};
+
+/// Header carrying `sha256=<hex HMAC of the body>`.
+pub const SIGNATURE_HEADER: &str = "x-trackrelay-signature";
+/// Content type of the default body.
+pub const JSON: &str = "application/json";
+
+/// Validated webhook settings.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Target.
+    pub url: Url,
+    /// Method.
+    pub method: Method,
+    /// Extra headers.
+    pub headers: HeaderMap,
+    /// Body template source; `None` = the default JSON document.
+    pub body: Option<String>,
+    /// Content type of the body.
+    pub content_type: String,
+    /// HMAC secret.
+    pub secret: Option<Secret>,
+    /// Timeout.
+    pub timeout: Duration,
+    /// One request at a time, in order.
+    pub ordered: bool,
+}
+
+impl WebhookSettings {
+    /// Validates raw settings.
+    pub fn compile(raw: RawWebhook) -> Result<WebhookSettings, Vec<String>> {
+        let mut errors = Vec::new();
+        let url = match Url::parse(&raw.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+            Ok(u) => {
+                errors.push(format!("url: scheme `{}` is not http or https", u.scheme()));
+                None
+            }
+            // The URL may hold a token (Slack, Mattermost): say what is wrong, not what it is.
+            Err(e) => {
+                errors.push(format!("url: not a valid URL ({e})"));
+                None
+            }
+        };
+        let method = raw.method.as_deref().unwrap_or("POST").to_ascii_uppercase();
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| errors.push(format!("method: `{method}` is not an HTTP method")))
+            .ok();
+        let mut headers = HeaderMap::new();
+        for (k, v) in &raw.headers {
+            match (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                (Ok(k), Ok(mut v)) => {
+                    v.set_sensitive(true);
+                    headers.insert(k, v);
+                }
+                (Err(_), _) => errors.push(format!("headers: `{k}` is not a valid header name")),
+                (_, Err(_)) => errors.push(format!(
+                    "headers: the value of `{k}` is not a valid header value"
+                )),
+            }
+        }
+        match (url, method) {
+            (Some(url), Some(method)) if errors.is_empty() => Ok(WebhookSettings {
+                url,
+                method,
+                headers,
+                body: raw.body,
+                content_type: raw.content_type.unwrap_or_else(|| JSON.into()),
+                secret: raw.secret.map(Secret),
+                timeout: raw.timeout.unwrap_or(DEFAULT_TIMEOUT),
+                ordered: raw.ordered.unwrap_or(false),
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// Whether the body is JSON (and its template JSON-escaped).
+    pub fn is_json(&self) -> bool {
+        let ct = self.content_type.to_ascii_lowercase();
+        ct.starts_with(JSON) || ct.contains("+json")
+    }
+}
+
+/// Sends through one pooled HTTP client.
+pub struct WebhookChannel {
+    client: reqwest::Client,
+    s: WebhookSettings,
+}
+
+impl WebhookChannel {
+    /// Builds the client.
+    pub fn new(s: &WebhookSettings) -> Result<WebhookChannel, String> {
+        let client = reqwest::Client::builder()
+            .timeout(s.timeout)
+            .connect_timeout(s.timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(WebhookChannel {
+            client,
+            s: s.clone(),
+        })
+    }
+}
+
+/// `sha256=<hex>` of the body under `secret`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[async_trait]
+impl Channel for WebhookChannel {
+    async fn send(&self, n: &Notification) -> Result<(), SendError> {
+        let Content::Webhook { body, content_type } = &n.content else {
+            return Err(SendError::permanent(
+                "webhook channel got a message rendered for another kind",
+            ));
+        };
+        let mut req = self
+            .client
+            .request(self.s.method.clone(), self.s.url.clone())
+            .headers(self.s.headers.clone())
+            .header(CONTENT_TYPE, content_type.as_str())
+            .header("idempotency-key", n.key.as_str())
+            .header("x-trackrelay-event-id", n.origin.event_id.to_string());
+        if let Some(txn) = &n.origin.txn {
+            req = req.header("x-powtxn", txn.as_str());
+        }
+        if let Some(id) = &n.origin.request_id {
+            req = req.header("x-request-id", id.as_str());
+        }
+        if let Some(secret) = &self.s.secret {
+            req = req.header(
+                SIGNATURE_HEADER,
+                signature(secret.expose(), body.as_bytes()),
+            );
+        }
+        let resp = match req.body(body.clone()).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let e = e.without_url();
+                let kind = if e.is_timeout() {
+                    "timeout"
+                } else if e.is_connect() {
+                    "connection failed"
+                } else {
+                    "request failed"
+                };
+                return Err(SendError::transient(format!(
+                    "webhook: {kind}: {}",
+                    source_chain(&e)
+                )));
+            }
+        };
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let text = resp.text().await.unwrap_or_default();
+        let snippet: String = text.chars().take(200).collect();
+        let reason = format!(
+            "webhook: HTTP {status}{}{}",
+            if snippet.is_empty() { "" } else { ": " },
+            snippet.trim()
+        );
+        if status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status.is_server_error()
+        {
+            Err(SendError::Transient {
+                reason,
+                retry_after,
+            })
+        } else {
+            Err(SendError::permanent(reason))
+        }
+    }
+}
+
+fn source_chain(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut parts = vec![];
+    let mut src = e.source();
+    while let Some(s) = src {
+        parts.push(s.to_string());
+        src = s.source();
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_the_rfc_4231_hmac() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

@@ -1,0 +1,382 @@
+//! Raw configuration -> [`Config`]: reads rule files, checks every reference, compiles matchers and
+//! templates. Pure apart from reading files; collects every error instead of stopping at the first.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use chrono_tz::Tz;
+
+use super::raw::{RawConfig, RawNotify, RawRule, RawRuleFile, RawRuleSource};
+use super::*;
+use crate::channel::{ChannelConfig, ChannelKind};
+use crate::render::{Escape, RendererBuilder};
+use crate::retry::RetryPolicy;
+use crate::rules::{Matcher, Origin, Rule, RuleSet, Target};
+
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Compiles the main file (and the rule files it names).
+pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Config, ConfigErrors> {
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let text = interpolate(&file, env).map_err(ConfigErrors)?;
+    let raw: RawConfig =
+        serde_yaml::from_str(&text).map_err(|e| ConfigErrors(vec![yaml_error(&file, &e)]))?;
+
+    let listen_text = raw.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|e| {
+        errors.push(file.error(
+            file.find_line("listen", None, 1),
+            "",
+            format!("listen: `{listen_text}`: {e}"),
+        ));
+        DEFAULT_LISTEN
+            .parse()
+            .expect("default listen address parses")
+    });
+    let tz_text = raw.timezone.clone().unwrap_or_else(|| "UTC".into());
+    let timezone = tz_text.parse::<Tz>().unwrap_or_else(|_| {
+        let line = file.find_line("timezone", None, 1);
+        errors.push(file.error(
+            line,
+            "",
+            format!("timezone: `{tz_text}` is not an IANA time zone (e.g. Europe/Vienna)"),
+        ));
+        Tz::UTC
+    });
+
+    let ingest = Ingest {
+        path: raw
+            .ingest
+            .path
+            .clone()
+            .unwrap_or_else(|| DEFAULT_INGEST_PATH.into()),
+        authorization: raw
+            .ingest
+            .authorization
+            .clone()
+            .filter(|s| !s.is_empty())
+            .map(Secret),
+        max_body_bytes: raw.ingest.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
+        source: raw
+            .ingest
+            .source
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SOURCE.into()),
+        queue: raw.ingest.queue.unwrap_or(DEFAULT_INGEST_QUEUE).max(1),
+    };
+    if !ingest.path.starts_with('/') {
+        errors.push(file.error(
+            file.find_line("path", None, 1),
+            "ingest",
+            "path must start with `/`",
+        ));
+    }
+
+    let default_retry = RetryPolicy::default().with(&raw.delivery.retry);
+    let mut channels = BTreeMap::new();
+    for (name, rc) in raw.channels {
+        let line = file.find_line(&name, None, 1);
+        match ChannelConfig::compile(&name, rc, &default_retry) {
+            Ok(c) => {
+                channels.insert(name, c);
+            }
+            Err(es) => {
+                let ctx = format!("channel '{name}'");
+                errors.extend(es.into_iter().map(|m| file.error(line, &ctx, m)));
+            }
+        }
+    }
+
+    // Rules: inline ones from this file, and those of the files and folders it names, in order.
+    let mut units: Vec<(SourceFile, Vec<RawRule>)> = Vec::new();
+    let mut rule_files = Vec::new();
+    let mut inline = Vec::new();
+    for src in raw.rules {
+        match src {
+            RawRuleSource::Inline(r) => inline.push(*r),
+            RawRuleSource::Path(p) => {
+                if !inline.is_empty() {
+                    units.push((file.clone(), std::mem::take(&mut inline)));
+                }
+                for path in expand(&dir.join(&p)).unwrap_or_else(|e| {
+                    errors.push(file.error(
+                        file.find_line("rules", None, 1),
+                        "",
+                        format!("rules: `{p}`: {e}"),
+                    ));
+                    vec![]
+                }) {
+                    match read_rule_file(&path, env) {
+                        Ok(unit) => units.push(unit),
+                        Err(e) => errors.extend(e),
+                    }
+                    rule_files.push(path);
+                }
+            }
+        }
+    }
+    if !inline.is_empty() {
+        units.push((file.clone(), inline));
+    }
+
+    let mut builder = RendererBuilder::new();
+    let mut rules = Vec::new();
+    let mut seen = HashSet::new();
+    for (src, raws) in units {
+        let mut from = 1;
+        for raw_rule in raws {
+            let line = src.find_line("name", Some(&raw_rule.name), from);
+            from = line.unwrap_or(from);
+            let ctx = format!("rule '{}'", raw_rule.name);
+            if !seen.insert(raw_rule.name.clone()) {
+                errors.push(src.error(line, &ctx, "another rule has the same name"));
+                continue;
+            }
+            let origin = Origin {
+                file: src.name.clone(),
+                line,
+            };
+            match compile_rule(raw_rule, origin, &channels, &mut builder) {
+                Ok(r) => rules.push(r),
+                Err(es) => errors.extend(es.into_iter().map(|m| src.error(line, &ctx, m))),
+            }
+        }
+    }
+    let mut webhook_bodies = Vec::new();
+    for (name, c) in &channels {
+        if let ChannelKind::Webhook(w) = &c.kind {
+            if let Some(body) = &w.body {
+                let esc = if w.is_json() {
+                    Escape::Json
+                } else {
+                    Escape::Text
+                };
+                match builder.add(&format!("channel/{name}/body"), body, esc) {
+                    Ok(t) => webhook_bodies.push((name.clone(), t)),
+                    Err(e) => errors.push(file.error(
+                        file.find_line(name, None, 1),
+                        &format!("channel '{name}'"),
+                        format!("body: {e}"),
+                    )),
+                }
+            }
+        }
+    }
+    for (name, t) in webhook_bodies {
+        if let Some(ChannelConfig {
+            kind: ChannelKind::Webhook(w),
+            ..
+        }) = channels.get_mut(&name)
+        {
+            w.body = Some(t);
+        }
+    }
+
+    let raw_storage = raw.storage;
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Config {
+        path: None,
+        listen,
+        timezone,
+        ingest,
+        admin_token: raw.admin.token.filter(|t| !t.is_empty()).map(Secret),
+        storage: Storage {
+            data_dir: raw_storage
+                .data_dir
+                .map(|d| if d.is_absolute() { d } else { dir.join(d) })
+                .unwrap_or_else(|| dir.join("data")),
+            retention: raw_storage.retention.unwrap_or(DEFAULT_RETENTION),
+            dead_retention: raw_storage.dead_retention.unwrap_or(DEFAULT_DEAD_RETENTION),
+        },
+        delivery: Delivery {
+            workers: raw.delivery.workers.unwrap_or(DEFAULT_WORKERS).max(1),
+            shutdown_grace: raw
+                .delivery
+                .shutdown_grace
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        },
+        channels,
+        rules: RuleSet::new(rules),
+        renderer: builder.build(timezone),
+        rule_files,
+    })
+}
+
+/// A path to rule files: a file, or a folder's `*.yaml`/`*.yml` in name order.
+fn expand(path: &Path) -> Result<Vec<PathBuf>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn read_rule_file(
+    path: &Path,
+    env: Env<'_>,
+) -> Result<(SourceFile, Vec<RawRule>), Vec<ConfigError>> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            file: name.clone(),
+            line: None,
+            context: String::new(),
+            message: format!("cannot read: {e}"),
+        }]
+    })?;
+    let file = SourceFile { name, text };
+    let text = interpolate(&file, env)?;
+    let raw: RawRuleFile = serde_yaml::from_str(&text).map_err(|e| vec![yaml_error(&file, &e)])?;
+    Ok((file, raw.rules))
+}
+
+fn compile_rule(
+    raw: RawRule,
+    origin: Origin,
+    channels: &BTreeMap<String, ChannelConfig>,
+    builder: &mut RendererBuilder,
+) -> Result<Rule, Vec<String>> {
+    let mut errors = Vec::new();
+    if raw.name.trim().is_empty() {
+        errors.push("name is empty".to_string());
+    }
+    let matcher = Matcher::compile(raw.matcher)
+        .map_err(|e| errors.push(format!("match: {e}")))
+        .ok();
+    if raw.notify.is_empty() {
+        errors.push("notify: list at least one channel".into());
+    }
+    let mut targets = Vec::new();
+    for (i, n) in raw.notify.into_iter().enumerate() {
+        match compile_target(&raw.name, i, n, channels, builder) {
+            Ok(t) => targets.push(t),
+            Err(es) => errors.extend(es.into_iter().map(|e| format!("notify[{i}]: {e}"))),
+        }
+    }
+    match matcher {
+        Some(matcher) if errors.is_empty() => Ok(Rule {
+            name: raw.name,
+            description: raw.description,
+            matcher,
+            stop: raw.stop,
+            targets,
+            origin,
+        })
+        .map(|r| {
+            if raw.enabled == Some(false) {
+                Rule {
+                    targets: vec![],
+                    ..r
+                }
+            } else {
+                r
+            }
+        }),
+        _ => Err(errors),
+    }
+}
+
+fn compile_target(
+    rule: &str,
+    i: usize,
+    n: RawNotify,
+    channels: &BTreeMap<String, ChannelConfig>,
+    builder: &mut RendererBuilder,
+) -> Result<Target, Vec<String>> {
+    let Some(ch) = channels.get(&n.channel) else {
+        let known: Vec<&str> = channels.keys().map(String::as_str).collect();
+        return Err(vec![format!(
+            "unknown channel '{}' (configured: {})",
+            n.channel,
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        )]);
+    };
+    let mut errors = Vec::new();
+    let base = format!("rule/{rule}/{i}");
+    let mut add = |what: &str, src: &str, esc: Escape, errors: &mut Vec<String>| {
+        builder
+            .add(&format!("{base}/{what}"), src, esc)
+            .map_err(|e| errors.push(format!("{what}: {e}")))
+            .ok()
+    };
+    let body_src = n.template.as_deref().unwrap_or(&ch.template);
+    let body = add("template", body_src, ch.escape(), &mut errors);
+    let is_email = matches!(ch.kind, ChannelKind::Email(_));
+    let body_html = if is_email {
+        add("template", body_src, Escape::Html, &mut errors)
+    } else {
+        None
+    };
+    let subject = match (&n.subject, &ch.kind) {
+        (Some(s), ChannelKind::Email(_)) => add("subject", s, Escape::Text, &mut errors),
+        (None, ChannelKind::Email(e)) => add("subject", &e.subject, Escape::Text, &mut errors),
+        (Some(_), _) => {
+            errors.push(format!(
+                "subject: only email channels have a subject ('{}' is {})",
+                n.channel,
+                ch.kind_name()
+            ));
+            None
+        }
+        (None, _) => None,
+    };
+    let mut to = Vec::new();
+    match n.to.map(|t| t.into_vec()) {
+        Some(list) if !ch.takes_recipients() => {
+            let _ = list;
+            errors.push(format!(
+                "to: a {} channel has no recipients to choose",
+                ch.kind_name()
+            ));
+        }
+        Some(list) => {
+            for (j, t) in list.iter().enumerate() {
+                if let Some(name) = add(&format!("to{j}"), t, Escape::Text, &mut errors) {
+                    to.push(name);
+                }
+            }
+        }
+        None if ch.takes_recipients() && ch.default_to.is_empty() => {
+            errors.push(format!(
+                "no recipient: set `to` here or a default (`to`/`chat_id`) on channel '{}'",
+                n.channel
+            ));
+        }
+        None => {}
+    }
+    let location = match (n.location, &ch.kind) {
+        (Some(l), ChannelKind::Telegram(_)) => l,
+        (None, ChannelKind::Telegram(t)) => t.location,
+        (Some(_), _) => {
+            errors.push("location: only telegram channels send locations".into());
+            false
+        }
+        (None, _) => false,
+    };
+    match body {
+        Some(body) if errors.is_empty() => Ok(Target {
+            channel: n.channel,
+            to,
+            subject,
+            body,
+            body_html,
+            location,
+        }),
+        _ => Err(errors),
+    }
+}

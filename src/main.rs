@@ -1,0 +1,302 @@
+//! The `trackrelay` command line: `serve`, `check`, `explain`, `deliveries`, `replay`, `version`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use trackrelay::config::Config;
+use trackrelay::event::Envelope;
+use trackrelay::plan::{plan, Arrival};
+use trackrelay::rules::Verdict;
+use trackrelay::store::sqlite::SqliteStore;
+use trackrelay::store::{now_ms, Filter, Replay, Status, Store};
+
+/// Alert relay for GPS trackers: Traccar / BikeTrax events in, the right message out, once.
+///
+/// Exit codes: 0 success; 1 invalid configuration, rules that do not check, or a runtime failure;
+/// 2 wrong command-line usage.
+#[derive(Parser)]
+#[command(name = "trackrelay", version, about, long_about)]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        default_value = "text",
+        env = "TRACKRELAY_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay. Without a config file it runs on the built-in one (every event to stdout).
+    Serve {
+        /// Config file.
+        #[arg(short, long, env = "TRACKRELAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config and all rules; report every error with file:line. Exit 1 on errors.
+    Check {
+        /// Config file (default: $TRACKRELAY_CONFIG, else the built-in config).
+        #[arg(env = "TRACKRELAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Dry run: which rules match an event, why the others do not, and the messages. Sends nothing.
+    Explain {
+        /// Event file (a webhook body).
+        #[arg(short, long)]
+        event: PathBuf,
+        /// Config file.
+        #[arg(env = "TRACKRELAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// List deliveries (newest first), e.g. the dead letters: `--status dead`.
+    Deliveries {
+        /// Config file (for the data directory).
+        #[arg(short, long, env = "TRACKRELAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// pending, inflight, done or dead.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only this device id.
+        #[arg(long)]
+        device: Option<i64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a dead (or delivered) delivery again, or every dead letter. A running relay picks it up.
+    Replay {
+        /// Config file (for the data directory).
+        #[arg(short, long, env = "TRACKRELAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Delivery id (from `trackrelay deliveries`).
+        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        id: Option<i64>,
+        /// Replay every dead letter.
+        #[arg(long)]
+        all_dead: bool,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    // Both ring and aws-lc may be linked through dependencies; pin the provider so rustls never panics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Serve { config } => {
+            let cfg = load(config.as_deref())?;
+            trackrelay::app::serve(cfg).await?;
+        }
+        Command::Check { config } => match Config::load(config.as_deref()) {
+            Ok(cfg) => {
+                let n: usize = cfg.rules.rules().len();
+                println!(
+                    "ok: {} channel(s), {n} rule(s) from {} file(s){}",
+                    cfg.channels.len(),
+                    cfg.rule_files.len(),
+                    cfg.path
+                        .as_ref()
+                        .map(|p| format!(" ({})", p.display()))
+                        .unwrap_or_default()
+                );
+            }
+            Err(e) => {
+                eprint!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        Command::Explain { event, config } => {
+            let cfg = load(config.as_deref())?;
+            let raw = std::fs::read_to_string(&event)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", event.display()))?;
+            let env = Envelope::from_json(raw.as_bytes())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", event.display()))?;
+            explain(&cfg, &env, &raw);
+        }
+        Command::Deliveries {
+            config,
+            status,
+            channel,
+            device,
+            limit,
+            json,
+        } => {
+            let cfg = load(config.as_deref())?;
+            let status = status
+                .map(|s| {
+                    Status::parse(&s).ok_or_else(|| {
+                        anyhow::anyhow!("--status is one of pending, inflight, done, dead")
+                    })
+                })
+                .transpose()?;
+            let store = SqliteStore::open(&cfg.storage.data_dir, 16)?;
+            let rows = store
+                .list(Filter {
+                    status,
+                    channel,
+                    device_id: device,
+                    limit,
+                })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:>6}  {:<8}  {:<20}  {:<14}  {:>8}  {:>5}  {:<20}  ERROR",
+                    "ID", "STATUS", "RULE", "CHANNEL", "EVENT", "TRIES", "UPDATED"
+                );
+                for r in rows {
+                    println!(
+                        "{:>6}  {:<8}  {:<20}  {:<14}  {:>8}  {:>5}  {:<20}  {}",
+                        r.id,
+                        r.status.as_str(),
+                        r.rule,
+                        r.channel,
+                        r.event_id,
+                        r.attempts,
+                        &r.updated_at[..r.updated_at.len().min(19)],
+                        r.last_error.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Command::Replay {
+            config,
+            id,
+            all_dead,
+        } => {
+            let cfg = load(config.as_deref())?;
+            let store = SqliteStore::open(&cfg.storage.data_dir, 16)?;
+            let which = if all_dead {
+                Replay::AllDead
+            } else {
+                Replay::Id(id.expect("clap requires an id without --all-dead"))
+            };
+            let n = store.replay(which, now_ms()).await?;
+            println!(
+                "{n} deliver{} due again",
+                if n == 1 { "y is" } else { "ies are" }
+            );
+            if n == 0 && !all_dead {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Version => println!("trackrelay {}", env!("CARGO_PKG_VERSION")),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain(cfg: &Config, env: &Envelope, raw: &str) {
+    println!(
+        "event {} `{}` of device {} ({})\n",
+        env.event.id,
+        env.event.event_type,
+        env.device_id(),
+        env.device.as_ref().map(|d| d.name.as_str()).unwrap_or("?")
+    );
+    let source = cfg.ingest.source.clone();
+    let mut matched = Vec::new();
+    for (rule, verdict) in cfg.rules.explain(env, &source) {
+        match verdict {
+            Verdict::Matched => {
+                println!("MATCH     {} ({})", rule.name, rule.origin);
+                matched.push(rule);
+            }
+            Verdict::NotMatched(f) => {
+                let why = f
+                    .error
+                    .map(|e| format!(" — error: {e}"))
+                    .unwrap_or_default();
+                println!(
+                    "no match  {} ({}): failed `{}`{why}",
+                    rule.name, rule.origin, f.condition
+                );
+            }
+            Verdict::Stopped(by) => println!(
+                "skipped   {} ({}): rule '{by}' matched with stop: true",
+                rule.name, rule.origin
+            ),
+        }
+    }
+    let arrival = Arrival {
+        source,
+        received_at_ms: now_ms(),
+        ..Default::default()
+    };
+    for p in plan(cfg, &matched, env, raw, &arrival) {
+        let n = &p.notification;
+        println!(
+            "\n--- rule '{}' -> channel '{}'{}",
+            n.origin.rule,
+            n.channel,
+            if n.recipient.is_empty() {
+                String::new()
+            } else {
+                format!(" -> {}", n.recipient)
+            }
+        );
+        if let Some(why) = &p.dead {
+            println!("(would go to dead letter: {why})");
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&n.content).unwrap_or_default()
+        );
+    }
+    if matched.is_empty() {
+        println!("\nno rule matches: nothing would be sent");
+    }
+}

@@ -1,0 +1,240 @@
+//! From matched rules to notifications: renders every target of every matching rule for one event.
+//! Pure: the same event and configuration always give the same notifications, keys included.
+
+use minijinja::context;
+
+use crate::channel::{email, webhook, ChannelKind};
+use crate::config::Config;
+use crate::event::Envelope;
+use crate::notification::{idempotency_key, Content, Notification, Origin};
+use crate::rules::{Rule, Target};
+
+/// Facts about how an event arrived.
+#[derive(Debug, Clone, Default)]
+pub struct Arrival {
+    /// Dedup namespace / source name.
+    pub source: String,
+    /// `X-PowTxn`.
+    pub txn: Option<String>,
+    /// `X-Request-Id`.
+    pub request_id: Option<String>,
+    /// Receive time, unix ms.
+    pub received_at_ms: i64,
+}
+
+/// A notification to store, or one that cannot be sent and goes straight to dead letter with a reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    /// The notification.
+    pub notification: Notification,
+    /// Why it cannot be sent (e.g. the recipient template rendered empty).
+    pub dead: Option<String>,
+    /// Send one at a time, in order, with the others of this key.
+    pub order_key: Option<String>,
+}
+
+/// Renders the notifications of every rule in `matched` for `env`. `raw` is the event as received.
+pub fn plan(
+    cfg: &Config,
+    matched: &[&Rule],
+    env: &Envelope,
+    raw: &str,
+    arrival: &Arrival,
+) -> Vec<Planned> {
+    if matched.is_empty() {
+        return vec![];
+    }
+    let r = &cfg.renderer;
+    let ctx = r.event_context(env, &arrival.source, arrival.txn.as_deref());
+    let mut out = Vec::new();
+    for rule in matched {
+        for (i, target) in rule.targets.iter().enumerate() {
+            let Some(ch) = cfg.channels.get(&target.channel) else {
+                continue;
+            };
+            let extra = context! { rule => rule.name.as_str(), channel => target.channel.as_str() };
+            let render = |name: &str| {
+                r.render(name, &ctx, extra.clone()).unwrap_or_else(|e| {
+                    tracing::warn!(rule = %rule.name, channel = %target.channel, error = %e, "template failed; sending the fallback message");
+                    fallback(env)
+                })
+            };
+            let origin = Origin {
+                source: arrival.source.clone(),
+                event_id: env.event.id,
+                event_type: env.event.event_type.clone(),
+                device_id: env.device_id(),
+                device_name: env
+                    .device
+                    .as_ref()
+                    .map(|d| d.name.clone())
+                    .unwrap_or_default(),
+                rule: rule.name.clone(),
+                txn: arrival.txn.clone(),
+                request_id: arrival.request_id.clone(),
+                received_at_ms: arrival.received_at_ms,
+            };
+            let body = render(&target.body);
+            let mut parts: Vec<(&str, Content)> = Vec::new();
+            match &ch.kind {
+                ChannelKind::Log => parts.push(("msg", Content::Log { text: body })),
+                ChannelKind::Email(_) => {
+                    let subject = target.subject.as_deref().map(&render).unwrap_or_default();
+                    // Subjects are one line: a template's stray newline would end the header.
+                    let subject = subject.split_whitespace().collect::<Vec<_>>().join(" ");
+                    let html = email::html_page(
+                        &target.body_html.as_deref().map(&render).unwrap_or_default(),
+                    );
+                    parts.push((
+                        "msg",
+                        Content::Email {
+                            subject,
+                            text: body,
+                            html,
+                        },
+                    ));
+                }
+                ChannelKind::Telegram(t) => {
+                    parts.push((
+                        "msg",
+                        Content::TelegramText {
+                            text: body,
+                            parse_mode: t.parse_mode,
+                        },
+                    ));
+                    if let (true, Some(p)) = (target.location, env.position.as_ref()) {
+                        parts.push((
+                            "loc",
+                            Content::TelegramLocation {
+                                latitude: p.latitude,
+                                longitude: p.longitude,
+                            },
+                        ));
+                    }
+                }
+                ChannelKind::Webhook(w) => {
+                    let body = match &w.body {
+                        Some(tmpl) => r
+                            .render(tmpl, &ctx, context! { ..extra.clone(), ..context! { message => body.as_str() } })
+                            .unwrap_or_else(|e| {
+                                tracing::warn!(channel = %target.channel, error = %e, "webhook body template failed; sending the default body");
+                                default_webhook_body(&body, rule, &target.channel, raw, arrival)
+                            }),
+                        None => default_webhook_body(&body, rule, &target.channel, raw, arrival),
+                    };
+                    parts.push((
+                        "msg",
+                        Content::Webhook {
+                            body,
+                            content_type: w.content_type.clone(),
+                        },
+                    ));
+                }
+            }
+            for (recipient, dead) in recipients(r, target, &ctx, &extra, &ch.default_to) {
+                for (part, content) in &parts {
+                    let key = idempotency_key(&[
+                        &arrival.source,
+                        &env.event.id.to_string(),
+                        &rule.name,
+                        &i.to_string(),
+                        &target.channel,
+                        &recipient,
+                        part,
+                    ]);
+                    let notification = Notification {
+                        key,
+                        channel: target.channel.clone(),
+                        recipient: recipient.clone(),
+                        content: content.clone(),
+                        origin: origin.clone(),
+                    };
+                    let order_key = notification.order_key(ch.ordered());
+                    out.push(Planned {
+                        notification,
+                        dead: dead.clone(),
+                        order_key,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The recipients of a target: rendered `to` templates (comma-separated lists split), or the channel's
+/// defaults, or one empty recipient for channels that have a single destination.
+fn recipients(
+    r: &crate::render::Renderer,
+    target: &Target,
+    ctx: &minijinja::Value,
+    extra: &minijinja::Value,
+    defaults: &[String],
+) -> Vec<(String, Option<String>)> {
+    if target.to.is_empty() {
+        if defaults.is_empty() {
+            return vec![(String::new(), None)];
+        }
+        return defaults.iter().map(|d| (d.clone(), None)).collect();
+    }
+    let mut out = Vec::new();
+    for t in &target.to {
+        match r.render(t, ctx, extra.clone()) {
+            Ok(s) => {
+                let before = out.len();
+                out.extend(
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| (s.to_string(), None)),
+                );
+                if out.len() == before {
+                    out.push((
+                        String::new(),
+                        Some(
+                            "no recipient: the `to` template rendered empty for this event".into(),
+                        ),
+                    ));
+                }
+            }
+            Err(e) => out.push((String::new(), Some(format!("no recipient: {e}")))),
+        }
+    }
+    out
+}
+
+/// The message sent when a template fails at render time: never nothing.
+fn fallback(env: &Envelope) -> String {
+    let device = env
+        .device
+        .as_ref()
+        .map(|d| d.name.as_str())
+        .unwrap_or("unknown device");
+    format!("{}: {device}", crate::render::title(env))
+}
+
+/// The default webhook body: the rendered message plus the event exactly as received.
+fn default_webhook_body(
+    message: &str,
+    rule: &Rule,
+    channel: &str,
+    raw: &str,
+    arrival: &Arrival,
+) -> String {
+    let event =
+        serde_json::value::RawValue::from_string(raw.trim().to_string()).unwrap_or_else(|_| {
+            serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
+        });
+    serde_json::json!({
+        "message": message,
+        "rule": rule.name,
+        "channel": channel,
+        "source": arrival.source,
+        "txn": arrival.txn,
+        "event": event,
+    })
+    .to_string()
+}
+
+#[allow(unused_imports)]
+use webhook as _;

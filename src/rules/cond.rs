@@ -1,0 +1,457 @@
+//! A rule's `match:` compiled into a list of conditions, each able to say in words what it tests, so
+//! `explain` can name the first one that failed.
+
+use globset::{GlobBuilder, GlobMatcher};
+use regex::Regex;
+
+use super::expr::Expr;
+use super::field::{Field, Val};
+use crate::config::raw::{IdOrName, RawMatch};
+use crate::event::Envelope;
+
+/// A literal in a comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lit {
+    /// `null`.
+    Null,
+    /// `true`/`false`.
+    Bool(bool),
+    /// A number.
+    Num(f64),
+    /// Text.
+    Str(String),
+}
+
+impl Lit {
+    fn from_yaml(v: &serde_yaml::Value) -> Result<Lit, String> {
+        Ok(match v {
+            serde_yaml::Value::Null => Lit::Null,
+            serde_yaml::Value::Bool(b) => Lit::Bool(*b),
+            serde_yaml::Value::Number(n) => Lit::Num(n.as_f64().ok_or("number out of range")?),
+            serde_yaml::Value::String(s) => Lit::Str(s.clone()),
+            _ => return Err("expected a number, text, true/false or null".into()),
+        })
+    }
+
+    /// Equality, lenient across text and numbers (`"42"` equals `42`), as attribute types vary.
+    fn eq(&self, v: Val<'_>) -> bool {
+        match (self, v) {
+            (Lit::Null, Val::Null) => true,
+            (Lit::Bool(a), Val::Bool(b)) => *a == b,
+            (Lit::Bool(a), Val::Str(s)) => {
+                s.eq_ignore_ascii_case(if *a { "true" } else { "false" })
+            }
+            (Lit::Num(a), v) => v.as_num() == Some(*a),
+            (Lit::Str(a), Val::Str(b)) => a == b,
+            (Lit::Str(a), Val::Num(n)) => a.trim().parse::<f64>().ok() == Some(n),
+            (Lit::Str(a), Val::Bool(b)) => a.eq_ignore_ascii_case(if b { "true" } else { "false" }),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Lit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lit::Null => f.write_str("null"),
+            Lit::Bool(b) => write!(f, "{b}"),
+            Lit::Num(n) => write!(f, "{n}"),
+            Lit::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// A comparison of one field.
+#[derive(Debug)]
+pub enum Op {
+    /// Equal.
+    Eq(Lit),
+    /// Not equal.
+    Ne(Lit),
+    /// Equal to one of.
+    In(Vec<Lit>),
+    /// Equal to none of.
+    NotIn(Vec<Lit>),
+    /// Less than.
+    Lt(f64),
+    /// Less than or equal.
+    Le(f64),
+    /// Greater than.
+    Gt(f64),
+    /// Greater than or equal.
+    Ge(f64),
+    /// Present and not null (`true`) or absent/null (`false`).
+    Exists(bool),
+    /// Text matching a regular expression.
+    Regex(Regex),
+    /// Text matching a glob.
+    Glob(GlobMatcher),
+}
+
+impl Op {
+    fn test(&self, v: Val<'_>) -> bool {
+        match self {
+            Op::Eq(l) => l.eq(v),
+            Op::Ne(l) => !l.eq(v),
+            Op::In(ls) => ls.iter().any(|l| l.eq(v)),
+            Op::NotIn(ls) => !ls.iter().any(|l| l.eq(v)),
+            Op::Lt(n) => v.as_num().is_some_and(|x| x < *n),
+            Op::Le(n) => v.as_num().is_some_and(|x| x <= *n),
+            Op::Gt(n) => v.as_num().is_some_and(|x| x > *n),
+            Op::Ge(n) => v.as_num().is_some_and(|x| x >= *n),
+            Op::Exists(want) => !matches!(v, Val::Null) == *want,
+            Op::Regex(r) => matches!(v, Val::Str(s) if r.is_match(s)),
+            Op::Glob(g) => matches!(v, Val::Str(s) if g.is_match(s)),
+        }
+    }
+}
+
+/// One condition of a rule.
+#[derive(Debug)]
+pub enum Cond {
+    /// Event type is one of.
+    Type(Vec<String>),
+    /// One of the event's alarms is one of.
+    Alarm(Vec<String>),
+    /// The event's geofence (id or name glob).
+    Geofence(Vec<IdOrGlob>),
+    /// The device (id or name glob).
+    Device(Vec<IdOrGlob>),
+    /// The device's unique id (glob).
+    UniqueId(Vec<GlobMatcher>),
+    /// The device's group.
+    Group(Vec<i64>),
+    /// The device's status.
+    Status(Vec<String>),
+    /// The source's name.
+    Source(Vec<String>),
+    /// A field comparison.
+    Field(Field, Op),
+    /// An expression.
+    Expr(Expr),
+    /// None of the inner conditions may all hold.
+    Not(Matcher),
+    /// At least one inner matcher holds.
+    Any(Vec<Matcher>),
+}
+
+/// An id or a compiled name glob.
+#[derive(Debug)]
+pub enum IdOrGlob {
+    /// Numeric id.
+    Id(i64),
+    /// Name glob.
+    Glob(GlobMatcher),
+}
+
+impl IdOrGlob {
+    fn test(&self, id: i64, name: &str) -> bool {
+        match self {
+            IdOrGlob::Id(i) => *i == id,
+            IdOrGlob::Glob(g) => g.is_match(name),
+        }
+    }
+}
+
+/// A condition with its description, as written.
+#[derive(Debug)]
+pub struct Described {
+    /// The condition.
+    pub cond: Cond,
+    /// What it tests, in the rule's own words (`alarm in [movement, vibration]`).
+    pub text: String,
+}
+
+/// A compiled `match:` block: all conditions must hold.
+#[derive(Debug, Default)]
+pub struct Matcher {
+    /// The conditions in the order they are tested.
+    pub conds: Vec<Described>,
+}
+
+/// Why a condition did not hold, for `explain`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failed {
+    /// The condition's description.
+    pub condition: String,
+    /// An evaluation error, if there was one (an expression over a missing field).
+    pub error: Option<String>,
+}
+
+impl Matcher {
+    /// Compiles a `match:` block; errors name the key they are about.
+    pub fn compile(raw: RawMatch) -> Result<Matcher, String> {
+        let mut conds = Vec::new();
+        let mut push = |cond: Cond, text: String| conds.push(Described { cond, text });
+        if let Some(t) = raw.types {
+            let t = t.into_vec();
+            push(Cond::Type(t.clone()), format!("type in [{}]", t.join(", ")));
+        }
+        if let Some(a) = raw.alarm {
+            let a = a.into_vec();
+            push(
+                Cond::Alarm(a.clone()),
+                format!("alarm in [{}]", a.join(", ")),
+            );
+        }
+        if let Some(g) = raw.geofence {
+            let (c, text) = ids_or_globs(g.into_vec()).map_err(|e| format!("geofence: {e}"))?;
+            push(Cond::Geofence(c), format!("geofence in [{text}]"));
+        }
+        if let Some(d) = raw.device {
+            let (c, text) = ids_or_globs(d.into_vec()).map_err(|e| format!("device: {e}"))?;
+            push(Cond::Device(c), format!("device in [{text}]"));
+        }
+        if let Some(u) = raw.unique_id {
+            let u = u.into_vec();
+            let globs = u.iter().map(|p| glob(p)).collect::<Result<_, _>>();
+            let globs = globs.map_err(|e| format!("unique_id: {e}"))?;
+            push(
+                Cond::UniqueId(globs),
+                format!("unique_id in [{}]", u.join(", ")),
+            );
+        }
+        if let Some(g) = raw.group {
+            let g = g.into_vec();
+            let text = g.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+            push(Cond::Group(g), format!("group in [{text}]"));
+        }
+        if let Some(s) = raw.status {
+            let s = s.into_vec();
+            push(
+                Cond::Status(s.clone()),
+                format!("status in [{}]", s.join(", ")),
+            );
+        }
+        if let Some(s) = raw.source {
+            let s = s.into_vec();
+            push(
+                Cond::Source(s.clone()),
+                format!("source in [{}]", s.join(", ")),
+            );
+        }
+        for (key, value) in raw.fields.unwrap_or_default() {
+            let serde_yaml::Value::String(path) = key else {
+                return Err("where: keys must be field paths".into());
+            };
+            let field = Field::parse(&path).map_err(|e| format!("where: {e}"))?;
+            for (op, text) in ops(&value).map_err(|e| format!("where `{path}`: {e}"))? {
+                push(Cond::Field(field.clone(), op), format!("{path} {text}"));
+            }
+        }
+        if let Some(x) = raw.expr {
+            let expr = Expr::compile(&x).map_err(|e| format!("expr: {e}"))?;
+            push(Cond::Expr(expr), format!("expr `{x}`"));
+        }
+        if let Some(n) = raw.not {
+            let inner = Matcher::compile(*n).map_err(|e| format!("not: {e}"))?;
+            let text = format!("not ({})", inner.describe());
+            push(Cond::Not(inner), text);
+        }
+        if let Some(any) = raw.any {
+            let inner = any
+                .into_iter()
+                .map(Matcher::compile)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("any: {e}"))?;
+            let text = inner
+                .iter()
+                .map(|m| format!("({})", m.describe()))
+                .collect::<Vec<_>>();
+            push(Cond::Any(inner), format!("any of {}", text.join(" or ")));
+        }
+        Ok(Matcher { conds })
+    }
+
+    /// All conditions in words, joined with `and`.
+    pub fn describe(&self) -> String {
+        if self.conds.is_empty() {
+            return "every event".into();
+        }
+        self.conds
+            .iter()
+            .map(|c| c.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+
+    /// The event types this matcher is limited to, if its first-level conditions say so.
+    pub fn types(&self) -> Option<&[String]> {
+        self.conds.iter().find_map(|c| match &c.cond {
+            Cond::Type(t) => Some(t.as_slice()),
+            _ => None,
+        })
+    }
+
+    /// Whether every condition holds.
+    pub fn matches(&self, env: &Envelope, source: &str) -> bool {
+        self.conds
+            .iter()
+            .all(|c| test(&c.cond, env, source).unwrap_or(false))
+    }
+
+    /// The first condition that does not hold, or `None` when the matcher matches.
+    pub fn first_failure(&self, env: &Envelope, source: &str) -> Option<Failed> {
+        self.conds
+            .iter()
+            .find_map(|c| match test(&c.cond, env, source) {
+                Ok(true) => None,
+                Ok(false) => Some(Failed {
+                    condition: c.text.clone(),
+                    error: None,
+                }),
+                Err(e) => Some(Failed {
+                    condition: c.text.clone(),
+                    error: Some(e),
+                }),
+            })
+    }
+}
+
+fn test(cond: &Cond, env: &Envelope, source: &str) -> Result<bool, String> {
+    let device = env.device.as_ref();
+    Ok(match cond {
+        Cond::Type(t) => t.contains(&env.event.event_type),
+        Cond::Alarm(a) => env.alarms().any(|x| a.iter().any(|a| a == x)),
+        Cond::Geofence(g) => {
+            let id = env.event.geofence_id;
+            let name = env.geofence.as_ref().map_or("", |g| g.name.as_str());
+            (id != 0 || !name.is_empty()) && g.iter().any(|g| g.test(id, name))
+        }
+        Cond::Device(d) => {
+            let name = device.map_or("", |d| d.name.as_str());
+            d.iter().any(|d| d.test(env.device_id(), name))
+        }
+        Cond::UniqueId(u) => device.is_some_and(|d| u.iter().any(|g| g.is_match(&d.unique_id))),
+        Cond::Group(g) => device.is_some_and(|d| g.contains(&d.group_id)),
+        Cond::Status(s) => device.is_some_and(|d| s.contains(&d.status)),
+        Cond::Source(s) => s.iter().any(|s| s == source),
+        Cond::Field(f, op) => op.test(f.get(env, source)),
+        Cond::Expr(x) => x.eval(env, source).map_err(|e| e.to_string())?,
+        Cond::Not(m) => !m.matches(env, source),
+        Cond::Any(ms) => ms.iter().any(|m| m.matches(env, source)),
+    })
+}
+
+fn glob(pattern: &str) -> Result<GlobMatcher, String> {
+    GlobBuilder::new(pattern)
+        .case_insensitive(true)
+        .literal_separator(false)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("invalid glob `{pattern}`: {e}"))
+}
+
+fn ids_or_globs(items: Vec<IdOrName>) -> Result<(Vec<IdOrGlob>, String), String> {
+    let mut out = Vec::new();
+    let mut text = Vec::new();
+    for item in items {
+        match item {
+            IdOrName::Id(i) => {
+                text.push(i.to_string());
+                out.push(IdOrGlob::Id(i));
+            }
+            IdOrName::Name(n) => {
+                out.push(IdOrGlob::Glob(glob(&n)?));
+                text.push(format!("{n:?}"));
+            }
+        }
+    }
+    Ok((out, text.join(", ")))
+}
+
+/// `value` (equals), `[values]` (one of) or `{op: value, ...}`.
+fn ops(v: &serde_yaml::Value) -> Result<Vec<(Op, String)>, String> {
+    use serde_yaml::Value as Y;
+    match v {
+        Y::Sequence(items) => {
+            let lits = items
+                .iter()
+                .map(Lit::from_yaml)
+                .collect::<Result<Vec<_>, _>>()?;
+            let text = lits
+                .iter()
+                .map(Lit::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            Ok(vec![(Op::In(lits), format!("in [{text}]"))])
+        }
+        Y::Mapping(m) => {
+            let mut out = Vec::new();
+            for (k, arg) in m {
+                let k = k.as_str().ok_or("operators are names like eq, lt, regex")?;
+                out.push(op(k, arg)?);
+            }
+            if out.is_empty() {
+                return Err("no operator given".into());
+            }
+            Ok(out)
+        }
+        other => {
+            let lit = Lit::from_yaml(other)?;
+            Ok(vec![(Op::Eq(lit.clone()), format!("== {lit}"))])
+        }
+    }
+}
+
+fn op(name: &str, arg: &serde_yaml::Value) -> Result<(Op, String), String> {
+    let number = || {
+        arg.as_f64()
+            .ok_or_else(|| format!("`{name}` needs a number"))
+    };
+    let list = || match arg {
+        serde_yaml::Value::Sequence(items) => items
+            .iter()
+            .map(Lit::from_yaml)
+            .collect::<Result<Vec<_>, _>>(),
+        _ => Err(format!("`{name}` needs a list")),
+    };
+    let text = || {
+        arg.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("`{name}` needs text"))
+    };
+    let join = |ls: &[Lit]| ls.iter().map(Lit::to_string).collect::<Vec<_>>().join(", ");
+    Ok(match name {
+        "eq" => {
+            let l = Lit::from_yaml(arg)?;
+            (Op::Eq(l.clone()), format!("== {l}"))
+        }
+        "ne" => {
+            let l = Lit::from_yaml(arg)?;
+            (Op::Ne(l.clone()), format!("!= {l}"))
+        }
+        "in" => {
+            let ls = list()?;
+            let t = format!("in [{}]", join(&ls));
+            (Op::In(ls), t)
+        }
+        "not_in" => {
+            let ls = list()?;
+            let t = format!("not in [{}]", join(&ls));
+            (Op::NotIn(ls), t)
+        }
+        "lt" => (Op::Lt(number()?), format!("< {}", number()?)),
+        "le" => (Op::Le(number()?), format!("<= {}", number()?)),
+        "gt" => (Op::Gt(number()?), format!("> {}", number()?)),
+        "ge" => (Op::Ge(number()?), format!(">= {}", number()?)),
+        "exists" => {
+            let b = arg.as_bool().ok_or("`exists` needs true or false")?;
+            (Op::Exists(b), if b { "exists" } else { "does not exist" }.into())
+        }
+        "regex" => {
+            let t = text()?;
+            let r = Regex::new(&t).map_err(|e| format!("invalid regex `{t}`: {e}"))?;
+            (Op::Regex(r), format!("matches /{t}/"))
+        }
+        "glob" => {
+            let t = text()?;
+            (Op::Glob(glob(&t)?), format!("matches glob {t:?}"))
+        }
+        other => {
+            return Err(format!(
+                "unknown operator `{other}` (use eq, ne, in, not_in, lt, le, gt, ge, exists, regex, glob)"
+            ))
+        }
+    })
+}

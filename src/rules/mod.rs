@@ -1,0 +1,283 @@
+//! Rules: compiled from YAML into matchers, indexed by event type, evaluated purely (no I/O).
+//!
+//! A [`RuleSet`] is immutable; reloading builds a new one and swaps it whole.
+
+pub mod cond;
+pub mod expr;
+pub mod field;
+
+use std::collections::HashMap;
+
+use crate::event::Envelope;
+pub use cond::{Failed, Matcher};
+
+/// Where a rule was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// File it came from.
+    pub file: String,
+    /// Line of its `name:` (1-based), when found.
+    pub line: Option<usize>,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{l}", self.file),
+            None => f.write_str(&self.file),
+        }
+    }
+}
+
+/// One destination of a rule, with its templates already compiled (they are named, not held, here:
+/// the [`crate::render::Renderer`] holds them).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Channel name.
+    pub channel: String,
+    /// Template names of the recipients; empty = the channel's default recipient(s).
+    pub to: Vec<String>,
+    /// Template name of the subject (email).
+    pub subject: Option<String>,
+    /// Template name of the message body (text form).
+    pub body: String,
+    /// Template name of the HTML form of the body (email).
+    pub body_html: Option<String>,
+    /// Send a map pin after the message (Telegram).
+    pub location: bool,
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Its conditions.
+    pub matcher: Matcher,
+    /// Stop evaluating later rules when this one matches.
+    pub stop: bool,
+    /// Where matches go.
+    pub targets: Vec<Target>,
+    /// Where it was written.
+    pub origin: Origin,
+}
+
+/// All rules, in file order, indexed by the event types they name.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    /// For each event type named by some rule: the rules to try, in order (typed and untyped merged).
+    by_type: HashMap<String, Vec<usize>>,
+    /// Rules without a type condition: tried for every type, and alone for types no rule names.
+    untyped: Vec<usize>,
+}
+
+/// What `explain` says of one rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// All conditions hold.
+    Matched,
+    /// The first condition that did not hold.
+    NotMatched(Failed),
+    /// An earlier rule with `stop: true` matched.
+    Stopped(String),
+}
+
+impl RuleSet {
+    /// Builds the set and its type index.
+    pub fn new(rules: Vec<Rule>) -> RuleSet {
+        let mut by_type: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut untyped = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            match r.matcher.types() {
+                Some(types) => {
+                    for t in types {
+                        by_type.entry(t.clone()).or_default().push(i);
+                    }
+                }
+                None => untyped.push(i),
+            }
+        }
+        for list in by_type.values_mut() {
+            list.extend_from_slice(&untyped);
+            list.sort_unstable();
+            list.dedup();
+        }
+        RuleSet {
+            rules,
+            by_type,
+            untyped,
+        }
+    }
+
+    /// The rules, in order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The rules an event of this type can match, in order.
+    fn candidates(&self, event_type: &str) -> &[usize] {
+        self.by_type.get(event_type).unwrap_or(&self.untyped)
+    }
+
+    /// The rules that match, in order, honouring `stop`.
+    pub fn evaluate<'a>(&'a self, env: &Envelope, source: &str) -> Vec<&'a Rule> {
+        let mut out = Vec::new();
+        for &i in self.candidates(&env.event.event_type) {
+            let rule = &self.rules[i];
+            if rule.matcher.matches(env, source) {
+                out.push(rule);
+                if rule.stop {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// A verdict for every rule, in order: why each did or did not match.
+    pub fn explain<'a>(&'a self, env: &Envelope, source: &str) -> Vec<(&'a Rule, Verdict)> {
+        let mut stopped_by: Option<&str> = None;
+        self.rules
+            .iter()
+            .map(|rule| {
+                if let Some(s) = stopped_by {
+                    return (rule, Verdict::Stopped(s.to_string()));
+                }
+                let verdict = match rule.matcher.first_failure(env, source) {
+                    None => {
+                        if rule.stop {
+                            stopped_by = Some(&rule.name);
+                        }
+                        Verdict::Matched
+                    }
+                    Some(f) => Verdict::NotMatched(f),
+                };
+                (rule, verdict)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::raw::RawMatch;
+
+    fn rule(name: &str, yaml: &str, stop: bool) -> Rule {
+        let raw: RawMatch = serde_yaml::from_str(yaml).unwrap();
+        Rule {
+            name: name.into(),
+            description: None,
+            matcher: Matcher::compile(raw).unwrap(),
+            stop,
+            targets: vec![],
+            origin: Origin {
+                file: "t.yaml".into(),
+                line: Some(1),
+            },
+        }
+    }
+
+    fn payload(name: &str) -> Envelope {
+        let path = format!("{}/../shared/payloads/{name}", env!("CARGO_MANIFEST_DIR"));
+        Envelope::from_json(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn names(rs: &RuleSet, env: &Envelope) -> Vec<String> {
+        rs.evaluate(env, "traccar")
+            .iter()
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn theft_rule_matches_only_while_armed() {
+        let rs = RuleSet::new(vec![rule(
+            "theft",
+            "{type: alarm, alarm: [movement, vibration], where: {position.attributes.armed: true}}",
+            false,
+        )]);
+        assert_eq!(names(&rs, &payload("alarm_vibration.json")), ["theft"]);
+        assert!(names(&rs, &payload("alarm_sos.json")).is_empty());
+        let mut disarmed = payload("alarm_vibration.json");
+        let pos = disarmed.position.as_mut().unwrap();
+        pos.attributes.insert("armed".into(), false.into());
+        assert!(names(&rs, &disarmed).is_empty());
+    }
+
+    #[test]
+    fn negation_globs_comparisons_and_expressions() {
+        let rs = RuleSet::new(vec![
+            rule("not-lena", "{not: {device: 'lena*'}}", false),
+            rule("low", "{where: {batteryLevel: {lt: 70}}}", false),
+            rule(
+                "fast",
+                "{type: deviceOverspeed, expr: 'speed_kmh > 25 && ignition'}",
+                false,
+            ),
+            rule("zone", "{geofence: ['Prater*', 9]}", false),
+            rule(
+                "regex",
+                "{where: {device.uniqueId: {regex: '^4710[0-9]+$'}}}",
+                false,
+            ),
+        ]);
+        assert_eq!(
+            names(&rs, &payload("alarm_sos.json")),
+            ["not-lena", "low", "regex"]
+        );
+        assert_eq!(
+            names(&rs, &payload("deviceOverspeed.json")),
+            ["not-lena", "fast", "zone", "regex"]
+        );
+        assert_eq!(names(&rs, &payload("geofenceExit.json")), ["zone", "regex"]);
+    }
+
+    #[test]
+    fn stop_ends_evaluation_and_explain_says_why() {
+        let rs = RuleSet::new(vec![
+            rule("first", "{type: [alarm]}", true),
+            rule("second", "{}", false),
+            rule("third", "{type: deviceOnline}", false),
+        ]);
+        let env = payload("alarm_sos.json");
+        assert_eq!(names(&rs, &env), ["first"]);
+        let verdicts: Vec<_> = rs.explain(&env, "").into_iter().map(|(_, v)| v).collect();
+        assert_eq!(verdicts[0], Verdict::Matched);
+        assert_eq!(verdicts[1], Verdict::Stopped("first".into()));
+        let online = payload("deviceOnline.json");
+        let v = rs.explain(&online, "");
+        assert_eq!(
+            v[0].1,
+            Verdict::NotMatched(Failed {
+                condition: "type in [alarm]".into(),
+                error: None
+            })
+        );
+        assert_eq!(names(&rs, &online), ["second", "third"]);
+    }
+
+    #[test]
+    fn unknown_types_reach_untyped_rules() {
+        let rs = RuleSet::new(vec![
+            rule("typed", "{type: alarm}", false),
+            rule("all", "{}", false),
+        ]);
+        let mut env = payload("alarm_sos.json");
+        env.event.event_type = "somethingNew".into();
+        assert_eq!(names(&rs, &env), ["all"]);
+    }
+
+    #[test]
+    fn expression_errors_show_in_explain() {
+        let rs = RuleSet::new(vec![rule("x", "{expr: '!foo'}", false)]);
+        let v = rs.explain(&payload("alarm_sos.json"), "");
+        match &v[0].1 {
+            Verdict::NotMatched(f) => assert!(f.error.is_some(), "{f:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

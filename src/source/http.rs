@@ -1,0 +1,175 @@
+//! The webhook intake: `POST /events` with a Traccar event-forward or BikeTrax webhook body.
+//! Authenticated by an exact `Authorization` value, bounded in size, answered only after the event is
+//! committed, and never blocked: when the store is saturated the answer is 503 with `Retry-After`.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use crate::api::{token_matches, HttpError};
+use crate::config::Secret;
+use crate::event::Envelope;
+use crate::pipeline::Pipeline;
+use crate::plan::Arrival;
+use crate::store::{now_ms, Accepted};
+
+/// Header values carried through (`X-PowTxn`, `X-Request-Id`) are cut to this length.
+const MAX_TRACE_HEADER: usize = 128;
+
+/// State of the intake route.
+#[derive(Clone)]
+pub struct IngestState {
+    /// The pipeline.
+    pub pipeline: Pipeline,
+    /// Required `Authorization` value.
+    pub authorization: Option<Secret>,
+    /// Body limit.
+    pub max_body: usize,
+    /// Dedup namespace.
+    pub source: String,
+}
+
+/// The intake route at `path`.
+pub fn router(path: &str, state: IngestState) -> Router {
+    Router::new().route(path, post(ingest)).with_state(state)
+}
+
+/// A header value fit to log and forward: printable ASCII, bounded.
+fn trace_header(headers: &HeaderMap, name: &str) -> Option<String> {
+    let v = headers.get(name)?.to_str().ok()?;
+    let v: String = v
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(MAX_TRACE_HEADER)
+        .collect();
+    (!v.is_empty()).then_some(v)
+}
+
+/// Content types accepted: JSON, and what `curl -d` sends by default (the body must still be JSON).
+fn acceptable_content_type(headers: &HeaderMap) -> Result<(), HttpError> {
+    let Some(v) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let mime = v
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let ok = mime == "application/json"
+        || mime.ends_with("+json")
+        || mime == "text/json"
+        || mime == "text/plain"
+        || mime == "application/x-www-form-urlencoded";
+    if ok {
+        Ok(())
+    } else {
+        Err(HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("expected Content-Type application/json, got `{mime}`"),
+        ))
+    }
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, HttpError> {
+    let too_large = || {
+        HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body exceeds the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut buf = Vec::with_capacity(declared.unwrap_or(4096).min(limit));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                "the body could not be read",
+            )
+        })?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+async fn ingest(
+    State(s): State<IngestState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    if let Some(expected) = &s.authorization {
+        let presented = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        if !token_matches(presented, expected) {
+            tracing::warn!("webhook call with a missing or wrong Authorization header");
+            return Err(HttpError::unauthorized());
+        }
+    }
+    acceptable_content_type(&headers)?;
+    let bytes = read_body(body, &headers, s.max_body).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "empty_body",
+            "the body is empty; expected a Traccar event as JSON",
+        ));
+    }
+    let raw = std::str::from_utf8(&bytes).map_err(|e| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_utf8",
+            format!("the body is not UTF-8: {e}"),
+        )
+    })?;
+    let env = Envelope::from_json(raw.as_bytes()).map_err(|e| {
+        tracing::warn!(error = %e, "rejected an undecodable webhook body");
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_event",
+            format!("{e} (line {}, column {})", e.line, e.column),
+        )
+    })?;
+    let arrival = Arrival {
+        source: s.source.clone(),
+        txn: trace_header(&headers, "x-powtxn"),
+        request_id: trace_header(&headers, "x-request-id"),
+        received_at_ms: now_ms(),
+    };
+    let txn = arrival.txn.clone();
+    let accepted = s
+        .pipeline
+        .ingest(raw, &env, arrival)
+        .await
+        .map_err(|e| HttpError::from_store(&e))?;
+    let device = env.device.as_ref().map(|d| d.name.as_str()).unwrap_or("");
+    let txn = txn.as_deref().unwrap_or("");
+    let body = match accepted {
+        Accepted::New { deliveries } => {
+            tracing::info!(event_id = env.event.id, event_type = %env.event.event_type, device, txn, deliveries, "event accepted");
+            json!({ "status": "accepted", "event_id": env.event.id, "deliveries": deliveries })
+        }
+        Accepted::Duplicate => {
+            tracing::info!(event_id = env.event.id, event_type = %env.event.event_type, device, txn, "duplicate event ignored");
+            json!({ "status": "duplicate", "event_id": env.event.id })
+        }
+    };
+    Ok((StatusCode::OK, Json(body)).into_response())
+}

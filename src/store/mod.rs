@@ -1,0 +1,268 @@
+//! Durable storage behind one interface: accepted events (deduplicated by source and event id), the
+//! outbox of deliveries and their state. SQLite ([`sqlite`]) is the embedded default; the interface is
+//! shaped so a shared PostgreSQL backend can implement the same contract (claims carry a lease).
+
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::notification::Notification;
+use crate::plan::Planned;
+
+/// An event to accept, with the deliveries its rules produced.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Dedup namespace.
+    pub source: String,
+    /// Traccar event id.
+    pub event_id: i64,
+    /// Device id.
+    pub device_id: i64,
+    /// Event type.
+    pub event_type: String,
+    /// Receive time, unix ms.
+    pub received_at_ms: i64,
+    /// `X-PowTxn`.
+    pub txn: Option<String>,
+    /// The body as received.
+    pub payload: String,
+    /// Deliveries to enqueue in the same transaction.
+    pub deliveries: Vec<Planned>,
+}
+
+/// What accepting did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum Accepted {
+    /// Stored, with this many deliveries enqueued.
+    New {
+        /// Deliveries enqueued.
+        deliveries: usize,
+    },
+    /// The event was stored before; nothing was done.
+    Duplicate,
+}
+
+/// A delivery claimed for sending.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Row id.
+    pub id: i64,
+    /// What to send.
+    pub notification: Notification,
+    /// Attempts so far, this one included.
+    pub attempts: u32,
+    /// When the delivery was created (or last replayed), unix ms.
+    pub created_at_ms: i64,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The peer accepted it.
+    Delivered,
+    /// Try again at this time (unix ms).
+    Retry {
+        /// Next attempt, unix ms.
+        at_ms: i64,
+        /// What went wrong.
+        error: String,
+    },
+    /// Give up.
+    Dead {
+        /// Why.
+        error: String,
+    },
+}
+
+/// State of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Waiting to be sent (now or after a backoff).
+    Pending,
+    /// Being sent.
+    Inflight,
+    /// Sent.
+    Done,
+    /// Given up: dead letter.
+    Dead,
+}
+
+impl Status {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Inflight => "inflight",
+            Status::Done => "done",
+            Status::Dead => "dead",
+        }
+    }
+
+    /// Parses a stored or user-given name.
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "pending" => Status::Pending,
+            "inflight" => Status::Inflight,
+            "done" | "delivered" => Status::Done,
+            "dead" => Status::Dead,
+            _ => return None,
+        })
+    }
+}
+
+/// One delivery as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRow {
+    /// Row id (what `replay` takes).
+    pub id: i64,
+    /// Idempotency key.
+    pub key: String,
+    /// State.
+    pub status: Status,
+    /// Channel.
+    pub channel: String,
+    /// Recipient.
+    pub recipient: String,
+    /// Rule.
+    pub rule: String,
+    /// Traccar event id.
+    pub event_id: i64,
+    /// Event type.
+    pub event_type: String,
+    /// Device id.
+    pub device_id: i64,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Created, RFC 3339.
+    pub created_at: String,
+    /// Last change, RFC 3339.
+    pub updated_at: String,
+    /// Next attempt, RFC 3339 (pending only).
+    pub next_attempt_at: Option<String>,
+    /// Last error.
+    pub last_error: Option<String>,
+    /// `X-PowTxn` of the event.
+    pub txn: Option<String>,
+}
+
+/// Which deliveries to list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this state.
+    pub status: Option<Status>,
+    /// Only this channel.
+    pub channel: Option<String>,
+    /// Only this device.
+    pub device_id: Option<i64>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+/// Which deliveries to send again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// One delivery (dead or done).
+    Id(i64),
+    /// Every dead letter.
+    AllDead,
+}
+
+/// What a retention run removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    /// Deliveries removed.
+    pub deliveries: u64,
+    /// Events removed.
+    pub events: u64,
+}
+
+/// Storage failures.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The write queue is full: the store cannot keep up right now.
+    #[error("storage is busy")]
+    Busy,
+    /// The store was shut down.
+    #[error("storage is shut down")]
+    Closed,
+    /// The database could not be opened or migrated.
+    #[error("cannot open the database at {path}: {reason}")]
+    Open {
+        /// Database file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A database operation failed.
+    #[error("database error: {0}")]
+    Db(String),
+    /// A stored row could not be read back.
+    #[error("corrupt row {id}: {reason}")]
+    Corrupt {
+        /// Row id.
+        id: i64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The storage contract shared by every backend.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Stores an event and its deliveries in one transaction, unless the (source, event id) was stored
+    /// before. Returns only once committed (durable). Fails fast with [`StoreError::Busy`] when the
+    /// write queue is full.
+    async fn accept(&self, event: NewEvent) -> Result<Accepted, StoreError>;
+
+    /// Claims up to `limit` due deliveries (status pending, next attempt due, no earlier unfinished
+    /// delivery with the same ordering key) for `lease`, marking them in flight.
+    async fn claim(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    /// Records how an attempt ended.
+    async fn finish(&self, id: i64, outcome: Outcome, now_ms: i64) -> Result<(), StoreError>;
+
+    /// The earliest next-attempt time of pending deliveries.
+    async fn next_due(&self) -> Result<Option<i64>, StoreError>;
+
+    /// Returns deliveries left in flight by a previous run (or whose lease expired) to pending.
+    async fn recover(&self, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// Lists deliveries, newest first.
+    async fn list(&self, filter: Filter) -> Result<Vec<DeliveryRow>, StoreError>;
+
+    /// Makes deliveries due again; returns how many.
+    async fn replay(&self, which: Replay, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// Removes finished deliveries and events older than the retention periods.
+    async fn prune(
+        &self,
+        now_ms: i64,
+        retention: Duration,
+        dead_retention: Duration,
+    ) -> Result<Pruned, StoreError>;
+
+    /// Number of deliveries by state.
+    async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError>;
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Unix milliseconds as RFC 3339.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}

@@ -1,0 +1,511 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL` (every commit is fsynced).
+//!
+//! One writer thread owns the connection. Every operation is a job sent to it; the thread takes all jobs
+//! waiting (up to [`MAX_BATCH`]) and runs them in one transaction, each in its own savepoint so one
+//! failing job does not undo the others: group commit, so durability costs one fsync per batch, not per
+//! event. Answers are sent only after the commit succeeded.
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+
+/// Jobs per transaction at most: bounds the latency one commit adds to the jobs in it.
+pub const MAX_BATCH: usize = 2048;
+/// File name of the database under the data directory.
+pub const DB_FILE: &str = "trackrelay.db";
+/// Another process (the CLI next to a running server) may hold the write lock briefly.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Numbered migrations, applied in order at start; `PRAGMA user_version` records the last one applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: events and the outbox.
+    "CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        event_id INTEGER NOT NULL,
+        device_id INTEGER NOT NULL,
+        event_type TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        txn TEXT,
+        payload TEXT NOT NULL,
+        UNIQUE (source, event_id)
+    );
+    CREATE INDEX events_received ON events (received_at);
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL UNIQUE,
+        event_ref INTEGER NOT NULL REFERENCES events (id),
+        channel TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        order_key TEXT,
+        rule TEXT NOT NULL,
+        event_id INTEGER NOT NULL,
+        event_type TEXT NOT NULL,
+        device_id INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        next_at INTEGER NOT NULL,
+        lease_until INTEGER,
+        last_error TEXT,
+        txn TEXT,
+        content TEXT NOT NULL
+    );
+    CREATE INDEX deliveries_due ON deliveries (status, next_at);
+    CREATE INDEX deliveries_order ON deliveries (order_key, id) WHERE status IN ('pending', 'inflight');
+    CREATE INDEX deliveries_event ON deliveries (event_ref);
+    CREATE INDEX deliveries_updated ON deliveries (status, updated_at);",
+];
+
+type AnyResult = Result<Box<dyn Any + Send>, StoreError>;
+
+struct Job {
+    run: Box<dyn FnOnce(&Connection) -> AnyResult + Send>,
+    reply: oneshot::Sender<AnyResult>,
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database under `data_dir` and migrates it. `queue` bounds the jobs
+    /// waiting for the writer.
+    pub fn open(data_dir: &Path, queue: usize) -> Result<SqliteStore, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let open_err = |reason: String| StoreError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            open_err(format!(
+                "cannot create the data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let mut conn = Connection::open(&path).map_err(|e| open_err(e.to_string()))?;
+        configure(&conn).map_err(|e| open_err(e.to_string()))?;
+        migrate(&mut conn).map_err(|e| open_err(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(queue.max(16));
+        std::thread::Builder::new()
+            .name("trackrelay-sqlite".into())
+            .spawn(move || writer(conn, rx))
+            .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore { jobs: tx, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn call<R, F>(&self, wait: bool, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            run: Box::new(move |c| f(c).map(|r| Box::new(r) as Box<dyn Any + Send>)),
+            reply,
+        };
+        if wait {
+            self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        } else {
+            self.jobs.try_send(job).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Busy,
+                mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+            })?;
+        }
+        let any = rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(*any
+            .downcast::<R>()
+            .expect("a job's answer has the type its caller asked for"))
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL: readers never block the writer; FULL: a commit is on disk when it returns.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode WAL refused ({mode})"
+        )));
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "the database is at schema version {version}, newer than this trackrelay knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(m)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    tx.commit()
+}
+
+/// The writer thread: batches jobs into transactions until every sender is gone.
+fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut conn, batch);
+    }
+}
+
+fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let msg = e.to_string();
+            for j in batch {
+                let _ = j.reply.send(Err(StoreError::Db(msg.clone())));
+            }
+            return;
+        }
+    };
+    let mut answers = Vec::with_capacity(batch.len());
+    for job in batch {
+        let result = match tx.savepoint() {
+            Ok(mut sp) => {
+                let r = (job.run)(&sp);
+                if r.is_err() {
+                    let _ = sp.rollback();
+                }
+                match sp.commit() {
+                    Ok(()) => r,
+                    Err(e) => Err(db(e)),
+                }
+            }
+            Err(e) => Err(db(e)),
+        };
+        answers.push((job.reply, result));
+    }
+    match tx.commit() {
+        Ok(()) => {
+            for (reply, r) in answers {
+                let _ = reply.send(r);
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            for (reply, _) in answers {
+                let _ = reply.send(Err(StoreError::Db(format!("commit failed: {msg}"))));
+            }
+        }
+    }
+}
+
+fn insert_event(c: &Connection, e: &NewEvent) -> Result<Accepted, StoreError> {
+    let inserted = c
+        .prepare_cached(
+            "INSERT INTO events (source, event_id, device_id, event_type, received_at, txn, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (source, event_id) DO NOTHING",
+        )
+        .and_then(|mut s| {
+            s.execute(params![e.source, e.event_id, e.device_id, e.event_type, e.received_at_ms, e.txn, e.payload])
+        })
+        .map_err(db)?;
+    if inserted == 0 {
+        return Ok(Accepted::Duplicate);
+    }
+    let event_ref = c.last_insert_rowid();
+    let mut stmt = c
+        .prepare_cached(
+            "INSERT INTO deliveries (key, event_ref, channel, recipient, order_key, rule, event_id, event_type,
+                 device_id, status, attempts, created_at, updated_at, next_at, last_error, txn, content)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?11, ?11, ?12, ?13, ?14)
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .map_err(db)?;
+    for p in &e.deliveries {
+        let n = &p.notification;
+        let content = serde_json::to_string(n).map_err(|err| StoreError::Db(err.to_string()))?;
+        let status = if p.dead.is_some() {
+            Status::Dead
+        } else {
+            Status::Pending
+        };
+        stmt.execute(params![
+            n.key,
+            event_ref,
+            n.channel,
+            n.recipient,
+            p.order_key,
+            n.origin.rule,
+            e.event_id,
+            e.event_type,
+            e.device_id,
+            status.as_str(),
+            e.received_at_ms,
+            p.dead,
+            e.txn,
+            content
+        ])
+        .map_err(db)?;
+    }
+    Ok(Accepted::New {
+        deliveries: e.deliveries.len(),
+    })
+}
+
+fn claim(
+    c: &Connection,
+    now: i64,
+    limit: usize,
+    lease: Duration,
+) -> Result<Vec<Claimed>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT d.id, d.attempts, d.created_at, d.content FROM deliveries d
+             WHERE d.status = 'pending' AND d.next_at <= ?1
+               AND (d.order_key IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM deliveries e
+                   WHERE e.order_key = d.order_key AND e.id < d.id AND e.status IN ('pending', 'inflight')))
+             ORDER BY d.next_at, d.id LIMIT ?2",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(params![now, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .map_err(db)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db)?;
+    let mut mark = c
+        .prepare_cached(
+            "UPDATE deliveries SET status = 'inflight', attempts = attempts + 1, updated_at = ?2,
+             lease_until = ?3 WHERE id = ?1",
+        )
+        .map_err(db)?;
+    let lease_until = now + lease.as_millis() as i64;
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, attempts, created_at, content) in rows {
+        mark.execute(params![id, now, lease_until]).map_err(db)?;
+        let notification = match serde_json::from_str::<Notification>(&content) {
+            Ok(n) => n,
+            Err(e) => {
+                // Unreadable content can never be sent: dead-letter it instead of failing every claim.
+                c.execute(
+                    "UPDATE deliveries SET status = 'dead', last_error = ?2 WHERE id = ?1",
+                    params![id, format!("stored content unreadable: {e}")],
+                )
+                .map_err(db)?;
+                continue;
+            }
+        };
+        out.push(Claimed {
+            id,
+            notification,
+            attempts: attempts as u32 + 1,
+            created_at_ms: created_at,
+        });
+    }
+    Ok(out)
+}
+
+fn finish(c: &Connection, id: i64, outcome: &Outcome, now: i64) -> Result<(), StoreError> {
+    let (status, next_at, error) = match outcome {
+        Outcome::Delivered => (Status::Done, None, None),
+        Outcome::Retry { at_ms, error } => (Status::Pending, Some(*at_ms), Some(error.as_str())),
+        Outcome::Dead { error } => (Status::Dead, None, Some(error.as_str())),
+    };
+    c.prepare_cached(
+        "UPDATE deliveries SET status = ?2, updated_at = ?3, next_at = COALESCE(?4, next_at),
+         last_error = COALESCE(?5, last_error), lease_until = NULL WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![id, status.as_str(), now, next_at, error]))
+    .map_err(db)?;
+    Ok(())
+}
+
+fn list(c: &Connection, f: &Filter) -> Result<Vec<DeliveryRow>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT id, key, status, channel, recipient, rule, event_id, event_type, device_id, attempts,
+                    created_at, updated_at, next_at, last_error, txn
+             FROM deliveries
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR channel = ?2) AND (?3 IS NULL OR device_id = ?3)
+             ORDER BY id DESC LIMIT ?4",
+        )
+        .map_err(db)?;
+    let limit = if f.limit == 0 { 100 } else { f.limit } as i64;
+    let rows = stmt
+        .query_map(
+            params![f.status.map(Status::as_str), f.channel, f.device_id, limit],
+            |r| {
+                let status: String = r.get(2)?;
+                let st = Status::parse(&status).unwrap_or(Status::Dead);
+                Ok(DeliveryRow {
+                    id: r.get(0)?,
+                    key: r.get(1)?,
+                    status: st,
+                    channel: r.get(3)?,
+                    recipient: r.get(4)?,
+                    rule: r.get(5)?,
+                    event_id: r.get(6)?,
+                    event_type: r.get(7)?,
+                    device_id: r.get(8)?,
+                    attempts: r.get::<_, i64>(9)? as u32,
+                    created_at: rfc3339(r.get(10)?),
+                    updated_at: rfc3339(r.get(11)?),
+                    next_attempt_at: (st == Status::Pending)
+                        .then(|| r.get(12).map(rfc3339))
+                        .transpose()?,
+                    last_error: r.get(13)?,
+                    txn: r.get(14)?,
+                })
+            },
+        )
+        .map_err(db)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn accept(&self, event: NewEvent) -> Result<Accepted, StoreError> {
+        self.call(false, move |c| insert_event(c, &event)).await
+    }
+
+    async fn claim(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.call(true, move |c| claim(c, now_ms, limit, lease))
+            .await
+    }
+
+    async fn finish(&self, id: i64, outcome: Outcome, now_ms: i64) -> Result<(), StoreError> {
+        self.call(true, move |c| finish(c, id, &outcome, now_ms))
+            .await
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        self.call(true, |c| {
+            c.query_row(
+                "SELECT MIN(next_at) FROM deliveries WHERE status = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn recover(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.call(true, move |c| {
+            c.execute(
+                "UPDATE deliveries SET status = 'pending', next_at = ?1, lease_until = NULL
+                 WHERE status = 'inflight'",
+                params![now_ms],
+            )
+            .map(|n| n as u64)
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn list(&self, filter: Filter) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.call(true, move |c| list(c, &filter)).await
+    }
+
+    async fn replay(&self, which: Replay, now_ms: i64) -> Result<u64, StoreError> {
+        self.call(true, move |c| {
+            let set = "UPDATE deliveries SET status = 'pending', attempts = 0, next_at = ?1, created_at = ?1,
+                       updated_at = ?1, last_error = NULL";
+            let n = match which {
+                Replay::Id(id) => c.execute(
+                    &format!("{set} WHERE id = ?2 AND status IN ('dead', 'done')"),
+                    params![now_ms, id],
+                ),
+                Replay::AllDead => c.execute(&format!("{set} WHERE status = 'dead'"), params![now_ms]),
+            };
+            n.map(|n| n as u64).map_err(db)
+        })
+        .await
+    }
+
+    async fn prune(
+        &self,
+        now_ms: i64,
+        retention: Duration,
+        dead_retention: Duration,
+    ) -> Result<Pruned, StoreError> {
+        let cut = now_ms - retention.as_millis() as i64;
+        let dead_cut = now_ms - dead_retention.as_millis() as i64;
+        self.call(true, move |c| {
+            let deliveries = c
+                .execute(
+                    "DELETE FROM deliveries WHERE (status = 'done' AND updated_at < ?1)
+                                               OR (status = 'dead' AND updated_at < ?2)",
+                    params![cut, dead_cut],
+                )
+                .map_err(db)?;
+            let events = c
+                .execute(
+                    "DELETE FROM events WHERE received_at < ?1
+                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_ref = events.id)",
+                    params![cut],
+                )
+                .map_err(db)?;
+            Ok(Pruned {
+                deliveries: deliveries as u64,
+                events: events as u64,
+            })
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        self.call(true, |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT status, COUNT(*) FROM deliveries GROUP BY status")
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(db)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db)?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(s, n)| Some((Status::parse(&s)?, n as u64)))
+                .collect())
+        })
+        .await
+    }
+}
