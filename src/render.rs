@@ -52,6 +52,23 @@ pub fn escape_markdown_v2(s: &str) -> String {
     out
 }
 
+/// Escapes text for HTML (and Telegram's HTML mode, which documents `&lt; &gt; &amp; &quot;` and numeric
+/// entities): only what must be escaped, so links stay readable.
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Compiles templates into a [`Renderer`].
 pub struct RendererBuilder {
     env: Environment<'static>,
@@ -102,6 +119,15 @@ impl RendererBuilder {
                 };
                 return out
                     .write_str(&escape_markdown_v2(&text))
+                    .map_err(Into::into);
+            }
+            if state.auto_escape() == AutoEscape::Html
+                && !value.is_safe()
+                && !value.is_undefined()
+                && !value.is_none()
+            {
+                return out
+                    .write_str(&escape_html(&value.to_string()))
                     .map_err(Into::into);
             }
             minijinja::escape_formatter(out, state, value)
@@ -336,7 +362,7 @@ mod tests {
         let e = env();
         let ctx = r.event_context(&e, "traccar", None);
         let out = |i: usize| r.render(&names[i], &ctx, context! {}).unwrap();
-        assert_eq!(out(0), "<b>Lena&#x27;s &lt;Bike&gt; *1*_.</b>");
+        assert_eq!(out(0), "<b>Lena&#39;s &lt;Bike&gt; *1*_.</b>");
         // `<` is not reserved in MarkdownV2; `>` is.
         assert_eq!(out(1), r"*Lena's <Bike\> \*1\*\_\.*");
         let json: serde_json::Value = serde_json::from_str(&out(2)).unwrap();

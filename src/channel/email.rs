@@ -78,7 +78,9 @@ impl EmailSettings {
                 errors.push(format!("to: `{addr}`: {e}"));
             }
         }
-        let credentials = match (&raw.username, &raw.password) {
+        // Empty values (from `${SMTP_USER:-}`) mean "not set": a relay that takes mail without login.
+        let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+        let credentials = match (&nonempty(&raw.username), &nonempty(&raw.password)) {
             (Some(u), Some(p)) => Some((u.clone(), Secret(p.clone()))),
             (None, None) => None,
             _ => {

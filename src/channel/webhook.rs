@@ -83,7 +83,7 @@ impl WebhookSettings {
                 headers,
                 body: raw.body,
                 content_type: raw.content_type.unwrap_or_else(|| JSON.into()),
-                secret: raw.secret.map(Secret),
+                secret: raw.secret.filter(|s| !s.is_empty()).map(Secret),
                 timeout: raw.timeout.unwrap_or(DEFAULT_TIMEOUT),
                 ordered: raw.ordered.unwrap_or(false),
             }),

@@ -99,7 +99,7 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
                 if !inline.is_empty() {
                     units.push((file.clone(), std::mem::take(&mut inline)));
                 }
-                for path in expand(&dir.join(&p)).unwrap_or_else(|e| {
+                for path in expand(&relative_to(dir, PathBuf::from(&p))).unwrap_or_else(|e| {
                     errors.push(file.error(
                         file.find_line("rules", None, 1),
                         "",
@@ -378,5 +378,14 @@ fn compile_target(
             location,
         }),
         _ => Err(errors),
+    }
+}
+
+/// `p` relative to the config file's folder (left alone when absolute or when the folder is `.`).
+fn relative_to(dir: &Path, p: PathBuf) -> PathBuf {
+    if p.is_absolute() || dir == Path::new(".") {
+        p
+    } else {
+        dir.join(p)
     }
 }

@@ -255,25 +255,31 @@ impl SourceFile {
 }
 
 /// Replaces `${NAME}` and `${NAME:-default}` with environment values; `$${` stands for a literal `${`.
-/// Unset variables without a default are errors, with the line they are on.
+/// Comments are left alone. Unset variables without a default are errors, with the line they are on.
 pub fn interpolate(
     file: &SourceFile,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, Vec<ConfigError>> {
-    let text = &file.text;
-    let mut out = String::with_capacity(text.len());
+    let mut out = String::with_capacity(file.text.len());
     let mut errors = Vec::new();
-    let mut rest = text.as_str();
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i..];
-        if let Some(tail) = after.strip_prefix("$${") {
-            out.push_str("${");
-            rest = tail;
-        } else if let Some(tail) = after.strip_prefix("${") {
-            let line = text[..text.len() - rest.len() + i].matches('\n').count() + 1;
+    for (i, line) in file.text.split_inclusive('\n').enumerate() {
+        let (code, comment) = line.split_at(comment_start(line).unwrap_or(line.len()));
+        let mut rest = code;
+        while let Some(at) = rest.find('$') {
+            out.push_str(&rest[..at]);
+            let after = &rest[at..];
+            if let Some(tail) = after.strip_prefix("$${") {
+                out.push_str("${");
+                rest = tail;
+                continue;
+            }
+            let Some(tail) = after.strip_prefix("${") else {
+                out.push('$');
+                rest = &after[1..];
+                continue;
+            };
             let Some(end) = tail.find('}') else {
-                errors.push(file.error(Some(line), "", "unterminated `${`"));
+                errors.push(file.error(Some(i + 1), "", "unterminated `${`"));
                 out.push_str("${");
                 rest = tail;
                 continue;
@@ -286,27 +292,40 @@ pub fn interpolate(
             let valid =
                 !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             match (valid, env(name), default) {
-                (false, ..) => errors.push(file.error(Some(line), "", format!("invalid variable name `{name}`"))),
+                (false, ..) => errors.push(file.error(Some(i + 1), "", format!("invalid variable name `{name}`"))),
                 (true, Some(v), _) => out.push_str(&v),
                 (true, None, Some(d)) => out.push_str(d),
                 (true, None, None) => errors.push(file.error(
-                    Some(line),
+                    Some(i + 1),
                     "",
                     format!("environment variable `{name}` is not set (use ${{{name}:-default}} for a default)"),
                 )),
             }
             rest = &tail[end + 1..];
-        } else {
-            out.push('$');
-            rest = &after[1..];
         }
+        out.push_str(rest);
+        out.push_str(comment);
     }
-    out.push_str(rest);
     if errors.is_empty() {
         Ok(out)
     } else {
         Err(errors)
     }
+}
+
+/// Where a YAML comment starts on a line: a `#` at the start or after a blank, outside quotes.
+fn comment_start(line: &str) -> Option<usize> {
+    let (mut single, mut double, mut prev_blank) = (false, false, true);
+    for (i, c) in line.char_indices() {
+        match c {
+            '\'' if !double => single = !single,
+            '"' if !single => double = !double,
+            '#' if !single && !double && prev_blank => return Some(i),
+            _ => {}
+        }
+        prev_blank = c.is_whitespace();
+    }
+    None
 }
 
 /// A YAML error as a located config error.

@@ -441,7 +441,12 @@ fn op(name: &str, arg: &serde_yaml::Value) -> Result<(Op, String), String> {
         }
         "regex" => {
             let t = text()?;
-            let r = Regex::new(&t).map_err(|e| format!("invalid regex `{t}`: {e}"))?;
+            // regex's errors draw a caret diagram over several lines; keep the one that says what is wrong.
+            let r = Regex::new(&t).map_err(|e| {
+                let e = e.to_string();
+                let why = e.lines().last().unwrap_or_default().trim_start_matches("error: ").to_string();
+                format!("invalid regex `{t}`: {why}")
+            })?;
             (Op::Regex(r), format!("matches /{t}/"))
         }
         "glob" => {

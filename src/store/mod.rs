@@ -231,7 +231,7 @@ pub trait Store: Send + Sync {
     /// Records how an attempt ended.
     async fn finish(&self, id: i64, outcome: Outcome, now_ms: i64) -> Result<(), StoreError>;
 
-    /// The earliest next-attempt time of pending deliveries.
+    /// The earliest next-attempt time of pending deliveries that are not waiting behind an earlier one.
     async fn next_due(&self) -> Result<Option<i64>, StoreError>;
 
     /// Returns deliveries left in flight by a previous run (or whose lease expired) to pending.

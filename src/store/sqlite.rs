@@ -415,8 +415,12 @@ impl Store for SqliteStore {
 
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         self.call(true, |c| {
+            // Rows waiting behind an earlier delivery of the same ordering key are not due on their own.
             c.query_row(
-                "SELECT MIN(next_at) FROM deliveries WHERE status = 'pending'",
+                "SELECT MIN(d.next_at) FROM deliveries d WHERE d.status = 'pending'
+                   AND (d.order_key IS NULL OR NOT EXISTS (
+                       SELECT 1 FROM deliveries e
+                       WHERE e.order_key = d.order_key AND e.id < d.id AND e.status IN ('pending', 'inflight')))",
                 [],
                 |r| r.get(0),
             )

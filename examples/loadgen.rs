@@ -1,0 +1,160 @@
+//! A load generator for trackrelay's intake: posts a Traccar event body with a fresh `event.id` per
+//! request, at saturation (closed loop) or at a fixed rate, and prints throughput and latency
+//! percentiles. Loopback only: it refuses any URL whose host is not a loopback address.
+//!
+//! ```text
+//! cargo run --release --example loadgen -- --url http://127.0.0.1:8088/events --duration 10 --concurrency 64
+//! cargo run --release --example loadgen -- --url http://127.0.0.1:8088/events --duration 10 --rate 1000
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    /// Intake URL (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:8088/events")]
+    url: String,
+    /// Authorization header value.
+    #[arg(long)]
+    auth: Option<String>,
+    /// Event body to send (its event.id is replaced per request).
+    #[arg(long, default_value = "../shared/payloads/alarm_vibration.json")]
+    payload: String,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Requests per second (open loop); 0 = as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// First event id (ids count up from here).
+    #[arg(long, default_value_t = 1_000_000_000)]
+    id_base: u64,
+    /// Vary the device id over this many devices (1 = keep the payload's).
+    #[arg(long, default_value_t = 1)]
+    devices: u64,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let url = reqwest::Url::parse(&args.url)?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    anyhow::ensure!(loopback, "loadgen only targets loopback addresses");
+    let mut body: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&args.payload)?)?;
+    // Split the body around marker ids so each request is two string copies, not a JSON serialisation.
+    body["event"]["id"] = serde_json::json!(987654321987u64);
+    body["device"]["id"] = serde_json::json!(123456789123u64);
+    let text = body.to_string();
+    let (head, rest) = text.split_once("987654321987").expect("event id marker");
+    let (mid, tail) = rest.split_once("123456789123").expect("device id marker");
+    let parts = Arc::new((head.to_string(), mid.to_string(), tail.to_string()));
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let next_id = Arc::new(AtomicU64::new(args.id_base));
+    let latencies = Arc::new(Mutex::new(Vec::<u32>::with_capacity(1 << 20)));
+    let statuses = Arc::new(Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
+    let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let start = Instant::now();
+    let end = start + Duration::from_secs(args.duration);
+    let mut ticker = (args.rate > 0).then(|| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        t
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    while Instant::now() < end {
+        if let Some(t) = ticker.as_mut() {
+            t.tick().await;
+        }
+        let permit = sem.clone().acquire_owned().await?;
+        let (client, url, parts, next_id) =
+            (client.clone(), url.clone(), parts.clone(), next_id.clone());
+        let (latencies, statuses, auth, devices) = (
+            latencies.clone(),
+            statuses.clone(),
+            args.auth.clone(),
+            args.devices,
+        );
+        tasks.spawn(async move {
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            let device = if devices > 1 { 1 + id % devices } else { 12 };
+            let body = format!("{}{id}{}{device}{}", parts.0, parts.1, parts.2);
+            let mut req = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body);
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let t0 = Instant::now();
+            let key = match req.send().await {
+                Ok(r) => {
+                    let s = r.status().as_u16().to_string();
+                    let _ = r.bytes().await;
+                    s
+                }
+                Err(e) => format!(
+                    "error: {}",
+                    if e.is_connect() {
+                        "connect"
+                    } else if e.is_timeout() {
+                        "timeout"
+                    } else {
+                        "other"
+                    }
+                ),
+            };
+            let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            latencies.lock().unwrap().push(us);
+            *statuses.lock().unwrap().entry(key).or_default() += 1;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut lat = latencies.lock().unwrap().clone();
+    lat.sort_unstable();
+    let statuses = statuses.lock().unwrap().clone();
+    let ok = statuses.get("200").copied().unwrap_or(0);
+    println!(
+        "requests: {}  elapsed: {elapsed:.2}s  statuses: {statuses:?}",
+        lat.len()
+    );
+    println!(
+        "throughput: {:.0} req/s ({:.0} accepted/s)",
+        lat.len() as f64 / elapsed,
+        ok as f64 / elapsed
+    );
+    println!(
+        "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.90),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0)
+    );
+    Ok(())
+}

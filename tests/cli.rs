@@ -1,0 +1,248 @@
+//! The command line as a user meets it: `check` on the shipped example and on broken rules (every error,
+//! with file:line and the rule's name), `explain`, and `deliveries` / `replay` on a data directory.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn trackrelay(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_trackrelay"));
+    c.args(args)
+        .current_dir(cwd)
+        .env_remove("TRACKRELAY_CONFIG");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+const EXAMPLE_ENV: &[(&str, &str)] = &[
+    ("TRACKRELAY_WEBHOOK_TOKEN", "t"),
+    ("TELEGRAM_BOT_TOKEN", "123:abc"),
+    ("TELEGRAM_CHAT_ID", "42"),
+    ("SMTP_HOST", "127.0.0.1"),
+    ("OPS_WEBHOOK_URL", "http://127.0.0.1:9/hook"),
+];
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn shipped_example_config_and_rules_check_clean() {
+    let out = trackrelay(&["check", "trackrelay.example.yaml"], repo(), EXAMPLE_ENV);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("4 channel(s), 8 rule(s) from 4 file(s)"),
+        "{stdout}"
+    );
+    // The built-in default config checks too.
+    assert!(trackrelay(&["check"], repo(), &[]).status.success());
+    // A missing variable is named, with its line.
+    let out = trackrelay(
+        &["check", "trackrelay.example.yaml"],
+        repo(),
+        &EXAMPLE_ENV[1..],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("trackrelay.example.yaml:14: environment variable `TRACKRELAY_WEBHOOK_TOKEN` is not set"), "{stderr}");
+}
+
+#[test]
+fn check_reports_every_error_with_file_line_and_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("trackrelay.yaml"),
+        "channels:\n  stdout: { type: log }\n  mail: { type: email, host: h, from: 'not an address' }\nrules: [rules/]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("rules/a.yaml"),
+        r#"rules:
+  - name: fine
+    notify: [{ channel: stdout }]
+  - name: bad-channel
+    notify: [{ channel: nope }]
+  - name: bad-regex
+    match: { where: { device.name: { regex: "(" } } }
+    notify: [{ channel: stdout }]
+  - name: bad-expr
+    match: { expr: "(speed_kmh > 3" }
+    notify: [{ channel: stdout }]
+  - name: bad-field
+    match: { where: { device.colour: red } }
+    notify: [{ channel: stdout }]
+  - name: bad-template
+    notify: [{ channel: stdout, template: "{{ device.name " }]
+  - name: fine
+    notify: [{ channel: stdout }]
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("rules/b.yaml"),
+        "rules:\n  - name: typo\n    mach: {}\n    notify: []\n",
+    )
+    .unwrap();
+    let out = trackrelay(&["check", "trackrelay.yaml"], dir.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let expect = [
+        "trackrelay.yaml:3: channel 'mail': from: `not an address`",
+        "rules/a.yaml:4: rule 'bad-channel': notify[0]: unknown channel 'nope' (configured: ",
+        "rules/a.yaml:6: rule 'bad-regex': match: where `device.name`: invalid regex `(`: unclosed group\n",
+        "rules/a.yaml:9: rule 'bad-expr': match: expr: cannot parse expression `(speed_kmh > 3`",
+        "rules/a.yaml:12: rule 'bad-field': match: where: unknown field `device.colour`: device has no property `colour`; attributes are read with device.attributes.colour",
+        "rules/a.yaml:15: rule 'bad-template': notify[0]: template: syntax error",
+        "rules/a.yaml:17: rule 'fine': another rule has the same name",
+        "rules/b.yaml:3: rules[0]: unknown field `mach`, expected one of `name`",
+    ];
+    for e in expect {
+        assert!(stderr.contains(e), "missing {e:?} in:\n{stderr}");
+    }
+    assert!(stderr.starts_with("8 configuration errors:"), "{stderr}");
+}
+
+#[test]
+fn explain_names_matches_failures_and_messages() {
+    let p = repo().join("../shared/payloads/alarm_vibration.json");
+    let out = trackrelay(
+        &[
+            "explain",
+            "--event",
+            p.to_str().unwrap(),
+            "trackrelay.example.yaml",
+        ],
+        repo(),
+        EXAMPLE_ENV,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("MATCH     theft-alarm (rules/10-theft.yaml:5)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("no match  sos (rules/10-theft.yaml:24): failed `alarm in [sos]`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("no match  low-battery (rules/30-ops.yaml:10): failed `batteryLevel < 20`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("--- rule 'theft-alarm' -> channel 'phone' -> 42"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"subject\": \"Theft alarm: Lena's Gazelle (vibration)\""),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn deliveries_and_replay_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "storage: {{ data_dir: \"{}\" }}\nchannels: {{ hook: {{ type: webhook, url: \"http://127.0.0.1:9/closed\" }} }}\n\
+         delivery: {{ retry: {{ max_attempts: 1 }} }}\nrules: [{{ name: a, notify: [{{ channel: hook }}] }}]\n",
+        dir.path().join("data").display()
+    );
+    let relay = common::Relay::start(common::config_in(dir.path(), &yaml)).await;
+    relay.post(common::payload("alarm_sos.json"), &[]).await;
+    let store = relay.running.as_ref().unwrap().store.clone();
+    for _ in 0..200 {
+        if store.counts().await.unwrap() == vec![(trackrelay::store::Status::Dead, 1)] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    relay.stop().await;
+
+    let out = trackrelay(
+        &[
+            "deliveries",
+            "--config",
+            "trackrelay.yaml",
+            "--status",
+            "dead",
+            "--json",
+        ],
+        dir.path(),
+        &[],
+    );
+    let rows: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    assert_eq!(rows[0]["event_id"], 1934577);
+    assert!(
+        rows[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 1 attempts"),
+        "{rows}"
+    );
+    let table = trackrelay(
+        &["deliveries", "--config", "trackrelay.yaml"],
+        dir.path(),
+        &[],
+    );
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("dead"),
+        "{table:?}"
+    );
+
+    let id = rows[0]["id"].to_string();
+    let out = trackrelay(
+        &["replay", "--config", "trackrelay.yaml", &id],
+        dir.path(),
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1 delivery is due again"
+    );
+    let out = trackrelay(
+        &[
+            "deliveries",
+            "--config",
+            "trackrelay.yaml",
+            "--status",
+            "pending",
+            "--json",
+        ],
+        dir.path(),
+        &[],
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    // Replaying what is not dead or done is an error (exit 1), --all-dead finds nothing left.
+    assert_eq!(
+        trackrelay(
+            &["replay", "--config", "trackrelay.yaml", &id],
+            dir.path(),
+            &[]
+        )
+        .status
+        .code(),
+        Some(1)
+    );
+    let out = trackrelay(
+        &["replay", "--config", "trackrelay.yaml", "--all-dead"],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0 deliveries are due again"
+    );
+}

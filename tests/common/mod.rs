@@ -1,0 +1,127 @@
+//! The relay under test: configs written into a temporary folder, the relay started in-process on a
+//! free loopback port, and small helpers to post events and read the admin API.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use trackrelay::app::{self, Running};
+use trackrelay::config::Config;
+
+/// Where the shared example payloads are.
+pub fn payloads_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/payloads")
+}
+
+/// The text of an example payload.
+pub fn payload(name: &str) -> String {
+    std::fs::read_to_string(payloads_dir().join(name))
+        .unwrap_or_else(|e| panic!("payload {name}: {e}"))
+}
+
+/// The shipped example config, with variables taken from `vars`.
+pub fn example_config(vars: &HashMap<&str, String>) -> Config {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("trackrelay.example.yaml");
+    Config::load_with_env(Some(&path), &|k| vars.get(k).cloned()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A config written to `dir/trackrelay.yaml` and loaded (with no environment).
+pub fn config_in(dir: &Path, yaml: &str) -> Config {
+    let path = dir.join("trackrelay.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    Config::load_with_env(Some(&path), &|_| None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A running relay.
+pub struct Relay {
+    pub running: Option<Running>,
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+}
+
+impl Relay {
+    pub async fn start(mut config: Config) -> Relay {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let running = app::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("relay did not start: {e:#}"));
+        Relay {
+            addr: running.addr,
+            running: Some(running),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Posts a body to `/events` with the given headers; returns status and JSON answer.
+    pub async fn post(
+        &self,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> (u16, serde_json::Value) {
+        let mut req = self.client.post(self.url("/events")).body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("relay answers");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text}"));
+        (status, json)
+    }
+
+    /// GET an admin path with a bearer token.
+    pub async fn admin_get(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        let resp = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// POST an admin path with a bearer token.
+    pub async fn admin_post(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        let resp = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.unwrap();
+        }
+    }
+}
+
+/// Polls `f` every 20 ms until it returns true or `timeout` passes.
+pub async fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

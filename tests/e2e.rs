@@ -1,0 +1,283 @@
+//! End to end through real peers on loopback: every example payload is posted to a relay running the
+//! shipped example configuration and rules; the test asserts the exact messages that reach the Telegram
+//! stand-in, the SMTP server and the webhook sink.
+
+mod common;
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{example_config, payload, Relay};
+use support::sink::Sink;
+use support::smtp::SmtpServer;
+use support::telegram::TelegramStandIn;
+
+const TOKEN: &str = "123456:TEST-token";
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Peers {
+    telegram: TelegramStandIn,
+    smtp: SmtpServer,
+    sink: Sink,
+}
+
+async fn example_relay(dir: &std::path::Path) -> (Relay, Peers) {
+    let telegram = TelegramStandIn::start(TOKEN, &["4242"]).await;
+    let smtp = SmtpServer::start();
+    let sink = Sink::start().await;
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("TRACKRELAY_WEBHOOK_TOKEN", "s3cret".to_string()),
+        ("TRACKRELAY_DATA_DIR", dir.display().to_string()),
+        ("TELEGRAM_BOT_TOKEN", TOKEN.to_string()),
+        ("TELEGRAM_CHAT_ID", "4242".to_string()),
+        ("TELEGRAM_API_URL", telegram.base_url()),
+        ("SMTP_HOST", "127.0.0.1".to_string()),
+        ("SMTP_PORT", smtp.port().to_string()),
+        ("SMTP_SECURITY", "none".to_string()),
+        ("OPS_WEBHOOK_URL", sink.url("/ops")),
+    ]);
+    let relay = Relay::start(example_config(&vars)).await;
+    (
+        relay,
+        Peers {
+            telegram,
+            smtp,
+            sink,
+        },
+    )
+}
+
+#[tokio::test]
+async fn every_example_payload_reaches_the_right_peer_with_the_exact_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, peers) = example_relay(dir.path()).await;
+    let auth = [
+        ("authorization", "Bearer s3cret"),
+        ("content-type", "application/json"),
+    ];
+    // (payload, deliveries the shipped rules make of it)
+    let cases = [
+        ("alarm_vibration.json", 3), // theft: telegram text + pin, mail
+        ("alarm_sos.json", 3),       // sos: telegram text + pin, ops webhook
+        ("geofenceExit.json", 2),    // left home while parked: text + pin
+        ("geofenceEnter.json", 1),   // another zone: text
+        ("deviceOffline.json", 1),   // ops webhook
+        ("deviceMoving.json", 1),    // ride started (device 12): mail
+        ("ignitionOn.json", 1),      // ride started (Lastenrad*): mail
+        ("deviceOverspeed.json", 1), // overspeed: mail
+        ("deviceOnline.json", 0),
+        ("biketrax_doc_example.json", 0),
+        ("legacy_biketrax_deviceOnline.json", 0),
+    ];
+    for (name, expected) in cases {
+        let mut headers = auth.to_vec();
+        if name == "alarm_sos.json" {
+            headers.push(("x-powtxn", "txn-0815"));
+        }
+        let (status, body) = relay.post(payload(name), &headers).await;
+        assert_eq!(status, 200, "{name}: {body}");
+        assert_eq!(body["status"], "accepted", "{name}: {body}");
+        assert_eq!(body["deliveries"], expected, "{name}: {body}");
+    }
+
+    // Telegram: one chat, in the order the events came.
+    let msgs = peers.telegram.wait_for_messages(7, WAIT).await;
+    let seen: Vec<(String, String)> = msgs
+        .iter()
+        .map(|m| {
+            let what = match (&m.plain_text, m.latitude, m.longitude) {
+                (Some(t), _, _) => t.clone(),
+                (None, Some(lat), Some(lon)) => format!("pin {lat},{lon}"),
+                _ => panic!("unexpected message {m:?}"),
+            };
+            (m.chat_id.clone(), what)
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        "🚨 Theft alarm: Lena's Gazelle\nvibration at 2026-05-15 02:41:05 CEST\nOpen map",
+        "pin 47.262195,11.413561",
+        "🆘 SOS from Lastenrad Wien at 2026-05-14 09:52:03 CEST\nOpen map",
+        "pin 48.207815,16.419924",
+        "🏠➡️ Lena's Gazelle left Zuhause Pradl at 2026-05-15 02:47:12 CEST\n11.8 km/h · Open map",
+        "pin 47.263421,11.412008",
+        "Entered Innsbruck Altstadt (Fußgängerzone)\nLena's Gazelle · 2026-05-14 08:21:33 CEST\n\
+         7.7 km/h · Herzog-Friedrich-Straße 15, 6020 Innsbruck, Austria\nMap",
+    ]
+    .iter()
+    .map(|t| ("4242".to_string(), t.to_string()))
+    .collect();
+    assert_eq!(seen, expected);
+    assert!(msgs
+        .iter()
+        .filter(|m| m.text.is_some())
+        .all(|m| m.parse_mode.as_deref() == Some("HTML")
+            || m.parse_mode.as_deref() == Some("Html")
+            || m.parse_mode.as_deref() == Some("html")));
+    assert!(
+        peers.telegram.rejections().is_empty(),
+        "{:?}",
+        peers.telegram.rejections()
+    );
+
+    // Mail: one mailbox, in order, each with a text and an HTML part.
+    let mails = peers.smtp.wait_for(4, WAIT).await;
+    let subjects: Vec<&str> = mails
+        .iter()
+        .map(|m| m.subject.as_deref().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            "Theft alarm: Lena's Gazelle (vibration)",
+            "Moving: Lena's Gazelle",
+            "Ignition on: Lastenrad Wien",
+            "Lastenrad Wien: Overspeed: 27.0 km/h (limit 20.0 km/h)",
+        ]
+    );
+    assert!(mails.iter().all(|m| m.to == ["owner@example.org"]));
+    assert_eq!(
+        mails[3].text.as_deref().map(str::trim_end),
+        Some(
+            "Overspeed: 27.0 km/h (limit 20.0 km/h)\n\nDevice: Lastenrad Wien\nTime: 2026-05-14 09:28:44 CEST\n\
+             Speed: 27.0 km/h\nMap: https://www.openstreetmap.org/?mlat=48.213412&mlon=16.405503#map=17/48.213412/16.405503\n\
+             Geofence: Prater Hauptallee (20 km/h)"
+        )
+    );
+    let html = mails[0].html.as_deref().unwrap();
+    assert!(html.contains("Device: Lena&#39;s Gazelle"), "{html}");
+    for m in &mails {
+        let id = m.message_id.as_deref().unwrap();
+        assert!(
+            id.starts_with("<tr-") && id.ends_with("@trackrelay>"),
+            "{id}"
+        );
+    }
+
+    // Ops webhook: the Slack-style body of the example config, the transaction id carried through.
+    let reqs = peers.sink.wait_for(2, WAIT).await;
+    let mut texts: Vec<(String, Option<String>)> = reqs
+        .iter()
+        .map(|r| {
+            (
+                r.json()["text"].as_str().unwrap().to_string(),
+                r.header("x-powtxn").map(str::to_string),
+            )
+        })
+        .collect();
+    texts.sort();
+    assert_eq!(
+        texts,
+        [
+            (
+                ":warning: Lastenrad Wien (4710198765) is offline since 2026-05-14 19:35:11 CEST".to_string(),
+                None
+            ),
+            (
+                "Alarm: sos: Lastenrad Wien at 2026-05-14 09:52:03 CEST (Prater, 1020 Wien, Austria, 0.0 km/h) \
+                 https://www.openstreetmap.org/?mlat=48.207815&mlon=16.419924#map=17/48.207815/16.419924"
+                    .to_string(),
+                Some("txn-0815".to_string())
+            ),
+        ]
+    );
+    assert!(reqs
+        .iter()
+        .all(|r| r.path == "/ops" && r.header("idempotency-key").is_some()));
+
+    // Nothing more arrives (no duplicates) once everything was delivered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(peers.telegram.messages().len(), 7);
+    assert_eq!(peers.smtp.mails().len(), 4);
+    assert_eq!(peers.sink.requests().len(), 2);
+    relay.stop().await;
+}
+
+/// A device name full of markup characters reaches every channel intact: the Telegram stand-in parses
+/// HTML and MarkdownV2 like the real API and would reject a broken message; the mail and the JSON body
+/// carry the name exactly.
+#[tokio::test]
+async fn hostile_names_survive_every_format() {
+    const NAME: &str = "Lena's <Bike> *1*_. [x](y) & \"q\" #!";
+    let telegram = TelegramStandIn::start(TOKEN, &["100", "200", "300"]).await;
+    let smtp = SmtpServer::start();
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"
+storage: {{ data_dir: "{data}" }}
+channels:
+  tg-html: {{ type: telegram, bot_token: "{TOKEN}", chat_id: "100", api_url: "{api}" }}
+  tg-md: {{ type: telegram, bot_token: "{TOKEN}", chat_id: "200", parse_mode: markdownv2, api_url: "{api}" }}
+  tg-plain: {{ type: telegram, bot_token: "{TOKEN}", chat_id: "300", parse_mode: plain, api_url: "{api}" }}
+  mail: {{ type: email, host: 127.0.0.1, port: {smtp}, security: none, from: "relay@example.org", to: [a@example.org] }}
+  hook: {{ type: webhook, url: "{hook}" }}
+rules:
+  - name: all
+    notify:
+      - channel: tg-html
+        template: "<b>{{{{ device.name }}}}</b> {{{{ title }}}}"
+      - channel: tg-md
+        template: "*{{{{ device.name }}}}* {{{{ title }}}}"
+      - channel: tg-plain
+        template: "{{{{ device.name }}}}"
+      - channel: mail
+        subject: "{{{{ device.name }}}}"
+        template: "Name: {{{{ device.name }}}}"
+      - channel: hook
+        template: "{{{{ device.name }}}}"
+"#,
+        data = dir.path().display(),
+        api = telegram.base_url(),
+        smtp = smtp.port(),
+        hook = sink.url("/h"),
+    );
+    let relay = Relay::start(common::config_in(dir.path(), &yaml)).await;
+    let mut event: serde_json::Value =
+        serde_json::from_str(&payload("alarm_vibration.json")).unwrap();
+    event["device"]["name"] = NAME.into();
+    let (status, body) = relay.post(event.to_string(), &[]).await;
+    assert_eq!(
+        (status, &body["deliveries"]),
+        (200, &serde_json::json!(5)),
+        "{body}"
+    );
+
+    let msgs = telegram.wait_for_messages(3, WAIT).await;
+    assert!(
+        telegram.rejections().is_empty(),
+        "Telegram rejected: {:?}",
+        telegram.rejections()
+    );
+    let by_chat = |c: &str| {
+        msgs.iter()
+            .find(|m| m.chat_id == c)
+            .unwrap()
+            .plain_text
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(by_chat("100"), format!("{NAME} Alarm: vibration"));
+    assert_eq!(by_chat("200"), format!("{NAME} Alarm: vibration"));
+    assert_eq!(by_chat("300"), NAME);
+
+    let mail = &smtp.wait_for(1, WAIT).await[0];
+    assert_eq!(mail.subject.as_deref(), Some(NAME));
+    assert_eq!(
+        mail.text.as_deref().map(str::trim_end),
+        Some(format!("Name: {NAME}").as_str())
+    );
+    let html = mail.html.as_deref().unwrap();
+    assert!(
+        html.contains("Name: Lena&#39;s &lt;Bike&gt; *1*_. [x](y) &amp; &quot;q&quot; #!"),
+        "{html}"
+    );
+
+    let req = &sink.wait_for(1, WAIT).await[0];
+    let json = req.json();
+    assert_eq!(json["message"], NAME);
+    assert_eq!(json["rule"], "all");
+    // The event exactly as received, inside the default body.
+    assert_eq!(json["event"], event);
+    relay.stop().await;
+}

@@ -1,0 +1,1130 @@
+//! Tests of the loopback peers in `tests/support` themselves: if a peer is
+//! wrong, every relay test built on it proves nothing.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::sink::{Mode, Sink};
+use support::smtp::{self, SmtpServer};
+use support::telegram::{self, TelegramStandIn};
+
+const TOKEN: &str = "123456:TEST-token_abc";
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn start_telegram() -> TelegramStandIn {
+    TelegramStandIn::start(TOKEN, &["42", "-1001234567890", "@Alerts"]).await
+}
+
+/// POSTs JSON the way teloxide-core does and returns (status, body).
+async fn call(tg: &TelegramStandIn, method: &str, params: Value) -> (u16, Value) {
+    let url = format!("{}/bot{TOKEN}/{method}", tg.base_url());
+    let response = reqwest::Client::new()
+        .post(url)
+        .json(&params)
+        .send()
+        .await
+        .expect("request to the Telegram stand-in");
+    let status = response.status().as_u16();
+    let body = response
+        .json()
+        .await
+        .expect("Telegram stand-in answers JSON");
+    (status, body)
+}
+
+async fn assert_rejected(
+    tg: &TelegramStandIn,
+    method: &str,
+    params: Value,
+    status: u16,
+    desc: &str,
+) {
+    let (got, body) = call(tg, method, params.clone()).await;
+    assert_eq!(
+        body,
+        json!({"ok": false, "error_code": status, "description": desc}),
+        "params: {params}"
+    );
+    assert_eq!(got, status, "HTTP status must equal error_code");
+}
+
+// --- Telegram: HTTP level -------------------------------------------------
+
+#[tokio::test]
+async fn telegram_accepts_a_plain_message() {
+    let tg = start_telegram().await;
+    let (status, body) = call(
+        &tg,
+        "SendMessage",
+        json!({"chat_id": 42, "text": "Bike moved <fast> & far"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["ok"], true);
+    let result = &body["result"];
+    assert_eq!(result["message_id"], 1);
+    assert_eq!(
+        result["chat"],
+        json!({"id": 42, "type": "private", "first_name": "Test"})
+    );
+    assert_eq!(result["text"], "Bike moved <fast> & far");
+    assert!(result["date"].as_u64().unwrap() > 1_600_000_000);
+
+    let msgs = tg.wait_for_messages(1, WAIT).await;
+    assert_eq!(msgs.len(), 1);
+    let m = &msgs[0];
+    assert_eq!(m.method, "sendMessage");
+    assert_eq!(m.chat_id, "42");
+    assert_eq!(m.text.as_deref(), Some("Bike moved <fast> & far"));
+    assert_eq!(m.plain_text, m.text);
+    assert_eq!(m.parse_mode, None);
+    assert_eq!(
+        (m.latitude, m.longitude, m.message_thread_id),
+        (None, None, None)
+    );
+    assert_eq!(tg.requests(), 1);
+    assert!(tg.rejections().is_empty());
+}
+
+#[tokio::test]
+async fn telegram_html_device_name_escaped_is_accepted_and_decoded() {
+    let tg = start_telegram().await;
+    let text = "Lena&#x27;s &lt;Bike&gt; *1*_.";
+    let (status, body) = call(
+        &tg,
+        "SendMessage",
+        json!({"chat_id": "42", "text": text, "parse_mode": "HTML"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["text"], "Lena's <Bike> *1*_.");
+    let m = &tg.messages()[0];
+    assert_eq!(m.text.as_deref(), Some(text));
+    assert_eq!(m.plain_text.as_deref(), Some("Lena's <Bike> *1*_."));
+    assert_eq!(m.parse_mode.as_deref(), Some("HTML"));
+}
+
+#[tokio::test]
+async fn telegram_html_with_raw_angle_brackets_is_rejected() {
+    let tg = start_telegram().await;
+    assert_rejected(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 42, "text": "<b>Lena's <Bike></b>", "parse_mode": "HTML"}),
+        400,
+        "Bad Request: can't parse entities: Unsupported start tag \"bike\" at byte offset 10",
+    )
+    .await;
+    assert!(tg.messages().is_empty());
+    assert_eq!(tg.requests(), 1);
+    assert_eq!(tg.rejections().len(), 1);
+}
+
+#[tokio::test]
+async fn telegram_markdown_v2_requires_escapes() {
+    let tg = start_telegram().await;
+    assert_rejected(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 42, "text": "Battery low.", "parse_mode": "MarkdownV2"}),
+        400,
+        "Bad Request: can't parse entities: Character '.' is reserved and must be escaped with the preceding '\\'",
+    )
+    .await;
+    let escaped = r"Lena's \<Bike\> \*1\*\_\.";
+    let (status, body) = call(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 42, "text": escaped, "parse_mode": "MarkdownV2"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let m = &tg.wait_for_messages(1, WAIT).await[0];
+    assert_eq!(m.text.as_deref(), Some(escaped));
+    assert_eq!(m.plain_text.as_deref(), Some("Lena's <Bike> *1*_."));
+}
+
+#[tokio::test]
+async fn telegram_wrong_token_and_unknown_method() {
+    let tg = start_telegram().await;
+    let client = reqwest::Client::new();
+    let wrong = client
+        .post(format!("{}/bot999:WRONG/sendMessage", tg.base_url()))
+        .json(&json!({"chat_id": 42, "text": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    assert_eq!(
+        wrong.json::<Value>().await.unwrap(),
+        json!({"ok": false, "error_code": 401, "description": "Unauthorized"})
+    );
+    assert_rejected(&tg, "sendCarrierPigeon", json!({}), 404, "Not Found").await;
+    let not_bot_path = client
+        .get(format!("{}/hello", tg.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_bot_path.status().as_u16(), 404);
+    assert_eq!(tg.requests(), 3);
+    assert_eq!(
+        tg.rejections(),
+        vec![
+            (401, "Unauthorized".to_owned()),
+            (404, "Not Found".to_owned()),
+            (404, "Not Found".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn telegram_chat_checks() {
+    let tg = start_telegram().await;
+    assert_rejected(
+        &tg,
+        "sendMessage",
+        json!({"text": "x"}),
+        400,
+        "Bad Request: chat_id is empty",
+    )
+    .await;
+    assert_rejected(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 43, "text": "x"}),
+        400,
+        "Bad Request: chat not found",
+    )
+    .await;
+    assert_rejected(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": "@nobody", "text": "x"}),
+        400,
+        "Bad Request: chat not found",
+    )
+    .await;
+    // Known chats match as numbers, numeric strings and case-insensitive usernames.
+    for chat in [
+        json!(-1001234567890_i64),
+        json!("-1001234567890"),
+        json!("@alerts"),
+    ] {
+        let (status, body) = call(&tg, "sendMessage", json!({"chat_id": chat, "text": "x"})).await;
+        assert_eq!(status, 200, "{chat}: {body}");
+    }
+    let msgs = tg.wait_for_messages(3, WAIT).await;
+    assert_eq!(msgs[0].chat_id, "-1001234567890");
+    assert_eq!(msgs[1].chat_id, "-1001234567890");
+    assert_eq!(msgs[2].chat_id, "@alerts");
+    tg.add_chat("43");
+    let (status, _) = call(&tg, "sendMessage", json!({"chat_id": 43, "text": "x"})).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn telegram_empty_and_too_long_texts() {
+    let tg = start_telegram().await;
+    let empty = "Bad Request: message text is empty";
+    assert_rejected(&tg, "sendMessage", json!({"chat_id": 42}), 400, empty).await;
+    assert_rejected(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 42, "text": ""}),
+        400,
+        empty,
+    )
+    .await;
+    assert_rejected(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 42, "text": " \n "}),
+        400,
+        empty,
+    )
+    .await;
+    assert_rejected(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 42, "text": "<b> </b>", "parse_mode": "html"}),
+        400,
+        empty,
+    )
+    .await;
+
+    let too_long = "Bad Request: message is too long";
+    let limit = "a".repeat(4096);
+    let (status, _) = call(&tg, "sendMessage", json!({"chat_id": 42, "text": limit})).await;
+    assert_eq!(status, 200);
+    assert_rejected(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 42, "text": "a".repeat(4097)}),
+        400,
+        too_long,
+    )
+    .await;
+    // The limit counts UTF-16 code units: 2049 emoji are 4098 units.
+    assert_rejected(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 42, "text": "🚲".repeat(2049)}),
+        400,
+        too_long,
+    )
+    .await;
+    // ...and applies after entity parsing: markup does not count.
+    let (status, body) = call(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 42, "text": format!("<b>{}</b>", "a".repeat(4096)), "parse_mode": "HTML"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_rejected(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 42, "text": "x", "parse_mode": "Textile"}),
+        400,
+        "Bad Request: unsupported parse_mode",
+    )
+    .await;
+    assert_eq!(tg.messages().len(), 2);
+}
+
+#[tokio::test]
+async fn telegram_429_carries_retry_after_and_then_recovers() {
+    let tg = start_telegram().await;
+    tg.fail_next_with_429(2, 3);
+    for _ in 0..2 {
+        let (status, body) = call(&tg, "sendMessage", json!({"chat_id": 42, "text": "x"})).await;
+        assert_eq!(status, 429);
+        assert_eq!(
+            body,
+            json!({
+                "ok": false,
+                "error_code": 429,
+                "description": "Too Many Requests: retry after 3",
+                "parameters": {"retry_after": 3}
+            })
+        );
+    }
+    let (status, _) = call(
+        &tg,
+        "sendLocation",
+        json!({"chat_id": 42, "latitude": 1, "longitude": 2}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let log = tg.rejection_log();
+    assert_eq!(log.len(), 2);
+    assert!(log
+        .iter()
+        .all(|r| r.status == 429 && r.retry_after == Some(3)));
+    assert!(log[0].received_at <= log[1].received_at);
+    assert!(log[1].received_at <= tg.messages()[0].received_at);
+
+    tg.fail_next_with_status(1, 502, "Bad Gateway");
+    assert_rejected(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 42, "text": "x"}),
+        502,
+        "Bad Gateway",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn telegram_location_checks() {
+    let tg = start_telegram().await;
+    let (status, body) = call(
+        &tg,
+        "SendLocation",
+        json!({"chat_id": 42, "latitude": 52.52, "longitude": -13.405}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["result"]["location"],
+        json!({"latitude": 52.52, "longitude": -13.405})
+    );
+    let m = &tg.messages()[0];
+    assert_eq!(m.method, "sendLocation");
+    assert_eq!((m.latitude, m.longitude), (Some(52.52), Some(-13.405)));
+    assert_eq!(m.text, None);
+
+    let cases = [
+        (
+            json!({"chat_id": 42, "latitude": 91, "longitude": 0}),
+            "Bad Request: wrong latitude",
+        ),
+        (
+            json!({"chat_id": 42, "latitude": -90.5, "longitude": 0}),
+            "Bad Request: wrong latitude",
+        ),
+        (
+            json!({"chat_id": 42, "latitude": 0, "longitude": 180.01}),
+            "Bad Request: wrong longitude",
+        ),
+        (
+            json!({"chat_id": 42, "latitude": "north", "longitude": 0}),
+            "Bad Request: wrong latitude",
+        ),
+        (
+            json!({"chat_id": 42, "longitude": 0}),
+            "Bad Request: latitude is empty",
+        ),
+        (
+            json!({"chat_id": 42, "latitude": 0}),
+            "Bad Request: longitude is empty",
+        ),
+        (
+            json!({"chat_id": 7, "latitude": 0, "longitude": 0}),
+            "Bad Request: chat not found",
+        ),
+    ];
+    for (params, desc) in cases {
+        assert_rejected(&tg, "sendLocation", params, 400, desc).await;
+    }
+    // Boundaries are valid coordinates.
+    let (status, _) = call(
+        &tg,
+        "sendLocation",
+        json!({"chat_id": 42, "latitude": -90, "longitude": 180}),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn telegram_accepts_form_and_query_params_and_echoes_thread() {
+    let tg = start_telegram().await;
+    let client = reqwest::Client::new();
+    let form = client
+        .post(format!("{}/bot{TOKEN}/sendMessage", tg.base_url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("chat_id=-1001234567890&text=Hallo+W%C3%B6rld+%26+more&message_thread_id=7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status().as_u16(), 200);
+    let body: Value = form.json().await.unwrap();
+    assert_eq!(body["result"]["message_thread_id"], 7);
+    assert_eq!(body["result"]["is_topic_message"], true);
+    assert_eq!(body["result"]["chat"]["type"], "supergroup");
+
+    let query = client
+        .get(format!(
+            "{}/bot{TOKEN}/sendLocation?chat_id=42&latitude=1.5&longitude=2.5",
+            tg.base_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(query.status().as_u16(), 200);
+
+    let msgs = tg.wait_for_messages(2, WAIT).await;
+    assert_eq!(msgs[0].text.as_deref(), Some("Hallo Wörld & more"));
+    assert_eq!(msgs[0].message_thread_id, Some(7));
+    assert_eq!(msgs[1].latitude, Some(1.5));
+    assert_eq!(
+        msgs[1].params.get("longitude").map(String::as_str),
+        Some("2.5")
+    );
+
+    assert_rejected(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 42, "text": "x", "message_thread_id": "general"}),
+        400,
+        "Bad Request: message thread not found",
+    )
+    .await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "expected at least 2 accepted message(s)")]
+async fn telegram_wait_for_messages_panics_with_what_arrived() {
+    let tg = start_telegram().await;
+    call(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 42, "text": "only one"}),
+    )
+    .await;
+    tg.wait_for_messages(2, Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn telegram_wait_helpers_count_rejections_and_prove_quiet() {
+    let tg = start_telegram().await;
+    call(&tg, "sendMessage", json!({"chat_id": 42, "text": "ok"})).await;
+    call(&tg, "sendMessage", json!({"chat_id": 1, "text": "no chat"})).await;
+    assert_eq!(tg.wait_for_requests(2, WAIT).await, 2);
+    tg.assert_stays_at(1, Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "expected no more than 0 message(s)")]
+async fn telegram_assert_stays_at_catches_extra_messages() {
+    let tg = start_telegram().await;
+    call(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 42, "text": "one too many"}),
+    )
+    .await;
+    tg.assert_stays_at(0, Duration::from_secs(5)).await;
+}
+
+/// The strongest realism check: the client library the relay uses parses our
+/// answers into its own types and maps our errors to the right variants.
+#[tokio::test]
+async fn telegram_answers_parse_in_teloxide_core() {
+    use teloxide_core::prelude::*;
+    use teloxide_core::types::{ChatId, MessageId, ParseMode, Recipient, ThreadId};
+    use teloxide_core::{ApiError, RequestError};
+
+    let tg = start_telegram().await;
+    let url = reqwest::Url::parse(&tg.base_url()).unwrap();
+    let bot = Bot::new(TOKEN).set_api_url(url.clone());
+
+    let me = bot.get_me().await.expect("getMe parses as Me");
+    assert!(me.is_bot);
+    assert_eq!(me.user.id.0, 123456);
+
+    let msg = bot
+        .send_message(ChatId(42), "<b>Lena&#x27;s</b> bike")
+        .parse_mode(ParseMode::Html)
+        .await
+        .expect("sendMessage parses as Message");
+    assert_eq!(msg.text(), Some("Lena's bike"));
+    assert_eq!(msg.chat.id, ChatId(42));
+    assert!(msg.chat.is_private());
+
+    let topic = bot
+        .send_message(ChatId(-1001234567890), "in a topic")
+        .message_thread_id(ThreadId(MessageId(5)))
+        .await
+        .expect("topic message parses");
+    assert_eq!(topic.thread_id, Some(ThreadId(MessageId(5))));
+    assert!(topic.is_topic_message);
+    assert!(topic.chat.is_supergroup());
+
+    let channel = bot
+        .send_message(Recipient::ChannelUsername("@Alerts".into()), "to a channel")
+        .await
+        .expect("channel post parses");
+    assert!(channel.chat.is_channel());
+
+    let loc = bot
+        .send_location(ChatId(42), 52.52, 13.405)
+        .await
+        .expect("location parses");
+    let l = loc.location().expect("location in message");
+    assert_eq!((l.latitude, l.longitude), (52.52, 13.405));
+
+    let m = tg.wait_for_messages(4, WAIT).await;
+    assert_eq!(
+        m.iter().map(|m| m.method.as_str()).collect::<Vec<_>>(),
+        ["sendMessage", "sendMessage", "sendMessage", "sendLocation"]
+    );
+    assert_eq!(m[2].chat_id, "@Alerts");
+
+    let err = bot.send_message(ChatId(7), "x").await.unwrap_err();
+    assert!(
+        matches!(err, RequestError::Api(ApiError::ChatNotFound)),
+        "{err:?}"
+    );
+    let err = bot.send_message(ChatId(42), "").await.unwrap_err();
+    assert!(
+        matches!(err, RequestError::Api(ApiError::MessageTextIsEmpty)),
+        "{err:?}"
+    );
+    let err = bot
+        .send_message(ChatId(42), "a".repeat(4097))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RequestError::Api(ApiError::MessageIsTooLong)),
+        "{err:?}"
+    );
+    let err = bot
+        .send_message(ChatId(42), "1.5")
+        .parse_mode(ParseMode::MarkdownV2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RequestError::Api(ApiError::CantParseEntities(_))),
+        "{err:?}"
+    );
+    tg.fail_next_with_429(1, 7);
+    let err = bot.send_message(ChatId(42), "x").await.unwrap_err();
+    match err {
+        RequestError::RetryAfter(secs) => assert_eq!(secs.seconds(), 7),
+        other => panic!("expected RetryAfter, got {other:?}"),
+    }
+    let err = Bot::new("1:wrong")
+        .set_api_url(url)
+        .send_message(ChatId(42), "x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RequestError::Api(ApiError::InvalidToken)),
+        "{err:?}"
+    );
+}
+
+// --- Telegram: entity parsers ---------------------------------------------
+
+#[test]
+fn html_parser_accepts_telegram_markup() {
+    let ok = |input: &str, plain: &str| {
+        assert_eq!(
+            telegram::parse_html(input).as_deref(),
+            Ok(plain),
+            "input: {input}"
+        );
+    };
+    ok("plain", "plain");
+    ok(
+        "<b>bold</b> <strong>s</strong> <i>i</i><em>e</em><u>u</u><ins>n</ins>",
+        "bold s ieun",
+    );
+    ok(
+        "<s>a</s><strike>b</strike><del>c</del><tg-spoiler>d</tg-spoiler>",
+        "abcd",
+    );
+    ok("<span class=\"tg-spoiler\">hidden</span>", "hidden");
+    ok(
+        "<a href=\"https://example.com/?a=1&amp;b=2\">map</a>",
+        "map",
+    );
+    ok("<a href='https://x.test'>x</a>", "x");
+    ok(
+        "<code>a &lt; b</code><pre><code class=\"language-rust\">fn</code></pre>",
+        "a < bfn",
+    );
+    ok(
+        "<blockquote expandable>q</blockquote><blockquote>r</blockquote>",
+        "qr",
+    );
+    ok(
+        "<tg-emoji emoji-id=\"5368324170671202286\">👍</tg-emoji>",
+        "👍",
+    );
+    ok("<B>upper</b>", "upper");
+    ok("<b>closed by </>", "closed by ");
+    ok(
+        "&lt;&gt;&amp;&quot;&#39;&#x27;&#X41;&#128690;",
+        "<>&\"''A🚲",
+    );
+    ok("&lt without semicolon", "< without semicolon");
+    ok("AT&T & co", "AT&T & co");
+    ok("&#0; &#; &#xZZ;", "&#0; &#; &#xZZ;");
+}
+
+#[test]
+fn html_parser_rejects_what_telegram_rejects() {
+    let err = |input: &str, reason: &str| {
+        assert_eq!(
+            telegram::parse_html(input),
+            Err(reason.to_owned()),
+            "input: {input}"
+        );
+    };
+    err(
+        "Lena's <Bike>",
+        "Unsupported start tag \"bike\" at byte offset 7",
+    );
+    err("a < b", "Unsupported start tag \"\" at byte offset 2");
+    err("a <", "Unclosed start tag at byte offset 2");
+    err(
+        "<b>bold",
+        "Can't find end tag corresponding to start tag \"b\"",
+    );
+    err(
+        "<b><i>x</b></i>",
+        "Unmatched end tag at byte offset 7, expected \"</i>\", found \"</b>\"",
+    );
+    err("x</b>", "Unexpected end tag at byte offset 1");
+    err(
+        "<span>x</span>",
+        "Tag \"span\" must have class \"tg-spoiler\" at byte offset 0",
+    );
+    err("<br/>", "Unsupported start tag \"br/\" at byte offset 0");
+    err(
+        "<a href=https://x>x</a>",
+        "Unexpected end of name token at byte offset 8",
+    );
+    err(
+        "<b class>x</b>",
+        "Expected equal sign in declaration of an attribute of the tag \"b\" at byte offset 0",
+    );
+    err(
+        "<tg-emoji>x</tg-emoji>",
+        "Invalid custom emoji identifier specified",
+    );
+    let apos = telegram::parse_html("Lena&apos;s").unwrap_err();
+    assert!(
+        apos.starts_with("Unsupported HTML entity \"&apos;\" at byte offset 4"),
+        "{apos}"
+    );
+}
+
+#[test]
+fn markdown_v2_parser() {
+    let ok = |input: &str, plain: &str| {
+        assert_eq!(
+            telegram::parse_markdown_v2(input).as_deref(),
+            Ok(plain),
+            "input: {input}"
+        );
+    };
+    ok(
+        "*bold* _italic_ __under__ ~strike~ ||spoiler||",
+        "bold italic under strike spoiler",
+    );
+    ok("*bold _nested_ bold*", "bold nested bold");
+    ok("[map](https://maps.test/?q=1\\)2)", "map");
+    ok("[https://x\\.test]", "https://x.test");
+    ok("`code with . and - inside`", "code with . and - inside");
+    ok("```rust\nlet x = 1.0;\n```", "let x = 1.0;\n");
+    ok("```\nplain pre!\n```", "plain pre!\n");
+    ok(
+        r"\_\*\[\]\(\)\~\`\>\#\+\-\=\|\{\}\.\!\\",
+        r"_*[]()~`>#+-=|{}.!\",
+    );
+    ok(">quoted line\n>second", "quoted line\nsecond");
+    ok("![👍](tg://emoji?id=5368324170671202286)", "👍");
+    ok("Größe 🚲", "Größe 🚲");
+
+    let err = |input: &str, reason: &str| {
+        assert_eq!(
+            telegram::parse_markdown_v2(input),
+            Err(reason.to_owned()),
+            "input: {input}"
+        );
+    };
+    let reserved = |c: char| {
+        format!("Character '{c}' is reserved and must be escaped with the preceding '\\'")
+    };
+    for c in ['.', '!', '-', '#', '+', '=', '{', '}', '(', ')', ']', '|'] {
+        err(&format!("a{c}b"), &reserved(c));
+    }
+    err("a > b", &reserved('>'));
+    err("*bold", "Can't find end of Bold entity at byte offset 0");
+    err("x _it", "Can't find end of Italic entity at byte offset 2");
+    err("`code", "Can't find end of Code entity at byte offset 0");
+    err("```pre", "Can't find end of Pre entity at byte offset 0");
+    err(
+        "[link](http://x",
+        "Can't find end of a URL at byte offset 7",
+    );
+    err("[link", "Can't find end of TextUrl entity at byte offset 0");
+}
+
+#[test]
+fn legacy_markdown_parser() {
+    assert_eq!(
+        telegram::parse_markdown_legacy("*bold* _it_ `c` [l](http://x). Done!").as_deref(),
+        Ok("bold it c l. Done!")
+    );
+    assert_eq!(
+        telegram::parse_markdown_legacy(r"my\_bike").as_deref(),
+        Ok("my_bike")
+    );
+    assert_eq!(
+        telegram::parse_markdown_legacy("my_bike"),
+        Err("Can't find end of the entity starting at byte offset 2".to_owned())
+    );
+}
+
+// --- HTTP sink ----------------------------------------------------------
+
+async fn post(client: &reqwest::Client, url: &str, key: &str) -> reqwest::Response {
+    client
+        .post(url)
+        .header("Idempotency-Key", key)
+        .header("Content-Type", "application/json")
+        .body(format!("{{\"key\":\"{key}\"}}"))
+        .send()
+        .await
+        .expect("request to the sink")
+}
+
+#[tokio::test]
+async fn sink_records_requests() {
+    let sink = Sink::start().await;
+    let client = reqwest::Client::new();
+    let response = post(&client, &sink.url("/hook?x=1"), "k1").await;
+    assert_eq!(response.status().as_u16(), 200);
+    client.put(sink.url("/other")).send().await.unwrap();
+
+    let recs = sink.wait_for(2, WAIT).await;
+    assert_eq!(recs[0].method, "POST");
+    assert_eq!(recs[0].path, "/hook");
+    assert_eq!(recs[0].query.as_deref(), Some("x=1"));
+    assert_eq!(recs[0].header("idempotency-key"), Some("k1"));
+    assert_eq!(recs[0].header("Content-Type"), Some("application/json"));
+    assert!(recs[0]
+        .headers
+        .iter()
+        .all(|(k, _)| *k == k.to_ascii_lowercase()));
+    assert_eq!(recs[0].json(), json!({"key": "k1"}));
+    assert_eq!(recs[0].status, 200);
+    assert!(recs[0].received_at <= recs[1].received_at);
+    assert_eq!(recs[1].method, "PUT");
+    assert!(recs[1].body.is_empty());
+    assert_eq!(
+        sink.url("/a"),
+        format!("http://127.0.0.1:{}/a", sink.port())
+    );
+}
+
+#[tokio::test]
+async fn sink_status_modes() {
+    let sink = Sink::start().await;
+    let client = reqwest::Client::new();
+    let url = sink.url("/hook");
+
+    sink.set_mode(Mode::Status(503));
+    assert_eq!(post(&client, &url, "a").await.status().as_u16(), 503);
+
+    sink.set_mode(Mode::StatusRetryAfter(429, 7));
+    let r = post(&client, &url, "b").await;
+    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(r.headers()["retry-after"], "7");
+
+    sink.set_mode(Mode::FailEvery(3));
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        statuses.push(
+            post(&client, &url, &format!("e{i}"))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 500, 200, 200, 500]);
+
+    sink.set_mode(Mode::Ok);
+    assert_eq!(post(&client, &url, "c").await.status().as_u16(), 200);
+    let recorded: Vec<u16> = sink.requests().iter().map(|r| r.status).collect();
+    assert_eq!(recorded, [503, 429, 200, 200, 500, 200, 200, 500, 200]);
+    assert_eq!(sink.successful().len(), 5);
+}
+
+#[tokio::test]
+async fn sink_random_failures_are_deterministic() {
+    async fn run(percent: u8, seed: u64) -> Vec<u16> {
+        let sink = Sink::start().await;
+        sink.set_mode(Mode::FailRandom { percent, seed });
+        let client = reqwest::Client::new();
+        let mut out = Vec::new();
+        for i in 0..100 {
+            out.push(
+                post(&client, &sink.url("/r"), &i.to_string())
+                    .await
+                    .status()
+                    .as_u16(),
+            );
+        }
+        out
+    }
+    let a = run(30, 7).await;
+    assert_eq!(a, run(30, 7).await, "same seed, same sequence");
+    assert_ne!(a, run(30, 8).await, "another seed, another sequence");
+    let failures = a.iter().filter(|&&s| s == 500).count();
+    assert!(
+        (15..=45).contains(&failures),
+        "about 30% should fail, got {failures}"
+    );
+    assert!(run(0, 1).await.iter().all(|&s| s == 200));
+    assert!(run(100, 1).await.iter().all(|&s| s == 500));
+}
+
+#[tokio::test]
+async fn sink_delay_mode_is_slow() {
+    let sink = Sink::start().await;
+    sink.set_mode(Mode::Delay(Duration::from_millis(300)));
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    assert_eq!(
+        post(&client, &sink.url("/slow"), "d")
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let err = impatient.post(sink.url("/slow")).send().await.unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    sink.wait_for(2, WAIT).await;
+}
+
+#[tokio::test]
+async fn sink_counts_distinct_keys_of_successful_requests() {
+    let sink = Sink::start().await;
+    let client = reqwest::Client::new();
+    let url = sink.url("/hook");
+    post(&client, &url, "a").await;
+    post(&client, &url, "a").await; // a retry of the same event
+    sink.set_mode(Mode::Status(500));
+    post(&client, &url, "b").await; // failed: not delivered
+    sink.set_mode(Mode::Ok);
+    post(&client, &url, "c").await;
+    client.post(&url).send().await.unwrap(); // no key at all
+    assert_eq!(sink.requests().len(), 5);
+    assert_eq!(sink.distinct_header_values("idempotency-key"), 2);
+    assert_eq!(sink.distinct_header_values("Idempotency-Key"), 2);
+    assert_eq!(sink.wait_for_successful(4, WAIT).await.len(), 4);
+}
+
+#[tokio::test]
+async fn sink_outage_and_restart_on_same_port() {
+    let sink = Sink::start().await;
+    let port = sink.port();
+    // One client throughout, so a kept-alive connection would be reused if
+    // shutdown left it open.
+    let client = reqwest::Client::new();
+    let url = sink.url("/hook");
+    assert_eq!(post(&client, &url, "before").await.status().as_u16(), 200);
+
+    sink.shutdown().await;
+    assert!(!sink.is_running());
+    let err = reqwest::Client::new().post(&url).send().await.unwrap_err();
+    assert!(
+        err.is_connect(),
+        "a stopped sink must refuse connections: {err:?}"
+    );
+
+    // A fresh sink on the same port.
+    let fresh = Sink::start_on(port).await;
+    assert_eq!(post(&client, &url, "fresh").await.status().as_u16(), 200);
+    assert_eq!(fresh.requests().len(), 1);
+    fresh.shutdown().await;
+
+    // Or the same handle, records kept.
+    sink.restart().await;
+    assert!(sink.is_running());
+    assert_eq!(post(&client, &url, "after").await.status().as_u16(), 200);
+    let keys: Vec<_> = sink
+        .requests()
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap().to_owned())
+        .collect();
+    assert_eq!(keys, ["before", "after"]);
+}
+
+#[tokio::test]
+async fn sink_shutdown_cuts_delayed_requests_short() {
+    let sink = Sink::start().await;
+    sink.set_mode(Mode::Delay(Duration::from_secs(60)));
+    let client = reqwest::Client::new();
+    let url = sink.url("/slow");
+    let pending = tokio::spawn(async move { client.post(url).send().await });
+    sink.wait_for(1, WAIT).await;
+    let started = Instant::now();
+    sink.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let answered = pending
+        .await
+        .unwrap()
+        .expect("delayed request gets an answer");
+    assert_eq!(answered.status().as_u16(), 503);
+    assert_eq!(sink.requests()[0].status, 503);
+}
+
+#[tokio::test]
+#[should_panic(expected = "expected at least 1 request(s)")]
+async fn sink_wait_for_panics_on_timeout() {
+    let sink = Sink::start().await;
+    sink.wait_for(1, Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn sink_assert_stays_at_passes_when_quiet() {
+    let sink = Sink::start().await;
+    post(&reqwest::Client::new(), &sink.url("/once"), "k").await;
+    sink.assert_stays_at(1, Duration::from_millis(200)).await;
+}
+
+// --- SMTP ---------------------------------------------------------------
+
+fn mailer(port: u16) -> lettre::AsyncSmtpTransport<lettre::Tokio1Executor> {
+    lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(port)
+        .timeout(Some(Duration::from_secs(10)))
+        .build()
+}
+
+fn alert_mail(subject: &str, text: &str, html: &str, message_id: &str) -> lettre::Message {
+    lettre::Message::builder()
+        .from("Trackrelay <relay@example.test>".parse().unwrap())
+        .to("Lena Müller <lena@example.test>".parse().unwrap())
+        .cc("ops@example.test".parse().unwrap())
+        .subject(subject)
+        .message_id(Some(message_id.to_owned()))
+        .multipart(lettre::message::MultiPart::alternative_plain_html(
+            text.to_owned(),
+            html.to_owned(),
+        ))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn smtp_receives_multipart_mail_from_lettre() {
+    use lettre::AsyncTransport;
+
+    let server = SmtpServer::start();
+    let subject = "Größenänderung: Lenas Fahrrad hat den Bereich „Zuhause“ verlassen – bitte prüfen, überall!";
+    // Mostly ASCII with a few umlauts: lettre picks quoted-printable.
+    let text = format!(
+        "Lenas Fahrrad hat Zuhause verlassen.\n.a line starting with a dot\nLänge: {}\n",
+        "x".repeat(100)
+    );
+    let html = "<p>Lenas <b>Fahrrad</b> hat Zuhause verlassen.</p>\n".to_owned();
+    mailer(server.port())
+        .send(alert_mail(subject, &text, &html, "<evt-1@trackrelay.test>"))
+        .await
+        .expect("lettre delivers to the stand-in");
+
+    let mails = server.wait_for(1, WAIT).await;
+    let m = &mails[0];
+    assert_eq!(m.from, "relay@example.test");
+    assert_eq!(m.to, ["lena@example.test", "ops@example.test"]);
+    assert_eq!(m.subject.as_deref(), Some(subject));
+    assert_eq!(m.message_id.as_deref(), Some("<evt-1@trackrelay.test>"));
+    assert_eq!(m.text.as_deref(), Some(text.as_str()));
+    assert_eq!(m.html.as_deref(), Some(html.as_str()));
+    assert_eq!(m.header("from"), Some("Trackrelay <relay@example.test>"));
+    assert!(m.header("To").unwrap().contains("Lena Müller"));
+    assert!(m
+        .header("content-type")
+        .unwrap()
+        .starts_with("multipart/alternative"));
+    let raw = String::from_utf8_lossy(&m.raw);
+    assert!(raw.contains("=?utf-8?"), "subject was sent encoded:\n{raw}");
+    assert!(
+        raw.contains("quoted-printable"),
+        "expected a QP part:\n{raw}"
+    );
+}
+
+#[tokio::test]
+async fn smtp_decodes_base64_parts() {
+    use lettre::AsyncTransport;
+
+    let server = SmtpServer::start();
+    // Mostly non-ASCII: lettre picks base64 for this.
+    let text = "Größe äöü ÄÖÜ ß €€€ ✓✓✓ 🚲🚲🚲 ".repeat(20);
+    let html = format!("<p>{text}</p>");
+    mailer(server.port())
+        .send(alert_mail(
+            "🚲 Alarm",
+            &text,
+            &html,
+            "<evt-2@trackrelay.test>",
+        ))
+        .await
+        .unwrap();
+    let m = &server.wait_for(1, WAIT).await[0];
+    let raw = String::from_utf8_lossy(&m.raw);
+    assert!(
+        raw.contains("Content-Transfer-Encoding: base64"),
+        "expected base64:\n{raw}"
+    );
+    assert_eq!(m.subject.as_deref(), Some("🚲 Alarm"));
+    assert_eq!(m.text.as_deref(), Some(text.as_str()));
+    assert_eq!(m.html.as_deref(), Some(html.as_str()));
+}
+
+#[tokio::test]
+async fn smtp_scripted_failures_and_unavailability() {
+    use lettre::AsyncTransport;
+
+    let server = SmtpServer::start();
+    let mail = || alert_mail("Alarm", "text", "<p>html</p>", "<evt-3@trackrelay.test>");
+    let transport = mailer(server.port());
+
+    server.fail_next(1, 451, "Try again later");
+    let err = transport.send(mail()).await.unwrap_err();
+    assert!(err.is_transient(), "451 is transient: {err:?}");
+    assert_eq!(server.rejected(), 1);
+    assert!(server.mails().is_empty());
+    transport
+        .send(mail())
+        .await
+        .expect("second attempt accepted");
+
+    server.set_unavailable(true);
+    assert!(mailer(server.port()).send(mail()).await.is_err());
+    // A pooled session that already passed EHLO is refused at MAIL FROM.
+    assert!(transport.send(mail()).await.is_err());
+    server.set_unavailable(false);
+    mailer(server.port())
+        .send(mail())
+        .await
+        .expect("back in service");
+    assert_eq!(server.wait_for(2, WAIT).await.len(), 2);
+}
+
+#[tokio::test]
+async fn smtp_server_started_late_on_a_reserved_port() {
+    use lettre::AsyncTransport;
+
+    let port = smtp::free_port();
+    let mail = alert_mail("Alarm", "text", "<p>html</p>", "<evt-4@trackrelay.test>");
+    let err = mailer(port).send(mail.clone()).await.unwrap_err();
+    assert!(!err.is_permanent(), "nothing listening yet: {err:?}");
+
+    let server = SmtpServer::start_on(port);
+    assert_eq!(server.port(), port);
+    mailer(port)
+        .send(mail)
+        .await
+        .expect("delivered once the server is up");
+    assert_eq!(server.wait_for(1, WAIT).await.len(), 1);
+}
+
+#[test]
+fn mime_helpers_decode_what_mailers_send() {
+    assert_eq!(smtp::decode_rfc2047("=?utf-8?b?R3LDtsOfZQ==?="), "Größe");
+    assert_eq!(
+        smtp::decode_rfc2047("=?UTF-8?Q?Gr=C3=B6=C3=9Fe_da?="),
+        "Größe da"
+    );
+    assert_eq!(
+        smtp::decode_rfc2047("=?utf-8?b?R3LDtg==?= =?utf-8?b?w59l?= plain =?iso-8859-1?q?=E4?="),
+        "Größe plain ä"
+    );
+    assert_eq!(
+        smtp::decode_rfc2047("no =? encoding here"),
+        "no =? encoding here"
+    );
+    assert_eq!(
+        smtp::decode_quoted_printable(b"a=3Db=\r\nc =C3=A4"),
+        "a=bc ä".as_bytes()
+    );
+    assert_eq!(smtp::decode_base64(b"aGVs\r\nbG8="), b"hello");
+    let (headers, body) = smtp::split_entity(b"Subject: a\r\n b\r\nX-Y: z\r\n\r\nbody");
+    assert_eq!(
+        headers,
+        [
+            ("Subject".to_owned(), "a b".to_owned()),
+            ("X-Y".to_owned(), "z".to_owned())
+        ]
+    );
+    assert_eq!(body, b"body");
+    let parts = smtp::split_multipart(b"pre\r\n--B\r\none\r\n--B\r\ntwo\r\n--B--\r\nepilogue", "B");
+    assert_eq!(parts, [&b"one"[..], &b"two"[..]]);
+}
