@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -40,71 +40,99 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Runs until `shutdown`, then waits up to the grace period for sends in flight. Sends still
     /// unfinished then stay claimed in the store and are sent again after restart.
+    ///
+    /// Outcomes are recorded in batches: every finished send of a loop turn in one store call.
     pub async fn run(self, shutdown: CancellationToken) {
-        let sem = Arc::new(Semaphore::new(self.workers));
-        let mut tasks = JoinSet::new();
+        let mut tasks: JoinSet<(i64, Outcome)> = JoinSet::new();
+        let mut finished: Vec<(i64, Outcome)> = Vec::new();
         loop {
-            while tasks.try_join_next().is_some() {}
-            let free = sem.available_permits();
-            let mut full_batch = false;
+            while let Some(r) = tasks.try_join_next() {
+                finished.extend(r.ok());
+            }
+            self.record(&mut finished).await;
+            let free = self.workers.saturating_sub(tasks.len());
+            let mut claimed = 0;
             if free > 0 {
                 match self.store.claim(now_ms(), free, LEASE).await {
                     Ok(batch) => {
-                        full_batch = batch.len() == free;
+                        claimed = batch.len();
                         for d in batch {
-                            let permit = sem
-                                .clone()
-                                .acquire_owned()
-                                .await
-                                .expect("semaphore is never closed");
-                            let (store, shared, wake) =
-                                (self.store.clone(), self.shared.clone(), self.wake.clone());
-                            tasks.spawn(async move {
-                                deliver(&*store, &shared, d).await;
-                                drop(permit);
-                                wake.notify_one();
-                            });
+                            let shared = self.shared.clone();
+                            tasks.spawn(async move { deliver(&shared, d).await });
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "cannot claim deliveries"),
                 }
             }
-            if full_batch {
+            if claimed > 0 && claimed == free {
                 continue;
             }
-            let wait = match self.store.next_due().await {
-                Ok(Some(at)) if at > now_ms() => {
-                    Duration::from_millis((at - now_ms()) as u64).min(POLL)
+            // Everything claimable is claimed. Sleep until new work, a finished send (which may unblock
+            // the next delivery to its recipient), or the next retry falls due.
+            let wait = if claimed > 0 || free == 0 {
+                POLL
+            } else {
+                let now = now_ms();
+                match self.store.next_due(now).await {
+                    Ok(Some(at)) => Duration::from_millis((at - now).max(0) as u64).min(POLL),
+                    _ => POLL,
                 }
-                _ => POLL,
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
+                Some(r) = tasks.join_next(), if !tasks.is_empty() => finished.extend(r.ok()),
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        let n = tasks.len();
-        if n > 0 {
-            tracing::info!(in_flight = n, grace = ?self.grace, "waiting for sends in flight");
+        if !tasks.is_empty() {
+            tracing::info!(in_flight = tasks.len(), grace = ?self.grace, "waiting for sends in flight");
         }
-        let drained = tokio::time::timeout(self.grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(abandoned = tasks.len(), "sends still in flight at the end of the grace period; they are resent after restart");
-            tasks.abort_all();
+        let deadline = tokio::time::Instant::now() + self.grace;
+        while !tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                Ok(Some(r)) => finished.extend(r.ok()),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(abandoned = tasks.len(), "sends still in flight at the end of the grace period; they are resent after restart");
+                    tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        self.record(&mut finished).await;
+    }
+
+    /// Records finished sends. On failure the rows stay claimed and are sent again after restart (or,
+    /// with a shared store, after their lease), under the same idempotency key.
+    async fn record(&self, finished: &mut Vec<(i64, Outcome)>) {
+        if finished.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(finished);
+        let n = batch.len();
+        if let Err(e) = self.store.finish(batch, now_ms()).await {
+            tracing::error!(deliveries = n, error = %e, "cannot record delivery outcomes");
         }
     }
 }
 
-/// Sends one claimed delivery and records the outcome.
-async fn deliver(store: &dyn Store, shared: &Shared, d: Claimed) {
+/// Sends one claimed delivery; returns its outcome.
+async fn deliver(shared: &Shared, d: Claimed) -> (i64, Outcome) {
+    let n = match d.notification() {
+        Ok(n) => n,
+        Err(e) => {
+            return (
+                d.id,
+                Outcome::Dead {
+                    error: format!("stored notification unreadable: {e}"),
+                },
+            )
+        }
+    };
     let rt = shared.get();
-    let n = &d.notification;
     let result = match rt.channels.get(&n.channel) {
-        Some(ch) => match tokio::time::timeout(SEND_DEADLINE, ch.send(n)).await {
+        Some(ch) => match tokio::time::timeout(SEND_DEADLINE, ch.send(&n)).await {
             Ok(r) => r,
             Err(_) => Err(SendError::transient(format!(
                 "no answer within {}s",
@@ -148,10 +176,7 @@ async fn deliver(store: &dyn Store, shared: &Shared, d: Claimed) {
             error = %error, "send failed; moved to dead letter"
         ),
     }
-    if let Err(e) = store.finish(d.id, outcome, now).await {
-        // The row stays claimed; it is sent again after its lease or a restart, under the same key.
-        tracing::error!(delivery = d.id, error = %e, "cannot record the delivery outcome");
-    }
+    (d.id, outcome)
 }
 
 /// The outcome of one attempt under `policy` (pure).

@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 use crate::app::Shared;
 use crate::event::Envelope;
 use crate::plan::{plan, Arrival};
-use crate::store::{Accepted, NewEvent, Store, StoreError};
+use crate::store::{Accepted, NewDelivery, NewEvent, Store, StoreError};
 
 /// Shared by every source.
 #[derive(Clone)]
@@ -32,7 +32,8 @@ impl Pipeline {
         let event = {
             let rt = self.shared.get();
             let matched = rt.config.rules.evaluate(env, &arrival.source);
-            let deliveries = plan(&rt.config, &matched, env, raw, &arrival);
+            let planned = plan(&rt.config, &matched, env, raw, &arrival);
+            let deliveries = planned.iter().map(NewDelivery::from).collect();
             NewEvent {
                 source: arrival.source.clone(),
                 event_id: env.event.id,

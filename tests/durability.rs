@@ -420,3 +420,33 @@ fn unusable_data_dir_is_a_clear_error_not_a_panic() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[tokio::test]
+async fn errors_never_show_the_bot_token() {
+    const TOKEN: &str = "987654:SECRET-bot-token";
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "storage: {{ data_dir: \"{}\" }}\nadmin: {{ token: \"{ADMIN}\" }}\n\
+         channels: {{ tg: {{ type: telegram, bot_token: \"{TOKEN}\", chat_id: \"7\", api_url: \"http://127.0.0.1:{}\" }} }}\n\
+         rules: [{{ name: a, notify: [{{ channel: tg }}] }}]\n",
+        dir.path().display(),
+        free_port()
+    );
+    let relay = Relay::start(config_in(dir.path(), &yaml)).await;
+    relay.post(payload("alarm_sos.json"), &[]).await;
+    let mut row = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (_, list) = relay.admin_get("/api/deliveries", ADMIN).await;
+        row = list["deliveries"][0].clone();
+        if row["last_error"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = row["last_error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error recorded: {row}"));
+    assert!(err.contains("connection failed"), "{err}");
+    assert!(!err.contains("SECRET"), "the bot token leaked: {err}");
+    relay.stop().await;
+}

@@ -221,6 +221,36 @@ pub struct BuildError {
     pub reason: String,
 }
 
+/// An HTTP client for a channel, with its timeout and a connect timeout of at most 10 s.
+pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// Why an HTTP request failed, in words, built from the error's sources only: reqwest's own message
+/// carries the URL, and URLs hold secrets (a bot token, the path of a Slack hook).
+pub(crate) fn http_failure(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut out = kind.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        out.push_str(": ");
+        out.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    out
+}
+
 /// Parses an HTTP `Retry-After` value: seconds, or an HTTP date.
 pub fn parse_retry_after(v: &str, now: std::time::SystemTime) -> Option<Duration> {
     let v = v.trim();

@@ -9,7 +9,7 @@ use teloxide_core::requests::{Request, Requester};
 use teloxide_core::types::{ChatId, MessageId, Recipient, ThreadId};
 use teloxide_core::{ApiError, Bot, RequestError};
 
-use super::{Channel, SendError, DEFAULT_TIMEOUT};
+use super::{http_client, http_failure, Channel, SendError, DEFAULT_TIMEOUT};
 use crate::config::raw::RawTelegram;
 use crate::config::Secret;
 use crate::notification::{Content, Notification, ParseMode};
@@ -147,11 +147,7 @@ pub struct TelegramChannel {
 impl TelegramChannel {
     /// Builds the client.
     pub fn new(s: &TelegramSettings) -> Result<TelegramChannel, String> {
-        let client = reqwest::Client::builder()
-            .timeout(s.timeout)
-            .connect_timeout(s.timeout.min(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        let client = http_client(s.timeout)?;
         Ok(TelegramChannel {
             bot: Bot::with_client(s.bot_token.expose(), client).set_api_url(s.api_url.clone()),
             token: s.bot_token.clone(),
@@ -190,37 +186,12 @@ impl TelegramChannel {
             }
             RequestError::Api(api) => SendError::permanent(redact(format!("Telegram: {api}"))),
             RequestError::Network(e) => {
-                let kind = if e.is_timeout() {
-                    "timeout"
-                } else if e.is_connect() {
-                    "connection failed"
-                } else {
-                    "network error"
-                };
-                SendError::transient(redact(format!("Telegram: {kind}: {}", without_url(&e))))
+                SendError::transient(redact(format!("Telegram: {}", http_failure(&e))))
             }
             // An HTML error page from a proxy, a truncated answer: the next try may get through.
             RequestError::InvalidJson { .. } => SendError::transient("Telegram: unreadable answer"),
             RequestError::Io(e) => SendError::transient(redact(format!("Telegram: {e}"))),
         }
-    }
-}
-
-fn without_url(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    let mut s = String::new();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        if !s.is_empty() {
-            s.push_str(": ");
-        }
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    if s.is_empty() {
-        "request failed".into()
-    } else {
-        s
     }
 }
 

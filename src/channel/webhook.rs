@@ -9,7 +9,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AF
 use reqwest::{Method, StatusCode, Url};
 use sha2::Sha256;
 
-use super::{parse_retry_after, Channel, SendError, DEFAULT_TIMEOUT};
+use super::{http_client, http_failure, parse_retry_after, Channel, SendError, DEFAULT_TIMEOUT};
 use crate::config::raw::RawWebhook;
 use crate::config::Secret;
 use crate::notification::{Content, Notification};
@@ -107,11 +107,7 @@ pub struct WebhookChannel {
 impl WebhookChannel {
     /// Builds the client.
     pub fn new(s: &WebhookSettings) -> Result<WebhookChannel, String> {
-        let client = reqwest::Client::builder()
-            .timeout(s.timeout)
-            .connect_timeout(s.timeout.min(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        let client = http_client(s.timeout)?;
         Ok(WebhookChannel {
             client,
             s: s.clone(),
@@ -157,18 +153,10 @@ impl Channel for WebhookChannel {
         let resp = match req.body(body.clone()).send().await {
             Ok(r) => r,
             Err(e) => {
-                let e = e.without_url();
-                let kind = if e.is_timeout() {
-                    "timeout"
-                } else if e.is_connect() {
-                    "connection failed"
-                } else {
-                    "request failed"
-                };
                 return Err(SendError::transient(format!(
-                    "webhook: {kind}: {}",
-                    source_chain(&e)
-                )));
+                    "webhook: {}",
+                    http_failure(&e)
+                )))
             }
         };
         let status = resp.status();
@@ -198,21 +186,6 @@ impl Channel for WebhookChannel {
         } else {
             Err(SendError::permanent(reason))
         }
-    }
-}
-
-fn source_chain(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    let mut parts = vec![];
-    let mut src = e.source();
-    while let Some(s) = src {
-        parts.push(s.to_string());
-        src = s.source();
-    }
-    if parts.is_empty() {
-        e.to_string()
-    } else {
-        parts.join(": ")
     }
 }
 

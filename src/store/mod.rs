@@ -30,7 +30,41 @@ pub struct NewEvent {
     /// The body as received.
     pub payload: String,
     /// Deliveries to enqueue in the same transaction.
-    pub deliveries: Vec<Planned>,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// A delivery to enqueue, its notification already serialised (by the caller, off the writer's thread).
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// Idempotency key.
+    pub key: String,
+    /// Channel.
+    pub channel: String,
+    /// Recipient.
+    pub recipient: String,
+    /// Rule.
+    pub rule: String,
+    /// Ordering key.
+    pub order_key: Option<String>,
+    /// Straight to dead letter, with this reason.
+    pub dead: Option<String>,
+    /// The [`Notification`] as JSON.
+    pub content: String,
+}
+
+impl From<&Planned> for NewDelivery {
+    fn from(p: &Planned) -> NewDelivery {
+        let n = &p.notification;
+        NewDelivery {
+            key: n.key.clone(),
+            channel: n.channel.clone(),
+            recipient: n.recipient.clone(),
+            rule: n.origin.rule.clone(),
+            order_key: p.order_key.clone(),
+            dead: p.dead.clone(),
+            content: serde_json::to_string(n).expect("a notification always serialises"),
+        }
+    }
 }
 
 /// What accepting did.
@@ -51,12 +85,19 @@ pub enum Accepted {
 pub struct Claimed {
     /// Row id.
     pub id: i64,
-    /// What to send.
-    pub notification: Notification,
+    /// What to send: a [`Notification`] as JSON (see [`Claimed::notification`]).
+    pub content: String,
     /// Attempts so far, this one included.
     pub attempts: u32,
     /// When the delivery was created (or last replayed), unix ms.
     pub created_at_ms: i64,
+}
+
+impl Claimed {
+    /// The notification to send.
+    pub fn notification(&self) -> Result<Notification, serde_json::Error> {
+        serde_json::from_str(&self.content)
+    }
 }
 
 /// How an attempt ended.
@@ -228,11 +269,13 @@ pub trait Store: Send + Sync {
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError>;
 
-    /// Records how an attempt ended.
-    async fn finish(&self, id: i64, outcome: Outcome, now_ms: i64) -> Result<(), StoreError>;
+    /// Records how attempts ended, in one transaction.
+    async fn finish(&self, outcomes: Vec<(i64, Outcome)>, now_ms: i64) -> Result<(), StoreError>;
 
-    /// The earliest next-attempt time of pending deliveries that are not waiting behind an earlier one.
-    async fn next_due(&self) -> Result<Option<i64>, StoreError>;
+    /// The earliest next attempt after `now_ms` (a retry waiting for its backoff). Deliveries due already
+    /// but waiting behind an earlier one of their recipient are not counted: finishing that one wakes the
+    /// worker anyway.
+    async fn next_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError>;
 
     /// Returns deliveries left in flight by a previous run (or whose lease expired) to pending.
     async fn recover(&self, now_ms: i64) -> Result<u64, StoreError>;
