@@ -22,7 +22,7 @@ struct Args {
     #[arg(long)]
     auth: Option<String>,
     /// Event body to send (its event.id is replaced per request).
-    #[arg(long, default_value = "../shared/payloads/alarm_vibration.json")]
+    #[arg(long, default_value = "tests/payloads/alarm_vibration.json")]
     payload: String,
     /// Seconds to run.
     #[arg(long, default_value_t = 10)]

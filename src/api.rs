@@ -22,7 +22,7 @@ use crate::store::{now_ms, Filter, Replay, Status, Store, StoreError};
 pub struct HttpError {
     /// Status.
     pub status: StatusCode,
-    /// Stable code (`invalid_json`, `unauthorized`, …).
+    /// Stable code (`invalid_event`, `unauthorized`, …).
     pub code: &'static str,
     /// Human explanation (never a secret, never an internal error).
     pub message: String,
@@ -158,8 +158,9 @@ async fn healthz(State(s): State<AdminState>) -> Result<Json<serde_json::Value>,
 pub struct ListQuery {
     status: Option<String>,
     channel: Option<String>,
-    device: Option<i64>,
-    limit: Option<usize>,
+    // Numbers arrive as text and are parsed here, so a bad one gets the JSON error shape.
+    device: Option<String>,
+    limit: Option<String>,
 }
 
 async fn list(
@@ -178,11 +179,25 @@ async fn list(
             )
         })?),
     };
+    let number = |name: &str, v: Option<String>| -> Result<Option<i64>, HttpError> {
+        v.map(|v| {
+            v.parse::<i64>().map_err(|_| {
+                HttpError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("{name} must be a number"),
+                )
+            })
+        })
+        .transpose()
+    };
+    let device_id = number("device", q.device)?;
+    let limit = number("limit", q.limit)?.unwrap_or(100).clamp(1, 10_000) as usize;
     let filter = Filter {
         status,
         channel: q.channel,
-        device_id: q.device,
-        limit: q.limit.unwrap_or(100).min(10_000),
+        device_id,
+        limit,
     };
     let rows = s
         .store

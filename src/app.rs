@@ -89,10 +89,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let rules = config.rules.rules().len();
     let shared = Arc::new(Shared::new(Runtime { config, channels }));
     let wake = Arc::new(Notify::new());
+    // The fast lane holds at most one worker pool's worth of deliveries claimed at intake.
+    let (fast_tx, fast_rx) = tokio::sync::mpsc::channel(workers_n);
     let pipeline = Pipeline {
         shared: shared.clone(),
         store: store.clone(),
         wake: wake.clone(),
+        fast: fast_tx,
     };
     let intake = IngestState {
         pipeline,
@@ -109,6 +112,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         wake,
         workers: workers_n,
         grace,
+        fast: fast_rx,
     };
     let mut workers = vec![tokio::spawn(dispatcher.run(shutdown.clone()))];
     let (s, sd) = (store.clone(), shutdown.clone());

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +35,8 @@ pub struct Dispatcher {
     pub workers: usize,
     /// How long shutdown waits for sends in flight.
     pub grace: Duration,
+    /// Deliveries claimed at intake (see [`crate::pipeline::Pipeline`]).
+    pub fast: mpsc::Receiver<Claimed>,
 }
 
 impl Dispatcher {
@@ -42,14 +44,22 @@ impl Dispatcher {
     /// unfinished then stay claimed in the store and are sent again after restart.
     ///
     /// Outcomes are recorded in batches: every finished send of a loop turn in one store call.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut tasks: JoinSet<(i64, Outcome)> = JoinSet::new();
+        let mut recording: JoinSet<()> = JoinSet::new();
         let mut finished: Vec<(i64, Outcome)> = Vec::new();
         loop {
             while let Some(r) = tasks.try_join_next() {
                 finished.extend(r.ok());
             }
-            self.record(&mut finished).await;
+            while recording.try_join_next().is_some() {}
+            self.record(&mut finished, &mut recording);
+            while tasks.len() < self.workers {
+                match self.fast.try_recv() {
+                    Ok(d) => self.spawn(&mut tasks, d),
+                    Err(_) => break,
+                }
+            }
             let free = self.workers.saturating_sub(tasks.len());
             let mut claimed = 0;
             if free > 0 {
@@ -57,8 +67,7 @@ impl Dispatcher {
                     Ok(batch) => {
                         claimed = batch.len();
                         for d in batch {
-                            let shared = self.shared.clone();
-                            tasks.spawn(async move { deliver(&shared, d).await });
+                            self.spawn(&mut tasks, d);
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "cannot claim deliveries"),
@@ -82,6 +91,7 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
                 Some(r) = tasks.join_next(), if !tasks.is_empty() => finished.extend(r.ok()),
+                Some(d) = self.fast.recv(), if tasks.len() < self.workers => self.spawn(&mut tasks, d),
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -100,20 +110,32 @@ impl Dispatcher {
                 }
             }
         }
-        self.record(&mut finished).await;
+        self.record(&mut finished, &mut recording);
+        while recording.join_next().await.is_some() {}
     }
 
-    /// Records finished sends. On failure the rows stay claimed and are sent again after restart (or,
-    /// with a shared store, after their lease), under the same idempotency key.
-    async fn record(&self, finished: &mut Vec<(i64, Outcome)>) {
+    fn spawn(&self, tasks: &mut JoinSet<(i64, Outcome)>, d: Claimed) {
+        let shared = self.shared.clone();
+        tasks.spawn(async move { deliver(&shared, d).await });
+    }
+
+    /// Records finished sends in the background (the loop goes on claiming meanwhile), then wakes the
+    /// loop: a recorded outcome may let the next delivery to the same recipient go. On failure the rows
+    /// stay claimed and are sent again after restart (or, with a shared store, after their lease), under
+    /// the same idempotency key.
+    fn record(&self, finished: &mut Vec<(i64, Outcome)>, recording: &mut JoinSet<()>) {
         if finished.is_empty() {
             return;
         }
         let batch = std::mem::take(finished);
-        let n = batch.len();
-        if let Err(e) = self.store.finish(batch, now_ms()).await {
-            tracing::error!(deliveries = n, error = %e, "cannot record delivery outcomes");
-        }
+        let (store, wake) = (self.store.clone(), self.wake.clone());
+        recording.spawn(async move {
+            let n = batch.len();
+            if let Err(e) = store.finish(batch, now_ms()).await {
+                tracing::error!(deliveries = n, error = %e, "cannot record delivery outcomes");
+            }
+            wake.notify_one();
+        });
     }
 }
 

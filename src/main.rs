@@ -48,23 +48,40 @@ enum Command {
     /// Validate the config and all rules; report every error with file:line. Exit 1 on errors.
     Check {
         /// Config file (default: $TRACKRELAY_CONFIG, else the built-in config).
-        #[arg(env = "TRACKRELAY_CONFIG")]
         config: Option<PathBuf>,
+        /// Config file, as with the other commands.
+        #[arg(
+            short = 'c',
+            long = "config",
+            env = "TRACKRELAY_CONFIG",
+            conflicts_with = "config"
+        )]
+        config_flag: Option<PathBuf>,
     },
     /// Dry run: which rules match an event, why the others do not, and the messages. Sends nothing.
     Explain {
         /// Event file (a webhook body).
         #[arg(short, long)]
         event: PathBuf,
-        /// Config file.
-        #[arg(env = "TRACKRELAY_CONFIG")]
+        /// Config file (default: $TRACKRELAY_CONFIG, else the built-in config).
         config: Option<PathBuf>,
+        /// Config file, as with the other commands.
+        #[arg(
+            short = 'c',
+            long = "config",
+            env = "TRACKRELAY_CONFIG",
+            conflicts_with = "config"
+        )]
+        config_flag: Option<PathBuf>,
     },
     /// List deliveries (newest first), e.g. the dead letters: `--status dead`.
     Deliveries {
-        /// Config file (for the data directory).
+        /// Config file (read for its data directory only).
         #[arg(short, long, env = "TRACKRELAY_CONFIG")]
         config: Option<PathBuf>,
+        /// The data directory itself: no config (and none of its secrets) needed.
+        #[arg(long, env = "TRACKRELAY_DATA_DIR")]
+        data_dir: Option<PathBuf>,
         /// pending, inflight, done or dead.
         #[arg(long)]
         status: Option<String>,
@@ -83,9 +100,12 @@ enum Command {
     },
     /// Send a dead (or delivered) delivery again, or every dead letter. A running relay picks it up.
     Replay {
-        /// Config file (for the data directory).
+        /// Config file (read for its data directory only).
         #[arg(short, long, env = "TRACKRELAY_CONFIG")]
         config: Option<PathBuf>,
+        /// The data directory itself: no config (and none of its secrets) needed.
+        #[arg(long, env = "TRACKRELAY_DATA_DIR")]
+        data_dir: Option<PathBuf>,
         /// Delivery id (from `trackrelay deliveries`).
         #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
         id: Option<i64>,
@@ -140,7 +160,10 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let cfg = load(config.as_deref())?;
             trackrelay::app::serve(cfg).await?;
         }
-        Command::Check { config } => match Config::load(config.as_deref()) {
+        Command::Check {
+            config,
+            config_flag,
+        } => match Config::load(config.or(config_flag).as_deref()) {
             Ok(cfg) => {
                 let n: usize = cfg.rules.rules().len();
                 println!(
@@ -158,8 +181,12 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         },
-        Command::Explain { event, config } => {
-            let cfg = load(config.as_deref())?;
+        Command::Explain {
+            event,
+            config,
+            config_flag,
+        } => {
+            let cfg = load(config.or(config_flag).as_deref())?;
             let raw = std::fs::read_to_string(&event)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", event.display()))?;
             let env = Envelope::from_json(raw.as_bytes())
@@ -168,13 +195,14 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Deliveries {
             config,
+            data_dir,
             status,
             channel,
             device,
             limit,
             json,
         } => {
-            let cfg = load(config.as_deref())?;
+            let dir = data_dir_of(config.as_deref(), data_dir)?;
             let status = status
                 .map(|s| {
                     Status::parse(&s).ok_or_else(|| {
@@ -182,7 +210,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     })
                 })
                 .transpose()?;
-            let store = SqliteStore::open(&cfg.storage.data_dir, 16)?;
+            let store = SqliteStore::open(&dir, 16)?;
             let rows = store
                 .list(Filter {
                     status,
@@ -215,11 +243,11 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Replay {
             config,
+            data_dir,
             id,
             all_dead,
         } => {
-            let cfg = load(config.as_deref())?;
-            let store = SqliteStore::open(&cfg.storage.data_dir, 16)?;
+            let store = SqliteStore::open(&data_dir_of(config.as_deref(), data_dir)?, 16)?;
             let which = if all_dead {
                 Replay::AllDead
             } else {
@@ -237,6 +265,14 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Version => println!("trackrelay {}", env!("CARGO_PKG_VERSION")),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The data directory: given directly, or that of the config.
+fn data_dir_of(config: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match data_dir {
+        Some(d) => Ok(d),
+        None => Ok(load(config)?.storage.data_dir),
+    }
 }
 
 fn explain(cfg: &Config, env: &Envelope, raw: &str) {

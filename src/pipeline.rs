@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 use crate::app::Shared;
+use crate::deliver::LEASE;
 use crate::event::Envelope;
 use crate::plan::{plan, Arrival};
-use crate::store::{Accepted, NewDelivery, NewEvent, Store, StoreError};
+use crate::store::{Accepted, Claimed, NewDelivery, NewEvent, Store, StoreError};
 
 /// Shared by every source.
 #[derive(Clone)]
@@ -19,6 +20,8 @@ pub struct Pipeline {
     pub store: Arc<dyn Store>,
     /// Wakes the delivery worker.
     pub wake: Arc<Notify>,
+    /// Hands deliveries claimed at intake straight to the worker.
+    pub fast: mpsc::Sender<Claimed>,
 }
 
 impl Pipeline {
@@ -29,7 +32,7 @@ impl Pipeline {
         env: &Envelope,
         arrival: Arrival,
     ) -> Result<Accepted, StoreError> {
-        let event = {
+        let mut event = {
             let rt = self.shared.get();
             let matched = rt.config.rules.evaluate(env, &arrival.source);
             let planned = plan(&rt.config, &matched, env, raw, &arrival);
@@ -43,11 +46,37 @@ impl Pipeline {
                 txn: arrival.txn.clone(),
                 payload: raw.to_string(),
                 deliveries,
+                claim_until: None,
             }
         };
+        // Fast lane: when the worker has room for this event's unordered deliveries, they are claimed in
+        // the intake transaction and handed over directly, saving a store round trip each. Without room
+        // they wait in the outbox as usual.
+        let unordered = event
+            .deliveries
+            .iter()
+            .filter(|d| d.order_key.is_none() && d.dead.is_none())
+            .count();
+        let permits = (unordered > 0)
+            .then(|| self.fast.try_reserve_many(unordered).ok())
+            .flatten();
+        if permits.is_some() {
+            event.claim_until = Some(arrival.received_at_ms + LEASE.as_millis() as i64);
+        }
         let accepted = self.store.accept(event).await?;
-        if matches!(accepted, Accepted::New { deliveries } if deliveries > 0) {
-            self.wake.notify_one();
+        if let Accepted::New {
+            deliveries,
+            claimed,
+        } = &accepted
+        {
+            if let Some(permits) = permits {
+                for (permit, c) in permits.zip(claimed.iter().cloned()) {
+                    permit.send(c);
+                }
+            }
+            if *deliveries > claimed.len() {
+                self.wake.notify_one();
+            }
         }
         Ok(accepted)
     }

@@ -3,7 +3,7 @@
 
 use minijinja::context;
 
-use crate::channel::{email, webhook, ChannelKind};
+use crate::channel::{email, ChannelKind};
 use crate::config::Config;
 use crate::event::Envelope;
 use crate::notification::{idempotency_key, Content, Notification, Origin};
@@ -221,20 +221,25 @@ fn default_webhook_body(
     raw: &str,
     arrival: &Arrival,
 ) -> String {
-    let event =
-        serde_json::value::RawValue::from_string(raw.trim().to_string()).unwrap_or_else(|_| {
-            serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
-        });
-    serde_json::json!({
-        "message": message,
-        "rule": rule.name,
-        "channel": channel,
-        "source": arrival.source,
-        "txn": arrival.txn,
-        "event": event,
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        message: &'a str,
+        rule: &'a str,
+        channel: &'a str,
+        source: &'a str,
+        txn: Option<&'a str>,
+        /// Embedded byte for byte: key order, numbers and spacing as the sender wrote them.
+        event: &'a serde_json::value::RawValue,
+    }
+    let fallback = serde_json::value::RawValue::from_string("null".into()).expect("null is JSON");
+    let parsed: Option<&serde_json::value::RawValue> = serde_json::from_str(raw).ok();
+    serde_json::to_string(&Body {
+        message,
+        rule: &rule.name,
+        channel,
+        source: &arrival.source,
+        txn: arrival.txn.as_deref(),
+        event: parsed.unwrap_or(&fallback),
     })
-    .to_string()
+    .expect("the body always serialises")
 }
-
-#[allow(unused_imports)]
-use webhook as _;

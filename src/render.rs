@@ -111,6 +111,10 @@ impl RendererBuilder {
             _ => AutoEscape::None,
         });
         env.set_formatter(|out, state, value| {
+            // A null attribute (`"address": null`) prints as nothing, not as `none`.
+            if value.is_none() || value.is_undefined() {
+                return Ok(());
+            }
             if state.auto_escape() == AutoEscape::Custom("markdownv2") && !value.is_safe() {
                 let text = if value.is_none() || value.is_undefined() {
                     String::new()
@@ -146,7 +150,7 @@ impl RendererBuilder {
                     .unwrap_or_default()
             },
         );
-        env.add_function("map_url", |lat: f64, lon: f64| map_url(lat, lon));
+        env.add_function("map_link", |lat: f64, lon: f64| map_url(lat, lon));
         RendererBuilder { env }
     }
 
@@ -344,7 +348,7 @@ mod tests {
         let body = format!(
             r#"{{"event":{{"id":1,"type":"alarm","eventTime":"2026-05-15T00:41:05.000+00:00",
             "attributes":{{"alarm":"vibration"}}}},"device":{{"id":12,"name":{}}},
-            "position":{{"latitude":47.262195,"longitude":11.413561,"speed":10.0}}}}"#,
+            "position":{{"latitude":47.262195,"longitude":11.413561,"speed":10.0,"address":null}}}}"#,
             serde_json::to_string(NAUGHTY).unwrap()
         );
         Envelope::from_json(body.as_bytes()).unwrap()
@@ -375,7 +379,8 @@ mod tests {
         let (r, names) = renderer(&[(
             "t",
             "{{ title }}|{{ speed_kmh }}|{{ position.speed | kmh }}|{{ time_local }}|\
-             {{ event.eventTime | localtime('%H:%M') }}|{{ geofence.name }}|{{ map_url }}",
+             {{ event.eventTime | localtime('%H:%M') }}|{{ geofence.name }}|{{ position.address }}|{{ map_url }}|\
+             {{ map_link(1.5, 2) }}",
             Escape::Text,
         )]);
         let e = env();
@@ -384,8 +389,9 @@ mod tests {
             .unwrap();
         assert_eq!(
             out,
-            "Alarm: vibration|18.5|18.5|2026-05-15 02:41:05 CEST|02:41||\
-             https://www.openstreetmap.org/?mlat=47.262195&mlon=11.413561#map=17/47.262195/11.413561"
+            "Alarm: vibration|18.5|18.5|2026-05-15 02:41:05 CEST|02:41|||\
+             https://www.openstreetmap.org/?mlat=47.262195&mlon=11.413561#map=17/47.262195/11.413561|\
+             https://www.openstreetmap.org/?mlat=1.500000&mlon=2.000000#map=17/1.500000/2.000000"
         );
     }
 

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use crate::config::raw::RawRetry;
 
-/// Attempts in all before a transiently failing delivery is dead: with the default backoff this spans
-/// about a day, matching [`DEFAULT_MAX_AGE`].
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 20;
+/// Attempts in all before a transiently failing delivery is dead: with the default backoff (2 s doubling
+/// to 15 min) 100 attempts span about a day, so [`DEFAULT_MAX_AGE`] is what usually ends them.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 100;
 /// A theft alarm a day old is no longer news; give up then.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// First wait: short, since most outages are blips.
@@ -85,7 +85,8 @@ impl RetryPolicy {
         reason: &str,
     ) -> Decision {
         if attempts >= self.max_attempts {
-            return Decision::Dead(format!("gave up after {attempts} attempts: {reason}"));
+            let s = if attempts == 1 { "" } else { "s" };
+            return Decision::Dead(format!("gave up after {attempts} attempt{s}: {reason}"));
         }
         let wait = match retry_after {
             Some(ra) => ra.min(self.max_retry_after),

@@ -277,7 +277,12 @@ rules:
     let json = req.json();
     assert_eq!(json["message"], NAME);
     assert_eq!(json["rule"], "all");
-    // The event exactly as received, inside the default body.
+    // The event exactly as received, byte for byte, inside the default body.
     assert_eq!(json["event"], event);
+    assert!(
+        req.body_text().contains(&format!("\"event\":{event}")),
+        "{}",
+        req.body_text()
+    );
     relay.stop().await;
 }

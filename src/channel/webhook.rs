@@ -61,7 +61,13 @@ impl WebhookSettings {
             .map_err(|_| errors.push(format!("method: `{method}` is not an HTTP method")))
             .ok();
         let mut headers = HeaderMap::new();
+        let mut content_type = raw.content_type.clone();
         for (k, v) in &raw.headers {
+            // A Content-Type among the headers is the body's content type, not a second header.
+            if k.eq_ignore_ascii_case("content-type") {
+                content_type.get_or_insert_with(|| v.clone());
+                continue;
+            }
             match (
                 HeaderName::from_bytes(k.as_bytes()),
                 HeaderValue::from_str(v),
@@ -82,7 +88,7 @@ impl WebhookSettings {
                 method,
                 headers,
                 body: raw.body,
-                content_type: raw.content_type.unwrap_or_else(|| JSON.into()),
+                content_type: content_type.unwrap_or_else(|| JSON.into()),
                 secret: raw.secret.filter(|s| !s.is_empty()).map(Secret),
                 timeout: raw.timeout.unwrap_or(DEFAULT_TIMEOUT),
                 ordered: raw.ordered.unwrap_or(false),

@@ -137,8 +137,11 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
                 file: src.name.clone(),
                 line,
             };
+            let enabled = raw_rule.enabled != Some(false);
             match compile_rule(raw_rule, origin, &channels, &mut builder) {
-                Ok(r) => rules.push(r),
+                // A disabled rule is checked like any other, but never evaluated.
+                Ok(r) if enabled => rules.push(r),
+                Ok(_) => {}
                 Err(es) => errors.extend(es.into_iter().map(|m| src.error(line, &ctx, m))),
             }
         }
@@ -272,16 +275,6 @@ fn compile_rule(
             stop: raw.stop,
             targets,
             origin,
-        })
-        .map(|r| {
-            if raw.enabled == Some(false) {
-                Rule {
-                    targets: vec![],
-                    ..r
-                }
-            } else {
-                r
-            }
         }),
         _ => Err(errors),
     }
@@ -387,5 +380,67 @@ fn relative_to(dir: &Path, p: PathBuf) -> PathBuf {
         p
     } else {
         dir.join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Envelope;
+
+    fn load(yaml: &str) -> Result<Config, ConfigErrors> {
+        let file = SourceFile {
+            name: "t.yaml".into(),
+            text: yaml.into(),
+        };
+        compile(file, Path::new("."), &|_| None)
+    }
+
+    #[test]
+    fn disabled_rules_are_checked_but_never_evaluated() {
+        let cfg = load(
+            "channels: { out: { type: log } }\nrules:\n  - { name: off, enabled: false, stop: true, notify: [{ channel: out }] }\n  - { name: on, notify: [{ channel: out }] }\n",
+        )
+        .unwrap();
+        let env = Envelope::from_json(br#"{"event":{"id":1,"type":"alarm"}}"#).unwrap();
+        let names: Vec<_> = cfg
+            .rules
+            .evaluate(&env, "s")
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        assert_eq!(names, ["on"]);
+        let err = load("channels: { out: { type: log } }\nrules:\n  - { name: off, enabled: false, notify: [{ channel: nope }] }\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown channel 'nope'"), "{err}");
+    }
+
+    #[test]
+    fn numeric_chat_ids_and_content_type_headers() {
+        let cfg = load(
+            "channels:\n  tg: { type: telegram, bot_token: '1:x', chat_id: -100123 }\n  \
+             hook: { type: webhook, url: 'http://127.0.0.1:1/', headers: { Content-Type: text/plain, X-A: b } }\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.channels["tg"].default_to, ["-100123"]);
+        let ChannelKind::Webhook(w) = &cfg.channels["hook"].kind else {
+            panic!()
+        };
+        assert_eq!(w.content_type, "text/plain");
+        assert!(w.headers.get("content-type").is_none() && w.headers.get("x-a").is_some());
+    }
+
+    #[test]
+    fn bad_values_are_all_reported() {
+        let err =
+            load("listen: nowhere\ntimezone: Mars/Base\ningest: { path: events }\n").unwrap_err();
+        let text = err.to_string();
+        for want in [
+            "t.yaml:1: listen: `nowhere`",
+            "t.yaml:2: timezone: `Mars/Base`",
+            "ingest: path must start with `/`",
+        ] {
+            assert!(text.contains(want), "{want:?} missing in {text}");
+        }
     }
 }

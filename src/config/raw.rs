@@ -187,6 +187,7 @@ pub struct RawTelegram {
     /// Bot token from @BotFather.
     pub bot_token: String,
     /// Default chat (numeric id or `@channel`).
+    #[serde(default, deserialize_with = "string_or_number")]
     pub chat_id: Option<String>,
     /// Forum topic.
     pub thread_id: Option<i32>,
@@ -235,7 +236,7 @@ pub struct RawWebhook {
     pub retry: RawRetry,
 }
 
-/// An entry of `rules:` in the config: a path (file, folder or glob) or an inline rule.
+/// An entry of `rules:` in the config: a path (a file, or a folder of `*.yaml`) or an inline rule.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum RawRuleSource {
@@ -329,4 +330,18 @@ pub struct RawNotify {
     pub template: Option<String>,
     /// Send the position as a map pin too (Telegram).
     pub location: Option<bool>,
+}
+
+/// Chat ids are numbers to YAML unless quoted; take both.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Num(i64),
+        Text(String),
+    }
+    Ok(Option::<Id>::deserialize(d)?.map(|v| match v {
+        Id::Num(n) => n.to_string(),
+        Id::Text(s) => s,
+    }))
 }

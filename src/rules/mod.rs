@@ -182,7 +182,7 @@ mod tests {
     }
 
     fn payload(name: &str) -> Envelope {
-        let path = format!("{}/../shared/payloads/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!("{}/tests/payloads/{name}", env!("CARGO_MANIFEST_DIR"));
         Envelope::from_json(&std::fs::read(path).unwrap()).unwrap()
     }
 

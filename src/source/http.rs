@@ -162,7 +162,7 @@ async fn ingest(
     let device = env.device.as_ref().map(|d| d.name.as_str()).unwrap_or("");
     let txn = txn.as_deref().unwrap_or("");
     let body = match accepted {
-        Accepted::New { deliveries } => {
+        Accepted::New { deliveries, .. } => {
             tracing::info!(event_id = env.event.id, event_type = %env.event.event_type, device, txn, deliveries, "event accepted");
             json!({ "status": "accepted", "event_id": env.event.id, "deliveries": deliveries })
         }
@@ -172,4 +172,119 @@ async fn ingest(
         }
     };
     Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::app::{Runtime, Shared};
+    use crate::config::Config;
+    use crate::store::*;
+
+    /// A store that is always full or always down: what intake answers when the outbox cannot keep up.
+    struct Refusing(StoreError);
+
+    #[async_trait]
+    impl Store for Refusing {
+        async fn accept(&self, _: NewEvent) -> Result<Accepted, StoreError> {
+            Err(self.0.clone())
+        }
+        async fn claim(&self, _: i64, _: usize, _: Duration) -> Result<Vec<Claimed>, StoreError> {
+            Ok(vec![])
+        }
+        async fn finish(&self, _: Vec<(i64, Outcome)>, _: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn next_due(&self, _: i64) -> Result<Option<i64>, StoreError> {
+            Ok(None)
+        }
+        async fn recover(&self, _: i64) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        async fn list(&self, _: Filter) -> Result<Vec<DeliveryRow>, StoreError> {
+            Ok(vec![])
+        }
+        async fn replay(&self, _: Replay, _: i64) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        async fn prune(&self, _: i64, _: Duration, _: Duration) -> Result<Pruned, StoreError> {
+            Ok(Pruned::default())
+        }
+        async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+            Ok(vec![])
+        }
+    }
+
+    async fn post_to(store: StoreError) -> (StatusCode, Option<String>, serde_json::Value) {
+        let config = Config::load(None).unwrap();
+        let shared = Arc::new(Shared::new(Runtime {
+            config,
+            channels: Default::default(),
+        }));
+        let (fast, _rx) = tokio::sync::mpsc::channel(1);
+        let pipeline = Pipeline {
+            shared,
+            store: Arc::new(Refusing(store)),
+            wake: Default::default(),
+            fast,
+        };
+        let app = router(
+            "/events",
+            IngestState {
+                pipeline,
+                authorization: None,
+                max_body: 1 << 20,
+                source: "t".into(),
+            },
+        );
+        let body = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/payloads/alarm_sos.json"
+        ))
+        .unwrap();
+        let resp = app
+            .oneshot(Request::post("/events").body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let retry = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, retry, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_saturated_or_failing_store_answers_503_with_retry_after() {
+        let (status, retry, body) = post_to(StoreError::Busy).await;
+        assert_eq!(
+            (status, retry.as_deref(), body["error"].as_str()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("1"),
+                Some("overloaded")
+            )
+        );
+        let (status, retry, body) =
+            post_to(StoreError::Db("disk I/O error at /secret/path".into())).await;
+        assert_eq!(
+            (status, retry.as_deref()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("5"))
+        );
+        assert_eq!(body["error"], "storage_unavailable");
+        assert!(
+            !body.to_string().contains("/secret/path"),
+            "internals leaked: {body}"
+        );
+    }
 }

@@ -31,6 +31,9 @@ pub struct NewEvent {
     pub payload: String,
     /// Deliveries to enqueue in the same transaction.
     pub deliveries: Vec<NewDelivery>,
+    /// When set, deliveries without an ordering key are claimed in the same transaction, with this lease
+    /// end (unix ms), and returned: the caller hands them to the worker without a claim round trip.
+    pub claim_until: Option<i64>,
 }
 
 /// A delivery to enqueue, its notification already serialised (by the caller, off the writer's thread).
@@ -68,20 +71,21 @@ impl From<&Planned> for NewDelivery {
 }
 
 /// What accepting did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "status")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Accepted {
     /// Stored, with this many deliveries enqueued.
     New {
         /// Deliveries enqueued.
         deliveries: usize,
+        /// Those claimed at once (see [`NewEvent::claim_until`]).
+        claimed: Vec<Claimed>,
     },
     /// The event was stored before; nothing was done.
     Duplicate,
 }
 
 /// A delivery claimed for sending.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Claimed {
     /// Row id.
     pub id: i64,

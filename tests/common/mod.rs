@@ -12,7 +12,7 @@ use trackrelay::config::Config;
 
 /// Where the shared example payloads are.
 pub fn payloads_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/payloads")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/payloads")
 }
 
 /// The text of an example payload.
