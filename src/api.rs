@@ -1,6 +1,7 @@
 //! HTTP around the pipeline: the one error type every endpoint answers with (JSON, no internals),
-//! constant-time token checks, `/healthz`, and the admin API (deliveries, dead letters, replay), which
-//! is mounted only when an admin token is configured.
+//! constant-time token checks, `/healthz`, `/readyz`, `/metrics`, and the admin API (deliveries, dead
+//! letters, replay, reload, rules, explain, channel tests), which answers only when an admin token is
+//! configured.
 
 use std::sync::Arc;
 
@@ -8,14 +9,18 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{body::Bytes, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::channel::SendError;
 use crate::config::Secret;
-use crate::store::{now_ms, Filter, Replay, Status, Store, StoreError};
+use crate::event::Envelope;
+use crate::pipeline::Pipeline;
+use crate::reload::Reloader;
+use crate::store::{now_ms, Filter, Replay, Status, StoreError};
 
 /// An HTTP error: status, a stable machine-readable code, and a message safe to show.
 #[derive(Debug)]
@@ -99,58 +104,123 @@ pub fn token_matches(presented: Option<&[u8]>, expected: &Secret) -> bool {
     presented.is_some() && bool::from(a.ct_eq(&b))
 }
 
-/// State of the admin routes.
+/// State of the operational and admin routes.
 #[derive(Clone)]
 pub struct AdminState {
-    /// The store.
-    pub store: Arc<dyn Store>,
-    /// `Bearer` token.
-    pub token: Option<Secret>,
+    /// The pipeline (store, configuration, metrics).
+    pub pipeline: Pipeline,
+    /// Hot reload.
+    pub reloader: Arc<Reloader>,
 }
 
-/// `/healthz`, plus `/api/...` when a token is configured.
+/// `/healthz`, `/readyz` and `/metrics` (open), `/-/reload` and `/api/...` (admin token). The admin
+/// token is read from the current configuration, so a reload can set or change it.
 pub fn router(state: AdminState) -> Router {
-    let health = Router::new()
+    Router::new()
         .route("/healthz", get(healthz))
-        .with_state(state.clone());
-    if state.token.is_none() {
-        return health;
-    }
-    let admin = Router::new()
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/-/reload", post(reload))
         .route("/api/deliveries", get(list))
         .route("/api/deliveries/{id}/replay", post(replay_one))
         .route("/api/deliveries/replay-dead", post(replay_dead))
-        .with_state(state);
-    health.merge(admin)
+        .route("/api/rules", get(rules))
+        .route("/api/explain", post(explain))
+        .route("/api/channels/{name}/test", post(test_channel))
+        .with_state(state)
 }
 
 fn check_admin(s: &AdminState, headers: &HeaderMap) -> Result<(), HttpError> {
-    let Some(token) = &s.token else {
-        return Err(HttpError::unauthorized());
+    let Some(token) = s.pipeline.shared.get().config.admin_token.clone() else {
+        return Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            "admin_disabled",
+            "the admin API is off: set admin.token",
+        ));
     };
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::as_bytes);
-    if token_matches(presented, token) {
+    if token_matches(presented, &token) {
         Ok(())
     } else {
         Err(HttpError::unauthorized())
     }
 }
 
-async fn healthz(State(s): State<AdminState>) -> Result<Json<serde_json::Value>, HttpError> {
-    let counts = s
-        .store
-        .counts()
-        .await
-        .map_err(|e| HttpError::from_store(&e))?;
-    let counts: serde_json::Map<String, serde_json::Value> = counts
-        .into_iter()
-        .map(|(st, n)| (st.as_str().to_string(), n.into()))
-        .collect();
-    Ok(Json(json!({ "status": "ok", "deliveries": counts })))
+fn store_error(e: StoreError) -> HttpError {
+    HttpError::from_store(&e)
+}
+
+/// Alive: the process answers.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready: the store answers, a configuration is loaded, the intake listens. A failed reload is
+/// reported (the previous configuration keeps running) but does not make the relay unready.
+async fn readyz(State(s): State<AdminState>) -> Response {
+    let store = match tokio::time::timeout(READY_TIMEOUT, s.pipeline.store.counts()).await {
+        Ok(Ok(_)) => json!({ "ok": true }),
+        Ok(Err(e)) => json!({ "ok": false, "error": e.to_string() }),
+        Err(_) => {
+            json!({ "ok": false, "error": format!("no answer within {}s", READY_TIMEOUT.as_secs()) })
+        }
+    };
+    let rt = s.pipeline.shared.get();
+    let config = json!({
+        "ok": true,
+        "rules": rt.config.rules.rules().len(),
+        "channels": rt.config.channels.len(),
+        "last_reload_error": s.reloader.last_error().await,
+    });
+    let ready = store["ok"] == true;
+    let body = json!({
+        "ready": ready,
+        "store": store,
+        "config": config,
+        "sources": { "webhook": { "ok": true, "path": rt.config.ingest.path } },
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Readiness waits this long for the store.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn metrics(State(s): State<AdminState>) -> Result<Response, HttpError> {
+    let store = &s.pipeline.store;
+    let counts = store.counts().await.map_err(store_error)?;
+    let now = now_ms();
+    let oldest = store.oldest_due(now).await.map_err(store_error)?;
+    let age = oldest.map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0);
+    let text = s.pipeline.metrics.render(&counts, age);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Result<Response, HttpError> {
+    check_admin(&s, &headers)?;
+    match s.reloader.reload("POST /-/reload").await {
+        Ok(loaded) => Ok(Json(json!({ "status": "reloaded", "loaded": loaded })).into_response()),
+        Err(e) => Err(HttpError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            e,
+        )),
+    }
 }
 
 /// Query of `GET /api/deliveries`.
@@ -199,11 +269,7 @@ async fn list(
         device_id,
         limit,
     };
-    let rows = s
-        .store
-        .list(filter)
-        .await
-        .map_err(|e| HttpError::from_store(&e))?;
+    let rows = s.pipeline.store.list(filter).await.map_err(store_error)?;
     Ok(Json(json!({ "deliveries": rows })).into_response())
 }
 
@@ -214,10 +280,11 @@ async fn replay_one(
 ) -> Result<Response, HttpError> {
     check_admin(&s, &headers)?;
     let n = s
+        .pipeline
         .store
         .replay(Replay::Id(id), now_ms())
         .await
-        .map_err(|e| HttpError::from_store(&e))?;
+        .map_err(store_error)?;
     if n == 0 {
         return Err(HttpError::new(
             StatusCode::NOT_FOUND,
@@ -225,6 +292,7 @@ async fn replay_one(
             format!("no dead or delivered delivery with id {id}"),
         ));
     }
+    s.pipeline.wake.notify_one();
     Ok(Json(json!({ "replayed": n })).into_response())
 }
 
@@ -234,11 +302,87 @@ async fn replay_dead(
 ) -> Result<Response, HttpError> {
     check_admin(&s, &headers)?;
     let n = s
+        .pipeline
         .store
         .replay(Replay::AllDead, now_ms())
         .await
-        .map_err(|e| HttpError::from_store(&e))?;
+        .map_err(store_error)?;
+    s.pipeline.wake.notify_one();
     Ok(Json(json!({ "replayed": n })).into_response())
+}
+
+async fn rules(State(s): State<AdminState>, headers: HeaderMap) -> Result<Response, HttpError> {
+    check_admin(&s, &headers)?;
+    let rt = s.pipeline.shared.get();
+    let rules: Vec<_> = rt
+        .config
+        .rules
+        .rules()
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "origin": r.origin.to_string(),
+                "description": r.description,
+                "match": r.matcher.describe(),
+                "stop": r.stop,
+                "channels": r.targets.iter().map(|t| t.channel.as_str()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "rules": rules })).into_response())
+}
+
+async fn explain(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    check_admin(&s, &headers)?;
+    let raw = std::str::from_utf8(&body).map_err(|e| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_utf8",
+            format!("the body is not UTF-8: {e}"),
+        )
+    })?;
+    let env = Envelope::from_json(raw.as_bytes())
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, "invalid_event", e.to_string()))?;
+    let rt = s.pipeline.shared.get();
+    Ok(Json(crate::explain::explain(&rt.config, &env, raw)).into_response())
+}
+
+/// Query of `POST /api/channels/{name}/test`.
+#[derive(Debug, Deserialize)]
+pub struct TestQuery {
+    to: Option<String>,
+}
+
+async fn test_channel(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<TestQuery>,
+) -> Result<Response, HttpError> {
+    check_admin(&s, &headers)?;
+    let rt = s.pipeline.shared.get();
+    let (Some(cfg), Some(ch)) = (rt.config.channels.get(&name), rt.channels.get(&name)) else {
+        return Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no channel '{name}'"),
+        ));
+    };
+    let n = crate::channel::test_notification(cfg, q.to.as_deref())
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, "no_recipient", e))?;
+    match ch.send(&n).await {
+        Ok(()) => Ok(Json(json!({ "ok": true, "channel": name, "recipient": n.recipient })).into_response()),
+        Err(e) => Ok((
+            StatusCode::BAD_GATEWAY,
+            Json(json!({ "ok": false, "channel": name, "error": e.to_string(), "transient": matches!(e, SendError::Transient { .. }) })),
+        )
+            .into_response()),
+    }
 }
 
 #[cfg(test)]

@@ -14,8 +14,10 @@ use crate::api::{self, AdminState};
 use crate::channel::{self, Channels};
 use crate::config::Config;
 use crate::deliver::Dispatcher;
+use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::source::http::{self as ingest, IngestState};
+use crate::reload::Reloader;
+use crate::source::http as ingest;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{now_ms, Store};
 
@@ -42,6 +44,11 @@ impl Shared {
     /// The current runtime.
     pub fn get(&self) -> Arc<Runtime> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the runtime; work in progress keeps the one it started with.
+    pub fn replace(&self, rt: Runtime) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rt);
     }
 }
 
@@ -75,19 +82,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
 
     let (workers_n, grace) = (config.delivery.workers, config.delivery.shutdown_grace);
-    let (retention, dead_retention) = (config.storage.retention, config.storage.dead_retention);
-    let (authorization, max_body, source) = (
-        config.ingest.authorization.clone(),
-        config.ingest.max_body_bytes,
-        config.ingest.source.clone(),
-    );
-    let admin = AdminState {
-        store: store.clone(),
-        token: config.admin_token.clone(),
-    };
     let path = config.ingest.path.clone();
+    let config_path = config.path.clone();
     let rules = config.rules.rules().len();
     let shared = Arc::new(Shared::new(Runtime { config, channels }));
+    let metrics = Arc::new(Metrics::new());
     let wake = Arc::new(Notify::new());
     // The fast lane holds at most one worker pool's worth of deliveries claimed at intake.
     let (fast_tx, fast_rx) = tokio::sync::mpsc::channel(workers_n);
@@ -96,34 +95,39 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store: store.clone(),
         wake: wake.clone(),
         fast: fast_tx,
+        metrics: metrics.clone(),
     };
-    let intake = IngestState {
-        pipeline,
-        authorization,
-        max_body,
-        source,
+    let reloader = Arc::new(Reloader::new(config_path, shared.clone(), metrics.clone()));
+    let admin = AdminState {
+        pipeline: pipeline.clone(),
+        reloader: reloader.clone(),
     };
-    let app = ingest::router(&path, intake).merge(api::router(admin));
+    let app = ingest::router(&path, pipeline).merge(api::router(admin));
 
     let shutdown = CancellationToken::new();
     let dispatcher = Dispatcher {
         store: store.clone(),
-        shared,
+        shared: shared.clone(),
         wake,
         workers: workers_n,
         grace,
         fast: fast_rx,
+        metrics,
     };
     let mut workers = vec![tokio::spawn(dispatcher.run(shutdown.clone()))];
+    workers.push(tokio::spawn(reloader.watch(shutdown.clone())));
     let (s, sd) = (store.clone(), shutdown.clone());
     workers.push(tokio::spawn(async move {
         loop {
-            match s.prune(now_ms(), retention, dead_retention).await {
-                Ok(p) if p.deliveries + p.events > 0 => tracing::info!(
-                    deliveries = p.deliveries,
-                    events = p.events,
-                    "retention: pruned"
-                ),
+            let st = shared.get().config.storage.clone();
+            match s.prune(now_ms(), st.retention, st.dead_retention).await {
+                Ok(p) if p.deliveries + p.events > 0 => {
+                    tracing::info!(
+                        deliveries = p.deliveries,
+                        events = p.events,
+                        "retention: pruned"
+                    )
+                }
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "retention failed"),
             }

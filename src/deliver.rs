@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Shared;
 use crate::channel::SendError;
+use crate::metrics::Metrics;
 use crate::retry::{Decision, RetryPolicy};
 use crate::store::{now_ms, Claimed, Outcome, Store};
 
@@ -37,6 +38,8 @@ pub struct Dispatcher {
     pub grace: Duration,
     /// Deliveries claimed at intake (see [`crate::pipeline::Pipeline`]).
     pub fast: mpsc::Receiver<Claimed>,
+    /// Instruments.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
@@ -115,8 +118,8 @@ impl Dispatcher {
     }
 
     fn spawn(&self, tasks: &mut JoinSet<(i64, Outcome)>, d: Claimed) {
-        let shared = self.shared.clone();
-        tasks.spawn(async move { deliver(&shared, d).await });
+        let (shared, metrics) = (self.shared.clone(), self.metrics.clone());
+        tasks.spawn(async move { deliver(&shared, &metrics, d).await });
     }
 
     /// Records finished sends in the background (the loop goes on claiming meanwhile), then wakes the
@@ -140,7 +143,7 @@ impl Dispatcher {
 }
 
 /// Sends one claimed delivery; returns its outcome.
-async fn deliver(shared: &Shared, d: Claimed) -> (i64, Outcome) {
+async fn deliver(shared: &Shared, metrics: &Metrics, d: Claimed) -> (i64, Outcome) {
     let n = match d.notification() {
         Ok(n) => n,
         Err(e) => {
@@ -181,6 +184,12 @@ async fn deliver(shared: &Shared, d: Claimed) -> (i64, Outcome) {
         rand::rng().random_range(-1.0..=1.0),
     );
     let o = &n.origin;
+    let (label, latency) = match &outcome {
+        Outcome::Delivered => ("sent", Some((now - o.received_at_ms) as f64 / 1000.0)),
+        Outcome::Retry { .. } => ("retried", None),
+        Outcome::Dead { .. } => ("dead", None),
+    };
+    metrics.notification(&n.channel, label, latency);
     match &outcome {
         Outcome::Delivered => tracing::info!(
             event_id = o.event_id, device = %o.device_name, rule = %o.rule, channel = %n.channel,

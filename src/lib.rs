@@ -20,7 +20,8 @@
 //! - [`retry`]: the retry policy as data; [`deliver`]: the worker that sends and records outcomes.
 //! - [`channel`]: the `Channel` trait and its log, email, Telegram and webhook implementations.
 //! - [`source`]: where events come from (the webhook); [`pipeline`]: what every source calls.
-//! - [`api`]: HTTP errors, token checks, health and the admin API; [`app`]: wiring and shutdown.
+//! - [`api`]: HTTP errors, token checks, health, metrics and the admin API; [`app`]: wiring and shutdown.
+//! - [`metrics`]: Prometheus instruments; [`reload`]: hot reload on SIGHUP, file change or API call.
 
 pub mod api;
 pub mod app;
@@ -28,9 +29,12 @@ pub mod channel;
 pub mod config;
 pub mod deliver;
 pub mod event;
+pub mod explain;
+pub mod metrics;
 pub mod notification;
 pub mod pipeline;
 pub mod plan;
+pub mod reload;
 pub mod render;
 pub mod retry;
 pub mod rules;

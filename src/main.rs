@@ -6,8 +6,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use trackrelay::config::Config;
 use trackrelay::event::Envelope;
-use trackrelay::plan::{plan, Arrival};
-use trackrelay::rules::Verdict;
 use trackrelay::store::sqlite::SqliteStore;
 use trackrelay::store::{now_ms, Filter, Replay, Status, Store};
 
@@ -112,6 +110,17 @@ enum Command {
         /// Replay every dead letter.
         #[arg(long)]
         all_dead: bool,
+    },
+    /// Send a test message through a channel of the config, now (no rule, no outbox).
+    SendTest {
+        /// Channel name.
+        channel: String,
+        /// Recipient (email address, chat id); default: the channel's own.
+        #[arg(long)]
+        to: Option<String>,
+        /// Config file.
+        #[arg(short, long, env = "TRACKRELAY_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Print the version.
     Version,
@@ -262,6 +271,31 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::SendTest {
+            channel,
+            to,
+            config,
+        } => {
+            let cfg = load(config.as_deref())?;
+            let Some(c) = cfg.channels.get(&channel) else {
+                let known: Vec<_> = cfg.channels.keys().cloned().collect();
+                anyhow::bail!("no channel '{channel}' (configured: {})", known.join(", "));
+            };
+            let n = trackrelay::channel::test_notification(c, to.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            let channels = trackrelay::channel::build_all(&cfg.channels)?;
+            match channels[&channel].send(&n).await {
+                Ok(()) => println!(
+                    "sent a test message through '{channel}'{}",
+                    if n.recipient.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" to {}", n.recipient)
+                    }
+                ),
+                Err(e) => anyhow::bail!("'{channel}' failed: {e}"),
+            }
+        }
         Command::Version => println!("trackrelay {}", env!("CARGO_PKG_VERSION")),
     }
     Ok(ExitCode::SUCCESS)
@@ -283,48 +317,39 @@ fn explain(cfg: &Config, env: &Envelope, raw: &str) {
         env.device_id(),
         env.device.as_ref().map(|d| d.name.as_str()).unwrap_or("?")
     );
-    let source = cfg.ingest.source.clone();
-    let mut matched = Vec::new();
-    for (rule, verdict) in cfg.rules.explain(env, &source) {
-        match verdict {
-            Verdict::Matched => {
-                println!("MATCH     {} ({})", rule.name, rule.origin);
-                matched.push(rule);
-            }
-            Verdict::NotMatched(f) => {
-                let why = f
+    let x = trackrelay::explain::explain(cfg, env, raw);
+    for r in &x.rules {
+        match r.verdict {
+            "match" => println!("MATCH     {} ({})", r.rule, r.origin),
+            "no_match" => {
+                let why = r
                     .error
+                    .as_ref()
                     .map(|e| format!(" — error: {e}"))
                     .unwrap_or_default();
                 println!(
                     "no match  {} ({}): failed `{}`{why}",
-                    rule.name, rule.origin, f.condition
+                    r.rule,
+                    r.origin,
+                    r.reason.as_deref().unwrap_or("")
                 );
             }
-            Verdict::Stopped(by) => println!(
-                "skipped   {} ({}): rule '{by}' matched with stop: true",
-                rule.name, rule.origin
+            _ => println!(
+                "skipped   {} ({}): {}",
+                r.rule,
+                r.origin,
+                r.reason.as_deref().unwrap_or("")
             ),
         }
     }
-    let arrival = Arrival {
-        source,
-        received_at_ms: now_ms(),
-        ..Default::default()
-    };
-    for p in plan(cfg, &matched, env, raw, &arrival) {
-        let n = &p.notification;
-        println!(
-            "\n--- rule '{}' -> channel '{}'{}",
-            n.origin.rule,
-            n.channel,
-            if n.recipient.is_empty() {
-                String::new()
-            } else {
-                format!(" -> {}", n.recipient)
-            }
-        );
-        if let Some(why) = &p.dead {
+    for n in &x.notifications {
+        let to = if n.recipient.is_empty() {
+            String::new()
+        } else {
+            format!(" -> {}", n.recipient)
+        };
+        println!("\n--- rule '{}' -> channel '{}'{to}", n.rule, n.channel);
+        if let Some(why) = &n.dead {
             println!("(would go to dead letter: {why})");
         }
         println!(
@@ -332,7 +357,7 @@ fn explain(cfg: &Config, env: &Envelope, raw: &str) {
             serde_json::to_string_pretty(&n.content).unwrap_or_default()
         );
     }
-    if matched.is_empty() {
+    if x.rules.iter().all(|r| r.verdict != "match") {
         println!("\nno rule matches: nothing would be sent");
     }
 }

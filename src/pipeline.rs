@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::app::Shared;
 use crate::deliver::LEASE;
 use crate::event::Envelope;
+use crate::metrics::Metrics;
 use crate::plan::{plan, Arrival};
 use crate::store::{Accepted, Claimed, NewDelivery, NewEvent, Store, StoreError};
 
@@ -22,6 +23,8 @@ pub struct Pipeline {
     pub wake: Arc<Notify>,
     /// Hands deliveries claimed at intake straight to the worker.
     pub fast: mpsc::Sender<Claimed>,
+    /// Instruments.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
@@ -32,9 +35,11 @@ impl Pipeline {
         env: &Envelope,
         arrival: Arrival,
     ) -> Result<Accepted, StoreError> {
+        let mut matched_rules = Vec::new();
         let mut event = {
             let rt = self.shared.get();
             let matched = rt.config.rules.evaluate(env, &arrival.source);
+            matched_rules.extend(matched.iter().map(|r| r.name.clone()));
             let planned = plan(&rt.config, &matched, env, raw, &arrival);
             let deliveries = planned.iter().map(NewDelivery::from).collect();
             NewEvent {
@@ -69,6 +74,9 @@ impl Pipeline {
             claimed,
         } = &accepted
         {
+            for r in &matched_rules {
+                self.metrics.rule_matched(r);
+            }
             if let Some(permits) = permits {
                 for (permit, c) in permits.zip(claimed.iter().cloned()) {
                     permit.send(c);

@@ -160,8 +160,25 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         "{json}"
     );
     // Nothing was stored, nothing sent; the server still takes a good event.
-    let (_, health) = relay.admin_get("/healthz", "").await;
-    assert_eq!(health["deliveries"], serde_json::json!({}), "{health}");
+    let metrics = relay
+        .client
+        .get(relay.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("trackrelay_outbox_deliveries{status=\"pending\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("trackrelay_outbox_deliveries{status=\"done\"} 0"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("result=\"accepted\""), "{metrics}");
+    assert!(metrics.contains("trackrelay_events_received_total{source=\"traccar\",type=\"-\",result=\"unauthorized\"} 3"), "{metrics}");
     let (status, json) = relay.post(good, &[AUTH, JSON]).await;
     assert_eq!(
         (status, json["status"].as_str()),

@@ -221,6 +221,57 @@ pub struct BuildError {
     pub reason: String,
 }
 
+/// A test message for a channel (`trackrelay send-test`, `POST /api/channels/{name}/test`), to `to` or
+/// the channel's default recipient.
+pub fn test_notification(cfg: &ChannelConfig, to: Option<&str>) -> Result<Notification, String> {
+    use crate::notification::{Content, Origin, ParseMode};
+    use crate::render::{escape_html, escape_markdown_v2};
+    let recipient = match (to, cfg.default_to.first()) {
+        (Some(t), _) => t.to_string(),
+        (None, Some(d)) => d.clone(),
+        (None, None) if cfg.takes_recipients() => {
+            return Err(format!(
+                "channel '{}' has no default recipient; name one with `to`",
+                cfg.name
+            ))
+        }
+        (None, None) => String::new(),
+    };
+    let text = format!("trackrelay test message: channel '{}' works.", cfg.name);
+    let content = match &cfg.kind {
+        ChannelKind::Log => Content::Log { text },
+        ChannelKind::Email(_) => Content::Email {
+            subject: "trackrelay test message".into(),
+            html: email::html_page(&escape_html(&text)),
+            text,
+        },
+        ChannelKind::Telegram(t) => Content::TelegramText {
+            text: match t.parse_mode {
+                ParseMode::Html => escape_html(&text),
+                ParseMode::MarkdownV2 => escape_markdown_v2(&text),
+                ParseMode::Plain => text,
+            },
+            parse_mode: t.parse_mode,
+        },
+        ChannelKind::Webhook(w) => Content::Webhook {
+            body: serde_json::json!({ "message": text, "test": true }).to_string(),
+            content_type: w.content_type.clone(),
+        },
+    };
+    let nonce: u64 = rand::random();
+    Ok(Notification {
+        key: format!("tr-test-{nonce:016x}"),
+        channel: cfg.name.clone(),
+        recipient,
+        content,
+        origin: Origin {
+            source: "test".into(),
+            rule: "send-test".into(),
+            ..Default::default()
+        },
+    })
+}
+
 /// An HTTP client for a channel, with its timeout and a connect timeout of at most 10 s.
 pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()

@@ -239,7 +239,15 @@ impl SourceFile {
             .skip(from.saturating_sub(1))
             .find_map(|(i, line)| {
                 let t = line.trim_start().trim_start_matches("- ").trim_start();
+                // Flow style (`- { name: x, notify: [...] }`): the value ends at the next `,` or `}`.
+                let flow = t.starts_with('{');
+                let t = t.trim_start_matches('{').trim_start();
                 let rest = t.strip_prefix(key)?.strip_prefix(':')?;
+                let rest = if flow {
+                    rest.split([',', '}']).next().unwrap_or("")
+                } else {
+                    rest
+                };
                 let v = rest
                     .split(" #")
                     .next()
@@ -364,9 +372,10 @@ mod tests {
 
     #[test]
     fn find_line_locates_names() {
-        let f = file("rules:\n  - name: a\n    notify: []\n  - name: \"b\"  # x\n");
+        let f = file("rules:\n  - name: a\n    notify: []\n  - name: \"b\"  # x\n  - { name: c, notify: [] }\n");
+        assert_eq!(f.find_line("name", Some("c"), 1), Some(5));
         assert_eq!(f.find_line("name", Some("b"), 1), Some(4));
         assert_eq!(f.find_line("name", Some("a"), 1), Some(2));
-        assert_eq!(f.find_line("name", Some("c"), 1), None);
+        assert_eq!(f.find_line("name", Some("d"), 1), None);
     }
 }

@@ -12,7 +12,6 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::api::{token_matches, HttpError};
-use crate::config::Secret;
 use crate::event::Envelope;
 use crate::pipeline::Pipeline;
 use crate::plan::Arrival;
@@ -21,22 +20,10 @@ use crate::store::{now_ms, Accepted};
 /// Header values carried through (`X-PowTxn`, `X-Request-Id`) are cut to this length.
 const MAX_TRACE_HEADER: usize = 128;
 
-/// State of the intake route.
-#[derive(Clone)]
-pub struct IngestState {
-    /// The pipeline.
-    pub pipeline: Pipeline,
-    /// Required `Authorization` value.
-    pub authorization: Option<Secret>,
-    /// Body limit.
-    pub max_body: usize,
-    /// Dedup namespace.
-    pub source: String,
-}
-
-/// The intake route at `path`.
-pub fn router(path: &str, state: IngestState) -> Router {
-    Router::new().route(path, post(ingest)).with_state(state)
+/// The intake route at `path`. Its settings (authorization, body limit, source name) are read from the
+/// current configuration on every request, so a reload changes them at once.
+pub fn router(path: &str, pipeline: Pipeline) -> Router {
+    Router::new().route(path, post(ingest)).with_state(pipeline)
 }
 
 /// A header value fit to log and forward: printable ASCII, bounded.
@@ -112,62 +99,91 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<
 }
 
 async fn ingest(
-    State(s): State<IngestState>,
+    State(p): State<Pipeline>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    if let Some(expected) = &s.authorization {
+    let (authorization, max_body, source) = {
+        let rt = p.shared.get();
+        let i = &rt.config.ingest;
+        (i.authorization.clone(), i.max_body_bytes, i.source.clone())
+    };
+    let reject = |e: HttpError, result: &'static str| {
+        p.metrics.event(&source, "-", result);
+        e
+    };
+    if let Some(expected) = &authorization {
         let presented = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
         if !token_matches(presented, expected) {
             tracing::warn!("webhook call with a missing or wrong Authorization header");
-            return Err(HttpError::unauthorized());
+            return Err(reject(HttpError::unauthorized(), "unauthorized"));
         }
     }
-    acceptable_content_type(&headers)?;
-    let bytes = read_body(body, &headers, s.max_body).await?;
+    acceptable_content_type(&headers).map_err(|e| reject(e, "invalid"))?;
+    let bytes = read_body(body, &headers, max_body)
+        .await
+        .map_err(|e| reject(e, "invalid"))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(HttpError::new(
+        let e = HttpError::new(
             StatusCode::BAD_REQUEST,
             "empty_body",
             "the body is empty; expected a Traccar event as JSON",
-        ));
+        );
+        return Err(reject(e, "invalid"));
     }
     let raw = std::str::from_utf8(&bytes).map_err(|e| {
-        HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_utf8",
-            format!("the body is not UTF-8: {e}"),
+        reject(
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_utf8",
+                format!("the body is not UTF-8: {e}"),
+            ),
+            "invalid",
         )
     })?;
     let env = Envelope::from_json(raw.as_bytes()).map_err(|e| {
         tracing::warn!(error = %e, "rejected an undecodable webhook body");
-        HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_event",
-            format!("{e} (line {}, column {})", e.line, e.column),
+        reject(
+            HttpError::new(StatusCode::BAD_REQUEST, "invalid_event", e.to_string()),
+            "invalid",
         )
     })?;
     let arrival = Arrival {
-        source: s.source.clone(),
+        source: source.clone(),
         txn: trace_header(&headers, "x-powtxn"),
         request_id: trace_header(&headers, "x-request-id"),
         received_at_ms: now_ms(),
     };
     let txn = arrival.txn.clone();
-    let accepted = s
-        .pipeline
-        .ingest(raw, &env, arrival)
-        .await
-        .map_err(|e| HttpError::from_store(&e))?;
+    let event_type = env.event.event_type.as_str();
+    let accepted = p.ingest(raw, &env, arrival).await.map_err(|e| {
+        p.metrics.event(&source, event_type, "unavailable");
+        HttpError::from_store(&e)
+    })?;
     let device = env.device.as_ref().map(|d| d.name.as_str()).unwrap_or("");
     let txn = txn.as_deref().unwrap_or("");
     let body = match accepted {
         Accepted::New { deliveries, .. } => {
-            tracing::info!(event_id = env.event.id, event_type = %env.event.event_type, device, txn, deliveries, "event accepted");
+            p.metrics.event(&source, event_type, "accepted");
+            tracing::info!(
+                event_id = env.event.id,
+                event_type,
+                device,
+                txn,
+                deliveries,
+                "event accepted"
+            );
             json!({ "status": "accepted", "event_id": env.event.id, "deliveries": deliveries })
         }
         Accepted::Duplicate => {
-            tracing::info!(event_id = env.event.id, event_type = %env.event.event_type, device, txn, "duplicate event ignored");
+            p.metrics.event(&source, event_type, "duplicate");
+            tracing::info!(
+                event_id = env.event.id,
+                event_type,
+                device,
+                txn,
+                "duplicate event ignored"
+            );
             json!({ "status": "duplicate", "event_id": env.event.id })
         }
     };
@@ -205,6 +221,9 @@ mod tests {
         async fn next_due(&self, _: i64) -> Result<Option<i64>, StoreError> {
             Ok(None)
         }
+        async fn oldest_due(&self, _: i64) -> Result<Option<i64>, StoreError> {
+            Ok(None)
+        }
         async fn recover(&self, _: i64) -> Result<u64, StoreError> {
             Ok(0)
         }
@@ -234,16 +253,9 @@ mod tests {
             store: Arc::new(Refusing(store)),
             wake: Default::default(),
             fast,
+            metrics: Default::default(),
         };
-        let app = router(
-            "/events",
-            IngestState {
-                pipeline,
-                authorization: None,
-                max_body: 1 << 20,
-                source: "t".into(),
-            },
-        );
+        let app = router("/events", pipeline);
         let body = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/payloads/alarm_sos.json"

@@ -281,6 +281,9 @@ pub trait Store: Send + Sync {
     /// worker anyway.
     async fn next_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError>;
 
+    /// The next-attempt time of the oldest delivery that is due at `now_ms` and still pending.
+    async fn oldest_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError>;
+
     /// Returns deliveries left in flight by a previous run (or whose lease expired) to pending.
     async fn recover(&self, now_ms: i64) -> Result<u64, StoreError>;
 

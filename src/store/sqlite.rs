@@ -438,6 +438,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn oldest_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError> {
+        self.call(true, move |c| {
+            c.query_row(
+                "SELECT MIN(next_at) FROM deliveries WHERE status = 'pending' AND next_at <= ?1",
+                params![now_ms],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(db)
+        })
+        .await
+    }
+
     async fn recover(&self, now_ms: i64) -> Result<u64, StoreError> {
         self.call(true, move |c| {
             c.execute(
