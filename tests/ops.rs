@@ -451,3 +451,62 @@ async fn sighup_reloads_a_running_process() {
     let _ = child.wait();
     assert!(moved, "SIGHUP did not reload");
 }
+
+#[tokio::test]
+async fn a_removed_channel_turns_its_queued_deliveries_into_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = free_port();
+    let yaml = |with_channel: bool| {
+        let (channel, rule) = if with_channel {
+            (
+                format!("  gone: {{ type: webhook, url: \"http://127.0.0.1:{closed}/x\", retry: {{ initial_backoff: 300ms }} }}\n"),
+                "rules: [{ name: r, notify: [{ channel: gone }] }]\n",
+            )
+        } else {
+            (String::new(), "rules: []\n")
+        };
+        format!(
+            "storage: {{ data_dir: \"{}\" }}\nadmin: {{ token: \"{ADMIN}\" }}\nchannels:\n  keep: {{ type: log }}\n{channel}{rule}",
+            dir.path().join("data").display()
+        )
+    };
+    let relay = Relay::start(config_in(dir.path(), &yaml(true))).await;
+    relay.post(payload("alarm_sos.json"), &[]).await;
+    let mut rows = serde_json::Value::Null;
+    for _ in 0..100 {
+        rows = relay
+            .admin_get("/api/deliveries?status=pending", ADMIN)
+            .await
+            .1;
+        if rows["deliveries"][0]["last_error"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        rows["deliveries"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("connection failed"),
+        "{rows}"
+    );
+    std::fs::write(dir.path().join("trackrelay.yaml"), yaml(false)).unwrap();
+    let (status, body) = relay.admin_post("/-/reload", ADMIN).await;
+    assert_eq!(status, 200, "{body}");
+    let mut dead = serde_json::Value::Null;
+    for _ in 0..100 {
+        dead = relay
+            .admin_get("/api/deliveries?status=dead", ADMIN)
+            .await
+            .1;
+        if dead["deliveries"].as_array().is_some_and(|d| !d.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        dead["deliveries"][0]["last_error"], "channel 'gone' is no longer configured",
+        "{dead}"
+    );
+    relay.stop().await;
+}
