@@ -17,6 +17,8 @@ use super::*;
 
 /// Jobs per transaction at most: bounds the latency one commit adds to the jobs in it.
 pub const MAX_BATCH: usize = 2048;
+/// Rows deleted per retention job: short enough not to hold up intake.
+const PRUNE_CHUNK: i64 = 5000;
 /// File name of the database under the data directory.
 pub const DB_FILE: &str = "trackrelay.db";
 /// Another process (the CLI next to a running server) may hold the write lock briefly.
@@ -493,27 +495,39 @@ impl Store for SqliteStore {
     ) -> Result<Pruned, StoreError> {
         let cut = now_ms - retention.as_millis() as i64;
         let dead_cut = now_ms - dead_retention.as_millis() as i64;
-        self.call(true, move |c| {
-            let deliveries = c
-                .execute(
-                    "DELETE FROM deliveries WHERE (status = 'done' AND updated_at < ?1)
-                                               OR (status = 'dead' AND updated_at < ?2)",
-                    params![cut, dead_cut],
-                )
-                .map_err(db)?;
-            let events = c
-                .execute(
-                    "DELETE FROM events WHERE received_at < ?1
-                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_ref = events.id)",
-                    params![cut],
-                )
-                .map_err(db)?;
-            Ok(Pruned {
-                deliveries: deliveries as u64,
-                events: events as u64,
-            })
-        })
-        .await
+        let mut total = Pruned::default();
+        // In chunks, each its own job: intake and deliveries go on between them.
+        loop {
+            let (deliveries, events) = self
+                .call(true, move |c| {
+                    let deliveries = c
+                        .execute(
+                            "DELETE FROM deliveries WHERE id IN (
+                                 SELECT id FROM deliveries WHERE status = 'done' AND updated_at < ?1
+                                 UNION ALL
+                                 SELECT id FROM deliveries WHERE status = 'dead' AND updated_at < ?2
+                                 LIMIT ?3)",
+                            params![cut, dead_cut, PRUNE_CHUNK],
+                        )
+                        .map_err(db)?;
+                    let events = c
+                        .execute(
+                            "DELETE FROM events WHERE id IN (
+                                 SELECT id FROM events WHERE received_at < ?1
+                                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_ref = events.id)
+                                 LIMIT ?2)",
+                            params![cut, PRUNE_CHUNK],
+                        )
+                        .map_err(db)?;
+                    Ok((deliveries as u64, events as u64))
+                })
+                .await?;
+            total.deliveries += deliveries;
+            total.events += events;
+            if deliveries < PRUNE_CHUNK as u64 && events < PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
