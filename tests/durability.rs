@@ -252,22 +252,12 @@ async fn smtp_permanent_rejection_is_a_dead_letter() {
     ))
     .await;
     relay.post(payload("deviceOnline.json"), &[]).await;
-    let mut dead = serde_json::Value::Null;
-    for _ in 0..100 {
-        dead = relay
-            .admin_get("/api/deliveries?status=dead", ADMIN)
-            .await
-            .1;
-        if !dead["deliveries"].as_array().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let row = &dead["deliveries"][0];
-    assert_eq!(row["attempts"], 1, "{dead}");
+    let dead = relay.wait_deliveries("dead", 1, ADMIN).await;
+    let row = &dead[0];
+    assert_eq!(row["attempts"], 1, "{dead:?}");
     assert!(
         row["last_error"].as_str().unwrap().contains("550"),
-        "{dead}"
+        "{dead:?}"
     );
     assert!(smtp.mails().is_empty());
     relay.stop().await;
@@ -317,15 +307,7 @@ async fn webhook_400_is_dead_after_one_attempt_and_replay_after_the_fix_delivers
     };
     let relay = Relay::start(config_in(dir.path(), &yaml(wrong.url("/hook")))).await;
     relay.post(payload("alarm_sos.json"), &[]).await;
-    let mut rows = vec![];
-    for _ in 0..100 {
-        let (_, list) = relay.admin_get("/api/deliveries?status=dead", ADMIN).await;
-        rows = list["deliveries"].as_array().unwrap().clone();
-        if !rows.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let rows = relay.wait_deliveries("dead", 1, ADMIN).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["attempts"], 1);
     assert!(

@@ -493,20 +493,10 @@ async fn a_removed_channel_turns_its_queued_deliveries_into_dead_letters() {
     std::fs::write(dir.path().join("trackrelay.yaml"), yaml(false)).unwrap();
     let (status, body) = relay.admin_post("/-/reload", ADMIN).await;
     assert_eq!(status, 200, "{body}");
-    let mut dead = serde_json::Value::Null;
-    for _ in 0..100 {
-        dead = relay
-            .admin_get("/api/deliveries?status=dead", ADMIN)
-            .await
-            .1;
-        if dead["deliveries"].as_array().is_some_and(|d| !d.is_empty()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let dead = relay.wait_deliveries("dead", 1, ADMIN).await;
     assert_eq!(
-        dead["deliveries"][0]["last_error"], "channel 'gone' is no longer configured",
-        "{dead}"
+        dead[0]["last_error"], "channel 'gone' is no longer configured",
+        "{dead:?}"
     );
     relay.stop().await;
 }

@@ -363,6 +363,18 @@ fn finish(c: &Connection, outcomes: &[(i64, Outcome)], now: i64) -> Result<(), S
     Ok(())
 }
 
+/// The earliest `next_at` of pending deliveries on one side of `now`: a range scan of the
+/// (status, next_at) index, cheap however long the queue is.
+fn min_next_at(c: &Connection, cond: &'static str, now: i64) -> Result<Option<i64>, StoreError> {
+    c.prepare_cached(&format!(
+        "SELECT MIN(next_at) FROM deliveries WHERE status = 'pending' AND {cond}"
+    ))
+    .and_then(|mut s| s.query_row(params![now], |r| r.get(0)))
+    .optional()
+    .map(Option::flatten)
+    .map_err(db)
+}
+
 fn list(c: &Connection, f: &Filter) -> Result<Vec<DeliveryRow>, StoreError> {
     let mut stmt = c
         .prepare_cached(
@@ -426,32 +438,13 @@ impl Store for SqliteStore {
     }
 
     async fn next_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError> {
-        self.call(true, move |c| {
-            // A range scan of the (status, next_at) index: cheap however long the queue is.
-            c.query_row(
-                "SELECT MIN(next_at) FROM deliveries WHERE status = 'pending' AND next_at > ?1",
-                params![now_ms],
-                |r| r.get(0),
-            )
-            .optional()
-            .map(Option::flatten)
-            .map_err(db)
-        })
-        .await
+        self.call(true, move |c| min_next_at(c, "next_at > ?1", now_ms))
+            .await
     }
 
     async fn oldest_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError> {
-        self.call(true, move |c| {
-            c.query_row(
-                "SELECT MIN(next_at) FROM deliveries WHERE status = 'pending' AND next_at <= ?1",
-                params![now_ms],
-                |r| r.get(0),
-            )
-            .optional()
-            .map(Option::flatten)
-            .map_err(db)
-        })
-        .await
+        self.call(true, move |c| min_next_at(c, "next_at <= ?1", now_ms))
+            .await
     }
 
     async fn recover(&self, now_ms: i64) -> Result<u64, StoreError> {

@@ -107,6 +107,30 @@ impl Relay {
         )
     }
 
+    /// Polls the admin API until at least `n` deliveries have `status`; returns them.
+    pub async fn wait_deliveries(
+        &self,
+        status: &str,
+        n: usize,
+        token: &str,
+    ) -> Vec<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, list) = self
+                .admin_get(&format!("/api/deliveries?status={status}"), token)
+                .await;
+            let rows = list["deliveries"].as_array().cloned().unwrap_or_default();
+            if rows.len() >= n {
+                return rows;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "fewer than {n} {status} deliveries: {list}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.stop().await.unwrap();
