@@ -38,7 +38,7 @@ YAML
   ./target/release/examples/loadgen --url "http://127.0.0.1:$port/events" --rate 1000 --duration "$duration" \
     --id-base 9000000000 | sed 's/^/   /'
   sleep 2
-  echo "   deliveries after 2 s: $(curl -fs "http://127.0.0.1:$port/healthz")"
+  echo "   outbox after 2 s: $(curl -fs "http://127.0.0.1:$port/metrics" | grep '^trackrelay_outbox_deliveries' | sed 's/trackrelay_outbox_deliveries//' | tr '\n' ' ')"
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
 }
 

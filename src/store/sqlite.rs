@@ -61,7 +61,8 @@ const MIGRATIONS: &[&str] = &[
         content TEXT NOT NULL
     );
     CREATE INDEX deliveries_due ON deliveries (status, next_at);
-    CREATE INDEX deliveries_order ON deliveries (order_key, id) WHERE status IN ('pending', 'inflight');
+    CREATE INDEX deliveries_order ON deliveries (order_key, id)
+        WHERE order_key IS NOT NULL AND status IN ('pending', 'inflight');
     CREATE INDEX deliveries_event ON deliveries (event_ref);",
 ];
 
