@@ -286,3 +286,79 @@ rules:
     );
     relay.stop().await;
 }
+
+/// Webhook extras a receiver relies on: the HMAC signature over the exact body, and `Retry-After`
+/// obeyed when it asks for a pause (the channel's own backoff is 100 ms, so only `Retry-After` explains
+/// a 2 s wait).
+#[tokio::test]
+async fn webhook_signature_and_retry_after() {
+    use hmac::{Hmac, Mac};
+    let sink = Sink::start().await;
+    sink.set_mode(support::sink::Mode::StatusRetryAfter(503, 2));
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "storage: {{ data_dir: \"{}\" }}\nchannels: {{ hook: {{ type: webhook, url: \"{}\", secret: \"k3y\", headers: {{ X-Team: ops }}, \
+         retry: {{ initial_backoff: 100ms }} }} }}\n\
+         rules: [{{ name: a, notify: [{{ channel: hook }}] }}]\n",
+        dir.path().display(),
+        sink.url("/signed")
+    );
+    let relay = Relay::start(common::config_in(dir.path(), &yaml)).await;
+    relay.post(payload("alarm_sos.json"), &[]).await;
+    let first = sink.wait_for(1, WAIT).await[0].clone();
+    assert_eq!(first.status, 503);
+    sink.set_mode(support::sink::Mode::Ok);
+    let got = sink.wait_for_successful(1, WAIT).await;
+    let ok = &got[0];
+    let waited = ok.received_at.duration_since(first.received_at);
+    assert!(
+        waited >= Duration::from_secs(2),
+        "retried after {waited:?}, before Retry-After"
+    );
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"k3y").unwrap();
+    mac.update(&ok.body);
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(ok.header("x-trackrelay-signature"), Some(expected.as_str()));
+    assert_eq!(ok.header("x-team"), Some("ops"));
+    assert_eq!(
+        ok.header("idempotency-key"),
+        first.header("idempotency-key")
+    );
+    relay.stop().await;
+}
+
+/// A message longer than Telegram's 4096 characters is split, not rejected.
+#[tokio::test]
+async fn overlong_telegram_messages_arrive_in_parts() {
+    let telegram = TelegramStandIn::start(TOKEN, &["5"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "storage: {{ data_dir: \"{}\" }}\nchannels: {{ tg: {{ type: telegram, bot_token: \"{TOKEN}\", chat_id: \"5\", api_url: \"{}\" }} }}\n\
+         rules: [{{ name: a, notify: [{{ channel: tg, template: \"{{% for i in range(300) %}}<b>{{{{ device.name }}}}</b> line {{{{ i }}}}\\n{{% endfor %}}\" }}] }}]\n",
+        dir.path().display(),
+        telegram.base_url()
+    );
+    let relay = Relay::start(common::config_in(dir.path(), &yaml)).await;
+    relay.post(payload("alarm_sos.json"), &[]).await;
+    let msgs = telegram.wait_for_messages(2, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let msgs = if telegram.messages().len() > msgs.len() {
+        telegram.messages()
+    } else {
+        msgs
+    };
+    assert!(
+        telegram.rejections().is_empty(),
+        "{:?}",
+        telegram.rejections()
+    );
+    let all: String = msgs.iter().map(|m| m.plain_text.clone().unwrap()).collect();
+    assert!(msgs
+        .iter()
+        .all(|m| m.text.as_ref().unwrap().encode_utf16().count() <= 4096));
+    assert!(
+        all.contains("Lastenrad Wien line 0\n") && all.contains("Lastenrad Wien line 299"),
+        "{all}"
+    );
+    relay.stop().await;
+}
