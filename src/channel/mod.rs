@@ -185,27 +185,16 @@ pub type Channels = BTreeMap<String, Arc<dyn Channel>>;
 pub fn build_all(configs: &BTreeMap<String, ChannelConfig>) -> Result<Channels, BuildError> {
     let mut out: Channels = BTreeMap::new();
     for (name, c) in configs {
-        let ch: Arc<dyn Channel> = match &c.kind {
-            ChannelKind::Log => Arc::new(log::LogChannel),
-            ChannelKind::Email(s) => {
-                Arc::new(email::EmailChannel::new(s).map_err(|e| BuildError {
-                    channel: name.clone(),
-                    reason: e,
-                })?)
-            }
-            ChannelKind::Telegram(s) => {
-                Arc::new(telegram::TelegramChannel::new(s).map_err(|e| BuildError {
-                    channel: name.clone(),
-                    reason: e,
-                })?)
-            }
-            ChannelKind::Webhook(s) => {
-                Arc::new(webhook::WebhookChannel::new(s).map_err(|e| BuildError {
-                    channel: name.clone(),
-                    reason: e,
-                })?)
-            }
+        let built: Result<Arc<dyn Channel>, String> = match &c.kind {
+            ChannelKind::Log => Ok(Arc::new(log::LogChannel)),
+            ChannelKind::Email(s) => email::EmailChannel::new(s).map(|c| Arc::new(c) as _),
+            ChannelKind::Telegram(s) => telegram::TelegramChannel::new(s).map(|c| Arc::new(c) as _),
+            ChannelKind::Webhook(s) => webhook::WebhookChannel::new(s).map(|c| Arc::new(c) as _),
         };
+        let ch = built.map_err(|reason| BuildError {
+            channel: name.clone(),
+            reason,
+        })?;
         out.insert(name.clone(), ch);
     }
     Ok(out)

@@ -330,8 +330,7 @@ fn compile_target(
     };
     let mut to = Vec::new();
     match n.to.map(|t| t.into_vec()) {
-        Some(list) if !ch.takes_recipients() => {
-            let _ = list;
+        Some(_) if !ch.takes_recipients() => {
             errors.push(format!(
                 "to: a {} channel has no recipients to choose",
                 ch.kind_name()
