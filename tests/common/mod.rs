@@ -79,24 +79,23 @@ impl Relay {
 
     /// GET an admin path with a bearer token.
     pub async fn admin_get(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
-        let resp = self
-            .client
-            .get(self.url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        (
-            resp.status().as_u16(),
-            resp.json().await.unwrap_or(serde_json::Value::Null),
-        )
+        self.admin(reqwest::Method::GET, path, token).await
     }
 
     /// POST an admin path with a bearer token.
     pub async fn admin_post(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        self.admin(reqwest::Method::POST, path, token).await
+    }
+
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> (u16, serde_json::Value) {
         let resp = self
             .client
-            .post(self.url(path))
+            .request(method, self.url(path))
             .bearer_auth(token)
             .send()
             .await
