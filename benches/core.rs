@@ -1,0 +1,107 @@
+//! The pure core under criterion: decoding a webhook body, evaluating 10 / 100 / 1,000 rules, and
+//! rendering the notifications of a matching rule. No I/O. Run: `cargo bench --bench core`.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use trackrelay::config::Config;
+use trackrelay::event::Envelope;
+use trackrelay::plan::{plan, Arrival};
+
+const PAYLOADS: &[&str] = &[
+    "alarm_vibration.json",
+    "geofenceExit.json",
+    "deviceOverspeed.json",
+    "deviceOffline.json",
+];
+
+fn payload(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/payloads")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// `n` rules mixing what real rule files use: type and alarm lists, geofence globs, attribute
+/// comparisons, negation and expressions, spread over event types; all send to a log channel.
+fn config(n: usize) -> Config {
+    let kinds = [
+        "{ type: alarm, alarm: [movement, vibration], where: { position.attributes.armed: true } }",
+        "{ type: [geofenceEnter, geofenceExit], geofence: 'Zuhause*', not: { where: { ignition: true } } }",
+        "{ type: deviceOverspeed, expr: 'speed_kmh > 25 || geofence.id > 0' }",
+        "{ type: [deviceOffline, deviceUnknown], device: ['Lastenrad*', 12] }",
+        "{ where: { batteryLevel: { lt: 20 }, charge: { ne: true } } }",
+        "{ type: ignitionOn, where: { device.uniqueId: { regex: '^4710' } } }",
+        "{ type: alarm, alarm: sos }",
+        "{ type: deviceMoving, group: [3, 5] }",
+    ];
+    let mut yaml = String::from("channels: { out: { type: log } }\nrules:\n");
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  - {{ name: r{i}, match: {}, notify: [{{ channel: out }}] }}\n",
+            kinds[i % kinds.len()]
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("trackrelay-bench-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let cfg = Config::load_with_env(Some(&path), &|_| None).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    cfg
+}
+
+fn decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decode");
+    for name in PAYLOADS {
+        let body = payload(name);
+        g.bench_function(*name, |b| {
+            b.iter(|| Envelope::from_json(black_box(body.as_bytes())).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn evaluate(c: &mut Criterion) {
+    let events: Vec<Envelope> = PAYLOADS
+        .iter()
+        .map(|p| Envelope::from_json(payload(p).as_bytes()).unwrap())
+        .collect();
+    let mut g = c.benchmark_group("evaluate");
+    for n in [10, 100, 1000] {
+        let cfg = config(n);
+        // Per event: the four payloads in turn, so the figure is the mean over event kinds.
+        g.bench_with_input(BenchmarkId::new("rules", n), &cfg, |b, cfg| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % events.len();
+                black_box(cfg.rules.evaluate(&events[i], "traccar").len())
+            })
+        });
+    }
+    g.finish();
+}
+
+fn render(c: &mut Criterion) {
+    let cfg = config(8);
+    let mut g = c.benchmark_group("render");
+    for name in ["alarm_vibration.json", "geofenceExit.json"] {
+        let raw = payload(name);
+        let env = Envelope::from_json(raw.as_bytes()).unwrap();
+        let matched = cfg.rules.evaluate(&env, "traccar");
+        let arrival = Arrival {
+            source: "traccar".into(),
+            ..Default::default()
+        };
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(plan(&cfg, &matched, &env, &raw, &arrival).len()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decode, evaluate, render);
+criterion_main!(benches);
