@@ -1,7 +1,7 @@
 //! A rule's `match:` compiled into a list of conditions, each able to say in words what it tests, so
 //! `explain` can name the first one that failed.
 
-use globset::{GlobBuilder, GlobMatcher};
+use globset::GlobBuilder;
 use regex::Regex;
 
 use super::expr::Expr;
@@ -85,7 +85,7 @@ pub enum Op {
     /// Text matching a regular expression.
     Regex(Regex),
     /// Text matching a glob.
-    Glob(GlobMatcher),
+    Glob(Glob),
 }
 
 impl Op {
@@ -118,7 +118,7 @@ pub enum Cond {
     /// The device (id or name glob).
     Device(Vec<IdOrGlob>),
     /// The device's unique id (glob).
-    UniqueId(Vec<GlobMatcher>),
+    UniqueId(Vec<Glob>),
     /// The device's group.
     Group(Vec<i64>),
     /// The device's status.
@@ -141,7 +141,7 @@ pub enum IdOrGlob {
     /// Numeric id.
     Id(i64),
     /// Name glob.
-    Glob(GlobMatcher),
+    Glob(Glob),
 }
 
 impl IdOrGlob {
@@ -290,6 +290,15 @@ impl Matcher {
             .all(|c| test(&c.cond, env, source).unwrap_or(false))
     }
 
+    /// Whether every condition holds, given that the event's type is already known to be one this
+    /// matcher's `type` names (the rule set's index guarantees it): the type test is skipped.
+    pub fn matches_indexed(&self, env: &Envelope, source: &str) -> bool {
+        self.conds
+            .iter()
+            .filter(|c| !matches!(c.cond, Cond::Type(_)))
+            .all(|c| test(&c.cond, env, source).unwrap_or(false))
+    }
+
     /// The first condition that does not hold, or `None` when the matcher matches.
     pub fn first_failure(&self, env: &Envelope, source: &str) -> Option<Failed> {
         self.conds
@@ -333,12 +342,54 @@ fn test(cond: &Cond, env: &Envelope, source: &str) -> Result<bool, String> {
     })
 }
 
-fn glob(pattern: &str) -> Result<GlobMatcher, String> {
+/// A case-insensitive name glob. The shapes rules use most (`Lena*`, `*Wien`, an exact name) are plain
+/// string comparisons; anything else goes to globset, which runs a regex per test.
+#[derive(Debug)]
+pub enum Glob {
+    /// No wildcard (ASCII): equal ignoring ASCII case.
+    Exact(String),
+    /// `prefix*` (ASCII prefix).
+    Prefix(String),
+    /// `*suffix` (ASCII suffix).
+    Suffix(String),
+    /// Anything else.
+    Pattern(globset::GlobMatcher),
+}
+
+impl Glob {
+    /// Whether `s` matches.
+    pub fn is_match(&self, s: &str) -> bool {
+        let (s, b) = (s.as_bytes(), |p: &String| p.len());
+        match self {
+            Glob::Exact(p) => s.eq_ignore_ascii_case(p.as_bytes()),
+            Glob::Prefix(p) => s.len() >= b(p) && s[..b(p)].eq_ignore_ascii_case(p.as_bytes()),
+            Glob::Suffix(p) => {
+                s.len() >= b(p) && s[s.len() - b(p)..].eq_ignore_ascii_case(p.as_bytes())
+            }
+            Glob::Pattern(g) => g.is_match(std::str::from_utf8(s).unwrap_or_default()),
+        }
+    }
+}
+
+fn glob(pattern: &str) -> Result<Glob, String> {
+    let special = |c: char| matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\');
+    if pattern.is_ascii() && !pattern.is_empty() {
+        let inner = |p: &str| !p.is_empty() && !p.contains(special);
+        if !pattern.contains(special) {
+            return Ok(Glob::Exact(pattern.to_string()));
+        }
+        if let Some(p) = pattern.strip_suffix('*').filter(|p| inner(p)) {
+            return Ok(Glob::Prefix(p.to_string()));
+        }
+        if let Some(p) = pattern.strip_prefix('*').filter(|p| inner(p)) {
+            return Ok(Glob::Suffix(p.to_string()));
+        }
+    }
     GlobBuilder::new(pattern)
         .case_insensitive(true)
         .literal_separator(false)
         .build()
-        .map(|g| g.compile_matcher())
+        .map(|g| Glob::Pattern(g.compile_matcher()))
         .map_err(|e| format!("invalid glob `{pattern}`: {e}"))
 }
 
@@ -459,4 +510,25 @@ fn op(name: &str, arg: &serde_yaml::Value) -> Result<(Op, String), String> {
             ))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_fast_and_general() {
+        let m = |p: &str, s: &str| glob(p).unwrap().is_match(s);
+        assert!(matches!(glob("Lena*").unwrap(), Glob::Prefix(_)));
+        assert!(matches!(glob("*Wien").unwrap(), Glob::Suffix(_)));
+        assert!(matches!(glob("Zuhause Pradl").unwrap(), Glob::Exact(_)));
+        assert!(matches!(glob("L?na*").unwrap(), Glob::Pattern(_)));
+        assert!(matches!(glob("Straße*").unwrap(), Glob::Pattern(_)));
+        assert!(m("lena*", "Lena's Gazelle") && !m("lena*", "Le"));
+        assert!(m("*WIEN", "Lastenrad Wien") && !m("*Wien", "Wien!"));
+        assert!(m("zuhause pradl", "Zuhause Pradl") && !m("Zuhause", "Zuhause Pradl"));
+        assert!(m("L?na*", "Lena") && m("*rad*", "Lastenrad Wien") && m("*", ""));
+        assert!(m("Straße*", "straße 5"));
+        assert!(glob("[").is_err());
+    }
 }

@@ -127,7 +127,7 @@ impl RuleSet {
         let mut out = Vec::new();
         for &i in self.candidates(&env.event.event_type) {
             let rule = &self.rules[i];
-            if rule.matcher.matches(env, source) {
+            if rule.matcher.matches_indexed(env, source) {
                 out.push(rule);
                 if rule.stop {
                     break;
