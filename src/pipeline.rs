@@ -35,11 +35,11 @@ impl Pipeline {
         env: &Envelope,
         arrival: Arrival,
     ) -> Result<Accepted, StoreError> {
-        let mut matched_rules = Vec::new();
+        // The runtime is held for the whole call: the matched rules borrow from it, and a reload
+        // meanwhile does not change what this event is evaluated against.
+        let rt = self.shared.get();
+        let matched = rt.config.rules.evaluate(env, &arrival.source);
         let mut event = {
-            let rt = self.shared.get();
-            let matched = rt.config.rules.evaluate(env, &arrival.source);
-            matched_rules.extend(matched.iter().map(|r| r.name.clone()));
             let planned = plan(&rt.config, &matched, env, raw, &arrival);
             let deliveries = planned.iter().map(NewDelivery::from).collect();
             NewEvent {
@@ -74,8 +74,8 @@ impl Pipeline {
             claimed,
         } = &accepted
         {
-            for r in &matched_rules {
-                self.metrics.rule_matched(r);
+            for r in &matched {
+                self.metrics.rule_matched(&r.name);
             }
             if let Some(permits) = permits {
                 for (permit, c) in permits.zip(claimed.iter().cloned()) {

@@ -298,14 +298,9 @@ async fn webhook_400_is_dead_after_one_attempt_and_replay_after_the_fix_delivers
     let wrong = Sink::start().await;
     wrong.set_mode(Mode::Status(400));
     let right = Sink::start().await;
-    let yaml = |url: String| {
-        format!(
-            "storage: {{ data_dir: \"{}\" }}\nadmin: {{ token: \"{ADMIN}\" }}\nchannels: {{ hook: {{ type: webhook, url: \"{url}\" }} }}\n\
-             rules: [{{ name: a, notify: [{{ channel: hook }}] }}]\n",
-            dir.path().display()
-        )
-    };
-    let relay = Relay::start(config_in(dir.path(), &yaml(wrong.url("/hook")))).await;
+    let admin = format!("admin: {{ token: \"{ADMIN}\" }}\n");
+    let config = |url: String| common::hook_config(dir.path(), &url, "{}", &admin);
+    let relay = Relay::start(config(wrong.url("/hook"))).await;
     relay.post(payload("alarm_sos.json"), &[]).await;
     let rows = relay.wait_deliveries("dead", 1, ADMIN).await;
     assert_eq!(rows.len(), 1);
@@ -332,7 +327,7 @@ async fn webhook_400_is_dead_after_one_attempt_and_replay_after_the_fix_delivers
     relay.stop().await;
 
     // The operator fixes the URL and restarts; the dead letter is still there and replays to the fix.
-    let relay = Relay::start(config_in(dir.path(), &yaml(right.url("/hook")))).await;
+    let relay = Relay::start(config(right.url("/hook"))).await;
     let (status, json) = relay
         .admin_post(&format!("/api/deliveries/{id}/replay"), ADMIN)
         .await;
@@ -355,12 +350,13 @@ async fn graceful_shutdown_finishes_sends_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start().await;
     sink.set_mode(Mode::Delay(Duration::from_millis(700)));
-    let yaml = format!(
-        "storage: {{ data_dir: \"{}\" }}\nchannels: {{ hook: {{ type: webhook, url: \"{}\" }} }}\nrules: [{{ name: a, notify: [{{ channel: hook }}] }}]\n",
-        dir.path().display(),
-        sink.url("/slow")
-    );
-    let relay = Relay::start(config_in(dir.path(), &yaml)).await;
+    let relay = Relay::start(common::hook_config(
+        dir.path(),
+        &sink.url("/slow"),
+        "{}",
+        "",
+    ))
+    .await;
     let store = relay.running.as_ref().unwrap().store.clone();
     relay.post(payload("alarm_sos.json"), &[]).await;
     eventually(Duration::from_secs(5), "the send started", || {

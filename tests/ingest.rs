@@ -246,12 +246,7 @@ async fn duplicates_are_acknowledged_once_and_delivered_once() {
 async fn open_intake_when_no_authorization_is_configured() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start().await;
-    let yaml = format!(
-        "storage: {{ data_dir: \"{}\" }}\nchannels: {{ hook: {{ type: webhook, url: \"{}\" }} }}\nrules: [{{ name: a, notify: [{{ channel: hook }}] }}]\n",
-        dir.path().display(),
-        sink.url("/x")
-    );
-    let relay = Relay::start(config_in(dir.path(), &yaml)).await;
+    let relay = Relay::start(common::hook_config(dir.path(), &sink.url("/x"), "{}", "")).await;
     // curl -d sends application/x-www-form-urlencoded; the body is still JSON and is accepted.
     let (status, json) = relay
         .post(

@@ -198,13 +198,14 @@ async fn reload_keeps_old_rules_on_error_and_routes_to_new_channels() {
 async fn admin_api_needs_its_token_and_is_off_without_one() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start().await;
-    let yaml = format!(
-        "storage: {{ data_dir: \"{}\" }}\nadmin: {{ token: \"{ADMIN}\" }}\nchannels: {{ hook: {{ type: webhook, url: \"{}\" }} }}\n\
-         rules: [{{ name: a, match: {{ type: alarm }}, notify: [{{ channel: hook }}] }}]\n",
-        dir.path().display(),
-        sink.url("/t")
-    );
-    let relay = Relay::start(config_in(dir.path(), &yaml)).await;
+    let admin = format!("admin: {{ token: \"{ADMIN}\" }}\n");
+    let relay = Relay::start(common::hook_config(
+        dir.path(),
+        &sink.url("/t"),
+        "{ type: alarm }",
+        &admin,
+    ))
+    .await;
     for (method, path) in [
         ("GET", "/api/deliveries"),
         ("POST", "/api/deliveries/1/replay"),

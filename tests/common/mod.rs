@@ -34,6 +34,17 @@ pub fn config_in(dir: &Path, yaml: &str) -> Config {
     Config::load_with_env(Some(&path), &|_| None).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A config with one webhook channel `hook` at `url` and one rule `a` sending the events `matcher`
+/// selects to it; `extra` (whole YAML lines, e.g. an admin token) is added at the top level.
+pub fn hook_config(dir: &Path, url: &str, matcher: &str, extra: &str) -> Config {
+    let yaml = format!(
+        "storage: {{ data_dir: \"{}\" }}\n{extra}channels: {{ hook: {{ type: webhook, url: \"{url}\" }} }}\n\
+         rules: [{{ name: a, match: {matcher}, notify: [{{ channel: hook }}] }}]\n",
+        dir.display()
+    );
+    config_in(dir, &yaml)
+}
+
 /// A running relay.
 pub struct Relay {
     pub running: Option<Running>,
