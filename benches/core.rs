@@ -87,6 +87,7 @@ fn evaluate(c: &mut Criterion) {
 
 fn render(c: &mut Criterion) {
     let cfg = config(8);
+    let silences = trackrelay::noise::silence::SilenceSet::default();
     let mut g = c.benchmark_group("render");
     for name in ["alarm_vibration.json", "geofenceExit.json"] {
         let raw = payload(name);
@@ -97,7 +98,7 @@ fn render(c: &mut Criterion) {
             ..Default::default()
         };
         g.bench_function(name, |b| {
-            b.iter(|| black_box(plan(&cfg, &matched, &env, &raw, &arrival).len()))
+            b.iter(|| black_box(plan(&cfg, &matched, &env, &raw, &arrival, &silences).len()))
         });
     }
     g.finish();

@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 use crate::channel::SendError;
 use crate::config::Secret;
 use crate::event::Envelope;
+use crate::noise::silence::{Matchers, NewSilence};
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
 use crate::store::{now_ms, Filter, Replay, Status, StoreError};
@@ -58,6 +59,11 @@ impl HttpError {
     /// Maps a store failure: overload and outages are 503 with `Retry-After`; details go to the log only.
     pub fn from_store(e: &StoreError) -> HttpError {
         match e {
+            StoreError::NotFound(what) => HttpError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} not found"),
+            ),
             StoreError::Busy => HttpError {
                 retry_after: Some(1),
                 ..HttpError::new(
@@ -127,6 +133,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/rules", get(rules))
         .route("/api/explain", post(explain))
         .route("/api/channels/{name}/test", post(test_channel))
+        .route("/api/silences", get(list_silences).post(add_silence))
+        .route("/api/silences/{id}", axum::routing::delete(expire_silence))
         .with_state(state)
 }
 
@@ -349,7 +357,136 @@ async fn explain(
     let env = Envelope::from_json(raw.as_bytes())
         .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, "invalid_event", e.to_string()))?;
     let rt = s.pipeline.shared.get();
-    Ok(Json(crate::explain::explain(&rt.config, &env, raw)).into_response())
+    let silences = s.pipeline.silences.get();
+    let x = crate::explain::explain(
+        &rt.config,
+        &env,
+        raw,
+        &silences,
+        Some(s.pipeline.store.as_ref()),
+    )
+    .await;
+    Ok(Json(x).into_response())
+}
+
+/// Query of `GET /api/silences`.
+#[derive(Debug, Deserialize)]
+pub struct SilencesQuery {
+    /// Include expired silences.
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list_silences(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<SilencesQuery>,
+) -> Result<Response, HttpError> {
+    check_admin(&s, &headers)?;
+    let now = now_ms();
+    let list: Vec<_> = s
+        .pipeline
+        .store
+        .silences()
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|x| q.all || x.ends_at_ms > now)
+        .map(|x| x.view(now))
+        .collect();
+    Ok(Json(json!({ "silences": list })).into_response())
+}
+
+/// Body of `POST /api/silences`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceRequest {
+    /// What to mute.
+    matchers: Matchers,
+    /// Start (RFC 3339; default now).
+    starts_at: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// End (RFC 3339); or give `duration`.
+    ends_at: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// Length from the start (`2h`, `30m`).
+    #[serde(default, with = "humantime_serde")]
+    duration: Option<std::time::Duration>,
+    /// Who.
+    author: String,
+    /// Why.
+    #[serde(default)]
+    comment: String,
+}
+
+async fn add_silence(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    check_admin(&s, &headers)?;
+    let bad = |m: String| HttpError::new(StatusCode::BAD_REQUEST, "invalid_silence", m);
+    let req: SilenceRequest = serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
+    req.matchers.validate().map_err(bad)?;
+    if req.author.trim().is_empty() {
+        return Err(bad("author: say who makes the silence".into()));
+    }
+    let now = now_ms();
+    let starts_at_ms = req.starts_at.map(|t| t.timestamp_millis()).unwrap_or(now);
+    let ends_at_ms = match (req.ends_at, req.duration) {
+        (Some(t), None) => t.timestamp_millis(),
+        (None, Some(d)) => starts_at_ms + d.as_millis() as i64,
+        _ => return Err(bad("give either `ends_at` or `duration`".into())),
+    };
+    if ends_at_ms <= starts_at_ms.max(now) {
+        return Err(bad(
+            "the silence would end before it starts, or in the past".into(),
+        ));
+    }
+    let silence = s
+        .pipeline
+        .store
+        .add_silence(
+            NewSilence {
+                matchers: req.matchers,
+                starts_at_ms,
+                ends_at_ms,
+                author: req.author,
+                comment: req.comment,
+            },
+            now,
+        )
+        .await
+        .map_err(store_error)?;
+    refresh_silences(&s).await;
+    tracing::info!(id = silence.id, matchers = %silence.matchers.describe(), author = %silence.author, "silence created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "silence": silence.view(now) })),
+    )
+        .into_response())
+}
+
+async fn expire_silence(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Response, HttpError> {
+    check_admin(&s, &headers)?;
+    let now = now_ms();
+    let silence = s
+        .pipeline
+        .store
+        .expire_silence(id, now)
+        .await
+        .map_err(store_error)?;
+    refresh_silences(&s).await;
+    tracing::info!(id, "silence expired");
+    Ok(Json(json!({ "silence": silence.view(now) })).into_response())
+}
+
+async fn refresh_silences(s: &AdminState) {
+    if let Err(e) = s.pipeline.silences.refresh(s.pipeline.store.as_ref()).await {
+        tracing::warn!(error = %e, "cannot re-read the silences");
+    }
 }
 
 /// Query of `POST /api/channels/{name}/test`.

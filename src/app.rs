@@ -15,6 +15,7 @@ use crate::channel::{self, Channels};
 use crate::config::Config;
 use crate::deliver::Dispatcher;
 use crate::metrics::Metrics;
+use crate::noise::silence::{SilenceCache, REFRESH as SILENCE_REFRESH};
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
 use crate::source::http as ingest;
@@ -90,12 +91,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let wake = Arc::new(Notify::new());
     // The fast lane holds at most one worker pool's worth of deliveries claimed at intake.
     let (fast_tx, fast_rx) = tokio::sync::mpsc::channel(workers_n);
+    let silences = Arc::new(SilenceCache::default());
+    silences
+        .refresh(store.as_ref())
+        .await
+        .context("cannot read the silences")?;
     let pipeline = Pipeline {
         shared: shared.clone(),
         store: store.clone(),
         wake: wake.clone(),
         fast: fast_tx,
         metrics: metrics.clone(),
+        silences: silences.clone(),
     };
     let reloader = Arc::new(Reloader::new(config_path, shared.clone(), metrics.clone()));
     let admin = AdminState {
@@ -118,13 +125,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     workers.push(tokio::spawn(reloader.watch(shutdown.clone())));
     let (s, sd) = (store.clone(), shutdown.clone());
     workers.push(tokio::spawn(async move {
+        // Silences made by the CLI or another instance apply within one refresh.
+        loop {
+            tokio::select! {
+                _ = sd.cancelled() => break,
+                _ = tokio::time::sleep(SILENCE_REFRESH) => {}
+            }
+            if let Err(e) = silences.refresh(s.as_ref()).await {
+                tracing::warn!(error = %e, "cannot re-read the silences; the last ones read still apply");
+            }
+        }
+    }));
+    let (s, sd) = (store.clone(), shutdown.clone());
+    workers.push(tokio::spawn(async move {
         loop {
             let st = shared.get().config.storage.clone();
             match s.prune(now_ms(), st.retention, st.dead_retention).await {
-                Ok(p) if p.deliveries + p.events > 0 => {
+                Ok(p) if p.deliveries + p.events + p.state > 0 => {
                     tracing::info!(
                         deliveries = p.deliveries,
                         events = p.events,
+                        state = p.state,
                         "retention: pruned"
                     )
                 }

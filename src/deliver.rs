@@ -10,11 +10,13 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Shared;
+use crate::app::{Runtime, Shared};
 use crate::channel::SendError;
 use crate::metrics::Metrics;
+use crate::noise::digest;
+use crate::notification::{Content, Notification};
 use crate::retry::{Decision, RetryPolicy};
-use crate::store::{now_ms, Claimed, Outcome, Store};
+use crate::store::{now_ms, Claimed, Outcome, Store, StoreError};
 
 /// A claim is held this long; a PostgreSQL backend hands an expired claim to another instance.
 pub const LEASE: Duration = Duration::from_secs(300);
@@ -118,8 +120,12 @@ impl Dispatcher {
     }
 
     fn spawn(&self, tasks: &mut JoinSet<(i64, Outcome)>, d: Claimed) {
-        let (shared, metrics) = (self.shared.clone(), self.metrics.clone());
-        tasks.spawn(async move { deliver(&shared, &metrics, d).await });
+        let (shared, metrics, store) = (
+            self.shared.clone(),
+            self.metrics.clone(),
+            self.store.clone(),
+        );
+        tasks.spawn(async move { deliver(&shared, &metrics, store.as_ref(), d).await });
     }
 
     /// Records finished sends in the background (the loop goes on claiming meanwhile), then wakes the
@@ -143,7 +149,12 @@ impl Dispatcher {
 }
 
 /// Sends one claimed delivery; returns its outcome.
-async fn deliver(shared: &Shared, metrics: &Metrics, d: Claimed) -> (i64, Outcome) {
+async fn deliver(
+    shared: &Shared,
+    metrics: &Metrics,
+    store: &dyn Store,
+    d: Claimed,
+) -> (i64, Outcome) {
     let n = match d.notification() {
         Ok(n) => n,
         Err(e) => {
@@ -156,6 +167,21 @@ async fn deliver(shared: &Shared, metrics: &Metrics, d: Claimed) -> (i64, Outcom
         }
     };
     let rt = shared.get();
+    let n = match n.content {
+        Content::Digest { .. } => match expand_digest(&rt, store, d.id, n).await {
+            Ok(n) => n,
+            Err(e) => {
+                return (
+                    d.id,
+                    Outcome::Retry {
+                        at_ms: now_ms() + 1000,
+                        error: format!("cannot read the digest's items: {e}"),
+                    },
+                )
+            }
+        },
+        _ => n,
+    };
     let result = match rt.channels.get(&n.channel) {
         Some(ch) => match tokio::time::timeout(SEND_DEADLINE, ch.send(&n)).await {
             Ok(r) => r,
@@ -208,6 +234,59 @@ async fn deliver(shared: &Shared, metrics: &Metrics, d: Claimed) -> (i64, Outcom
         ),
     }
     (d.id, outcome)
+}
+
+/// A digest's message, built from its items (read from the store: they are fixed once the digest is
+/// claimed, as later items start a new digest).
+async fn expand_digest(
+    rt: &Runtime,
+    store: &dyn Store,
+    id: i64,
+    n: Notification,
+) -> Result<Notification, StoreError> {
+    let Content::Digest {
+        group,
+        rule,
+        title_template,
+        like,
+    } = &n.content
+    else {
+        return Ok(n);
+    };
+    let items: Vec<Notification> = store
+        .digest_items(id)
+        .await?
+        .iter()
+        .filter_map(|c| serde_json::from_str(c).ok())
+        .collect();
+    let mut devices: Vec<&str> = Vec::new();
+    for i in &items {
+        let name = i.origin.device_name.as_str();
+        if !name.is_empty() && !devices.contains(&name) {
+            devices.push(name);
+        }
+    }
+    let title = title_template
+        .as_deref()
+        .and_then(|t| {
+            rt.config
+                .renderer
+                .render(
+                    t,
+                    &minijinja::context! {},
+                    minijinja::context! {
+                        count => items.len(), rule => rule, group => group, devices => devices,
+                    },
+                )
+                .map_err(
+                    |e| tracing::warn!(rule = %rule, error = %e, "digest title template failed"),
+                )
+                .ok()
+        })
+        .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| digest::default_title(items.len(), rule));
+    let content = digest::build(like, &title, &items);
+    Ok(Notification { content, ..n })
 }
 
 /// The outcome of one attempt under `policy` (pure).

@@ -1,13 +1,18 @@
 //! `explain`: what the rules make of one event, without storing or sending anything. Shared by the
 //! `trackrelay explain` command and `POST /api/explain`.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::event::Envelope;
+use crate::noise::silence::SilenceSet;
+use crate::noise::{Decider, StateRow, Verdict as NoiseVerdict};
 use crate::notification::Content;
 use crate::plan::{plan, Arrival};
 use crate::rules::Verdict;
+use crate::store::{rfc3339, Store};
 
 /// The verdict of one rule.
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +45,14 @@ pub struct WouldSend {
     /// Why it would go straight to dead letter, if it would.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead: Option<String>,
+    /// What noise control would do now: `send`, `defer`, `suppress` or `group`.
+    pub decision: &'static str,
+    /// Why, for anything but an immediate send.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When it would be sent, if later than now (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<String>,
 }
 
 /// The whole explanation.
@@ -49,10 +62,20 @@ pub struct Explanation {
     pub rules: Vec<RuleVerdict>,
     /// Every message the matching rules would send.
     pub notifications: Vec<WouldSend>,
+    /// Whether cooldowns, dedup windows, debounces, digests and rate limits were judged on the stored
+    /// state (`false`: as if the event were the first of its kind).
+    pub state_known: bool,
 }
 
-/// Explains `env` (received as `raw`) under `cfg`.
-pub fn explain(cfg: &Config, env: &Envelope, raw: &str) -> Explanation {
+/// Explains `env` (received as `raw`) under `cfg`, with the silences in force, judging the stateful
+/// noise checks on the state in `store` when one is given. Nothing is written.
+pub async fn explain(
+    cfg: &Config,
+    env: &Envelope,
+    raw: &str,
+    silences: &SilenceSet,
+    store: Option<&dyn Store>,
+) -> Explanation {
     let source = cfg.ingest.source.clone();
     let mut matched = Vec::new();
     let rules = cfg
@@ -87,18 +110,65 @@ pub fn explain(cfg: &Config, env: &Envelope, raw: &str) -> Explanation {
         received_at_ms: crate::store::now_ms(),
         ..Default::default()
     };
-    let notifications = plan(cfg, &matched, env, raw, &arrival)
+    let planned = plan(cfg, &matched, env, raw, &arrival, silences);
+    let mut keys: Vec<String> = planned
+        .iter()
+        .flat_map(|p| p.gates.keys().map(str::to_string))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut state_known = false;
+    let mut states: HashMap<String, StateRow> = HashMap::new();
+    if let Some(store) = store {
+        match store.noise_states(keys).await {
+            Ok(found) => {
+                state_known = true;
+                states = found
+                    .into_iter()
+                    .map(|(k, state)| {
+                        (
+                            k,
+                            StateRow {
+                                state,
+                                expires_at: 0,
+                            },
+                        )
+                    })
+                    .collect();
+            }
+            Err(e) => tracing::warn!(error = %e, "explain: cannot read the noise state"),
+        }
+    }
+    let now = arrival.received_at_ms;
+    let mut decider = Decider::new(now, &mut states);
+    let notifications = planned
         .into_iter()
-        .map(|p| WouldSend {
-            rule: p.notification.origin.rule.clone(),
-            channel: p.notification.channel.clone(),
-            recipient: p.notification.recipient.clone(),
-            content: p.notification.content,
-            dead: p.dead,
+        .map(|p| {
+            let (decision, reason, send_at) = match decider.decide(&p.gates) {
+                NoiseVerdict::Send { at, waits_for, .. } if at > now => {
+                    ("defer", waits_for, Some(rfc3339(at)))
+                }
+                NoiseVerdict::Send { .. } => ("send", None, None),
+                NoiseVerdict::Suppress(r) => ("suppress", Some(r), None),
+                NoiseVerdict::Group { due, reason, .. } => {
+                    ("group", Some(reason), Some(rfc3339(due)))
+                }
+            };
+            WouldSend {
+                rule: p.notification.origin.rule.clone(),
+                channel: p.notification.channel.clone(),
+                recipient: p.notification.recipient.clone(),
+                content: p.notification.content,
+                dead: p.dead,
+                decision,
+                reason,
+                send_at,
+            }
         })
         .collect();
     Explanation {
         rules,
         notifications,
+        state_known,
     }
 }

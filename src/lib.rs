@@ -31,6 +31,7 @@ pub mod deliver;
 pub mod event;
 pub mod explain;
 pub mod metrics;
+pub mod noise;
 pub mod notification;
 pub mod pipeline;
 pub mod plan;

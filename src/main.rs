@@ -1,4 +1,5 @@
-//! The `trackrelay` command line: `serve`, `check`, `explain`, `deliveries`, `replay`, `version`.
+//! The `trackrelay` command line: `serve`, `check`, `explain`, `deliveries`, `replay`, `silence`,
+//! `send-test`, `version`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -6,7 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use trackrelay::config::Config;
 use trackrelay::event::Envelope;
-use trackrelay::store::sqlite::SqliteStore;
+use trackrelay::noise::silence::{Matchers, NewSilence, SilenceSet};
+use trackrelay::store::sqlite::{SqliteStore, DB_FILE};
 use trackrelay::store::{now_ms, Filter, Replay, Status, Store};
 
 /// Alert relay for GPS trackers: Traccar / BikeTrax events in, the right message out, once.
@@ -33,6 +35,54 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Subcommand)]
+enum SilenceAction {
+    /// Create a silence; a running relay applies it within two seconds.
+    Add {
+        /// Device id or name glob (`42`, `Lena*`).
+        #[arg(long)]
+        device: Option<String>,
+        /// Device group id.
+        #[arg(long)]
+        group: Option<i64>,
+        /// Rule name glob.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Event type glob (`alarm`, `geofence*`).
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Channel name glob.
+        #[arg(long)]
+        channel: Option<String>,
+        /// How long, from now (`2h`, `30m`, `3days`).
+        #[arg(long = "for", value_parser = humantime::parse_duration, conflicts_with = "until")]
+        duration: Option<std::time::Duration>,
+        /// Until this time (RFC 3339, `2026-12-01T08:00:00+01:00`).
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::FixedOffset>>,
+        /// Who (default: $USER).
+        #[arg(long, env = "USER", default_value = "unknown")]
+        author: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// List silences (active and pending; `--all` adds expired ones).
+    List {
+        /// Include expired silences.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a silence now.
+    Expire {
+        /// Silence id (from `silence list`).
+        id: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -80,7 +130,7 @@ enum Command {
         /// The data directory itself: no config (and none of its secrets) needed.
         #[arg(long, env = "TRACKRELAY_DATA_DIR")]
         data_dir: Option<PathBuf>,
-        /// pending, inflight, done or dead.
+        /// pending, inflight, done, dead, suppressed or grouped.
         #[arg(long)]
         status: Option<String>,
         /// Only this channel.
@@ -110,6 +160,17 @@ enum Command {
         /// Replay every dead letter.
         #[arg(long)]
         all_dead: bool,
+    },
+    /// Mute notifications by device, group, rule, event type or channel until a time.
+    Silence {
+        /// Config file (read for its data directory only).
+        #[arg(short, long, env = "TRACKRELAY_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        /// The data directory itself: no config (and none of its secrets) needed.
+        #[arg(long, env = "TRACKRELAY_DATA_DIR", global = true)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: SilenceAction,
     },
     /// Send a test message through a channel of the config, now (no rule, no outbox).
     SendTest {
@@ -200,7 +261,34 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", event.display()))?;
             let env = Envelope::from_json(raw.as_bytes())
                 .map_err(|e| anyhow::anyhow!("{}: {e}", event.display()))?;
-            explain(&cfg, &env, &raw);
+            // The stored state (cooldowns, silences) is read when the database exists; nothing is written.
+            let db = cfg.storage.data_dir.join(DB_FILE);
+            let store = if db.exists() {
+                Some(SqliteStore::open(&cfg.storage.data_dir, 16)?)
+            } else {
+                None
+            };
+            let silences = match &store {
+                Some(s) => SilenceSet::new(s.silences().await?, now_ms()),
+                None => SilenceSet::default(),
+            };
+            let x = trackrelay::explain::explain(
+                &cfg,
+                &env,
+                &raw,
+                &silences,
+                store.as_ref().map(|s| s as &dyn Store),
+            )
+            .await;
+            explain(&env, &x);
+        }
+        Command::Silence {
+            config,
+            data_dir,
+            action,
+        } => {
+            let store = SqliteStore::open(&data_dir_of(config.as_deref(), data_dir)?, 16)?;
+            return silence(&store, action).await;
         }
         Command::Deliveries {
             config,
@@ -215,7 +303,9 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let status = status
                 .map(|s| {
                     Status::parse(&s).ok_or_else(|| {
-                        anyhow::anyhow!("--status is one of pending, inflight, done, dead")
+                        anyhow::anyhow!(
+                            "--status is one of pending, inflight, done, dead, suppressed, grouped"
+                        )
                     })
                 })
                 .transpose()?;
@@ -232,12 +322,16 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 println!(
-                    "{:>6}  {:<8}  {:<20}  {:<14}  {:>8}  {:>5}  {:<20}  ERROR",
+                    "{:>6}  {:<10}  {:<20}  {:<14}  {:>8}  {:>5}  {:<20}  REASON / ERROR",
                     "ID", "STATUS", "RULE", "CHANNEL", "EVENT", "TRIES", "UPDATED"
                 );
                 for r in rows {
+                    let why = match (r.reason, r.last_error) {
+                        (Some(reason), Some(e)) => format!("{reason}; {e}"),
+                        (a, b) => a.or(b).unwrap_or_default(),
+                    };
                     println!(
-                        "{:>6}  {:<8}  {:<20}  {:<14}  {:>8}  {:>5}  {:<20}  {}",
+                        "{:>6}  {:<10}  {:<20}  {:<14}  {:>8}  {:>5}  {:<20}  {}",
                         r.id,
                         r.status.as_str(),
                         r.rule,
@@ -245,7 +339,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                         r.event_id,
                         r.attempts,
                         &r.updated_at[..r.updated_at.len().min(19)],
-                        r.last_error.unwrap_or_default()
+                        why
                     );
                 }
             }
@@ -309,7 +403,92 @@ fn data_dir_of(config: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Resu
     }
 }
 
-fn explain(cfg: &Config, env: &Envelope, raw: &str) {
+async fn silence(store: &SqliteStore, action: SilenceAction) -> anyhow::Result<ExitCode> {
+    let now = now_ms();
+    match action {
+        SilenceAction::Add {
+            device,
+            group,
+            rule,
+            event_type,
+            channel,
+            duration,
+            until,
+            author,
+            comment,
+        } => {
+            let matchers = Matchers {
+                device,
+                group,
+                rule,
+                event_type,
+                channel,
+            };
+            matchers.validate().map_err(anyhow::Error::msg)?;
+            let ends_at_ms = match (duration, until) {
+                (Some(d), _) => now + d.as_millis() as i64,
+                (None, Some(t)) => t.timestamp_millis(),
+                (None, None) => anyhow::bail!("give --for DURATION or --until TIME"),
+            };
+            if ends_at_ms <= now {
+                anyhow::bail!("the silence would end in the past");
+            }
+            let s = store
+                .add_silence(
+                    NewSilence {
+                        matchers,
+                        starts_at_ms: now,
+                        ends_at_ms,
+                        author,
+                        comment,
+                    },
+                    now,
+                )
+                .await?;
+            println!(
+                "silence #{} ({}) until {}",
+                s.id,
+                s.matchers.describe(),
+                s.view(now).ends_at
+            );
+        }
+        SilenceAction::List { all, json } => {
+            let list: Vec<_> = store
+                .silences()
+                .await?
+                .into_iter()
+                .filter(|s| all || s.ends_at_ms > now)
+                .map(|s| s.view(now))
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:>5}  {:<8}  {:<25}  {:<12}  {:<40}  COMMENT",
+                    "ID", "STATE", "ENDS", "AUTHOR", "MATCHERS"
+                );
+                for s in list {
+                    println!(
+                        "{:>5}  {:<8}  {:<25}  {:<12}  {:<40}  {}",
+                        s.id,
+                        s.state,
+                        s.ends_at,
+                        s.author,
+                        s.matchers.describe(),
+                        s.comment
+                    );
+                }
+            }
+        }
+        SilenceAction::Expire { id } => {
+            let s = store.expire_silence(id, now).await?;
+            println!("silence #{} ends {}", s.id, s.view(now).ends_at);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain(env: &Envelope, x: &trackrelay::explain::Explanation) {
     println!(
         "event {} `{}` of device {} ({})\n",
         env.event.id,
@@ -317,7 +496,6 @@ fn explain(cfg: &Config, env: &Envelope, raw: &str) {
         env.device_id(),
         env.device.as_ref().map(|d| d.name.as_str()).unwrap_or("?")
     );
-    let x = trackrelay::explain::explain(cfg, env, raw);
     for r in &x.rules {
         match r.verdict {
             "match" => println!("MATCH     {} ({})", r.rule, r.origin),
@@ -352,6 +530,16 @@ fn explain(cfg: &Config, env: &Envelope, raw: &str) {
         if let Some(why) = &n.dead {
             println!("(would go to dead letter: {why})");
         }
+        match (n.decision, &n.reason, &n.send_at) {
+            ("send", _, _) => {}
+            (d, reason, at) => println!(
+                "({d}{}: {})",
+                at.as_ref()
+                    .map(|a| format!(" until {a}"))
+                    .unwrap_or_default(),
+                reason.as_deref().unwrap_or("")
+            ),
+        }
         println!(
             "{}",
             serde_json::to_string_pretty(&n.content).unwrap_or_default()
@@ -359,5 +547,9 @@ fn explain(cfg: &Config, env: &Envelope, raw: &str) {
     }
     if x.rules.iter().all(|r| r.verdict != "match") {
         println!("\nno rule matches: nothing would be sent");
+    } else if !x.state_known {
+        println!(
+            "\n(no stored state read: cooldowns and dedup windows judged as for a first event)"
+        );
     }
 }

@@ -55,6 +55,19 @@ pub enum Content {
         /// Its content type.
         content_type: String,
     },
+    /// A digest of grouped notifications: built from its items when sent
+    /// ([`crate::noise::digest::build`]); channels never see this variant.
+    Digest {
+        /// Group key.
+        group: String,
+        /// Rule of the items.
+        rule: String,
+        /// Title template name, if the rule has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title_template: Option<String>,
+        /// The first item's content: the digest's shape (kind, parse mode, content type).
+        like: Box<Content>,
+    },
 }
 
 /// Where a notification came from: carried to logs, the deliveries list and metrics.

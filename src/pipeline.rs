@@ -9,8 +9,9 @@ use crate::app::Shared;
 use crate::deliver::LEASE;
 use crate::event::Envelope;
 use crate::metrics::Metrics;
+use crate::noise::silence::SilenceCache;
 use crate::plan::{plan, Arrival};
-use crate::store::{Accepted, Claimed, NewDelivery, NewEvent, Store, StoreError};
+use crate::store::{Accepted, Claimed, NewDelivery, NewEvent, Status, Store, StoreError};
 
 /// Shared by every source.
 #[derive(Clone)]
@@ -25,6 +26,8 @@ pub struct Pipeline {
     pub fast: mpsc::Sender<Claimed>,
     /// Instruments.
     pub metrics: Arc<Metrics>,
+    /// Silences in force.
+    pub silences: Arc<SilenceCache>,
 }
 
 impl Pipeline {
@@ -40,7 +43,8 @@ impl Pipeline {
         let rt = self.shared.get();
         let matched = rt.config.rules.evaluate(env, &arrival.source);
         let mut event = {
-            let planned = plan(&rt.config, &matched, env, raw, &arrival);
+            let silences = self.silences.get();
+            let planned = plan(&rt.config, &matched, env, raw, &arrival, &silences);
             let deliveries = planned.iter().map(NewDelivery::from).collect();
             NewEvent {
                 source: arrival.source.clone(),
@@ -68,12 +72,31 @@ impl Pipeline {
         if permits.is_some() {
             event.claim_until = Some(arrival.received_at_ms + LEASE.as_millis() as i64);
         }
+        let keys: Vec<(String, String)> = event
+            .deliveries
+            .iter()
+            .map(|d| (d.rule.clone(), d.channel.clone()))
+            .collect();
         let accepted = self.store.accept(event).await?;
         if let Accepted::New {
             deliveries,
             claimed,
+            quieted,
         } = &accepted
         {
+            for q in quieted {
+                let (rule, channel) = &keys[q.index];
+                let outcome = match q.status {
+                    Status::Suppressed => "suppressed",
+                    Status::Grouped => "grouped",
+                    _ => "deferred",
+                };
+                self.metrics.notification(channel, outcome, None);
+                tracing::info!(
+                    event_id = env.event.id, device_id = env.device_id(), rule = %rule,
+                    channel = %channel, reason = %q.reason, "notification {outcome}"
+                );
+            }
             for r in &matched {
                 self.metrics.rule_matched(&r.name);
             }

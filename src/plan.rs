@@ -3,10 +3,14 @@
 
 use minijinja::context;
 
-use crate::channel::{email, ChannelKind};
+use crate::channel::{email, ChannelConfig, ChannelKind};
 use crate::config::Config;
 use crate::event::Envelope;
+use crate::noise::schedule::WhenMuted;
+use crate::noise::silence::{SilenceSet, Subject};
+use crate::noise::{CooldownGate, DebounceGate, Gates, GroupGate, KeyedWindow, RateGate};
 use crate::notification::{idempotency_key, Content, Notification, Origin};
+use crate::render::Renderer;
 use crate::rules::{Rule, Target};
 
 /// Facts about how an event arrived.
@@ -31,15 +35,20 @@ pub struct Planned {
     pub dead: Option<String>,
     /// Send one at a time, in order, with the others of this key.
     pub order_key: Option<String>,
+    /// Noise control the store applies (see [`crate::noise`]).
+    pub gates: Gates,
 }
 
 /// Renders the notifications of every rule in `matched` for `env`. `raw` is the event as received.
+/// Silences and schedules are applied here (at the arrival time); the stateful noise checks are set
+/// up as each delivery's [`Gates`] for the store.
 pub fn plan(
     cfg: &Config,
     matched: &[&Rule],
     env: &Envelope,
     raw: &str,
     arrival: &Arrival,
+    silences: &SilenceSet,
 ) -> Vec<Planned> {
     if matched.is_empty() {
         return vec![];
@@ -48,6 +57,7 @@ pub fn plan(
     let ctx = r.event_context(env, &arrival.source, arrival.txn.as_deref());
     let mut out = Vec::new();
     for rule in matched {
+        let rule_gates = rule_gates(r, rule, env, &ctx, arrival);
         for (i, target) in rule.targets.iter().enumerate() {
             let Some(ch) = cfg.channels.get(&target.channel) else {
                 continue;
@@ -150,16 +160,168 @@ pub fn plan(
                         origin: origin.clone(),
                     };
                     let order_key = notification.order_key(ch.ordered());
+                    let gates = delivery_gates(
+                        &rule_gates,
+                        rule,
+                        ch,
+                        env,
+                        &notification,
+                        part,
+                        arrival,
+                        silences,
+                        &ctx,
+                        r,
+                    );
                     out.push(Planned {
                         notification,
                         dead: dead.clone(),
                         order_key,
+                        gates,
                     });
                 }
             }
         }
     }
     out
+}
+
+/// The gates every delivery of `rule` for this event shares: schedule, dedup, cooldown, debounce.
+fn rule_gates(
+    r: &Renderer,
+    rule: &Rule,
+    env: &Envelope,
+    ctx: &minijinja::Value,
+    arrival: &Arrival,
+) -> Gates {
+    let noise = &rule.noise;
+    let mut g = Gates::default();
+    if noise.is_empty() {
+        return g;
+    }
+    let now = arrival.received_at_ms;
+    let extra = || context! { rule => rule.name.as_str() };
+    if let Some(s) = &noise.schedule {
+        if let Some(at) = chrono::DateTime::from_timestamp_millis(now) {
+            if s.muted_at(at) {
+                let reason = s.reason(at);
+                match (s.when_muted, s.next_open(at)) {
+                    (WhenMuted::Defer, Some(open)) => {
+                        g.not_before = Some(open.timestamp_millis());
+                        g.deferred_by = Some(format!("{reason}: deferred"));
+                    }
+                    (WhenMuted::Defer, None) => {
+                        g.suppress = Some(format!("{reason}, and the schedule never opens"))
+                    }
+                    (WhenMuted::Drop, _) => g.suppress = Some(reason),
+                }
+            }
+        }
+    }
+    let device = env.device_id();
+    if let Some(w) = noise.dedup {
+        let alarms: Vec<&str> = env.alarms().collect();
+        g.dedup = Some(KeyedWindow {
+            key: format!(
+                "dedup/{}/{device}/{}/{}/{}",
+                rule.name,
+                env.event.event_type,
+                alarms.join(","),
+                env.event.geofence_id
+            ),
+            window_ms: w.as_millis() as i64,
+        });
+    }
+    if let Some(c) = &noise.cooldown {
+        let key = match &c.key {
+            None => device.to_string(),
+            Some(t) => r.render(t, ctx, extra()).unwrap_or_else(|e| {
+                tracing::warn!(rule = %rule.name, error = %e, "cooldown key template failed; using the device id");
+                device.to_string()
+            }),
+        };
+        g.cooldown = Some(CooldownGate {
+            key: format!("cooldown/{}/{key}", rule.name),
+            period_ms: c.period.as_millis() as i64,
+            summary: c.summary,
+        });
+    }
+    if let Some(d) = noise.debounce {
+        let t = env.event.event_type.as_str();
+        if t == "geofenceEnter" || t == "geofenceExit" {
+            g.debounce = Some(DebounceGate {
+                key: format!("geo/{device}/{}", env.event.geofence_id),
+                transition: t.to_string(),
+                delay_ms: d.as_millis() as i64,
+            });
+        }
+    }
+    g
+}
+
+/// The gates of one delivery: its rule's, plus silences, grouping and the channel's rate limit.
+#[allow(clippy::too_many_arguments)]
+fn delivery_gates(
+    rule_gates: &Gates,
+    rule: &Rule,
+    ch: &ChannelConfig,
+    env: &Envelope,
+    n: &Notification,
+    part: &str,
+    arrival: &Arrival,
+    silences: &SilenceSet,
+    ctx: &minijinja::Value,
+    r: &Renderer,
+) -> Gates {
+    let mut g = rule_gates.clone();
+    if !silences.is_empty() {
+        let subject = Subject {
+            device_id: n.origin.device_id,
+            device_name: &n.origin.device_name,
+            group_id: env.device.as_ref().map(|d| d.group_id).unwrap_or(0),
+            rule: &rule.name,
+            event_type: &env.event.event_type,
+            channel: &n.channel,
+        };
+        if let Some(s) = silences.find(&subject, arrival.received_at_ms) {
+            g.suppress = Some(s.reason());
+            return g;
+        }
+    }
+    if let Some(gr) = &rule.noise.group {
+        if matches!(n.content, Content::TelegramLocation { .. }) {
+            g.suppress = Some("map pins are left out of digests".into());
+            return g;
+        }
+        let by = match &gr.by {
+            None => String::new(),
+            Some(t) => r
+                .render(
+                    t,
+                    ctx,
+                    context! { rule => rule.name.as_str(), channel => n.channel.as_str() },
+                )
+                .unwrap_or_default(),
+        };
+        g.group = Some(GroupGate {
+            key: format!(
+                "group/{}/{by}/{}/{}/{part}",
+                rule.name, n.channel, n.recipient
+            ),
+            wait_ms: gr.wait.as_millis() as i64,
+            interval_ms: gr.interval.as_millis() as i64,
+            title: gr.title.clone(),
+        });
+    }
+    if let Some(rl) = &ch.rate_limit {
+        g.rate = Some(RateGate {
+            key: format!("rate/{}/{}", n.channel, n.recipient),
+            digest_key: format!("ratedigest/{}/{}/{part}", n.channel, n.recipient),
+            max: rl.max,
+            per_ms: rl.per.as_millis() as i64,
+            over: rl.over,
+        });
+    }
+    g
 }
 
 /// The recipients of a target: rendered `to` templates (comma-separated lists split), or the channel's

@@ -91,6 +91,8 @@ pub struct ChannelConfig {
     pub template: String,
     /// Default recipients (rendered literally), if any.
     pub default_to: Vec<String>,
+    /// Rate limit per recipient.
+    pub rate_limit: Option<crate::noise::RateLimit>,
 }
 
 impl ChannelConfig {
@@ -100,8 +102,30 @@ impl ChannelConfig {
         raw: RawChannel,
         default_retry: &RetryPolicy,
     ) -> Result<ChannelConfig, Vec<String>> {
+        let rate_limit = match &raw {
+            RawChannel::Log { rate_limit, .. } => rate_limit.clone(),
+            RawChannel::Email(r) => r.rate_limit.clone(),
+            RawChannel::Telegram(r) => r.rate_limit.clone(),
+            RawChannel::Webhook(r) => r.rate_limit.clone(),
+        };
+        let rate_limit = match rate_limit {
+            None => None,
+            Some(r) if r.max == 0 || r.per.is_zero() || r.max > crate::noise::MAX_RATE => {
+                return Err(vec![format!(
+                    "rate_limit: `max` must be 1 to {} and `per` more than zero",
+                    crate::noise::MAX_RATE
+                )])
+            }
+            Some(r) => Some(crate::noise::RateLimit {
+                max: r.max,
+                per: r.per,
+                over: r.over.unwrap_or(crate::noise::Over::Wait),
+            }),
+        };
         let (kind, template, default_to, retry) = match raw {
-            RawChannel::Log { template, retry } => (
+            RawChannel::Log {
+                template, retry, ..
+            } => (
                 ChannelKind::Log,
                 template.unwrap_or_else(|| log::DEFAULT_TEMPLATE.into()),
                 vec![],
@@ -141,6 +165,7 @@ impl ChannelConfig {
             retry: default_retry.with(&retry),
             template,
             default_to,
+            rate_limit,
         })
     }
 

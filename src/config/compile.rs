@@ -7,9 +7,14 @@ use std::path::{Path, PathBuf};
 
 use chrono_tz::Tz;
 
-use super::raw::{RawConfig, RawNotify, RawRule, RawRuleFile, RawRuleSource};
+use super::raw::{
+    RawConfig, RawCooldown, RawDefaults, RawNotify, RawRule, RawRuleFile, RawRuleSource,
+    RawSchedule,
+};
 use super::*;
 use crate::channel::{ChannelConfig, ChannelKind};
+use crate::noise::schedule::{Schedule, WhenMuted, Window};
+use crate::noise::{Cooldown, Group, RuleNoise};
 use crate::render::{Escape, RendererBuilder};
 use crate::retry::RetryPolicy;
 use crate::rules::{Matcher, Origin, Rule, RuleSet, Target};
@@ -138,7 +143,14 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
                 line,
             };
             let enabled = raw_rule.enabled != Some(false);
-            match compile_rule(raw_rule, origin, &channels, &mut builder) {
+            match compile_rule(
+                raw_rule,
+                origin,
+                &channels,
+                &mut builder,
+                &raw.defaults,
+                timezone,
+            ) {
                 // A disabled rule is checked like any other, but never evaluated.
                 Ok(r) if enabled => rules.push(r),
                 Ok(_) => {}
@@ -249,8 +261,11 @@ fn compile_rule(
     origin: Origin,
     channels: &BTreeMap<String, ChannelConfig>,
     builder: &mut RendererBuilder,
+    defaults: &RawDefaults,
+    timezone: Tz,
 ) -> Result<Rule, Vec<String>> {
     let mut errors = Vec::new();
+    let noise = compile_noise(&raw, defaults, timezone, builder, &mut errors);
     if raw.name.trim().is_empty() {
         errors.push("name is empty".to_string());
     }
@@ -275,8 +290,119 @@ fn compile_rule(
             stop: raw.stop,
             targets,
             origin,
+            noise,
         }),
         _ => Err(errors),
+    }
+}
+
+/// A rule's noise settings, the config's `defaults:` filling what the rule leaves out. A zero duration
+/// switches a default off for one rule.
+fn compile_noise(
+    raw: &RawRule,
+    defaults: &RawDefaults,
+    timezone: Tz,
+    builder: &mut RendererBuilder,
+    errors: &mut Vec<String>,
+) -> RuleNoise {
+    let base = format!("rule/{}", raw.name);
+    let mut add = |what: &str, src: &str, errors: &mut Vec<String>| {
+        builder
+            .add(&format!("{base}/{what}"), src, Escape::Text)
+            .map_err(|e| errors.push(format!("{what}: {e}")))
+            .ok()
+    };
+    let nonzero = |d: Option<Duration>| d.filter(|d| !d.is_zero());
+    let cooldown = match raw.cooldown.as_ref().or(defaults.cooldown.as_ref()) {
+        None => None,
+        Some(RawCooldown::Period(p)) => nonzero(Some(*p)).map(|period| Cooldown {
+            period,
+            key: None,
+            summary: false,
+        }),
+        Some(RawCooldown::Full(f)) => nonzero(Some(f.period)).map(|period| Cooldown {
+            period,
+            key: f
+                .key
+                .as_deref()
+                .and_then(|k| add("cooldown.key", k, errors)),
+            summary: f.summary,
+        }),
+    };
+    let group = raw.group.as_ref().map(|g| Group {
+        by: g.by.as_deref().and_then(|b| add("group.by", b, errors)),
+        wait: g.wait.unwrap_or(Duration::from_secs(30)),
+        interval: g.interval.unwrap_or(Duration::from_secs(300)),
+        title: g
+            .title
+            .as_deref()
+            .and_then(|t| add("group.title", t, errors)),
+    });
+    let schedule = raw
+        .schedule
+        .as_ref()
+        .or(defaults.schedule.as_ref())
+        .and_then(|s| {
+            compile_schedule(s, timezone)
+                .map_err(|e| errors.extend(e.into_iter().map(|e| format!("schedule: {e}"))))
+                .ok()
+        });
+    RuleNoise {
+        cooldown,
+        dedup: nonzero(raw.dedup.or(defaults.dedup)),
+        debounce: nonzero(raw.debounce.or(defaults.debounce)),
+        group,
+        schedule,
+    }
+}
+
+fn compile_schedule(s: &RawSchedule, default_tz: Tz) -> Result<Schedule, Vec<String>> {
+    let mut errors = Vec::new();
+    let timezone = match &s.timezone {
+        None => default_tz,
+        Some(t) => t.parse::<Tz>().unwrap_or_else(|_| {
+            errors.push(format!(
+                "timezone: `{t}` is not an IANA time zone (e.g. Europe/Vienna)"
+            ));
+            default_tz
+        }),
+    };
+    let mut windows = |list: &Option<super::raw::OneOrMany<String>>, what: &str| -> Vec<Window> {
+        list.clone()
+            .map(|l| l.into_vec())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|w| {
+                Window::parse(w)
+                    .map_err(|e| errors.push(format!("{what}: {e}")))
+                    .ok()
+            })
+            .collect()
+    };
+    let active = windows(&s.active, "active");
+    let quiet = windows(&s.quiet, "quiet");
+    let when_muted = match s.when_muted.as_deref() {
+        None | Some("drop") => WhenMuted::Drop,
+        Some("defer") => WhenMuted::Defer,
+        Some(other) => {
+            errors.push(format!(
+                "when_muted: `{other}` is neither `drop` nor `defer`"
+            ));
+            WhenMuted::Drop
+        }
+    };
+    if s.active.is_none() && s.quiet.is_none() {
+        errors.push("give `active` or `quiet` windows".into());
+    }
+    if errors.is_empty() {
+        Ok(Schedule {
+            timezone,
+            active,
+            quiet,
+            when_muted,
+        })
+    } else {
+        Err(errors)
     }
 }
 

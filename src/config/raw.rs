@@ -55,6 +55,9 @@ pub struct RawConfig {
     /// Rule files or folders (relative to the config file), or rules written inline.
     #[serde(default)]
     pub rules: Vec<RawRuleSource>,
+    /// Noise settings for rules that set none.
+    #[serde(default)]
+    pub defaults: RawDefaults,
 }
 
 /// Intake settings.
@@ -140,6 +143,8 @@ pub enum RawChannel {
         /// Retry overrides (a log channel does not fail, but the key is accepted everywhere).
         #[serde(default)]
         retry: RawRetry,
+        /// Rate limit per recipient.
+        rate_limit: Option<RawRateLimit>,
     },
     /// Email over SMTP.
     Email(RawEmail),
@@ -178,6 +183,8 @@ pub struct RawEmail {
     /// Retry overrides.
     #[serde(default)]
     pub retry: RawRetry,
+    /// Rate limit per recipient.
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 /// Telegram channel.
@@ -205,6 +212,8 @@ pub struct RawTelegram {
     /// Retry overrides.
     #[serde(default)]
     pub retry: RawRetry,
+    /// Rate limit per recipient.
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 /// Webhook channel.
@@ -234,6 +243,8 @@ pub struct RawWebhook {
     /// Retry overrides.
     #[serde(default)]
     pub retry: RawRetry,
+    /// Rate limit per recipient.
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 /// An entry of `rules:` in the config: a path (a file, or a folder of `*.yaml`) or an inline rule.
@@ -272,6 +283,101 @@ pub struct RawRule {
     pub enabled: Option<bool>,
     /// Where matches go.
     pub notify: Vec<RawNotify>,
+    /// After a notification, suppress the same key for a while.
+    pub cooldown: Option<RawCooldown>,
+    /// Identical events (rule, device, type, alarm, geofence) within this window notify once.
+    #[serde(default, with = "humantime_serde")]
+    pub dedup: Option<Duration>,
+    /// Hold geofence enter/exit this long; the opposite transition meanwhile cancels both.
+    #[serde(default, with = "humantime_serde")]
+    pub debounce: Option<Duration>,
+    /// Collect matches into digests.
+    pub group: Option<RawGroup>,
+    /// Active hours / quiet hours.
+    pub schedule: Option<RawSchedule>,
+}
+
+/// Noise settings every rule gets unless it sets its own (`defaults:` in the main file).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    /// Default cooldown.
+    pub cooldown: Option<RawCooldown>,
+    /// Default dedup window.
+    #[serde(default, with = "humantime_serde")]
+    pub dedup: Option<Duration>,
+    /// Default geofence debounce.
+    #[serde(default, with = "humantime_serde")]
+    pub debounce: Option<Duration>,
+    /// Default schedule.
+    pub schedule: Option<RawSchedule>,
+}
+
+/// `cooldown: 10m` or `cooldown: { for: 10m, key: "...", summary: true }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawCooldown {
+    /// Just the period.
+    Period(#[serde(with = "humantime_serde")] Duration),
+    /// Period, key and summary.
+    Full(RawCooldownFull),
+}
+
+/// The long form of a cooldown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCooldownFull {
+    /// Period.
+    #[serde(rename = "for", with = "humantime_serde")]
+    pub period: Duration,
+    /// Key template (default: rule and device).
+    pub key: Option<String>,
+    /// Add "N more suppressed" to the next notification.
+    #[serde(default)]
+    pub summary: bool,
+}
+
+/// Grouping into digests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    /// Group key template (default: the rule).
+    pub by: Option<String>,
+    /// Wait for more before the first digest of a group (default 30s).
+    #[serde(default, with = "humantime_serde")]
+    pub wait: Option<Duration>,
+    /// Between digests of one group (default 5m).
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Title template (`{{ count }}`, `{{ rule }}`, `{{ devices }}`).
+    pub title: Option<String>,
+}
+
+/// Active hours / quiet hours.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    /// IANA time zone (default: the config's `timezone`).
+    pub timezone: Option<String>,
+    /// Notify only inside these windows (`"mon-fri 22:00-06:00"`).
+    pub active: Option<OneOrMany<String>>,
+    /// Never notify inside these windows.
+    pub quiet: Option<OneOrMany<String>>,
+    /// `drop` (default) or `defer` (send when the muted time ends).
+    pub when_muted: Option<String>,
+}
+
+/// A channel's rate limit, per recipient.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Messages at most ...
+    pub max: u32,
+    /// ... per this period.
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+    /// `wait` (default) or `digest`.
+    pub over: Option<crate::noise::Over>,
 }
 
 /// A rule's conditions.

@@ -62,6 +62,8 @@ pub struct Rule {
     pub targets: Vec<Target>,
     /// Where it was written.
     pub origin: Origin,
+    /// Cooldown, dedup, debounce, digests, schedule.
+    pub noise: crate::noise::RuleNoise,
 }
 
 /// All rules, in file order, indexed by the event types they name.
@@ -178,6 +180,7 @@ mod tests {
                 file: "t.yaml".into(),
                 line: Some(1),
             },
+            noise: Default::default(),
         }
     }
 

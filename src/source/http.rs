@@ -239,6 +239,32 @@ mod tests {
         async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
             Ok(vec![])
         }
+        async fn digest_items(&self, _: i64) -> Result<Vec<String>, StoreError> {
+            Err(self.0.clone())
+        }
+        async fn noise_states(
+            &self,
+            _: Vec<String>,
+        ) -> Result<std::collections::HashMap<String, crate::noise::State>, StoreError> {
+            Err(self.0.clone())
+        }
+        async fn add_silence(
+            &self,
+            _: crate::noise::silence::NewSilence,
+            _: i64,
+        ) -> Result<crate::noise::silence::Silence, StoreError> {
+            Err(self.0.clone())
+        }
+        async fn silences(&self) -> Result<Vec<crate::noise::silence::Silence>, StoreError> {
+            Err(self.0.clone())
+        }
+        async fn expire_silence(
+            &self,
+            _: i64,
+            _: i64,
+        ) -> Result<crate::noise::silence::Silence, StoreError> {
+            Err(self.0.clone())
+        }
     }
 
     async fn post_to(store: StoreError) -> (StatusCode, Option<String>, serde_json::Value) {
@@ -254,6 +280,7 @@ mod tests {
             wake: Default::default(),
             fast,
             metrics: Default::default(),
+            silences: Default::default(),
         };
         let app = router("/events", pipeline);
         let body = std::fs::read(concat!(

@@ -4,12 +4,15 @@
 
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::notification::Notification;
+use crate::noise::silence::{NewSilence, Silence};
+use crate::noise::{Decider, Gates, State, StateRow, Verdict};
+use crate::notification::{Content, Notification};
 use crate::plan::Planned;
 
 /// An event to accept, with the deliveries its rules produced.
@@ -53,6 +56,8 @@ pub struct NewDelivery {
     pub dead: Option<String>,
     /// The [`Notification`] as JSON.
     pub content: String,
+    /// Noise control: what the store decides before enqueueing (see [`crate::noise`]).
+    pub gates: Gates,
 }
 
 impl From<&Planned> for NewDelivery {
@@ -66,6 +71,7 @@ impl From<&Planned> for NewDelivery {
             order_key: p.order_key.clone(),
             dead: p.dead.clone(),
             content: serde_json::to_string(n).expect("a notification always serialises"),
+            gates: p.gates.clone(),
         }
     }
 }
@@ -79,9 +85,23 @@ pub enum Accepted {
         deliveries: usize,
         /// Those claimed at once (see [`NewEvent::claim_until`]).
         claimed: Vec<Claimed>,
+        /// Deliveries noise control suppressed, grouped or deferred, by index in
+        /// [`NewEvent::deliveries`].
+        quieted: Vec<Quieted>,
     },
     /// The event was stored before; nothing was done.
     Duplicate,
+}
+
+/// A delivery that noise control did not let go at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quieted {
+    /// Index in [`NewEvent::deliveries`].
+    pub index: usize,
+    /// What happened to it.
+    pub status: Status,
+    /// Why: the reason recorded with the delivery.
+    pub reason: String,
 }
 
 /// A delivery claimed for sending.
@@ -135,6 +155,10 @@ pub enum Status {
     Done,
     /// Given up: dead letter.
     Dead,
+    /// Not sent by noise control (silence, cooldown, dedup, debounce, schedule); the reason is recorded.
+    Suppressed,
+    /// Folded into a digest (the digest is a delivery of its own).
+    Grouped,
 }
 
 impl Status {
@@ -145,6 +169,8 @@ impl Status {
             Status::Inflight => "inflight",
             Status::Done => "done",
             Status::Dead => "dead",
+            Status::Suppressed => "suppressed",
+            Status::Grouped => "grouped",
         }
     }
 
@@ -155,6 +181,8 @@ impl Status {
             "inflight" => Status::Inflight,
             "done" | "delivered" => Status::Done,
             "dead" => Status::Dead,
+            "suppressed" => Status::Suppressed,
+            "grouped" => Status::Grouped,
             _ => return None,
         })
     }
@@ -191,6 +219,8 @@ pub struct DeliveryRow {
     pub next_attempt_at: Option<String>,
     /// Last error.
     pub last_error: Option<String>,
+    /// Why noise control suppressed, grouped or deferred it.
+    pub reason: Option<String>,
     /// `X-PowTxn` of the event.
     pub txn: Option<String>,
 }
@@ -211,7 +241,7 @@ pub struct Filter {
 /// Which deliveries to send again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replay {
-    /// One delivery (dead or done).
+    /// One delivery (dead, done or suppressed: "send it anyway").
     Id(i64),
     /// Every dead letter.
     AllDead,
@@ -224,6 +254,8 @@ pub struct Pruned {
     pub deliveries: u64,
     /// Events removed.
     pub events: u64,
+    /// Noise state rows and silences past their time removed.
+    pub state: u64,
 }
 
 /// Storage failures.
@@ -246,6 +278,9 @@ pub enum StoreError {
     /// A database operation failed.
     #[error("database error: {0}")]
     Db(String),
+    /// No such row.
+    #[error("{0} not found")]
+    NotFound(String),
     /// A stored row could not be read back.
     #[error("corrupt row {id}: {reason}")]
     Corrupt {
@@ -303,6 +338,126 @@ pub trait Store: Send + Sync {
 
     /// Number of deliveries by state.
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError>;
+
+    /// The items of a digest delivery, oldest first, as [`Notification`] JSON.
+    async fn digest_items(&self, digest_id: i64) -> Result<Vec<String>, StoreError>;
+
+    /// Noise state rows by key (read only: what `explain` shows).
+    async fn noise_states(&self, keys: Vec<String>) -> Result<HashMap<String, State>, StoreError>;
+
+    /// Stores a silence.
+    async fn add_silence(&self, s: NewSilence, now_ms: i64) -> Result<Silence, StoreError>;
+
+    /// Every silence not yet pruned, expired ones included, by id.
+    async fn silences(&self) -> Result<Vec<Silence>, StoreError>;
+
+    /// Ends a silence now (it stops applying at once); returns it as it is now.
+    async fn expire_silence(&self, id: i64, now_ms: i64) -> Result<Silence, StoreError>;
+}
+
+/// Runs noise control for an event's deliveries inside a backend's accept transaction: `load` reads
+/// (and, on a shared database, locks) the state rows of the given keys. Returns a verdict per delivery
+/// and the decider's effects (rows to write back, held deliveries to cancel). Shared by every backend so
+/// that they decide alike.
+pub fn decide_noise<E>(
+    e: &NewEvent,
+    load: impl FnOnce(&[&str]) -> Result<HashMap<String, StateRow>, E>,
+) -> Result<NoiseOutcome, E> {
+    let mut keys: Vec<&str> = e
+        .deliveries
+        .iter()
+        .filter(|d| d.gates.is_stateful())
+        .flat_map(|d| d.gates.keys())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut states = if keys.is_empty() {
+        HashMap::new()
+    } else {
+        load(&keys)?
+    };
+    let mut decider = Decider::new(e.received_at_ms, &mut states);
+    let verdicts = e
+        .deliveries
+        .iter()
+        .map(|d| decider.decide(&d.gates))
+        .collect();
+    let cancels = std::mem::take(&mut decider.cancels);
+    let dirty = std::mem::take(&mut decider.dirty);
+    let writes = dirty
+        .into_iter()
+        .filter_map(|k| states.remove(&k).map(|row| (k, row)))
+        .collect();
+    Ok(NoiseOutcome {
+        verdicts,
+        cancels,
+        writes,
+    })
+}
+
+/// What [`decide_noise`] decided.
+#[derive(Debug)]
+pub struct NoiseOutcome {
+    /// One per delivery, in order.
+    pub verdicts: Vec<Verdict>,
+    /// Held deliveries to suppress: (hold key, reason).
+    pub cancels: Vec<(String, String)>,
+    /// State rows to write.
+    pub writes: Vec<(String, StateRow)>,
+}
+
+/// Adds a line to a stored notification's text ("3 more suppressed"); contents without text (a map pin,
+/// a webhook's JSON body) are left as they are.
+pub fn with_note(content: &str, note: &str) -> String {
+    let Ok(mut n) = serde_json::from_str::<Notification>(content) else {
+        return content.to_string();
+    };
+    match &mut n.content {
+        Content::Log { text } | Content::TelegramText { text, .. } => {
+            text.push('\n');
+            text.push_str(note);
+        }
+        Content::Email { text, html, .. } => {
+            text.push_str("\n\n");
+            text.push_str(note);
+            if let Some(i) = html.rfind("</body>") {
+                html.insert_str(i, &format!("<p>{}</p>", crate::render::escape_html(note)));
+            }
+        }
+        _ => return content.to_string(),
+    }
+    serde_json::to_string(&n).expect("a notification always serialises")
+}
+
+/// The stored content of a new digest delivery for `key`, shaped like its first item (`item`, stored
+/// JSON): same channel, recipient and origin. Returns (idempotency key, content JSON).
+pub fn digest_content(
+    item: &str,
+    key: &str,
+    due: i64,
+    title: Option<&str>,
+) -> Result<(String, String), serde_json::Error> {
+    let n: Notification = serde_json::from_str(item)?;
+    let digest_key = crate::notification::idempotency_key(&[
+        "digest",
+        key,
+        &due.to_string(),
+        &n.origin.event_id.to_string(),
+        &n.origin.source,
+    ]);
+    let d = Notification {
+        key: digest_key.clone(),
+        channel: n.channel,
+        recipient: n.recipient,
+        content: Content::Digest {
+            group: key.to_string(),
+            rule: n.origin.rule.clone(),
+            title_template: title.map(str::to_string),
+            like: Box::new(n.content),
+        },
+        origin: n.origin,
+    };
+    Ok((digest_key, serde_json::to_string(&d)?))
 }
 
 /// Unix milliseconds now.

@@ -64,6 +64,31 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_order ON deliveries (order_key, id)
         WHERE order_key IS NOT NULL AND status IN ('pending', 'inflight');
     CREATE INDEX deliveries_event ON deliveries (event_ref);",
+    // 2: noise control: held (debounced) and grouped deliveries, digests, noise state, silences.
+    "ALTER TABLE deliveries ADD COLUMN hold_key TEXT;
+    ALTER TABLE deliveries ADD COLUMN group_key TEXT;
+    ALTER TABLE deliveries ADD COLUMN digest_ref INTEGER;
+    ALTER TABLE deliveries ADD COLUMN reason TEXT;
+    CREATE INDEX deliveries_hold ON deliveries (hold_key)
+        WHERE hold_key IS NOT NULL AND status = 'pending';
+    CREATE INDEX deliveries_group ON deliveries (group_key)
+        WHERE group_key IS NOT NULL AND status = 'pending';
+    CREATE INDEX deliveries_digest ON deliveries (digest_ref) WHERE digest_ref IS NOT NULL;
+    CREATE TABLE noise_state (
+        key TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX noise_state_expiry ON noise_state (expires_at);
+    CREATE TABLE silences (
+        id INTEGER PRIMARY KEY,
+        matchers TEXT NOT NULL,
+        starts_at INTEGER NOT NULL,
+        ends_at INTEGER NOT NULL,
+        author TEXT NOT NULL,
+        comment TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );",
 ];
 
 type AnyResult = Result<Box<dyn Any + Send>, StoreError>;
@@ -252,58 +277,264 @@ fn insert_event(c: &Connection, e: &NewEvent) -> Result<Accepted, StoreError> {
         return Ok(Accepted::Duplicate);
     }
     let event_ref = c.last_insert_rowid();
+    let now = e.received_at_ms;
+    let noise = decide_noise(e, |keys| load_states(c, keys))?;
+    save_states(c, &noise.writes)?;
+    for (hold_key, reason) in &noise.cancels {
+        c.prepare_cached(
+            "UPDATE deliveries SET status = 'suppressed', reason = ?2, updated_at = ?3
+             WHERE hold_key = ?1 AND status = 'pending'",
+        )
+        .and_then(|mut s| s.execute(params![hold_key, reason, now]))
+        .map_err(db)?;
+    }
     let mut stmt = c
         .prepare_cached(
             "INSERT INTO deliveries (key, event_ref, channel, recipient, order_key, rule, event_id, event_type,
-                 device_id, status, attempts, created_at, updated_at, next_at, last_error, txn, content, lease_until)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, COALESCE(?15, 0), ?11, ?11, ?11, ?12, ?13, ?14, ?16)
+                 device_id, status, attempts, created_at, updated_at, next_at, last_error, txn, content, lease_until,
+                 hold_key, group_key, digest_ref, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, COALESCE(?15, 0), ?11, ?11, ?17, ?12, ?13, ?14, ?16,
+                 ?18, ?19, ?20, ?21)
              ON CONFLICT (key) DO NOTHING",
         )
         .map_err(db)?;
     let mut claimed = Vec::new();
-    for d in &e.deliveries {
-        let claim = e
-            .claim_until
-            .filter(|_| d.order_key.is_none() && d.dead.is_none());
-        let status = match (&d.dead, claim) {
-            (Some(_), _) => Status::Dead,
-            (None, Some(_)) => Status::Inflight,
-            (None, None) => Status::Pending,
+    let mut quieted = Vec::new();
+    for (index, (d, verdict)) in e.deliveries.iter().zip(noise.verdicts).enumerate() {
+        let mut row = Row {
+            status: Status::Pending,
+            next_at: now,
+            order_key: d.order_key.as_deref(),
+            hold_key: None,
+            group_key: None,
+            digest_ref: None,
+            reason: None,
+            content: std::borrow::Cow::Borrowed(d.content.as_str()),
+            claim: None,
         };
+        match (&d.dead, verdict) {
+            (Some(_), _) => row.status = Status::Dead,
+            (
+                None,
+                Verdict::Send {
+                    at,
+                    hold_key,
+                    note,
+                    waits_for,
+                },
+            ) => {
+                row.next_at = at;
+                row.hold_key = hold_key;
+                if let Some(note) = note {
+                    row.content = std::borrow::Cow::Owned(with_note(&d.content, &note));
+                }
+                if at > now {
+                    // Deferred deliveries do not hold up later ones to the same recipient.
+                    row.order_key = None;
+                    quieted.push(Quieted {
+                        index,
+                        status: Status::Pending,
+                        reason: waits_for.clone().unwrap_or_default(),
+                    });
+                    row.reason = waits_for;
+                } else if d.order_key.is_none() {
+                    row.claim = e.claim_until;
+                }
+            }
+            (None, Verdict::Suppress(reason)) => {
+                row.status = Status::Suppressed;
+                quieted.push(Quieted {
+                    index,
+                    status: Status::Suppressed,
+                    reason: reason.clone(),
+                });
+                row.reason = Some(reason);
+            }
+            (
+                None,
+                Verdict::Group {
+                    key,
+                    due,
+                    title,
+                    reason,
+                },
+            ) => {
+                row.status = Status::Grouped;
+                row.digest_ref = Some(open_digest(
+                    c,
+                    d,
+                    &key,
+                    due,
+                    title.as_deref(),
+                    event_ref,
+                    e,
+                )?);
+                row.group_key = Some(key);
+                quieted.push(Quieted {
+                    index,
+                    status: Status::Grouped,
+                    reason: reason.clone(),
+                });
+                row.reason = Some(reason);
+            }
+        }
+        if row.claim.is_some() {
+            row.status = Status::Inflight;
+        }
         let n = stmt
             .execute(params![
                 d.key,
                 event_ref,
                 d.channel,
                 d.recipient,
-                d.order_key,
+                row.order_key,
                 d.rule,
                 e.event_id,
                 e.event_type,
                 e.device_id,
-                status.as_str(),
-                e.received_at_ms,
+                row.status.as_str(),
+                now,
                 d.dead,
                 e.txn,
-                d.content,
-                claim.map(|_| 1),
-                claim
+                row.content,
+                row.claim.map(|_| 1),
+                row.claim,
+                row.next_at,
+                row.hold_key,
+                row.group_key,
+                row.digest_ref,
+                row.reason,
             ])
             .map_err(db)?;
-        if n == 1 && claim.is_some() {
+        if n == 1 && row.claim.is_some() {
             claimed.push(Claimed {
                 id: c.last_insert_rowid(),
-                content: d.content.clone(),
+                content: row.content.into_owned(),
                 attempts: 1,
-                created_at_ms: e.received_at_ms,
+                created_at_ms: now,
             });
         }
     }
     Ok(Accepted::New {
         deliveries: e.deliveries.len(),
         claimed,
+        quieted,
     })
 }
+
+/// One delivery row being written.
+struct Row<'a> {
+    status: Status,
+    next_at: i64,
+    order_key: Option<&'a str>,
+    hold_key: Option<String>,
+    group_key: Option<String>,
+    digest_ref: Option<i64>,
+    reason: Option<String>,
+    content: std::borrow::Cow<'a, str>,
+    claim: Option<i64>,
+}
+
+/// The digest of `key` still waiting to be sent, or a new one due at `due`; returns its row id.
+fn open_digest(
+    c: &Connection,
+    item: &NewDelivery,
+    key: &str,
+    due: i64,
+    title: Option<&str>,
+    event_ref: i64,
+    e: &NewEvent,
+) -> Result<i64, StoreError> {
+    let open: Option<i64> = c
+        .prepare_cached(
+            "SELECT id FROM deliveries WHERE group_key = ?1 AND status = 'pending' ORDER BY id LIMIT 1",
+        )
+        .and_then(|mut s| s.query_row(params![key], |r| r.get(0)).optional())
+        .map_err(db)?;
+    if let Some(id) = open {
+        return Ok(id);
+    }
+    let (digest_key, content) =
+        digest_content(&item.content, key, due, title).map_err(|err| StoreError::Corrupt {
+            id: 0,
+            reason: format!("digest item unreadable: {err}"),
+        })?;
+    c.prepare_cached(
+        "INSERT INTO deliveries (key, event_ref, channel, recipient, rule, event_id, event_type, device_id,
+             status, attempts, created_at, updated_at, next_at, txn, content, group_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?9, ?9, ?10, ?11, ?12, ?13)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            digest_key,
+            event_ref,
+            item.channel,
+            item.recipient,
+            item.rule,
+            e.event_id,
+            e.event_type,
+            e.device_id,
+            e.received_at_ms,
+            due,
+            e.txn,
+            content,
+            key
+        ])
+    })
+    .map_err(db)?;
+    Ok(c.last_insert_rowid())
+}
+
+fn load_states(c: &Connection, keys: &[&str]) -> Result<HashMap<String, StateRow>, StoreError> {
+    let mut stmt = c
+        .prepare_cached("SELECT state, expires_at FROM noise_state WHERE key = ?1")
+        .map_err(db)?;
+    let mut out = HashMap::with_capacity(keys.len());
+    for k in keys {
+        let row: Option<(String, i64)> = stmt
+            .query_row(params![k], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(db)?;
+        if let Some((json, expires_at)) = row {
+            // A row this version cannot read counts as fresh state rather than stopping intake.
+            let state = serde_json::from_str(&json).unwrap_or_default();
+            out.insert(k.to_string(), StateRow { state, expires_at });
+        }
+    }
+    Ok(out)
+}
+
+fn save_states(c: &Connection, writes: &[(String, StateRow)]) -> Result<(), StoreError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = c
+        .prepare_cached(
+            "INSERT INTO noise_state (key, state, expires_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET state = excluded.state, expires_at = excluded.expires_at",
+        )
+        .map_err(db)?;
+    for (k, row) in writes {
+        let json = serde_json::to_string(&row.state).expect("state serialises");
+        stmt.execute(params![k, json, row.expires_at]).map_err(db)?;
+    }
+    Ok(())
+}
+
+fn read_silence(r: &rusqlite::Row<'_>) -> rusqlite::Result<Silence> {
+    let matchers: String = r.get(1)?;
+    Ok(Silence {
+        id: r.get(0)?,
+        matchers: serde_json::from_str(&matchers).unwrap_or_default(),
+        starts_at_ms: r.get(2)?,
+        ends_at_ms: r.get(3)?,
+        author: r.get(4)?,
+        comment: r.get(5)?,
+        created_at_ms: r.get(6)?,
+    })
+}
+
+const SILENCE_COLUMNS: &str = "id, matchers, starts_at, ends_at, author, comment, created_at";
 
 fn claim(
     c: &Connection,
@@ -380,7 +611,7 @@ fn list(c: &Connection, f: &Filter) -> Result<Vec<DeliveryRow>, StoreError> {
     let mut stmt = c
         .prepare_cached(
             "SELECT id, key, status, channel, recipient, rule, event_id, event_type, device_id, attempts,
-                    created_at, updated_at, next_at, last_error, txn
+                    created_at, updated_at, next_at, last_error, txn, reason
              FROM deliveries
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR channel = ?2) AND (?3 IS NULL OR device_id = ?3)
              ORDER BY id DESC LIMIT ?4",
@@ -411,6 +642,7 @@ fn list(c: &Connection, f: &Filter) -> Result<Vec<DeliveryRow>, StoreError> {
                         .transpose()?,
                     last_error: r.get(13)?,
                     txn: r.get(14)?,
+                    reason: r.get(15)?,
                 })
             },
         )
@@ -471,7 +703,7 @@ impl Store for SqliteStore {
                        updated_at = ?1, last_error = NULL";
             let n = match which {
                 Replay::Id(id) => c.execute(
-                    &format!("{set} WHERE id = ?2 AND status IN ('dead', 'done')"),
+                    &format!("{set}, reason = NULL, hold_key = NULL WHERE id = ?2 AND status IN ('dead', 'done', 'suppressed')"),
                     params![now_ms, id],
                 ),
                 Replay::AllDead => c.execute(&format!("{set} WHERE status = 'dead'"), params![now_ms]),
@@ -492,12 +724,13 @@ impl Store for SqliteStore {
         let mut total = Pruned::default();
         // In chunks, each its own job: intake and deliveries go on between them.
         loop {
-            let (deliveries, events) = self
+            let (deliveries, events, state) = self
                 .call(true, move |c| {
                     let deliveries = c
                         .execute(
                             "DELETE FROM deliveries WHERE id IN (
-                                 SELECT id FROM deliveries WHERE status = 'done' AND updated_at < ?1
+                                 SELECT id FROM deliveries WHERE status IN ('done', 'suppressed', 'grouped')
+                                     AND updated_at < ?1
                                  UNION ALL
                                  SELECT id FROM deliveries WHERE status = 'dead' AND updated_at < ?2
                                  LIMIT ?3)",
@@ -513,12 +746,25 @@ impl Store for SqliteStore {
                             params![cut, PRUNE_CHUNK],
                         )
                         .map_err(db)?;
-                    Ok((deliveries as u64, events as u64))
+                    let state = c
+                        .execute(
+                            "DELETE FROM noise_state WHERE key IN (
+                                 SELECT key FROM noise_state WHERE expires_at < ?1 LIMIT ?2)",
+                            params![now_ms, PRUNE_CHUNK],
+                        )
+                        .map_err(db)?
+                        + c.execute("DELETE FROM silences WHERE ends_at < ?1", params![dead_cut])
+                            .map_err(db)?;
+                    Ok((deliveries as u64, events as u64, state as u64))
                 })
                 .await?;
             total.deliveries += deliveries;
             total.events += events;
-            if deliveries < PRUNE_CHUNK as u64 && events < PRUNE_CHUNK as u64 {
+            total.state += state;
+            if deliveries < PRUNE_CHUNK as u64
+                && events < PRUNE_CHUNK as u64
+                && state < PRUNE_CHUNK as u64
+            {
                 return Ok(total);
             }
         }
@@ -541,6 +787,84 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn digest_items(&self, digest_id: i64) -> Result<Vec<String>, StoreError> {
+        self.call(true, move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT content FROM deliveries WHERE digest_ref = ?1 ORDER BY id")
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![digest_id], |r| r.get::<_, String>(0))
+                .map_err(db)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db);
+            rows
+        })
+        .await
+    }
+
+    async fn noise_states(&self, keys: Vec<String>) -> Result<HashMap<String, State>, StoreError> {
+        self.call(true, move |c| {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            Ok(load_states(c, &keys)?
+                .into_iter()
+                .map(|(k, r)| (k, r.state))
+                .collect())
+        })
+        .await
+    }
+
+    async fn add_silence(&self, s: NewSilence, now_ms: i64) -> Result<Silence, StoreError> {
+        self.call(true, move |c| {
+            let matchers = serde_json::to_string(&s.matchers).expect("matchers serialise");
+            c.query_row(
+                &format!(
+                    "INSERT INTO silences (matchers, starts_at, ends_at, author, comment, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING {SILENCE_COLUMNS}"
+                ),
+                params![matchers, s.starts_at_ms, s.ends_at_ms, s.author, s.comment, now_ms],
+                read_silence,
+            )
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn silences(&self) -> Result<Vec<Silence>, StoreError> {
+        self.call(true, |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {SILENCE_COLUMNS} FROM silences ORDER BY id"
+                ))
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], read_silence)
+                .map_err(db)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db);
+            rows
+        })
+        .await
+    }
+
+    async fn expire_silence(&self, id: i64, now_ms: i64) -> Result<Silence, StoreError> {
+        self.call(true, move |c| {
+            c.execute(
+                "UPDATE silences SET ends_at = MAX(MIN(ends_at, ?2), starts_at) WHERE id = ?1",
+                params![id, now_ms],
+            )
+            .map_err(db)?;
+            c.query_row(
+                &format!("SELECT {SILENCE_COLUMNS} FROM silences WHERE id = ?1"),
+                params![id],
+                read_silence,
+            )
+            .optional()
+            .map_err(db)?
+            .ok_or_else(|| StoreError::NotFound(format!("silence #{id}")))
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -560,6 +884,7 @@ mod tests {
             },
             dead: None,
             order_key: order.map(str::to_string),
+            gates: Default::default(),
         })
     }
 
@@ -669,7 +994,8 @@ mod tests {
             pruned,
             Pruned {
                 deliveries: 2,
-                events: 1
+                events: 1,
+                state: 0
             }
         );
         let pruned = store
@@ -680,7 +1006,8 @@ mod tests {
             pruned,
             Pruned {
                 deliveries: 1,
-                events: 1
+                events: 1,
+                state: 0
             }
         );
         assert!(store.counts().await.unwrap().is_empty());
@@ -699,6 +1026,7 @@ mod tests {
         let Accepted::New {
             deliveries,
             claimed,
+            ..
         } = store.accept(e).await.unwrap()
         else {
             panic!()

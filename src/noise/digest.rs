@@ -1,0 +1,256 @@
+//! Digests: one message listing the notifications grouped under one key ("14 devices offline: ...").
+//!
+//! A digest is an ordinary delivery in the outbox (so it is retried, leased and dead-lettered like any
+//! other, and exactly one instance sends it); its items are the grouped deliveries, which point at it.
+//! The message is built when the digest is sent, from the items, by [`build`].
+
+use crate::notification::{Content, Notification, ParseMode};
+use crate::render::{escape_html, escape_markdown_v2};
+
+/// Most items listed in one digest message; the rest are counted.
+pub const MAX_LISTED: usize = 50;
+
+/// The default title.
+pub fn default_title(count: usize, rule: &str) -> String {
+    if rule.is_empty() {
+        format!("{count} notifications")
+    } else {
+        format!("{count} notifications from {rule}")
+    }
+}
+
+/// Builds the message of a digest titled `title` (plain text; escaped here per format) from its items,
+/// oldest first. `template` is the shape of the digest's own content (its channel's kind).
+pub fn build(template: &Content, title: &str, items: &[Notification]) -> Content {
+    let listed = &items[..items.len().min(MAX_LISTED)];
+    let more = items.len() - listed.len();
+    let more_line = (more > 0).then(|| format!("… and {more} more"));
+    let texts = |f: &dyn Fn(&Content) -> Option<String>| -> Vec<String> {
+        listed.iter().filter_map(|n| f(&n.content)).collect()
+    };
+    match template {
+        Content::Email { .. } => {
+            let text = texts(&|c| match c {
+                Content::Email { text, .. } => Some(text.clone()),
+                other => plain(other),
+            });
+            let html = texts(&|c| match c {
+                Content::Email { html, .. } => Some(body_of(html).to_string()),
+                other => plain(other).map(|t| escape_html(&t)),
+            });
+            let mut text_part = format!("{title}\n\n{}", text.join("\n\n"));
+            let mut html_part =
+                format!("<h3>{}</h3>\n{}", escape_html(title), html.join("\n<hr>\n"));
+            if let Some(m) = &more_line {
+                text_part.push_str(&format!("\n\n{m}"));
+                html_part.push_str(&format!("\n<p>{}</p>", escape_html(m)));
+            }
+            Content::Email {
+                subject: title.to_string(),
+                text: text_part,
+                html: crate::channel::email::html_page(&html_part),
+            }
+        }
+        Content::TelegramText { parse_mode, .. } => {
+            let escape = |s: &str| match parse_mode {
+                ParseMode::Html => escape_html(s),
+                ParseMode::MarkdownV2 => escape_markdown_v2(s),
+                ParseMode::Plain => s.to_string(),
+            };
+            let head = match parse_mode {
+                ParseMode::Html => format!("<b>{}</b>", escape(title)),
+                ParseMode::MarkdownV2 => format!("*{}*", escape(title)),
+                ParseMode::Plain => title.to_string(),
+            };
+            // Items were rendered for this parse mode already.
+            let mut lines = texts(&|c| match c {
+                Content::TelegramText { text, .. } => Some(text.clone()),
+                _ => None,
+            });
+            if let Some(m) = &more_line {
+                lines.push(escape(m));
+            }
+            Content::TelegramText {
+                text: format!("{head}\n\n{}", lines.join("\n")),
+                parse_mode: *parse_mode,
+            }
+        }
+        Content::Webhook { content_type, .. } => {
+            let is_json = content_type.contains("json");
+            let body = if is_json {
+                let items: Vec<serde_json::Value> = listed
+                    .iter()
+                    .filter_map(|n| match &n.content {
+                        Content::Webhook { body, .. } => Some(
+                            serde_json::from_str(body)
+                                .unwrap_or_else(|_| serde_json::Value::String(body.clone())),
+                        ),
+                        _ => None,
+                    })
+                    .collect();
+                serde_json::json!({
+                    "digest": true,
+                    "title": title,
+                    "count": items.len() + more,
+                    "omitted": more,
+                    "items": items,
+                })
+                .to_string()
+            } else {
+                let mut lines = texts(&plain);
+                lines.extend(more_line);
+                format!("{title}\n\n{}", lines.join("\n"))
+            };
+            Content::Webhook {
+                body,
+                content_type: content_type.clone(),
+            }
+        }
+        _ => {
+            let mut lines = texts(&plain);
+            lines.extend(more_line);
+            Content::Log {
+                text: format!("{title}: {}", lines.join(" | ")),
+            }
+        }
+    }
+}
+
+/// The text of a content, where it has one.
+fn plain(c: &Content) -> Option<String> {
+    match c {
+        Content::Log { text } | Content::TelegramText { text, .. } => Some(text.clone()),
+        Content::Email { text, .. } => Some(text.clone()),
+        Content::Webhook { body, .. } => Some(body.clone()),
+        Content::TelegramLocation { .. } | Content::Digest { .. } => None,
+    }
+}
+
+/// The inside of an HTML page's `<body>` (items are whole pages).
+fn body_of(html: &str) -> &str {
+    let start = html.find("<body>").map(|i| i + "<body>".len()).unwrap_or(0);
+    let end = html.rfind("</body>").unwrap_or(html.len());
+    if start <= end {
+        &html[start..end]
+    } else {
+        html
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notification::Origin;
+
+    fn item(content: Content) -> Notification {
+        Notification {
+            key: "k".into(),
+            channel: "c".into(),
+            recipient: "r".into(),
+            content,
+            origin: Origin::default(),
+        }
+    }
+
+    #[test]
+    fn telegram_digest_escapes_the_title_and_keeps_item_markup() {
+        let items: Vec<Notification> = (0..3)
+            .map(|i| {
+                item(Content::TelegramText {
+                    text: format!("<b>bike {i}</b> offline"),
+                    parse_mode: ParseMode::Html,
+                })
+            })
+            .collect();
+        let c = build(
+            &Content::TelegramText {
+                text: String::new(),
+                parse_mode: ParseMode::Html,
+            },
+            "3 devices <offline>",
+            &items,
+        );
+        let Content::TelegramText { text, .. } = c else {
+            panic!("{c:?}")
+        };
+        assert!(text.starts_with("<b>3 devices &lt;offline&gt;</b>\n\n<b>bike 0</b> offline\n"));
+        assert_eq!(text.matches("offline").count(), 4);
+    }
+
+    #[test]
+    fn long_digests_are_cut_with_a_count() {
+        let items: Vec<Notification> = (0..(MAX_LISTED + 7))
+            .map(|i| {
+                item(Content::Log {
+                    text: format!("e{i}"),
+                })
+            })
+            .collect();
+        let Content::Log { text } = build(
+            &Content::Log {
+                text: String::new(),
+            },
+            "t",
+            &items,
+        ) else {
+            panic!()
+        };
+        assert!(text.contains("e49") && !text.contains("e50") && text.ends_with("… and 7 more"));
+    }
+
+    #[test]
+    fn webhook_digest_is_json_with_items() {
+        let items = vec![
+            item(Content::Webhook {
+                body: r#"{"a":1}"#.into(),
+                content_type: "application/json".into(),
+            }),
+            item(Content::Webhook {
+                body: r#"{"a":2}"#.into(),
+                content_type: "application/json".into(),
+            }),
+        ];
+        let Content::Webhook { body, .. } = build(
+            &Content::Webhook {
+                body: String::new(),
+                content_type: "application/json".into(),
+            },
+            "2 events",
+            &items,
+        ) else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["count"], 2);
+        assert_eq!(v["items"][1]["a"], 2);
+        assert_eq!(v["title"], "2 events");
+    }
+
+    #[test]
+    fn email_digest_has_subject_and_both_parts() {
+        let items = vec![item(Content::Email {
+            subject: "s".into(),
+            text: "bike offline".into(),
+            html: crate::channel::email::html_page("<p>bike offline</p>"),
+        })];
+        let Content::Email {
+            subject,
+            text,
+            html,
+        } = build(
+            &Content::Email {
+                subject: String::new(),
+                text: String::new(),
+                html: String::new(),
+            },
+            "1 device offline",
+            &items,
+        )
+        else {
+            panic!()
+        };
+        assert_eq!(subject, "1 device offline");
+        assert!(text.contains("bike offline"));
+        assert!(html.contains("<p>bike offline</p>") && html.matches("<body>").count() == 1);
+    }
+}

@@ -1,0 +1,556 @@
+//! Noise control: what keeps a vibrating bike at 3 a.m. from sending two hundred messages.
+//!
+//! Per rule: cooldown per key, dedup window, geofence debounce, grouping into digests, schedules (quiet
+//! hours); per channel and recipient: a rate limit; and silences. The stateless parts (silences,
+//! schedules) are decided while planning ([`crate::plan`]); each planned delivery then carries its
+//! [`Gates`], and the store decides the stateful parts inside the transaction that accepts the event,
+//! with [`Decider`] over the [`State`] rows the gates name. The logic is written once, here, and is
+//! pure: the store only loads and saves state rows (locked, where several instances share them), so
+//! every backend decides alike and decisions survive restarts.
+
+pub mod digest;
+pub mod schedule;
+pub mod silence;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::rfc3339;
+
+/// A rule's cooldown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cooldown {
+    /// How long the key stays quiet after a notification.
+    pub period: Duration,
+    /// Template name of the key; `None` = rule and device.
+    pub key: Option<String>,
+    /// Add "N more suppressed" to the next notification after the cooldown.
+    pub summary: bool,
+}
+
+/// A rule's grouping into digests (Alertmanager's `group_by`/`group_wait`/`group_interval`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    /// Template name of the group key; `None` = the rule.
+    pub by: Option<String>,
+    /// How long the first event of a new group waits for others.
+    pub wait: Duration,
+    /// Digests of one group are at least this far apart.
+    pub interval: Duration,
+    /// Template name of the digest's title.
+    pub title: Option<String>,
+}
+
+/// A rule's noise settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuleNoise {
+    /// Cooldown per key.
+    pub cooldown: Option<Cooldown>,
+    /// Identical (rule, device, type, alarm, geofence) events within this window notify once.
+    pub dedup: Option<Duration>,
+    /// Geofence enter/exit is held this long; the opposite transition meanwhile cancels both.
+    pub debounce: Option<Duration>,
+    /// Grouping into digests.
+    pub group: Option<Group>,
+    /// Active hours / quiet hours.
+    pub schedule: Option<schedule::Schedule>,
+}
+
+impl RuleNoise {
+    /// Whether any setting is on.
+    pub fn is_empty(&self) -> bool {
+        *self == RuleNoise::default()
+    }
+}
+
+/// What happens over a rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Over {
+    /// The delivery waits for the next free slot (nothing is dropped).
+    Wait,
+    /// The delivery joins a digest sent at the next free slot.
+    Digest,
+}
+
+/// A channel's rate limit, per recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Messages at most ...
+    pub max: u32,
+    /// ... per this period.
+    pub per: Duration,
+    /// Over the limit.
+    pub over: Over,
+}
+
+/// The stateful checks one delivery goes through, computed while planning. Deliveries of one rule and
+/// event share their rule-level gates (same keys), and the [`Decider`] answers each key once per
+/// event, so a rule's email and Telegram message are both sent or both suppressed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Gates {
+    /// Suppressed before any state is consulted (silence, schedule), with the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppress: Option<String>,
+    /// Not sent before this time (quiet hours with `defer`), unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<i64>,
+    /// Why `not_before` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred_by: Option<String>,
+    /// Dedup window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<KeyedWindow>,
+    /// Cooldown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<CooldownGate>,
+    /// Geofence debounce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<DebounceGate>,
+    /// Digest grouping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupGate>,
+    /// Rate limit of the channel and recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateGate>,
+}
+
+impl Gates {
+    /// Whether the store has state to consult.
+    pub fn is_stateful(&self) -> bool {
+        self.suppress.is_none()
+            && (self.dedup.is_some()
+                || self.cooldown.is_some()
+                || self.debounce.is_some()
+                || self.group.is_some()
+                || self.rate.is_some())
+    }
+
+    /// The state keys the gates read and write.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        [
+            self.dedup.as_ref().map(|g| g.key.as_str()),
+            self.cooldown.as_ref().map(|g| g.key.as_str()),
+            self.debounce.as_ref().map(|g| g.key.as_str()),
+            self.group.as_ref().map(|g| g.key.as_str()),
+            self.rate.as_ref().map(|g| g.key.as_str()),
+            self.rate.as_ref().map(|g| g.digest_key.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// A key and a window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedWindow {
+    /// State key.
+    pub key: String,
+    /// Window, ms.
+    pub window_ms: i64,
+}
+
+/// Cooldown check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CooldownGate {
+    /// State key (`cooldown/<rule>/<key>`).
+    pub key: String,
+    /// Period, ms.
+    pub period_ms: i64,
+    /// Add the count of suppressed events to the next notification.
+    pub summary: bool,
+}
+
+/// Geofence debounce check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebounceGate {
+    /// State key and hold key of the device and geofence (`geo/<device>/<geofence>`).
+    pub key: String,
+    /// This event's transition (`geofenceEnter` or `geofenceExit`).
+    pub transition: String,
+    /// Hold, ms.
+    pub delay_ms: i64,
+}
+
+/// Digest grouping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupGate {
+    /// Group key (`group/<rule>/<key>/<channel>/<recipient>/<part>`): one digest per recipient.
+    pub key: String,
+    /// Group wait, ms.
+    pub wait_ms: i64,
+    /// Group interval, ms.
+    pub interval_ms: i64,
+    /// Title template name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+/// Rate limit check: at most `max` per any window of `per`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateGate {
+    /// State key (`rate/<channel>/<recipient>`).
+    pub key: String,
+    /// Digest group key for `over: digest`.
+    pub digest_key: String,
+    /// Limit.
+    pub max: u32,
+    /// Period, ms.
+    pub per_ms: i64,
+    /// Over the limit.
+    pub over: Over,
+}
+
+/// One row of noise state. The fields mean what the key's kind says (see [`Decider`]); unknown fields
+/// are ignored so rows written by a newer version can be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Cooldown/dedup/debounce end, rate limiter's last slot, or open digest's due time.
+    #[serde(default)]
+    pub until: i64,
+    /// Events suppressed by a cooldown since its last notification.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub count: u64,
+    /// First suppression of `count`.
+    #[serde(default, skip_serializing_if = "is_zero_i")]
+    pub since: i64,
+    /// Debounce: the transition being held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+    /// Rate limit: the last send times (at most `max`), unix ms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub times: Vec<i64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+fn is_zero_i(n: &i64) -> bool {
+    *n == 0
+}
+
+impl State {
+    /// Until when the row matters; the store may forget it after that.
+    pub fn expires_at(&self, kind_ttl_ms: i64) -> i64 {
+        self.until.max(self.since) + kind_ttl_ms
+    }
+}
+
+/// A stored state row: the state and when it may be pruned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRow {
+    /// The state.
+    pub state: State,
+    /// Prune after (unix ms).
+    pub expires_at: i64,
+}
+
+/// What the gates decided for one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send at `at` (now, or later: quiet hours, debounce hold, rate limit).
+    Send {
+        /// Not before, unix ms.
+        at: i64,
+        /// Debounce hold key: a later opposite transition cancels the delivery while it waits.
+        hold_key: Option<String>,
+        /// A line to add to the message ("3 more suppressed").
+        note: Option<String>,
+        /// Why it waits, when it does.
+        waits_for: Option<String>,
+    },
+    /// Not sent; recorded with the reason.
+    Suppress(String),
+    /// Folded into the digest of `key`, sent at `due` (or with the digest already waiting).
+    Group {
+        /// Digest group key.
+        key: String,
+        /// When a new digest is due.
+        due: i64,
+        /// Title template name.
+        title: Option<String>,
+        /// Why (for the record).
+        reason: String,
+    },
+}
+
+/// A held delivery to cancel: (hold key, reason).
+pub type Cancel = (String, String);
+
+/// Decides the gates of one event's deliveries over loaded state, at `now`. Each key is decided once
+/// per event (the answer is reused by the event's other deliveries of the same rule).
+pub struct Decider<'a> {
+    now: i64,
+    states: &'a mut HashMap<String, StateRow>,
+    memo: HashMap<String, Result<Option<String>, String>>,
+    /// Held deliveries the event cancels.
+    pub cancels: Vec<Cancel>,
+    /// Keys whose state changed (to write back).
+    pub dirty: Vec<String>,
+}
+
+/// How long state outlives its own times, so a digest interval or a cooldown summary can still see it.
+const STATE_GRACE_MS: i64 = 24 * 3600 * 1000;
+
+impl<'a> Decider<'a> {
+    /// A decider over `states` (the rows for every key the gates name; missing = fresh).
+    pub fn new(now: i64, states: &'a mut HashMap<String, StateRow>) -> Decider<'a> {
+        Decider {
+            now,
+            states,
+            memo: HashMap::new(),
+            cancels: Vec::new(),
+            dirty: Vec::new(),
+        }
+    }
+
+    fn state(&self, key: &str) -> State {
+        self.states
+            .get(key)
+            .map(|r| r.state.clone())
+            .unwrap_or_default()
+    }
+
+    fn put(&mut self, key: &str, state: State, ttl_ms: i64) {
+        let expires_at = state.expires_at(ttl_ms.max(0) + STATE_GRACE_MS);
+        self.states
+            .insert(key.to_string(), StateRow { state, expires_at });
+        if !self.dirty.iter().any(|k| k == key) {
+            self.dirty.push(key.to_string());
+        }
+    }
+
+    /// Decides one delivery.
+    pub fn decide(&mut self, g: &Gates) -> Verdict {
+        if let Some(reason) = &g.suppress {
+            return Verdict::Suppress(reason.clone());
+        }
+        let mut at = g.not_before.unwrap_or(self.now).max(self.now);
+        let mut waits_for = g.deferred_by.clone();
+        if let Some(d) = &g.dedup {
+            if let Err(reason) = self.memoized(&d.key.clone(), |s| s.dedup(d)) {
+                return Verdict::Suppress(reason);
+            }
+        }
+        let mut note = None;
+        if let Some(c) = &g.cooldown {
+            match self.memoized(&c.key.clone(), |s| s.cooldown(c)) {
+                Err(reason) => return Verdict::Suppress(reason),
+                Ok(n) => note = n,
+            }
+        }
+        let mut hold_key = None;
+        if let Some(b) = &g.debounce {
+            match self.memoized(&b.key.clone(), |s| s.debounce(b)) {
+                Err(reason) => return Verdict::Suppress(reason),
+                Ok(_) => {
+                    at = at.max(self.now + b.delay_ms);
+                    hold_key = Some(b.key.clone());
+                    waits_for = Some(format!(
+                        "debounce: held {} in case of a return across the border",
+                        human_ms(b.delay_ms)
+                    ));
+                }
+            }
+        }
+        if let Some(gr) = &g.group {
+            let due = self.group_due(&gr.key, gr.wait_ms, gr.interval_ms, at);
+            return Verdict::Group {
+                key: gr.key.clone(),
+                due,
+                title: gr.title.clone(),
+                reason: format!("grouped into the digest due {}", rfc3339(due)),
+            };
+        }
+        if let Some(r) = &g.rate {
+            let (slot, over) = self.rate(r, at);
+            if over {
+                match r.over {
+                    Over::Wait => {
+                        waits_for = Some(format!(
+                            "rate limit: {} per {} to this recipient",
+                            r.max,
+                            human_ms(r.per_ms)
+                        ));
+                        at = slot;
+                    }
+                    Over::Digest => {
+                        let due = self.group_due(&r.digest_key, 0, 0, slot);
+                        return Verdict::Group {
+                            key: r.digest_key.clone(),
+                            due,
+                            title: None,
+                            reason: format!(
+                                "over the rate limit ({} per {}): in the digest due {}",
+                                r.max,
+                                human_ms(r.per_ms),
+                                rfc3339(due)
+                            ),
+                        };
+                    }
+                }
+            }
+        }
+        Verdict::Send {
+            at,
+            hold_key,
+            note,
+            waits_for,
+        }
+    }
+
+    fn memoized(
+        &mut self,
+        key: &str,
+        f: impl FnOnce(&mut Self) -> Result<Option<String>, String>,
+    ) -> Result<Option<String>, String> {
+        if let Some(r) = self.memo.get(key) {
+            return r.clone();
+        }
+        let r = f(self);
+        self.memo.insert(key.to_string(), r.clone());
+        r
+    }
+
+    fn dedup(&mut self, d: &KeyedWindow) -> Result<Option<String>, String> {
+        let s = self.state(&d.key);
+        if self.now < s.until {
+            return Err(format!(
+                "duplicate: an identical event was notified {} before (dedup window {})",
+                human_ms(self.now - (s.until - d.window_ms)),
+                human_ms(d.window_ms)
+            ));
+        }
+        self.put(
+            &d.key,
+            State {
+                until: self.now + d.window_ms,
+                ..Default::default()
+            },
+            0,
+        );
+        Ok(None)
+    }
+
+    fn cooldown(&mut self, c: &CooldownGate) -> Result<Option<String>, String> {
+        let mut s = self.state(&c.key);
+        if self.now < s.until {
+            if s.count == 0 {
+                s.since = self.now;
+            }
+            s.count += 1;
+            let until = s.until;
+            self.put(&c.key, s, 0);
+            return Err(format!(
+                "cooldown: `{}` notified less than {} ago, quiet until {}",
+                c.key.split_once('/').map(|x| x.1).unwrap_or(&c.key),
+                human_ms(c.period_ms),
+                rfc3339(until)
+            ));
+        }
+        let note = (c.summary && s.count > 0)
+            .then(|| format!("({} more suppressed since {})", s.count, rfc3339(s.since)));
+        self.put(
+            &c.key,
+            State {
+                until: self.now + c.period_ms,
+                ..Default::default()
+            },
+            0,
+        );
+        Ok(note)
+    }
+
+    fn debounce(&mut self, b: &DebounceGate) -> Result<Option<String>, String> {
+        let s = self.state(&b.key);
+        match &s.held {
+            Some(held) if *held != b.transition && self.now < s.until => {
+                let reason = format!(
+                    "debounce: {held} and {} within {} (GPS jitter at the border); neither is sent",
+                    b.transition,
+                    human_ms(b.delay_ms)
+                );
+                self.cancels.push((b.key.clone(), reason.clone()));
+                self.put(&b.key, State::default(), 0);
+                Err(reason)
+            }
+            _ => {
+                self.put(
+                    &b.key,
+                    State {
+                        until: self.now + b.delay_ms,
+                        held: Some(b.transition.clone()),
+                        ..Default::default()
+                    },
+                    0,
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// When the digest of `key` is due if an item arrives (not before `at`): the open digest's due time
+    /// while it waits, else after `wait` and at least `interval` after the previous digest.
+    fn group_due(&mut self, key: &str, wait_ms: i64, interval_ms: i64, at: i64) -> i64 {
+        let s = self.state(key);
+        if s.until > self.now {
+            return s.until;
+        }
+        let due = (at + wait_ms).max(if s.until > 0 {
+            s.until + interval_ms
+        } else {
+            0
+        });
+        self.put(
+            key,
+            State {
+                until: due,
+                ..Default::default()
+            },
+            interval_ms,
+        );
+        due
+    }
+
+    /// The rate limiter, a sliding log of the last `max` send times: a delivery goes at the earliest
+    /// time at which no window of `per` holds more than `max` sends. Returns its slot and whether it
+    /// had to wait for it.
+    fn rate(&mut self, r: &RateGate, at: i64) -> (i64, bool) {
+        let max = r.max.clamp(1, MAX_RATE) as usize;
+        let mut s = self.state(&r.key);
+        let slot = if s.times.len() >= max {
+            at.max(s.times[s.times.len() - max] + r.per_ms)
+        } else {
+            at
+        };
+        let over = slot > at;
+        if over && r.over == Over::Digest {
+            // A digest already waiting takes the item without a slot of its own.
+            let open = self.state(&r.digest_key);
+            if open.until > self.now {
+                return (open.until, true);
+            }
+        }
+        s.times.push(slot);
+        if s.times.len() > max {
+            s.times.drain(..s.times.len() - max);
+        }
+        s.until = slot;
+        self.put(&r.key, s, r.per_ms);
+        (slot, over)
+    }
+}
+
+/// Rate limits count at most this many messages per period (the log of send times is kept per
+/// recipient).
+pub const MAX_RATE: u32 = 1000;
+
+/// `90s` → "1m 30s".
+pub fn human_ms(ms: i64) -> String {
+    humantime::format_duration(Duration::from_millis((ms.max(0) as u64 / 1000) * 1000)).to_string()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,418 @@
+//! Silences: mute notifications by matchers (device, group, rule, event type, channel) until a time,
+//! with an author and a comment, like Alertmanager's. Stored in the store (shared by every instance),
+//! created and expired through the admin API and `trackrelay silence`.
+
+use globset::{Glob, GlobMatcher};
+use serde::{Deserialize, Serialize};
+
+use crate::store::rfc3339;
+
+/// What a silence mutes; every matcher given must match, at least one must be given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Matchers {
+    /// Device id (number) or name (glob, `Lena*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Device group id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<i64>,
+    /// Rule name (glob).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Event type (glob, `alarm`, `geofence*`).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// Channel name (glob).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+}
+
+impl Matchers {
+    /// Checks the matchers: at least one, globs that compile.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.device.is_none()
+            && self.group.is_none()
+            && self.rule.is_none()
+            && self.event_type.is_none()
+            && self.channel.is_none()
+        {
+            return Err(
+                "a silence needs at least one matcher (device, group, rule, type, channel)".into(),
+            );
+        }
+        for (what, g) in [
+            ("device", &self.device),
+            ("rule", &self.rule),
+            ("type", &self.event_type),
+            ("channel", &self.channel),
+        ] {
+            if let Some(g) = g {
+                if g.trim().is_empty() {
+                    return Err(format!("{what}: empty"));
+                }
+                Glob::new(g).map_err(|e| format!("{what}: `{g}`: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Readable form: `device=42 rule=theft*`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(d) = &self.device {
+            parts.push(format!("device={d}"));
+        }
+        if let Some(g) = self.group {
+            parts.push(format!("group={g}"));
+        }
+        if let Some(r) = &self.rule {
+            parts.push(format!("rule={r}"));
+        }
+        if let Some(t) = &self.event_type {
+            parts.push(format!("type={t}"));
+        }
+        if let Some(c) = &self.channel {
+            parts.push(format!("channel={c}"));
+        }
+        parts.join(" ")
+    }
+}
+
+/// A silence as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Silence {
+    /// Id (what `expire` takes).
+    pub id: i64,
+    /// What it mutes.
+    pub matchers: Matchers,
+    /// Start, unix ms.
+    pub starts_at_ms: i64,
+    /// End, unix ms: it stops applying then.
+    pub ends_at_ms: i64,
+    /// Who made it.
+    pub author: String,
+    /// Why.
+    pub comment: String,
+    /// When it was made, unix ms.
+    pub created_at_ms: i64,
+}
+
+impl Silence {
+    /// Whether it applies at `now`.
+    pub fn active_at(&self, now_ms: i64) -> bool {
+        self.starts_at_ms <= now_ms && now_ms < self.ends_at_ms
+    }
+
+    /// The reason recorded on what it suppresses.
+    pub fn reason(&self) -> String {
+        format!(
+            "silenced by silence #{} ({}) until {} by {}{}",
+            self.id,
+            self.matchers.describe(),
+            rfc3339(self.ends_at_ms),
+            self.author,
+            if self.comment.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", self.comment)
+            }
+        )
+    }
+
+    /// The JSON shape of the admin API and `silence list --json`.
+    pub fn view(&self, now_ms: i64) -> SilenceView {
+        SilenceView {
+            id: self.id,
+            matchers: self.matchers.clone(),
+            starts_at: rfc3339(self.starts_at_ms),
+            ends_at: rfc3339(self.ends_at_ms),
+            author: self.author.clone(),
+            comment: self.comment.clone(),
+            created_at: rfc3339(self.created_at_ms),
+            state: if now_ms >= self.ends_at_ms {
+                "expired"
+            } else if now_ms < self.starts_at_ms {
+                "pending"
+            } else {
+                "active"
+            },
+        }
+    }
+}
+
+/// A silence as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct SilenceView {
+    /// Id.
+    pub id: i64,
+    /// Matchers.
+    pub matchers: Matchers,
+    /// Start, RFC 3339.
+    pub starts_at: String,
+    /// End, RFC 3339.
+    pub ends_at: String,
+    /// Author.
+    pub author: String,
+    /// Comment.
+    pub comment: String,
+    /// Created, RFC 3339.
+    pub created_at: String,
+    /// `active`, `pending` or `expired`.
+    pub state: &'static str,
+}
+
+/// A silence to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSilence {
+    /// What it mutes.
+    pub matchers: Matchers,
+    /// Start, unix ms.
+    pub starts_at_ms: i64,
+    /// End, unix ms.
+    pub ends_at_ms: i64,
+    /// Who.
+    pub author: String,
+    /// Why.
+    pub comment: String,
+}
+
+/// What a notification is, for silence matching.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// Device id.
+    pub device_id: i64,
+    /// Device name, if known.
+    pub device_name: &'a str,
+    /// Device group id (0 = none).
+    pub group_id: i64,
+    /// Rule.
+    pub rule: &'a str,
+    /// Event type.
+    pub event_type: &'a str,
+    /// Channel.
+    pub channel: &'a str,
+}
+
+/// Silences compiled for matching.
+#[derive(Debug, Default)]
+pub struct SilenceSet {
+    entries: Vec<(Silence, Compiled)>,
+}
+
+#[derive(Debug)]
+struct Compiled {
+    device_id: Option<i64>,
+    device: Option<GlobMatcher>,
+    rule: Option<GlobMatcher>,
+    event_type: Option<GlobMatcher>,
+    channel: Option<GlobMatcher>,
+}
+
+fn glob(g: &Option<String>) -> Option<GlobMatcher> {
+    g.as_deref()
+        .and_then(|g| Glob::new(g).ok())
+        .map(|g| g.compile_matcher())
+}
+
+impl SilenceSet {
+    /// Compiles the silences that have not ended at `now` (ended ones never apply again).
+    pub fn new(silences: Vec<Silence>, now_ms: i64) -> SilenceSet {
+        let entries = silences
+            .into_iter()
+            .filter(|s| s.ends_at_ms > now_ms)
+            .map(|s| {
+                let m = &s.matchers;
+                let device_id = m.device.as_deref().and_then(|d| d.parse::<i64>().ok());
+                let c = Compiled {
+                    device_id,
+                    device: if device_id.is_some() {
+                        None
+                    } else {
+                        glob(&m.device)
+                    },
+                    rule: glob(&m.rule),
+                    event_type: glob(&m.event_type),
+                    channel: glob(&m.channel),
+                };
+                (s, c)
+            })
+            .collect();
+        SilenceSet { entries }
+    }
+
+    /// Number of silences held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none are held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The first silence that applies to `s` at `now`.
+    pub fn find(&self, s: &Subject<'_>, now_ms: i64) -> Option<&Silence> {
+        self.entries
+            .iter()
+            .find(|(silence, c)| {
+                silence.active_at(now_ms)
+                    && c.device_id.is_none_or(|id| id == s.device_id)
+                    && c.device.as_ref().is_none_or(|g| g.is_match(s.device_name))
+                    && silence.matchers.group.is_none_or(|g| g == s.group_id)
+                    && c.rule.as_ref().is_none_or(|g| g.is_match(s.rule))
+                    && c.event_type
+                        .as_ref()
+                        .is_none_or(|g| g.is_match(s.event_type))
+                    && c.channel.as_ref().is_none_or(|g| g.is_match(s.channel))
+            })
+            .map(|(s, _)| s)
+    }
+}
+
+/// How often every instance re-reads the silences (the CLI and other instances write them too).
+pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The silences in force, re-read from the store every [`REFRESH`] and at once after a change made
+/// through this instance.
+#[derive(Debug, Default)]
+pub struct SilenceCache {
+    set: std::sync::RwLock<std::sync::Arc<SilenceSet>>,
+}
+
+impl SilenceCache {
+    /// The current set.
+    pub fn get(&self) -> std::sync::Arc<SilenceSet> {
+        self.set.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Re-reads the silences from `store`.
+    pub async fn refresh(
+        &self,
+        store: &dyn crate::store::Store,
+    ) -> Result<(), crate::store::StoreError> {
+        let all = store.silences().await?;
+        let set = SilenceSet::new(all, crate::store::now_ms());
+        *self.set.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(set);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn silence(id: i64, m: Matchers, from: i64, to: i64) -> Silence {
+        Silence {
+            id,
+            matchers: m,
+            starts_at_ms: from,
+            ends_at_ms: to,
+            author: "ops".into(),
+            comment: "maintenance".into(),
+            created_at_ms: from,
+        }
+    }
+
+    fn subject<'a>(device_id: i64, name: &'a str, rule: &'a str) -> Subject<'a> {
+        Subject {
+            device_id,
+            device_name: name,
+            group_id: 3,
+            rule,
+            event_type: "alarm",
+            channel: "phone",
+        }
+    }
+
+    #[test]
+    fn matchers_all_apply_and_time_bounds() {
+        let set = SilenceSet::new(
+            vec![
+                silence(
+                    1,
+                    Matchers {
+                        device: Some("42".into()),
+                        rule: Some("theft*".into()),
+                        ..Default::default()
+                    },
+                    1000,
+                    2000,
+                ),
+                silence(
+                    2,
+                    Matchers {
+                        device: Some("Lena*".into()),
+                        group: Some(3),
+                        ..Default::default()
+                    },
+                    1000,
+                    2000,
+                ),
+            ],
+            1500,
+        );
+        assert_eq!(
+            set.find(&subject(42, "x", "theft-night"), 1500)
+                .map(|s| s.id),
+            Some(1)
+        );
+        assert_eq!(
+            set.find(&subject(42, "x", "geofence"), 1500).map(|s| s.id),
+            None
+        );
+        assert_eq!(
+            set.find(&subject(7, "Lena's bike", "any"), 1500)
+                .map(|s| s.id),
+            Some(2)
+        );
+        // Not before the start, not at or after the end.
+        assert!(set.find(&subject(42, "x", "theft"), 999).is_none());
+        assert!(set.find(&subject(42, "x", "theft"), 2000).is_none());
+        // Ended silences are not even held.
+        assert!(SilenceSet::new(
+            vec![silence(
+                3,
+                Matchers {
+                    rule: Some("*".into()),
+                    ..Default::default()
+                },
+                0,
+                10
+            )],
+            10
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn validation() {
+        assert!(Matchers::default().validate().is_err());
+        assert!(Matchers {
+            rule: Some("[".into()),
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
+        assert!(Matchers {
+            channel: Some("ops".into()),
+            ..Default::default()
+        }
+        .validate()
+        .is_ok());
+        let s = silence(
+            9,
+            Matchers {
+                device: Some("42".into()),
+                ..Default::default()
+            },
+            0,
+            1_700_000_000_000,
+        );
+        assert!(
+            s.reason().contains("#9")
+                && s.reason().contains("device=42")
+                && s.reason().contains("maintenance")
+        );
+    }
+}
