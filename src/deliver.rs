@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{Runtime, Shared};
-use crate::channel::SendError;
+use crate::channel::{ChannelKind, SendError};
 use crate::metrics::Metrics;
 use crate::noise::digest;
 use crate::notification::{Content, Notification};
@@ -285,7 +285,36 @@ async fn expand_digest(
         })
         .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|| digest::default_title(items.len(), rule));
-    let content = digest::build(like, &title, &items);
+    let mut content = digest::build(like, &title, &items);
+    // A webhook with a body template (a chat's `{"text": ...}`) gets the digest as its message.
+    if let (
+        Content::Webhook {
+            body,
+            message: Some(message),
+            ..
+        },
+        Some(ChannelKind::Webhook(w)),
+    ) = (
+        &mut content,
+        rt.config.channels.get(&n.channel).map(|c| &c.kind),
+    ) {
+        if let Some(tmpl) = &w.body {
+            let ctx = minijinja::context! {
+                message => message.as_str(), rule => rule, channel => n.channel.as_str(),
+                digest => true, count => items.len(),
+            };
+            match rt
+                .config
+                .renderer
+                .render(tmpl, &minijinja::context! {}, ctx)
+            {
+                Ok(b) => *body = b,
+                Err(e) => {
+                    tracing::warn!(channel = %n.channel, error = %e, "webhook body template failed for a digest; sending the default digest body")
+                }
+            }
+        }
+    }
     Ok(Notification { content, ..n })
 }
 

@@ -64,7 +64,7 @@ impl Metrics {
         registry.register("rule_matches", "Rule matches, by rule", m.matches.clone());
         registry.register(
             "notifications",
-            "Delivery attempts by channel and outcome (sent, retried, dead)",
+            "Delivery attempts by channel and outcome (sent, retried, dead), and deliveries noise control held back (suppressed, grouped, deferred)",
             m.notifications.clone(),
         );
         registry.register(

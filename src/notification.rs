@@ -54,6 +54,9 @@ pub enum Content {
         body: String,
         /// Its content type.
         content_type: String,
+        /// The rendered message the body was made with (what a digest lists).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
     },
     /// A digest of grouped notifications: built from its items when sent
     /// ([`crate::noise::digest::build`]); channels never see this variant.

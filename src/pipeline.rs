@@ -10,6 +10,7 @@ use crate::deliver::LEASE;
 use crate::event::Envelope;
 use crate::metrics::Metrics;
 use crate::noise::silence::SilenceCache;
+use crate::noise::{debounce_key, DebounceProbe};
 use crate::plan::{plan, Arrival};
 use crate::store::{Accepted, Claimed, NewDelivery, NewEvent, Status, Store, StoreError};
 
@@ -28,6 +29,15 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     /// Silences in force.
     pub silences: Arc<SilenceCache>,
+}
+
+/// The debounce probe of a geofence event.
+fn probe(env: &Envelope) -> Option<DebounceProbe> {
+    let t = env.event.event_type.as_str();
+    (t == "geofenceEnter" || t == "geofenceExit").then(|| DebounceProbe {
+        key: debounce_key(env),
+        transition: t.to_string(),
+    })
 }
 
 impl Pipeline {
@@ -56,6 +66,7 @@ impl Pipeline {
                 payload: raw.to_string(),
                 deliveries,
                 claim_until: None,
+                debounce: rt.config.rules.debounces().then(|| probe(env)).flatten(),
             }
         };
         // Fast lane: when the worker has room for this event's unordered deliveries, they are claimed in

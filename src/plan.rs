@@ -123,20 +123,27 @@ pub fn plan(
                     }
                 }
                 ChannelKind::Webhook(w) => {
+                    let message = body;
                     let body = match &w.body {
                         Some(tmpl) => r
-                            .render(tmpl, &ctx, context! { ..extra.clone(), ..context! { message => body.as_str() } })
+                            .render(tmpl, &ctx, context! { ..extra.clone(), ..context! { message => message.as_str() } })
                             .unwrap_or_else(|e| {
                                 tracing::warn!(channel = %target.channel, error = %e, "webhook body template failed; sending the default body");
-                                default_webhook_body(&body, rule, &target.channel, raw, arrival)
+                                default_webhook_body(&message, rule, &target.channel, raw, arrival)
                             }),
-                        None => default_webhook_body(&body, rule, &target.channel, raw, arrival),
+                        None => default_webhook_body(&message, rule, &target.channel, raw, arrival),
                     };
+                    // Kept only where a digest may list it.
+                    let digested = rule.noise.group.is_some()
+                        || ch
+                            .rate_limit
+                            .is_some_and(|l| l.over == crate::noise::Over::Digest);
                     parts.push((
                         "msg",
                         Content::Webhook {
                             body,
                             content_type: w.content_type.clone(),
+                            message: digested.then_some(message),
                         },
                     ));
                 }
@@ -249,7 +256,7 @@ fn rule_gates(
         let t = env.event.event_type.as_str();
         if t == "geofenceEnter" || t == "geofenceExit" {
             g.debounce = Some(DebounceGate {
-                key: format!("geo/{device}/{}", env.event.geofence_id),
+                key: crate::noise::debounce_key(env),
                 transition: t.to_string(),
                 delay_ms: d.as_millis() as i64,
             });

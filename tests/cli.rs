@@ -39,7 +39,7 @@ fn shipped_example_config_and_rules_check_clean() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("4 channel(s), 8 rule(s) from 4 file(s)"),
+        stdout.contains("4 channel(s), 9 rule(s) from 4 file(s)"),
         "{stdout}"
     );
     // The built-in default config checks too.
@@ -131,11 +131,11 @@ fn explain_names_matches_failures_and_messages() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("no match  sos (rules/10-theft.yaml:24): failed `alarm in [sos]`"),
+        stdout.contains("no match  sos (rules/10-theft.yaml:28): failed `alarm in [sos]`"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("no match  low-battery (rules/30-ops.yaml:10): failed `batteryLevel < 20`"),
+        stdout.contains("no match  low-battery (rules/30-ops.yaml:17): failed `batteryLevel < 20`"),
         "{stdout}"
     );
     assert!(
@@ -244,5 +244,118 @@ async fn deliveries_and_replay_from_the_command_line() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "0 deliveries are due again"
+    );
+}
+
+#[tokio::test]
+async fn silences_and_suppressed_deliveries_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let run = |args: &[&str]| trackrelay(args, dir.path(), &[("TRACKRELAY_DATA_DIR", d)]);
+    let out = run(&[
+        "silence",
+        "add",
+        "--device",
+        "Lena*",
+        "--rule",
+        "theft*",
+        "--for",
+        "2h",
+        "--author",
+        "lena",
+        "--comment",
+        "bike at the shop",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.starts_with("silence #1 (device=Lena* rule=theft*) until "),
+        "{stdout}"
+    );
+    // Bad input: no matcher, no end, a past end: a clear error and exit 1.
+    for (args, msg) in [
+        (
+            vec!["silence", "add", "--for", "1h"],
+            "at least one matcher",
+        ),
+        (
+            vec!["silence", "add", "--device", "1"],
+            "give --for DURATION or --until TIME",
+        ),
+        (
+            vec![
+                "silence",
+                "add",
+                "--device",
+                "1",
+                "--until",
+                "2001-01-01T00:00:00Z",
+            ],
+            "in the past",
+        ),
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(msg),
+            "{out:?}"
+        );
+    }
+    let list = run(&["silence", "list"]);
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        listed.contains("active") && listed.contains("bike at the shop"),
+        "{listed}"
+    );
+
+    // A running relay on the same data directory applies it: the example theft rule's alarm for
+    // "Lena's Gazelle" is recorded as suppressed, and `deliveries` shows why.
+    let yaml = format!(
+        "storage: {{ data_dir: \"{d}\" }}\nchannels: {{ out: {{ type: log }} }}\n\
+         rules: [{{ name: theft-alarm, match: {{ type: alarm }}, notify: [{{ channel: out }}] }}]\n"
+    );
+    let relay = common::Relay::start(common::config_in(dir.path(), &yaml)).await;
+    assert_eq!(
+        relay
+            .post(common::payload("alarm_vibration.json"), &[])
+            .await
+            .0,
+        200
+    );
+    relay.stop().await;
+    let table = run(&["deliveries", "--status", "suppressed"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("suppressed")
+            && table.contains("silenced by silence #1 (device=Lena* rule=theft*)"),
+        "{table}"
+    );
+
+    // explain reads the silences and the state of the data directory.
+    let p = repo().join("tests/payloads/alarm_vibration.json");
+    let out = run(&["explain", "--event", p.to_str().unwrap(), "trackrelay.yaml"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("(suppress: silenced by silence #1"),
+        "{stdout}"
+    );
+
+    let out = run(&["silence", "expire", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&run(&["silence", "list"]).stdout)
+            .lines()
+            .count()
+            == 1
+    );
+    let all = run(&["silence", "list", "--all", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+    assert_eq!(v[0]["state"], "expired");
+    let out = run(&["silence", "expire", "7"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("silence #7 not found"),
+        "{out:?}"
     );
 }

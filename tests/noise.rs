@@ -333,6 +333,26 @@ async fn geofence_jitter_is_silent_and_real_exits_are_late_but_sent() {
 }
 
 #[tokio::test]
+async fn a_return_cancels_a_held_exit_even_when_no_rule_matches_it() {
+    // Only exits are notified; the enter that follows within the window still cancels the exit.
+    let mut b = Bench::new(
+        "  - { name: left-home, match: { type: geofenceExit }, debounce: 2m, notify: [{ channel: out }] }\n",
+    );
+    let exit = b.event("geofenceExit", 5, json!({}), 9);
+    let enter = b.event("geofenceEnter", 5, json!({}), 9);
+    b.ingest_at(&exit, T0).await;
+    b.ingest_at(&enter, T0 + 30 * S).await;
+    let rows = b.rows().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, Status::Suppressed);
+    assert!(rows[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("geofenceExit then geofenceEnter"));
+}
+
+#[tokio::test]
 async fn digests_collect_a_group_and_keep_their_interval() {
     let mut b = Bench::new(
         "  - name: offline\n    match: { type: deviceOffline }\n    \

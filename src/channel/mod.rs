@@ -270,6 +270,7 @@ pub fn test_notification(cfg: &ChannelConfig, to: Option<&str>) -> Result<Notifi
         ChannelKind::Webhook(w) => Content::Webhook {
             body: serde_json::json!({ "message": text, "test": true }).to_string(),
             content_type: w.content_type.clone(),
+            message: Some(text),
         },
     };
     let nonce: u64 = rand::random();

@@ -132,7 +132,10 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 #[async_trait]
 impl Channel for WebhookChannel {
     async fn send(&self, n: &Notification) -> Result<(), SendError> {
-        let Content::Webhook { body, content_type } = &n.content else {
+        let Content::Webhook {
+            body, content_type, ..
+        } = &n.content
+        else {
             return Err(SendError::permanent(
                 "webhook channel got a message rendered for another kind",
             ));

@@ -76,8 +76,15 @@ pub fn build(template: &Content, title: &str, items: &[Notification]) -> Content
             }
         }
         Content::Webhook { content_type, .. } => {
-            let is_json = content_type.contains("json");
-            let body = if is_json {
+            let mut lines = texts(&|c| match c {
+                Content::Webhook {
+                    message: Some(m), ..
+                } => Some(m.clone()),
+                other => plain(other),
+            });
+            lines.extend(more_line.clone());
+            let message = format!("{title}\n{}", lines.join("\n"));
+            let body = if content_type.contains("json") {
                 let items: Vec<serde_json::Value> = listed
                     .iter()
                     .filter_map(|n| match &n.content {
@@ -91,19 +98,20 @@ pub fn build(template: &Content, title: &str, items: &[Notification]) -> Content
                 serde_json::json!({
                     "digest": true,
                     "title": title,
+                    "message": message,
                     "count": items.len() + more,
                     "omitted": more,
                     "items": items,
                 })
                 .to_string()
             } else {
-                let mut lines = texts(&plain);
-                lines.extend(more_line);
-                format!("{title}\n\n{}", lines.join("\n"))
+                message.clone()
             };
+            // A channel with a body template renders it around `message` instead (see the worker).
             Content::Webhook {
                 body,
                 content_type: content_type.clone(),
+                message: Some(message),
             }
         }
         _ => {
@@ -121,7 +129,9 @@ fn plain(c: &Content) -> Option<String> {
     match c {
         Content::Log { text } | Content::TelegramText { text, .. } => Some(text.clone()),
         Content::Email { text, .. } => Some(text.clone()),
-        Content::Webhook { body, .. } => Some(body.clone()),
+        Content::Webhook { body, message, .. } => {
+            Some(message.clone().unwrap_or_else(|| body.clone()))
+        }
         Content::TelegramLocation { .. } | Content::Digest { .. } => None,
     }
 }
@@ -204,16 +214,19 @@ mod tests {
             item(Content::Webhook {
                 body: r#"{"a":1}"#.into(),
                 content_type: "application/json".into(),
+                message: Some("bike 1 offline".into()),
             }),
             item(Content::Webhook {
                 body: r#"{"a":2}"#.into(),
                 content_type: "application/json".into(),
+                message: Some("bike 2 offline".into()),
             }),
         ];
         let Content::Webhook { body, .. } = build(
             &Content::Webhook {
                 body: String::new(),
                 content_type: "application/json".into(),
+                message: None,
             },
             "2 events",
             &items,
@@ -224,6 +237,7 @@ mod tests {
         assert_eq!(v["count"], 2);
         assert_eq!(v["items"][1]["a"], 2);
         assert_eq!(v["title"], "2 events");
+        assert_eq!(v["message"], "2 events\nbike 1 offline\nbike 2 offline");
     }
 
     #[test]

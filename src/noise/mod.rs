@@ -174,6 +174,17 @@ pub struct DebounceGate {
     pub delay_ms: i64,
 }
 
+/// A geofence transition checked against held opposite transitions of the same device and geofence,
+/// for every geofence event when any rule debounces: the rule that holds an exit need not match the
+/// enter that cancels it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebounceProbe {
+    /// `geo/<device>/<geofence>`.
+    pub key: String,
+    /// `geofenceEnter` or `geofenceExit`.
+    pub transition: String,
+}
+
 /// Digest grouping.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupGate {
@@ -319,6 +330,23 @@ impl<'a> Decider<'a> {
             .insert(key.to_string(), StateRow { state, expires_at });
         if !self.dirty.iter().any(|k| k == key) {
             self.dirty.push(key.to_string());
+        }
+    }
+
+    /// Checks an event's geofence transition against a held opposite one: when there is one, the held
+    /// deliveries are cancelled and this event's debounced deliveries are suppressed (GPS jitter).
+    pub fn probe(&mut self, p: &DebounceProbe) {
+        let s = self.state(&p.key);
+        if let Some(held) = &s.held {
+            if *held != p.transition && self.now < s.until {
+                let reason = format!(
+                    "debounce: {held} then {} within the debounce window (GPS jitter at the border); neither is sent",
+                    p.transition
+                );
+                self.cancels.push((p.key.clone(), reason.clone()));
+                self.put(&p.key, State::default(), 0);
+                self.memo.insert(p.key.clone(), Err(reason));
+            }
         }
     }
 
@@ -546,6 +574,11 @@ impl<'a> Decider<'a> {
 /// Rate limits count at most this many messages per period (the log of send times is kept per
 /// recipient).
 pub const MAX_RATE: u32 = 1000;
+
+/// The debounce state key of a geofence event: its device and geofence.
+pub fn debounce_key(env: &crate::event::Envelope) -> String {
+    format!("geo/{}/{}", env.device_id(), env.event.geofence_id)
+}
 
 /// `90s` → "1m 30s".
 pub fn human_ms(ms: i64) -> String {

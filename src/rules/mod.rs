@@ -74,6 +74,8 @@ pub struct RuleSet {
     by_type: HashMap<String, Vec<usize>>,
     /// Rules without a type condition: tried for every type, and alone for types no rule names.
     untyped: Vec<usize>,
+    /// Some rule debounces geofence transitions.
+    debounces: bool,
 }
 
 /// What `explain` says of one rule.
@@ -108,10 +110,16 @@ impl RuleSet {
             list.dedup();
         }
         RuleSet {
+            debounces: rules.iter().any(|r| r.noise.debounce.is_some()),
             rules,
             by_type,
             untyped,
         }
+    }
+
+    /// Whether any rule debounces geofence transitions.
+    pub fn debounces(&self) -> bool {
+        self.debounces
     }
 
     /// The rules, in order.

@@ -37,6 +37,9 @@ pub struct NewEvent {
     /// When set, deliveries without an ordering key are claimed in the same transaction, with this lease
     /// end (unix ms), and returned: the caller hands them to the worker without a claim round trip.
     pub claim_until: Option<i64>,
+    /// A geofence transition that cancels a held opposite one (see [`crate::noise::DebounceProbe`]),
+    /// whether or not any rule matched this event.
+    pub debounce: Option<crate::noise::DebounceProbe>,
 }
 
 /// A delivery to enqueue, its notification already serialised (by the caller, off the writer's thread).
@@ -368,6 +371,7 @@ pub fn decide_noise<E>(
         .iter()
         .filter(|d| d.gates.is_stateful())
         .flat_map(|d| d.gates.keys())
+        .chain(e.debounce.as_ref().map(|p| p.key.as_str()))
         .collect();
     keys.sort_unstable();
     keys.dedup();
@@ -377,6 +381,9 @@ pub fn decide_noise<E>(
         load(&keys)?
     };
     let mut decider = Decider::new(e.received_at_ms, &mut states);
+    if let Some(p) = &e.debounce {
+        decider.probe(p);
+    }
     let verdicts = e
         .deliveries
         .iter()

@@ -899,6 +899,7 @@ mod tests {
             payload: "{}".into(),
             deliveries,
             claim_until: None,
+            debounce: None,
         }
     }
 
