@@ -83,11 +83,16 @@ impl Pipeline {
         if permits.is_some() {
             event.claim_until = Some(arrival.received_at_ms + LEASE.as_millis() as i64);
         }
-        let keys: Vec<(String, String)> = event
-            .deliveries
-            .iter()
-            .map(|d| (d.rule.clone(), d.channel.clone()))
-            .collect();
+        // For the log lines of held-back deliveries (only built when noise control is in play).
+        let keys: Vec<(String, String)> = if event.deliveries.iter().any(|d| d.gates.any()) {
+            event
+                .deliveries
+                .iter()
+                .map(|d| (d.rule.clone(), d.channel.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let accepted = self.store.accept(event).await?;
         if let Accepted::New {
             deliveries,
@@ -96,7 +101,9 @@ impl Pipeline {
         } = &accepted
         {
             for q in quieted {
-                let (rule, channel) = &keys[q.index];
+                let Some((rule, channel)) = keys.get(q.index) else {
+                    continue;
+                };
                 let outcome = match q.status {
                     Status::Suppressed => "suppressed",
                     Status::Grouped => "grouped",

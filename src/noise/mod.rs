@@ -128,6 +128,11 @@ impl Gates {
                 || self.rate.is_some())
     }
 
+    /// Whether any check is set.
+    pub fn any(&self) -> bool {
+        *self != Gates::default()
+    }
+
     /// The state keys the gates read and write.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         [
