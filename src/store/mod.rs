@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::noise::silence::{NewSilence, Silence};
 use crate::noise::{Decider, Gates, State, StateRow, Verdict};
-use crate::notification::{Content, Notification};
+use crate::notification::{Content, Notification, ParseMode};
 use crate::plan::Planned;
 
 /// An event to accept, with the deliveries its rules produced.
@@ -420,9 +420,17 @@ pub fn with_note(content: &str, note: &str) -> String {
         return content.to_string();
     };
     match &mut n.content {
-        Content::Log { text } | Content::TelegramText { text, .. } => {
+        Content::Log { text } => {
             text.push('\n');
             text.push_str(note);
+        }
+        Content::TelegramText { text, parse_mode } => {
+            text.push('\n');
+            text.push_str(&match parse_mode {
+                ParseMode::Html => crate::render::escape_html(note),
+                ParseMode::MarkdownV2 => crate::render::escape_markdown_v2(note),
+                ParseMode::Plain => note.to_string(),
+            });
         }
         Content::Email { text, html, .. } => {
             text.push_str("\n\n");
@@ -477,4 +485,54 @@ pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notification::Origin;
+
+    #[test]
+    fn notes_are_escaped_for_the_parse_mode() {
+        let n = |parse_mode| {
+            serde_json::to_string(&Notification {
+                key: "k".into(),
+                channel: "c".into(),
+                recipient: "r".into(),
+                content: Content::TelegramText {
+                    text: "*Alarm*".into(),
+                    parse_mode,
+                },
+                origin: Origin::default(),
+            })
+            .unwrap()
+        };
+        let text = |json: String| match serde_json::from_str::<Notification>(&json).unwrap().content
+        {
+            Content::TelegramText { text, .. } => text,
+            _ => unreachable!(),
+        };
+        let note = "(2 more suppressed since 2026-01-14T12:01:00.000Z)";
+        assert_eq!(
+            text(with_note(&n(ParseMode::MarkdownV2), note)),
+            "*Alarm*\n\\(2 more suppressed since 2026\\-01\\-14T12:01:00\\.000Z\\)"
+        );
+        assert_eq!(
+            text(with_note(&n(ParseMode::Html), "<3 & more")),
+            "*Alarm*\n&lt;3 &amp; more"
+        );
+        // Contents without text are left alone.
+        let pin = serde_json::to_string(&Notification {
+            key: "k".into(),
+            channel: "c".into(),
+            recipient: "r".into(),
+            content: Content::TelegramLocation {
+                latitude: 1.0,
+                longitude: 2.0,
+            },
+            origin: Origin::default(),
+        })
+        .unwrap();
+        assert_eq!(with_note(&pin, note), pin);
+    }
 }
