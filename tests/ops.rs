@@ -62,7 +62,11 @@ async fn metrics_count_a_known_sequence() {
     let mut text = String::new();
     for _ in 0..200 {
         text = scrape(&relay).await;
-        if text.contains("trackrelay_notifications_total{channel=\"broken\",outcome=\"dead\"} 1") {
+        // The outcome is counted when the send ends and recorded in the store just after (in a batch).
+        if text.contains("trackrelay_notifications_total{channel=\"broken\",outcome=\"dead\"} 1")
+            && text.contains("trackrelay_outbox_deliveries{status=\"dead\"} 1")
+            && text.contains("trackrelay_outbox_deliveries{status=\"done\"} 2")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
