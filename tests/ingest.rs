@@ -160,15 +160,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         "{json}"
     );
     // Nothing was stored, nothing sent; the server still takes a good event.
-    let metrics = relay
-        .client
-        .get(relay.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.metrics().await;
     assert!(
         metrics.contains("trackrelay_outbox_deliveries{status=\"pending\"} 0"),
         "{metrics}"

@@ -32,18 +32,7 @@ async fn admin_json(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = relay
-        .client
-        .request(method, relay.url(path))
-        .bearer_auth(ADMIN);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    (
-        resp.status().as_u16(),
-        resp.json().await.unwrap_or(Value::Null),
-    )
+    relay.admin_send(method, path, ADMIN, body).await
 }
 
 #[tokio::test]
@@ -210,15 +199,7 @@ async fn cooldowns_and_silences_through_the_admin_api() {
     let (_, list) = admin_json(&relay, reqwest::Method::GET, "/api/silences?all=true", None).await;
     assert_eq!(list["silences"].as_array().unwrap().len(), 1);
 
-    let metrics = relay
-        .client
-        .get(relay.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.metrics().await;
     assert!(
         metrics.contains("channel=\"hook\",outcome=\"suppressed\"} 2"),
         "{metrics}"

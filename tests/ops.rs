@@ -21,18 +21,6 @@ fn with_event_id(name: &str, id: i64) -> String {
     v.to_string()
 }
 
-async fn scrape(relay: &Relay) -> String {
-    relay
-        .client
-        .get(relay.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn metrics_count_a_known_sequence() {
     let dir = tempfile::tempdir().unwrap();
@@ -61,7 +49,7 @@ async fn metrics_count_a_known_sequence() {
     ok.wait_for(2, WAIT).await;
     let mut text = String::new();
     for _ in 0..200 {
-        text = scrape(&relay).await;
+        text = relay.metrics().await;
         // The outcome is counted when the send ends and recorded in the store just after (in a batch).
         if text.contains("trackrelay_notifications_total{channel=\"broken\",outcome=\"dead\"} 1")
             && text.contains("trackrelay_outbox_deliveries{status=\"dead\"} 1")
@@ -136,7 +124,7 @@ async fn reload_keeps_old_rules_on_error_and_routes_to_new_channels() {
             .contains("device.colour"),
         "{ready}"
     );
-    let text = scrape(&relay).await;
+    let text = relay.metrics().await;
     assert!(
         text.contains("trackrelay_config_reloads_total{result=\"failure\"}"),
         "{text}"
@@ -175,7 +163,8 @@ async fn reload_keeps_old_rules_on_error_and_routes_to_new_channels() {
     let got = b.wait_for(1, WAIT).await;
     assert_eq!(got[0].header("x-trackrelay-event-id"), Some("3"));
     a.assert_stays_at(2, Duration::from_millis(300)).await;
-    assert!(scrape(&relay)
+    assert!(relay
+        .metrics()
         .await
         .contains("trackrelay_config_last_reload_success 1"));
 

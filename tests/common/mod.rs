@@ -104,17 +104,41 @@ impl Relay {
         path: &str,
         token: &str,
     ) -> (u16, serde_json::Value) {
-        let resp = self
+        self.admin_send(method, path, token, None).await
+    }
+
+    /// Any admin request, with an optional JSON body; returns status and JSON answer (null if none).
+    pub async fn admin_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
             .client
             .request(method, self.url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
         (
             resp.status().as_u16(),
             resp.json().await.unwrap_or(serde_json::Value::Null),
         )
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Polls the admin API until at least `n` deliveries have `status`; returns them.
