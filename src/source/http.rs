@@ -150,6 +150,7 @@ async fn ingest(
     })?;
     let arrival = Arrival {
         source: source.clone(),
+        via: None,
         txn: trace_header(&headers, "x-powtxn"),
         request_id: trace_header(&headers, "x-request-id"),
         received_at_ms: now_ms(),
