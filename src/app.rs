@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
 use crate::source::http as ingest;
+use crate::source::traccar;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{now_ms, Store};
 
@@ -98,11 +99,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
     };
     let reloader = Arc::new(Reloader::new(config_path, shared.clone(), metrics.clone()));
+    let statuses = Arc::new(traccar::Statuses::default());
     let admin = AdminState {
         pipeline: pipeline.clone(),
         reloader: reloader.clone(),
+        sources: statuses.clone(),
     };
-    let app = ingest::router(&path, pipeline).merge(api::router(admin));
+    let live_sources = shared.get().config.traccar.clone();
+    let app = ingest::router(&path, pipeline.clone()).merge(api::router(admin));
 
     let shutdown = CancellationToken::new();
     let dispatcher = Dispatcher {
@@ -115,6 +119,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics,
     };
     let mut workers = vec![tokio::spawn(dispatcher.run(shutdown.clone()))];
+    // Live Traccar sources: one task each, stopped with intake.
+    for src in live_sources {
+        tracing::info!(source = %src.name, url = %src.url, "following a Traccar server");
+        workers.push(tokio::spawn(traccar::run(
+            src,
+            pipeline.clone(),
+            statuses.clone(),
+            shutdown.clone(),
+        )));
+    }
     workers.push(tokio::spawn(reloader.watch(shutdown.clone())));
     let (s, sd) = (store.clone(), shutdown.clone());
     workers.push(tokio::spawn(async move {

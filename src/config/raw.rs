@@ -55,6 +55,9 @@ pub struct RawConfig {
     /// Rule files or folders (relative to the config file), or rules written inline.
     #[serde(default)]
     pub rules: Vec<RawRuleSource>,
+    /// Live Traccar servers to follow over `/api/socket`.
+    #[serde(default)]
+    pub traccar: Vec<crate::source::traccar::config::RawTraccarSource>,
 }
 
 /// Intake settings.

@@ -1,0 +1,244 @@
+//! What a live source knows of its server: devices, groups, geofences and each device's latest position;
+//! it turns socket events into enriched [`Envelope`]s and positions into the relay's own zone events.
+//! Pure (no I/O): the connection feeds it.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::config::TraccarSource;
+use crate::event::{Attributes, Device, Envelope, Event, Geofence, Group, Position};
+use crate::geo::{Crossing, Shape, Zone, ZoneTracker};
+
+/// One `/api/socket` frame. `{}` (keepalive) is a frame with nothing in it; unknown keys (`logs`) are
+/// ignored.
+#[derive(Debug, Default, Deserialize)]
+pub struct Frame {
+    /// Device updates.
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    /// New positions.
+    #[serde(default)]
+    pub positions: Vec<Position>,
+    /// Events (those a `web` notification matched; they carry `attributes.message`).
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+/// The cache of one source.
+pub struct Cache {
+    /// Devices by id.
+    pub devices: HashMap<i64, Device>,
+    groups: HashMap<i64, Group>,
+    geofences: HashMap<i64, Geofence>,
+    /// Latest position per device.
+    positions: HashMap<i64, Position>,
+    /// The relay's zones from the configuration.
+    own_zones: Vec<Zone>,
+    /// Own zones plus, when configured, the server's geofences.
+    zones: Vec<Zone>,
+    from_server: Option<std::time::Duration>,
+    tracker: ZoneTracker,
+}
+
+impl Cache {
+    /// An empty cache with the source's zones.
+    pub fn new(cfg: &TraccarSource) -> Cache {
+        Cache {
+            devices: HashMap::new(),
+            groups: HashMap::new(),
+            geofences: HashMap::new(),
+            positions: HashMap::new(),
+            own_zones: cfg.zones.clone(),
+            zones: cfg.zones.clone(),
+            from_server: cfg.geofences_from_server.then_some(cfg.geofence_dwell),
+            tracker: ZoneTracker::new(),
+        }
+    }
+
+    /// Replaces what the REST endpoints returned; rebuilds the zones from the server's geofences.
+    pub fn replace(&mut self, devices: Vec<Device>, groups: Vec<Group>, geofences: Vec<Geofence>) {
+        self.devices = devices.into_iter().map(|d| (d.id, d)).collect();
+        self.groups = groups.into_iter().map(|g| (g.id, g)).collect();
+        self.geofences = geofences.into_iter().map(|g| (g.id, g)).collect();
+        let mut zones = self.own_zones.clone();
+        if let Some(dwell) = self.from_server {
+            let mut ids: Vec<&i64> = self.geofences.keys().collect();
+            ids.sort();
+            for id in ids {
+                let g = &self.geofences[id];
+                let Some(area) = g.area.as_deref() else {
+                    continue;
+                };
+                let distance = g
+                    .attributes
+                    .get("polylineDistance")
+                    .and_then(|v| v.as_f64());
+                match Shape::parse(area, distance) {
+                    Ok(shape) => zones.push(Zone {
+                        id: g.id,
+                        name: g.name.clone(),
+                        area: area.to_string(),
+                        shape,
+                        dwell,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(geofence = g.id, name = %g.name, error = %e, "geofence skipped")
+                    }
+                }
+            }
+        }
+        self.tracker.retain(&zones);
+        self.zones = zones;
+    }
+
+    /// An event with the device, its group, its position (when it is the latest one) and its geofence.
+    pub fn envelope(&self, event: Event) -> Envelope {
+        let device = self.devices.get(&event.device_id).cloned();
+        let group = device
+            .as_ref()
+            .and_then(|d| self.groups.get(&d.group_id))
+            .cloned();
+        let position = self
+            .positions
+            .get(&event.device_id)
+            .filter(|p| event.position_id != 0 && p.id == event.position_id)
+            .cloned();
+        let geofence = (event.geofence_id != 0)
+            .then(|| self.geofences.get(&event.geofence_id).cloned())
+            .flatten();
+        Envelope {
+            event,
+            position,
+            device,
+            geofence,
+            maintenance: None,
+            group,
+        }
+    }
+
+    /// Records a position and returns the zone events it causes. A position older than the device's
+    /// latest (the socket repeats the latest positions on connect) changes nothing.
+    pub fn position(&mut self, p: Position) -> Vec<Envelope> {
+        let time = position_time(&p);
+        if let Some(last) = self.positions.get(&p.device_id) {
+            if position_time(last) > time || last.id == p.id {
+                return vec![];
+            }
+        }
+        let crossings = if p.valid || p.latitude != 0.0 || p.longitude != 0.0 {
+            self.tracker
+                .update(&self.zones, p.device_id, p.latitude, p.longitude, time)
+        } else {
+            vec![]
+        };
+        self.positions.insert(p.device_id, p.clone());
+        crossings
+            .into_iter()
+            .map(|(i, c)| {
+                let zone = &self.zones[i];
+                let mut attributes = Attributes::new();
+                attributes.insert("origin".into(), json!("relay"));
+                attributes.insert("zone".into(), json!(zone.name));
+                attributes.insert("dwell".into(), json!(zone.dwell.as_secs()));
+                let event = Event {
+                    id: zone_event_id(&zone.key(), p.device_id, c, p.id, time),
+                    event_type: c.event_type().to_string(),
+                    device_id: p.device_id,
+                    event_time: Some(time),
+                    position_id: p.id,
+                    geofence_id: zone.id,
+                    maintenance_id: 0,
+                    attributes,
+                };
+                let mut env = self.envelope(event);
+                env.position = Some(p.clone());
+                env.geofence =
+                    Some(
+                        self.geofences
+                            .get(&zone.id)
+                            .cloned()
+                            .unwrap_or_else(|| Geofence {
+                                id: zone.id,
+                                name: zone.name.clone(),
+                                area: Some(zone.area.clone()),
+                                ..Geofence::default()
+                            }),
+                    );
+                env
+            })
+            .collect()
+    }
+}
+
+/// When a position was taken: fix time, else device time, else server time.
+fn position_time(p: &Position) -> DateTime<Utc> {
+    p.fix_time
+        .or(p.device_time)
+        .or(p.server_time)
+        .unwrap_or(DateTime::UNIX_EPOCH)
+}
+
+/// A stable id for a relay zone event: the same crossing computed again (after a restart, or a
+/// position repeated on reconnect) gets the same id, so the store drops it. Negative, so it never
+/// collides with Traccar's own (positive) event ids.
+pub fn zone_event_id(
+    zone: &str,
+    device: i64,
+    crossing: Crossing,
+    position_id: i64,
+    time: DateTime<Utc>,
+) -> i64 {
+    let mut h = Sha256::new();
+    for part in [
+        zone,
+        &device.to_string(),
+        crossing.event_type(),
+        &position_id.to_string(),
+        &time.timestamp_millis().to_string(),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let d = h.finalize();
+    let n = i64::from_be_bytes(d[..8].try_into().expect("8 bytes")) & i64::MAX;
+    -n.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(name: &str) -> String {
+        std::fs::read_to_string(format!(
+            "{}/tests/payloads/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn socket_frames_decode() {
+        for name in ["devices", "events", "positions"] {
+            let f: Frame =
+                serde_json::from_str(&payload(&format!("websocket/{name}.json"))).unwrap();
+            let n = f.devices.len() + f.events.len() + f.positions.len();
+            assert!(n > 0, "{name}");
+        }
+        let keepalive: Frame = serde_json::from_str("{}").unwrap();
+        assert!(keepalive.devices.is_empty() && keepalive.events.is_empty());
+    }
+
+    #[test]
+    fn zone_event_ids_are_stable_negative_and_distinct() {
+        let t = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let a = zone_event_id("zone:home", 12, Crossing::Enter, 5, t);
+        assert_eq!(a, zone_event_id("zone:home", 12, Crossing::Enter, 5, t));
+        assert!(a < 0);
+        assert_ne!(a, zone_event_id("zone:home", 12, Crossing::Exit, 5, t));
+        assert_ne!(a, zone_event_id("zone:home", 27, Crossing::Enter, 5, t));
+    }
+}
