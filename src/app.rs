@@ -97,6 +97,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         wake: wake.clone(),
         fast: fast_tx,
         metrics: metrics.clone(),
+        directories: Default::default(),
     };
     let reloader = Arc::new(Reloader::new(config_path, shared.clone(), metrics.clone()));
     let statuses = Arc::new(traccar::Statuses::default());

@@ -25,6 +25,8 @@ pub struct Pipeline {
     pub fast: mpsc::Sender<Claimed>,
     /// Instruments.
     pub metrics: Arc<Metrics>,
+    /// Devices, groups and geofences of the live Traccar sources, for enriching webhook events.
+    pub directories: Arc<crate::source::traccar::Directories>,
 }
 
 impl Pipeline {

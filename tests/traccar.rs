@@ -159,7 +159,7 @@ async fn socket_and_webhook_share_the_dedup_namespace() {
         &format!("    token: {TOKEN}"),
         &sink,
         "{ type: alarm }",
-        "{{ source }}",
+        "{{ source }}: {{ device.name }} ({{ group.name }})",
         "",
     )
     .await;
@@ -174,7 +174,14 @@ async fn socket_and_webhook_share_the_dedup_namespace() {
     server.push_event(alarm(id + 1, 12, None));
     sink.wait_for(2, WAIT).await;
     sink.assert_stays_at(2, Duration::from_millis(300)).await;
-    assert_eq!(messages(&sink), ["traccar", "home"]);
+    // The webhook body has no group: the live source's cache fills it in.
+    assert_eq!(
+        messages(&sink),
+        [
+            "traccar: Lastenrad Wien (Radkultur Wien)",
+            "home: Lena's Gazelle (Familie Hofer)"
+        ]
+    );
     relay.stop().await;
 }
 

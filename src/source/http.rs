@@ -141,13 +141,15 @@ async fn ingest(
             "invalid",
         )
     })?;
-    let env = Envelope::from_json(raw.as_bytes()).map_err(|e| {
+    let mut env = Envelope::from_json(raw.as_bytes()).map_err(|e| {
         tracing::warn!(error = %e, "rejected an undecodable webhook body");
         reject(
             HttpError::new(StatusCode::BAD_REQUEST, "invalid_event", e.to_string()),
             "invalid",
         )
     })?;
+    // A live Traccar source of the same namespace knows the group (and anything else the body lacks).
+    p.directories.fill(&source, &mut env);
     let arrival = Arrival {
         source: source.clone(),
         via: None,
@@ -255,6 +257,7 @@ mod tests {
             wake: Default::default(),
             fast,
             metrics: Default::default(),
+            directories: Default::default(),
         };
         let app = router("/events", pipeline);
         let body = std::fs::read(concat!(

@@ -3,6 +3,7 @@
 //! Pure (no I/O): the connection feeds it.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -28,12 +29,56 @@ pub struct Frame {
     pub events: Vec<Event>,
 }
 
-/// The cache of one source.
-pub struct Cache {
+/// Devices, groups and geofences of one server, by id. Shared (read-only) with the webhook intake,
+/// which fills in what a webhook body lacks (the group) from the source of the same dedup namespace.
+#[derive(Debug, Default)]
+pub struct Directory {
     /// Devices by id.
     pub devices: HashMap<i64, Device>,
     groups: HashMap<i64, Group>,
     geofences: HashMap<i64, Geofence>,
+}
+
+impl Directory {
+    /// Fills in the device, its group and the event's geofence where `env` lacks them.
+    pub fn fill(&self, env: &mut Envelope) {
+        if env.device.is_none() {
+            env.device = self.devices.get(&env.event.device_id).cloned();
+        }
+        if env.group.is_none() {
+            let group = env.device.as_ref().map(|d| d.group_id).unwrap_or(0);
+            env.group = self.groups.get(&group).cloned();
+        }
+        if env.geofence.is_none() && env.event.geofence_id != 0 {
+            env.geofence = self.geofences.get(&env.event.geofence_id).cloned();
+        }
+    }
+}
+
+/// The directories of every live source, by dedup namespace.
+#[derive(Debug, Default)]
+pub struct Directories(RwLock<HashMap<String, Arc<RwLock<Directory>>>>);
+
+impl Directories {
+    /// The directory of `namespace`, created empty when new.
+    pub fn register(&self, namespace: &str) -> Arc<RwLock<Directory>> {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(namespace.to_string()).or_default().clone()
+    }
+
+    /// Enriches a webhook event from the live source sharing its namespace, if there is one.
+    pub fn fill(&self, namespace: &str, env: &mut Envelope) {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(dir) = map.get(namespace) {
+            dir.read().unwrap_or_else(|e| e.into_inner()).fill(env);
+        }
+    }
+}
+
+/// The cache of one source.
+pub struct Cache {
+    /// Devices, groups, geofences.
+    pub dir: Arc<RwLock<Directory>>,
     /// Latest position per device.
     positions: HashMap<i64, Position>,
     /// The relay's zones from the configuration.
@@ -45,12 +90,10 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// An empty cache with the source's zones.
-    pub fn new(cfg: &TraccarSource) -> Cache {
+    /// An empty cache with the source's zones, its directory `dir`.
+    pub fn new(cfg: &TraccarSource, dir: Arc<RwLock<Directory>>) -> Cache {
         Cache {
-            devices: HashMap::new(),
-            groups: HashMap::new(),
-            geofences: HashMap::new(),
+            dir,
             positions: HashMap::new(),
             own_zones: cfg.zones.clone(),
             zones: cfg.zones.clone(),
@@ -59,17 +102,28 @@ impl Cache {
         }
     }
 
+    fn read(&self) -> RwLockReadGuard<'_, Directory> {
+        self.dir.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Devices known.
+    pub fn device_ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self.read().devices.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// A device update from a `devices` frame.
+    pub fn update_device(&self, d: Device) {
+        let mut dir = self.dir.write().unwrap_or_else(|e| e.into_inner());
+        dir.devices.insert(d.id, d);
+    }
+
     /// Replaces what the REST endpoints returned; rebuilds the zones from the server's geofences.
     pub fn replace(&mut self, devices: Vec<Device>, groups: Vec<Group>, geofences: Vec<Geofence>) {
-        self.devices = devices.into_iter().map(|d| (d.id, d)).collect();
-        self.groups = groups.into_iter().map(|g| (g.id, g)).collect();
-        self.geofences = geofences.into_iter().map(|g| (g.id, g)).collect();
         let mut zones = self.own_zones.clone();
         if let Some(dwell) = self.from_server {
-            let mut ids: Vec<&i64> = self.geofences.keys().collect();
-            ids.sort();
-            for id in ids {
-                let g = &self.geofences[id];
+            for g in &geofences {
                 let Some(area) = g.area.as_deref() else {
                     continue;
                 };
@@ -93,31 +147,29 @@ impl Cache {
         }
         self.tracker.retain(&zones);
         self.zones = zones;
+        let mut dir = self.dir.write().unwrap_or_else(|e| e.into_inner());
+        dir.devices = devices.into_iter().map(|d| (d.id, d)).collect();
+        dir.groups = groups.into_iter().map(|g| (g.id, g)).collect();
+        dir.geofences = geofences.into_iter().map(|g| (g.id, g)).collect();
     }
 
     /// An event with the device, its group, its position (when it is the latest one) and its geofence.
     pub fn envelope(&self, event: Event) -> Envelope {
-        let device = self.devices.get(&event.device_id).cloned();
-        let group = device
-            .as_ref()
-            .and_then(|d| self.groups.get(&d.group_id))
-            .cloned();
         let position = self
             .positions
             .get(&event.device_id)
             .filter(|p| event.position_id != 0 && p.id == event.position_id)
             .cloned();
-        let geofence = (event.geofence_id != 0)
-            .then(|| self.geofences.get(&event.geofence_id).cloned())
-            .flatten();
-        Envelope {
+        let mut env = Envelope {
             event,
             position,
-            device,
-            geofence,
+            device: None,
+            geofence: None,
             maintenance: None,
-            group,
-        }
+            group: None,
+        };
+        self.read().fill(&mut env);
+        env
     }
 
     /// Records a position and returns the zone events it causes. A position older than the device's
@@ -129,7 +181,8 @@ impl Cache {
                 return vec![];
             }
         }
-        let crossings = if p.valid || p.latitude != 0.0 || p.longitude != 0.0 {
+        // Like Traccar, only valid fixes move a device in or out of a zone.
+        let crossings = if p.valid {
             self.tracker
                 .update(&self.zones, p.device_id, p.latitude, p.longitude, time)
         } else {
@@ -156,18 +209,13 @@ impl Cache {
                 };
                 let mut env = self.envelope(event);
                 env.position = Some(p.clone());
-                env.geofence =
-                    Some(
-                        self.geofences
-                            .get(&zone.id)
-                            .cloned()
-                            .unwrap_or_else(|| Geofence {
-                                id: zone.id,
-                                name: zone.name.clone(),
-                                area: Some(zone.area.clone()),
-                                ..Geofence::default()
-                            }),
-                    );
+                // A server geofence was filled in by its id; a relay zone is described here.
+                env.geofence.get_or_insert_with(|| Geofence {
+                    id: zone.id,
+                    name: zone.name.clone(),
+                    area: Some(zone.area.clone()),
+                    ..Geofence::default()
+                });
                 env
             })
             .collect()

@@ -30,6 +30,7 @@ use crate::plan::Arrival;
 use crate::retry::RetryPolicy;
 use crate::store::{now_ms, Accepted, StoreError};
 use cache::Cache;
+pub use cache::{Directories, Directory};
 use client::{Client, Session};
 pub use config::TraccarSource;
 
@@ -124,8 +125,9 @@ pub async fn run(
             return;
         }
     };
+    let dir = pipeline.directories.register(&cfg.dedup_as);
     let mut conn = Connection {
-        cache: Cache::new(&cfg),
+        cache: Cache::new(&cfg, dir),
         cfg,
         client,
         pipeline,
@@ -230,7 +232,7 @@ impl Connection {
         tracing::info!(source = %self.cfg.name, "socket open");
         self.statuses.update(&self.cfg.name, |s| {
             s.connected = true;
-            s.devices = self.cache.devices.len();
+            s.devices = self.cache.device_ids().len();
         });
         if let Some(from) = self.last_frame {
             self.backfill(&session, from, connected_at)
@@ -290,7 +292,7 @@ impl Connection {
         let groups = self.client.groups(s).await?;
         let geofences = self.client.geofences(s).await?;
         self.cache.replace(devices, groups, geofences);
-        let n = self.cache.devices.len();
+        let n = self.cache.device_ids().len();
         self.statuses.update(&self.cfg.name, |st| st.devices = n);
         Ok(())
     }
@@ -307,8 +309,7 @@ impl Connection {
         let from =
             (from - chrono::Duration::from_std(BACKFILL_MARGIN).unwrap_or_default()).max(floor);
         let mut events = Vec::new();
-        let ids: Vec<i64> = self.cache.devices.keys().copied().collect();
-        for id in ids {
+        for id in self.cache.device_ids() {
             events.extend(self.client.events(s, id, from, to).await?);
         }
         events.sort_by_key(|e| (e.event_time, e.id));
@@ -333,7 +334,7 @@ impl Connection {
         };
         let refresh = !frame.devices.is_empty();
         for d in frame.devices {
-            self.cache.devices.insert(d.id, d);
+            self.cache.update_device(d);
         }
         for p in frame.positions {
             for env in self.cache.position(p) {
