@@ -397,6 +397,10 @@ async fn a_server_that_never_answers_or_goes_silent_is_timed_out() {
             .contains("no answer in time"),
         "{s}"
     );
+    assert!(
+        !health(&relay).await.to_string().contains(TOKEN),
+        "token leaked: {s}"
+    );
     assert_eq!(s["connected"], false);
     server.set_hang(false);
     wait_status(&relay, "connected", |s| s["connected"] == true).await;
@@ -481,7 +485,7 @@ async fn config_errors_name_the_source_and_line() {
     let path = dir.path().join("trackrelay.yaml");
     std::fs::write(
         &path,
-        "traccar:\n  - name: a\n    url: ftp://x\n    email: me@x\n  - name: b\n    url: http://x\n    token: t\n    zones: { z: { area: 'CIRCLE (1 2)' } }\n",
+        "traccar:\n  - name: a\n    url: ftp://x\n    email: me@x\n  - name: b\n    url: http://x\n    token: t\n    zones: { z: { area: 'CIRCLE (1 2)' } }\n  - name: c\n    url: https://me:pw@x\n    token: t\n",
     )
     .unwrap();
     let err = trackrelay::config::Config::load_with_env(Some(&path), &|_| None)
@@ -491,6 +495,7 @@ async fn config_errors_name_the_source_and_line() {
         "trackrelay.yaml:2: traccar source 'a': url: `ftp://x` must be http:// or https://",
         "trackrelay.yaml:2: traccar source 'a': `email` needs a `password`",
         "trackrelay.yaml:5: traccar source 'b': zone 'z': CIRCLE: expected",
+        "trackrelay.yaml:9: traccar source 'c': url: no credentials in the URL",
     ] {
         assert!(err.contains(want), "{want:?} missing in {err}");
     }

@@ -144,6 +144,12 @@ impl TraccarSource {
             errors.push("name is empty".to_string());
         }
         let url = match reqwest::Url::parse(&raw.url) {
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                errors.push(
+                    "url: no credentials in the URL; use `token` or `email` + `password`".into(),
+                );
+                None
+            }
             Ok(mut u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
                 if !u.path().ends_with('/') {
                     u.set_path(&format!("{}/", u.path()));

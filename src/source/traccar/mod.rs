@@ -154,7 +154,7 @@ pub async fn run(
             // The session expired: log in again at once (a failing login then backs off).
             Err((SourceError::Expired, was_up)) if was_up || expired_in_row == 0 => {
                 conn.session = None;
-                expired_in_row += 1;
+                expired_in_row = 1;
                 tracing::info!(source = %conn.cfg.name, "session expired; logging in again");
                 (Duration::ZERO, SourceError::Expired)
             }
@@ -162,7 +162,9 @@ pub async fn run(
                 if matches!(e, SourceError::Expired) {
                     conn.session = None;
                 }
-                expired_in_row = 0;
+                if was_up {
+                    expired_in_row = 0;
+                }
                 failures = if was_up { 1 } else { failures + 1 };
                 let jitter = rand::random_range(-1.0..=1.0);
                 (policy.backoff(failures, jitter), e)
