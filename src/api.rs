@@ -156,7 +156,6 @@ fn store_error(e: StoreError) -> HttpError {
     HttpError::from_store(&e)
 }
 
-/// Alive: the process answers.
 /// Alive, with each live Traccar source's state (connected, last frame, reconnects, last error; never
 /// a credential). A disconnected source does not make the relay unhealthy: it keeps reconnecting.
 async fn healthz(State(s): State<AdminState>) -> Json<serde_json::Value> {

@@ -247,7 +247,7 @@ fn default_webhook_body(
         message,
         rule: &rule.name,
         channel,
-        source: &arrival.source,
+        source: arrival.name(),
         txn: arrival.txn.as_deref(),
         event: parsed.unwrap_or(&fallback),
     })

@@ -169,3 +169,47 @@ impl Client {
         Ok(req)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use crate::source::traccar::config::RawTraccarSource;
+
+    fn source(url: &str) -> TraccarSource {
+        let raw: RawTraccarSource =
+            serde_yaml::from_str(&format!("{{ name: s, url: '{url}', token: tok }}")).unwrap();
+        TraccarSource::compile(raw, "traccar").unwrap()
+    }
+
+    #[test]
+    fn the_socket_request_carries_the_cookie_and_no_origin() {
+        let c = Client::new(&source("https://gps.example.org/traccar")).unwrap();
+        let req = c
+            .socket_request(&Session("JSESSIONID=node0abc".into()))
+            .unwrap();
+        assert_eq!(
+            req.uri().to_string(),
+            "wss://gps.example.org/traccar/api/socket"
+        );
+        assert_eq!(req.headers()["cookie"], "JSESSIONID=node0abc");
+        assert!(req.headers().get("origin").is_none());
+        let c = Client::new(&source("http://127.0.0.1:8082")).unwrap();
+        let req = c.socket_request(&Session("JSESSIONID=x".into())).unwrap();
+        assert_eq!(req.uri().to_string(), "ws://127.0.0.1:8082/api/socket");
+        // Debug output never shows the session or the token.
+        assert_eq!(
+            format!("{:?}", Session("JSESSIONID=x".into())),
+            "Session(***)"
+        );
+        let Auth::Token(t) = &source("http://x").auth else {
+            panic!()
+        };
+        assert_eq!(t, &Secret("tok".into()));
+        let debug = format!("{:?}", source("http://x"));
+        assert!(
+            debug.contains("Token(***)") && !debug.contains("\"tok\""),
+            "{debug}"
+        );
+    }
+}
