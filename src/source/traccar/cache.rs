@@ -280,6 +280,99 @@ mod tests {
         assert!(keepalive.devices.is_empty() && keepalive.events.is_empty());
     }
 
+    fn geofence(file: &str) -> Geofence {
+        let v: serde_json::Value = serde_json::from_str(&payload(file)).unwrap();
+        serde_json::from_value(v["geofence"].clone()).unwrap()
+    }
+
+    fn cache(from_server: bool) -> Cache {
+        let raw: super::super::config::RawTraccarSource = serde_yaml::from_str(&format!(
+            "{{ name: s, url: 'http://x', token: t, geofences_from_server: {from_server}, geofence_dwell: 10s }}"
+        ))
+        .unwrap();
+        let cfg = TraccarSource::compile(raw, "traccar").unwrap();
+        let mut c = Cache::new(&cfg, Default::default());
+        let devices: Frame = serde_json::from_str(&payload("websocket/devices.json")).unwrap();
+        let groups = vec![Group {
+            id: 3,
+            name: "Familie Hofer".into(),
+            ..Group::default()
+        }];
+        let geofences = [
+            "geofenceExit.json",
+            "geofenceEnter.json",
+            "deviceOverspeed.json",
+        ]
+        .map(geofence)
+        .to_vec();
+        c.replace(devices.devices, groups, geofences);
+        c
+    }
+
+    fn at(id: i64, lat: f64, lon: f64, secs: i64) -> Position {
+        Position {
+            id,
+            device_id: 12,
+            valid: true,
+            latitude: lat,
+            longitude: lon,
+            fix_time: DateTime::from_timestamp(1_800_000_000 + secs, 0),
+            ..Position::default()
+        }
+    }
+
+    #[test]
+    fn events_are_enriched_by_id() {
+        let c = cache(false);
+        let frame: Frame = serde_json::from_str(&payload("websocket/events.json")).unwrap();
+        let mut event = frame.events[0].clone();
+        event.geofence_id = 9;
+        let env = c.envelope(event);
+        assert_eq!(env.device.as_ref().unwrap().name, "Lena's Gazelle");
+        assert_eq!(env.group.as_ref().unwrap().name, "Familie Hofer");
+        assert_eq!(env.geofence.as_ref().unwrap().name, "Zuhause Pradl");
+        assert!(env.position.is_none(), "no position of that id is known");
+        // A webhook body keeps its own device; only what it lacks is filled in.
+        let mut hook = Envelope::from_json(&payload("alarm_vibration.json").into_bytes()).unwrap();
+        hook.device.as_mut().unwrap().group_id = 3;
+        c.read().fill(&mut hook);
+        assert_eq!(hook.group.unwrap().name, "Familie Hofer");
+    }
+
+    #[test]
+    fn server_geofences_become_zones_with_their_dwell() {
+        let (home, away) = ((47.26221, 11.41352), (47.263421, 11.412008));
+        let mut c = cache(true);
+        assert!(c.position(at(1, away.0, away.1, 0)).is_empty());
+        assert!(
+            c.position(at(2, home.0, home.1, 5)).is_empty(),
+            "dwell 10 s"
+        );
+        // A repeated or older position changes nothing.
+        assert!(c.position(at(2, home.0, home.1, 5)).is_empty());
+        assert!(c.position(at(1, away.0, away.1, 0)).is_empty());
+        let envs = c.position(at(3, home.0, home.1, 16));
+        assert_eq!(envs.len(), 1);
+        let e = &envs[0];
+        assert_eq!(e.event.event_type, "geofenceEnter");
+        assert_eq!((e.event.geofence_id, e.event.position_id), (9, 3));
+        assert_eq!(
+            e.geofence.as_ref().unwrap().description.as_deref(),
+            Some("Garage Pradler Straße")
+        );
+        assert_eq!(e.device.as_ref().unwrap().name, "Lena's Gazelle");
+        let envs = c.position(at(4, away.0, away.1, 20));
+        assert_eq!(envs[0].event.event_type, "geofenceExit");
+        // Without geofences_from_server the server's geofences are not tracked.
+        let mut c = cache(false);
+        for (i, (p, t)) in [(away, 0), (home, 5), (home, 100), (away, 200)]
+            .iter()
+            .enumerate()
+        {
+            assert!(c.position(at(i as i64 + 1, p.0, p.1, *t)).is_empty());
+        }
+    }
+
     #[test]
     fn zone_event_ids_are_stable_negative_and_distinct() {
         let t = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
