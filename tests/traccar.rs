@@ -58,6 +58,26 @@ traccar:
     Relay::start(config_in(dir, &yaml)).await
 }
 
+/// A stand-in server taking the token [`TOKEN`], with a keepalive every 100 ms.
+async fn server() -> Traccar {
+    Traccar::start(Some(TOKEN), None, Duration::from_millis(100)).await
+}
+
+/// A relay logged in by token, sending every alarm's event id to the sink.
+async fn ids_relay(dir: &Path, server: &Traccar, sink: &Sink) -> Relay {
+    let credentials = format!("    token: {TOKEN}");
+    start_relay(
+        dir,
+        server,
+        &credentials,
+        sink,
+        "{ type: alarm }",
+        "{{ event.id }}",
+        "",
+    )
+    .await
+}
+
 fn alarm(id: i64, device: i64, message: Option<&str>) -> Value {
     let mut attributes = json!({ "alarm": "movement" });
     if let Some(m) = message {
@@ -109,7 +129,7 @@ fn messages(sink: &Sink) -> Vec<String> {
 #[tokio::test]
 async fn token_login_enriches_pushed_events() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Traccar::start(Some(TOKEN), None, Duration::from_millis(100)).await;
+    let server = server().await;
     let sink = Sink::start().await;
     let relay = start_relay(
         dir.path(),
@@ -151,7 +171,7 @@ async fn token_login_enriches_pushed_events() {
 #[tokio::test]
 async fn socket_and_webhook_share_the_dedup_namespace() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Traccar::start(Some(TOKEN), None, Duration::from_millis(100)).await;
+    let server = server().await;
     let sink = Sink::start().await;
     let relay = start_relay(
         dir.path(),
@@ -273,18 +293,9 @@ impl std::io::Write for Capture {
 #[tokio::test]
 async fn a_dropped_socket_reconnects_and_backfills_without_duplicates() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Traccar::start(Some(TOKEN), None, Duration::from_millis(100)).await;
+    let server = server().await;
     let sink = Sink::start().await;
-    let relay = start_relay(
-        dir.path(),
-        &server,
-        &format!("    token: {TOKEN}"),
-        &sink,
-        "{ type: alarm }",
-        "{{ event.id }}",
-        "",
-    )
-    .await;
+    let relay = ids_relay(dir.path(), &server, &sink).await;
     wait_status(&relay, "connected", |s| s["connected"] == true).await;
     server.push_event(alarm(7001, 12, Some("live")));
     sink.wait_for(1, WAIT).await;
@@ -321,18 +332,9 @@ async fn a_dropped_socket_reconnects_and_backfills_without_duplicates() {
 #[tokio::test]
 async fn an_expired_session_logs_in_again() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Traccar::start(Some(TOKEN), None, Duration::from_millis(100)).await;
+    let server = server().await;
     let sink = Sink::start().await;
-    let relay = start_relay(
-        dir.path(),
-        &server,
-        &format!("    token: {TOKEN}"),
-        &sink,
-        "{ type: alarm }",
-        "{{ event.id }}",
-        "",
-    )
-    .await;
+    let relay = ids_relay(dir.path(), &server, &sink).await;
     wait_status(&relay, "connected", |s| s["connected"] == true).await;
     server.expire_sessions();
     server.drop_sockets();
@@ -348,18 +350,9 @@ async fn an_expired_session_logs_in_again() {
 #[tokio::test]
 async fn malformed_frames_are_skipped_and_the_socket_stays_up() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Traccar::start(Some(TOKEN), None, Duration::from_millis(100)).await;
+    let server = server().await;
     let sink = Sink::start().await;
-    let relay = start_relay(
-        dir.path(),
-        &server,
-        &format!("    token: {TOKEN}"),
-        &sink,
-        "{ type: alarm }",
-        "{{ event.id }}",
-        "",
-    )
-    .await;
+    let relay = ids_relay(dir.path(), &server, &sink).await;
     wait_status(&relay, "connected", |s| s["connected"] == true).await;
     server.push_text("not json at all".into());
     server.push_text(r#"{"events":[{"id":"seven","type":"alarm"}]}"#.into());
@@ -376,19 +369,10 @@ async fn malformed_frames_are_skipped_and_the_socket_stays_up() {
 #[tokio::test]
 async fn a_server_that_never_answers_or_goes_silent_is_timed_out() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Traccar::start(Some(TOKEN), None, Duration::from_millis(100)).await;
+    let server = server().await;
     server.set_hang(true);
     let sink = Sink::start().await;
-    let relay = start_relay(
-        dir.path(),
-        &server,
-        &format!("    token: {TOKEN}"),
-        &sink,
-        "{ type: alarm }",
-        "{{ event.id }}",
-        "",
-    )
-    .await;
+    let relay = ids_relay(dir.path(), &server, &sink).await;
     let s = wait_status(&relay, "a timeout", |s| s["reconnects"].as_u64() >= Some(2)).await;
     assert!(
         s["last_error"]
@@ -435,7 +419,7 @@ fn position(id: i64, device: i64, lat: f64, lon: f64, secs: i64) -> Value {
 #[tokio::test]
 async fn zones_enter_after_dwell_and_exit_from_positions() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Traccar::start(Some(TOKEN), None, Duration::from_millis(100)).await;
+    let server = server().await;
     let sink = Sink::start().await;
     let relay = start_relay(
         dir.path(),
