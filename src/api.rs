@@ -117,6 +117,8 @@ pub struct AdminState {
     pub pipeline: Pipeline,
     /// Hot reload.
     pub reloader: Arc<Reloader>,
+    /// Status of the live Traccar sources.
+    pub sources: Arc<crate::source::traccar::Statuses>,
 }
 
 /// `/healthz`, `/readyz` and `/metrics` (open), `/-/reload` and `/api/...` (admin token). The admin
@@ -162,9 +164,10 @@ fn store_error(e: StoreError) -> HttpError {
     HttpError::from_store(&e)
 }
 
-/// Alive: the process answers.
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// Alive, with each live Traccar source's state (connected, last frame, reconnects, last error; never
+/// a credential). A disconnected source does not make the relay unhealthy: it keeps reconnecting.
+async fn healthz(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "sources": s.sources.snapshot() }))
 }
 
 /// Ready: the store answers, a configuration is loaded, the intake listens. A failed reload is

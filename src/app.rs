@@ -19,6 +19,7 @@ use crate::noise::silence::{SilenceCache, REFRESH as SILENCE_REFRESH};
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
 use crate::source::http as ingest;
+use crate::source::traccar;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{now_ms, Store};
 
@@ -103,13 +104,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         fast: fast_tx,
         metrics: metrics.clone(),
         silences: silences.clone(),
+        directories: Default::default(),
     };
     let reloader = Arc::new(Reloader::new(config_path, shared.clone(), metrics.clone()));
+    let statuses = Arc::new(traccar::Statuses::default());
     let admin = AdminState {
         pipeline: pipeline.clone(),
         reloader: reloader.clone(),
+        sources: statuses.clone(),
     };
-    let app = ingest::router(&path, pipeline).merge(api::router(admin));
+    let live_sources = shared.get().config.traccar.clone();
+    let app = ingest::router(&path, pipeline.clone()).merge(api::router(admin));
 
     let shutdown = CancellationToken::new();
     let dispatcher = Dispatcher {
@@ -122,6 +127,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics,
     };
     let mut workers = vec![tokio::spawn(dispatcher.run(shutdown.clone()))];
+    // Live Traccar sources: one task each, stopped with intake.
+    for src in live_sources {
+        tracing::info!(source = %src.name, url = %src.url, "following a Traccar server");
+        workers.push(tokio::spawn(traccar::run(
+            src,
+            pipeline.clone(),
+            statuses.clone(),
+            shutdown.clone(),
+        )));
+    }
     workers.push(tokio::spawn(reloader.watch(shutdown.clone())));
     let (s, sd) = (store.clone(), shutdown.clone());
     workers.push(tokio::spawn(async move {

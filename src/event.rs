@@ -29,6 +29,9 @@ pub struct Envelope {
     /// The maintenance entry when `event.maintenanceId != 0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<Maintenance>,
+    /// The device's group: never sent by Traccar, filled in by enrichment (the live source's cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
 }
 
 /// A Traccar event.
@@ -182,6 +185,24 @@ pub struct Geofence {
     #[serde(default, deserialize_with = "null_default")]
     pub calendar_id: i64,
     /// Geofence attributes (`speedLimit`, `polylineDistance`, `color`, …).
+    #[serde(default, deserialize_with = "null_default")]
+    pub attributes: Attributes,
+}
+
+/// A Traccar group of devices (`GET /api/groups`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Group {
+    /// Group id.
+    #[serde(default, deserialize_with = "null_default")]
+    pub id: i64,
+    /// Display name.
+    #[serde(default, deserialize_with = "null_default")]
+    pub name: String,
+    /// Parent group (0 = none).
+    #[serde(default, deserialize_with = "null_default")]
+    pub group_id: i64,
+    /// Group attributes.
     #[serde(default, deserialize_with = "null_default")]
     pub attributes: Attributes,
 }

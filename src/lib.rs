@@ -13,6 +13,7 @@
 //!
 //! - [`config`]: `trackrelay.yaml` and rule files -> validated [`config::Config`], all errors at once.
 //! - [`event`]: Traccar's models, tolerant of every version.
+//! - [`geo`]: WKT geofences, Traccar-exact containment, the zone enter/exit tracker with dwell.
 //! - [`rules`]: matchers, field paths, expressions; [`rules::RuleSet`] indexed by event type.
 //! - [`render`]: templates and per-channel escaping; [`plan`]: matched rules -> notifications.
 //! - [`notification`]: what is sent, with its idempotency key.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod deliver;
 pub mod event;
 pub mod explain;
+pub mod geo;
 pub mod metrics;
 pub mod noise;
 pub mod notification;

@@ -1,5 +1,5 @@
 //! The path of one event: rules -> render -> store (event and deliveries in one transaction) -> wake
-//! the delivery worker. Sources (the webhook, later the Traccar WebSocket) all call [`Pipeline::ingest`].
+//! the delivery worker. Sources (the webhook, the Traccar WebSocket) all call [`Pipeline::ingest`].
 
 use std::sync::Arc;
 
@@ -29,6 +29,8 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     /// Silences in force.
     pub silences: Arc<SilenceCache>,
+    /// Devices, groups and geofences of the live Traccar sources, for enriching webhook events.
+    pub directories: Arc<crate::source::traccar::Directories>,
 }
 
 /// The debounce probe of a geofence event.
@@ -51,7 +53,7 @@ impl Pipeline {
         // The runtime is held for the whole call: the matched rules borrow from it, and a reload
         // meanwhile does not change what this event is evaluated against.
         let rt = self.shared.get();
-        let matched = rt.config.rules.evaluate(env, &arrival.source);
+        let matched = rt.config.rules.evaluate(env, arrival.name());
         let mut event = {
             let silences = self.silences.get();
             let planned = plan(&rt.config, &matched, env, raw, &arrival, &silences);

@@ -16,14 +16,24 @@ use crate::rules::{Rule, Target};
 /// Facts about how an event arrived.
 #[derive(Debug, Clone, Default)]
 pub struct Arrival {
-    /// Dedup namespace / source name.
+    /// Dedup namespace (and the source's name unless `via` says otherwise).
     pub source: String,
+    /// The name of the source that delivered the event when it differs from the dedup namespace (a
+    /// live Traccar source sharing the webhook's namespace): what rules match and templates show.
+    pub via: Option<String>,
     /// `X-PowTxn`.
     pub txn: Option<String>,
     /// `X-Request-Id`.
     pub request_id: Option<String>,
     /// Receive time, unix ms.
     pub received_at_ms: i64,
+}
+
+impl Arrival {
+    /// The name of the source that delivered the event.
+    pub fn name(&self) -> &str {
+        self.via.as_deref().unwrap_or(&self.source)
+    }
 }
 
 /// A notification to store, or one that cannot be sent and goes straight to dead letter with a reason.
@@ -54,7 +64,7 @@ pub fn plan(
         return vec![];
     }
     let r = &cfg.renderer;
-    let ctx = r.event_context(env, &arrival.source, arrival.txn.as_deref());
+    let ctx = r.event_context(env, arrival.name(), arrival.txn.as_deref());
     let mut out = Vec::new();
     for rule in matched {
         let rule_gates = rule_gates(r, rule, env, &ctx, arrival);
@@ -406,7 +416,7 @@ fn default_webhook_body(
         message,
         rule: &rule.name,
         channel,
-        source: &arrival.source,
+        source: arrival.name(),
         txn: arrival.txn.as_deref(),
         event: parsed.unwrap_or(&fallback),
     })

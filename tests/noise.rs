@@ -70,6 +70,7 @@ impl Bench {
             fast,
             metrics: Default::default(),
             silences: Arc::new(SilenceCache::default()),
+            directories: Default::default(),
         };
         Bench {
             dir,

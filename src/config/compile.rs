@@ -188,6 +188,8 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
         }
     }
 
+    let traccar = compile_traccar(raw.traccar, &file, &ingest.source, &mut errors);
+
     let raw_storage = raw.storage;
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
@@ -217,7 +219,40 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
         rules: RuleSet::new(rules),
         renderer: builder.build(timezone),
         rule_files,
+        traccar,
     })
+}
+
+/// The live Traccar sources. With one source the dedup namespace defaults to the webhook's, so the
+/// socket and the webhook of the same server share event ids; with several, each defaults to its name.
+fn compile_traccar(
+    raws: Vec<crate::source::traccar::config::RawTraccarSource>,
+    file: &SourceFile,
+    webhook_source: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<crate::source::traccar::TraccarSource> {
+    let single = raws.len() == 1;
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    for raw in raws {
+        let line = file.find_line("name", Some(&raw.name), 1);
+        let ctx = format!("traccar source '{}'", raw.name);
+        if !names.insert(raw.name.clone()) {
+            errors.push(file.error(line, &ctx, "another traccar source has the same name"));
+            continue;
+        }
+        let default_dedup = if single {
+            webhook_source
+        } else {
+            raw.name.as_str()
+        }
+        .to_string();
+        match crate::source::traccar::TraccarSource::compile(raw, &default_dedup) {
+            Ok(s) => out.push(s),
+            Err(es) => errors.extend(es.into_iter().map(|m| file.error(line, &ctx, m))),
+        }
+    }
+    out
 }
 
 /// A path to rule files: a file, or a folder's `*.yaml`/`*.yml` in name order.

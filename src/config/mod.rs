@@ -117,6 +117,8 @@ pub struct Config {
     pub renderer: Renderer,
     /// Rule files read.
     pub rule_files: Vec<PathBuf>,
+    /// Live Traccar sources (started once; a reload does not change them).
+    pub traccar: Vec<crate::source::traccar::TraccarSource>,
 }
 
 /// One configuration problem.

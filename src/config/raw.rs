@@ -58,6 +58,9 @@ pub struct RawConfig {
     /// Noise settings for rules that set none.
     #[serde(default)]
     pub defaults: RawDefaults,
+    /// Live Traccar servers to follow over `/api/socket`.
+    #[serde(default)]
+    pub traccar: Vec<crate::source::traccar::config::RawTraccarSource>,
 }
 
 /// Intake settings.

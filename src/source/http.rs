@@ -141,15 +141,18 @@ async fn ingest(
             "invalid",
         )
     })?;
-    let env = Envelope::from_json(raw.as_bytes()).map_err(|e| {
+    let mut env = Envelope::from_json(raw.as_bytes()).map_err(|e| {
         tracing::warn!(error = %e, "rejected an undecodable webhook body");
         reject(
             HttpError::new(StatusCode::BAD_REQUEST, "invalid_event", e.to_string()),
             "invalid",
         )
     })?;
+    // A live Traccar source of the same namespace knows the group (and anything else the body lacks).
+    p.directories.fill(&source, &mut env);
     let arrival = Arrival {
         source: source.clone(),
+        via: None,
         txn: trace_header(&headers, "x-powtxn"),
         request_id: trace_header(&headers, "x-request-id"),
         received_at_ms: now_ms(),
@@ -281,6 +284,7 @@ mod tests {
             fast,
             metrics: Default::default(),
             silences: Default::default(),
+            directories: Default::default(),
         };
         let app = router("/events", pipeline);
         let body = std::fs::read(concat!(

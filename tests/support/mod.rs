@@ -1,5 +1,5 @@
 //! Loopback peers for the integration tests: a Telegram Bot API stand-in, a
-//! recording HTTP sink and an SMTP server. Each test starts the peers it
+//! recording HTTP sink, an SMTP server and a Traccar server. Each test starts the peers it
 //! needs and points the relay at them.
 
 // Every test crate compiles this module, but each uses only some of it.
@@ -8,3 +8,4 @@
 pub mod sink;
 pub mod smtp;
 pub mod telegram;
+pub mod traccar;

@@ -1,0 +1,215 @@
+//! Traccar's REST side: login (token or email + password) to a `JSESSIONID` session, the WebSocket
+//! request carrying that cookie, and the reads used for enrichment and backfill. Errors never carry the
+//! token or password: reqwest errors lose their URL (the token is in its query) before they are kept.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use reqwest::header::{ACCEPT, COOKIE, SET_COOKIE};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use super::config::{Auth, TraccarSource};
+use super::SourceError;
+use crate::event::{Device, Event, Geofence, Group};
+
+/// A logged-in session: the cookie to present.
+#[derive(Clone)]
+pub struct Session(String);
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Session(***)")
+    }
+}
+
+/// REST client of one server.
+pub struct Client {
+    http: reqwest::Client,
+    cfg: TraccarSource,
+}
+
+fn http_error(e: reqwest::Error, what: &str) -> SourceError {
+    let e = e.without_url();
+    if e.is_timeout() {
+        SourceError::Timeout(what.to_string())
+    } else {
+        SourceError::Http(format!("{what}: {e}"))
+    }
+}
+
+impl Client {
+    /// A client with the source's timeout on every request.
+    pub fn new(cfg: &TraccarSource) -> Result<Client, SourceError> {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .build()
+            .map_err(|e| SourceError::Http(e.without_url().to_string()))?;
+        Ok(Client {
+            http,
+            cfg: cfg.clone(),
+        })
+    }
+
+    fn url(&self, path: &str) -> reqwest::Url {
+        self.cfg.url.join(path).expect("a relative path joins")
+    }
+
+    /// Logs in and returns the session cookie.
+    pub async fn login(&self) -> Result<Session, SourceError> {
+        let url = self.url("api/session");
+        let req = match &self.cfg.auth {
+            Auth::Token(t) => self.http.get(url).query(&[("token", t.expose())]),
+            Auth::Password { email, password } => self
+                .http
+                .post(url)
+                .form(&[("email", email.as_str()), ("password", password.expose())]),
+        };
+        let resp = req.send().await.map_err(|e| http_error(e, "login"))?;
+        let status = resp.status();
+        if matches!(
+            status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::BAD_REQUEST
+        ) {
+            return Err(SourceError::Auth(match &self.cfg.auth {
+                Auth::Token(_) => format!("the server refused the token ({status})"),
+                Auth::Password { email, .. } => {
+                    format!("wrong email or password for `{email}` ({status})")
+                }
+            }));
+        }
+        if !status.is_success() {
+            return Err(SourceError::Http(format!(
+                "login: server answered {status}"
+            )));
+        }
+        resp.headers()
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| {
+                let pair = v.split(';').next()?.trim();
+                pair.starts_with("JSESSIONID=")
+                    .then(|| Session(pair.to_string()))
+            })
+            .ok_or_else(|| SourceError::Http("login: no JSESSIONID cookie in the answer".into()))
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        s: &Session,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, SourceError> {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .query(query)
+            .header(COOKIE, &s.0)
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| http_error(e, path))?;
+        match resp.status() {
+            StatusCode::UNAUTHORIZED => Err(SourceError::Expired),
+            st if !st.is_success() => {
+                Err(SourceError::Http(format!("{path}: server answered {st}")))
+            }
+            _ => resp.json().await.map_err(|e| http_error(e, path)),
+        }
+    }
+
+    /// `GET /api/devices`.
+    pub async fn devices(&self, s: &Session) -> Result<Vec<Device>, SourceError> {
+        self.get(s, "api/devices", &[]).await
+    }
+
+    /// `GET /api/groups`.
+    pub async fn groups(&self, s: &Session) -> Result<Vec<Group>, SourceError> {
+        self.get(s, "api/groups", &[]).await
+    }
+
+    /// `GET /api/geofences`.
+    pub async fn geofences(&self, s: &Session) -> Result<Vec<Geofence>, SourceError> {
+        self.get(s, "api/geofences", &[]).await
+    }
+
+    /// `GET /api/reports/events` of one device between `from` and `to`.
+    pub async fn events(
+        &self,
+        s: &Session,
+        device: i64,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<Event>, SourceError> {
+        let t = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let q = [
+            ("deviceId", device.to_string()),
+            ("from", t(from)),
+            ("to", t(to)),
+        ];
+        self.get(s, "api/reports/events", &q).await
+    }
+
+    /// The WebSocket request: `ws(s)://.../api/socket` with the session cookie and no `Origin`.
+    pub fn socket_request(&self, s: &Session) -> Result<Request, SourceError> {
+        let mut url = self.url("api/socket");
+        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+        url.set_scheme(scheme)
+            .map_err(|_| SourceError::Socket("cannot build the socket URL".into()))?;
+        let mut req = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| SourceError::Socket(e.to_string()))?;
+        let cookie = HeaderValue::from_str(&s.0)
+            .map_err(|_| SourceError::Socket("the session cookie is not a valid header".into()))?;
+        req.headers_mut().insert(COOKIE.as_str(), cookie);
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use crate::source::traccar::config::RawTraccarSource;
+
+    fn source(url: &str) -> TraccarSource {
+        let raw: RawTraccarSource =
+            serde_yaml::from_str(&format!("{{ name: s, url: '{url}', token: tok }}")).unwrap();
+        TraccarSource::compile(raw, "traccar").unwrap()
+    }
+
+    #[test]
+    fn the_socket_request_carries_the_cookie_and_no_origin() {
+        let c = Client::new(&source("https://gps.example.org/traccar")).unwrap();
+        let req = c
+            .socket_request(&Session("JSESSIONID=node0abc".into()))
+            .unwrap();
+        assert_eq!(
+            req.uri().to_string(),
+            "wss://gps.example.org/traccar/api/socket"
+        );
+        assert_eq!(req.headers()["cookie"], "JSESSIONID=node0abc");
+        assert!(req.headers().get("origin").is_none());
+        let c = Client::new(&source("http://127.0.0.1:8082")).unwrap();
+        let req = c.socket_request(&Session("JSESSIONID=x".into())).unwrap();
+        assert_eq!(req.uri().to_string(), "ws://127.0.0.1:8082/api/socket");
+        // Debug output never shows the session or the token.
+        assert_eq!(
+            format!("{:?}", Session("JSESSIONID=x".into())),
+            "Session(***)"
+        );
+        let Auth::Token(t) = &source("http://x").auth else {
+            panic!()
+        };
+        assert_eq!(t, &Secret("tok".into()));
+        let debug = format!("{:?}", source("http://x"));
+        assert!(
+            debug.contains("Token(***)") && !debug.contains("\"tok\""),
+            "{debug}"
+        );
+    }
+}

@@ -1,0 +1,405 @@
+//! The live Traccar source: logs into a Traccar (or BikeTrax) server, follows `/api/socket`, and hands
+//! every pushed event — enriched with device, group and geofence names from a cache — to
+//! [`Pipeline::ingest`]. Positions drive the relay's own zones ([`crate::geo::ZoneTracker`]).
+//!
+//! One task per source runs [`run`]: login -> read devices/groups/geofences -> open the socket (cookie,
+//! no `Origin`) -> after a reconnect, backfill the gap from `/api/reports/events` -> read frames until
+//! the socket fails or stays silent longer than `silence_timeout` -> wait (exponential backoff with
+//! jitter, capped) -> again. A 401 on the handshake or a REST call means the session expired: log in
+//! again at once. Duplicates from overlapping backfill or double pushes are dropped by the store's
+//! dedup on (namespace, event id).
+
+mod cache;
+mod client;
+pub mod config;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::Envelope;
+use crate::pipeline::Pipeline;
+use crate::plan::Arrival;
+use crate::retry::RetryPolicy;
+use crate::store::{now_ms, Accepted, StoreError};
+use cache::Cache;
+pub use cache::{Directories, Directory};
+use client::{Client, Session};
+pub use config::TraccarSource;
+
+/// Events older than the last frame by this much are fetched again after a reconnect: covers clock skew
+/// between relay and server and events stamped before they were pushed. Dedup drops the overlap.
+const BACKFILL_MARGIN: Duration = Duration::from_secs(60);
+/// Attempts at storing one event while the store is saturated.
+const STORE_ATTEMPTS: u32 = 20;
+
+/// Why a connection ended or could not start. Never holds a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SourceError {
+    /// The server refused the credentials.
+    #[error("login refused: {0}")]
+    Auth(String),
+    /// The session is no longer valid (401): log in again.
+    #[error("session expired")]
+    Expired,
+    /// An HTTP failure (connection refused, 5xx, bad JSON).
+    #[error("{0}")]
+    Http(String),
+    /// No answer in time.
+    #[error("{0}: no answer in time")]
+    Timeout(String),
+    /// The WebSocket failed.
+    #[error("socket: {0}")]
+    Socket(String),
+    /// Nothing arrived for longer than the keepalive allows.
+    #[error("socket silent for {0:?}: considered dead")]
+    Silent(Duration),
+    /// The server closed the socket.
+    #[error("socket closed by the server")]
+    Closed,
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// What `/healthz` shows of one source.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceStatus {
+    /// Source name.
+    pub name: String,
+    /// Server URL (credentials are never part of it).
+    pub url: String,
+    /// Whether the socket is open now.
+    pub connected: bool,
+    /// Last frame (keepalives included).
+    pub last_frame: Option<DateTime<Utc>>,
+    /// Reconnects since start.
+    pub reconnects: u64,
+    /// Why the last connection ended or failed.
+    pub last_error: Option<String>,
+    /// Devices in the cache.
+    pub devices: usize,
+    /// Events handed to the pipeline (new or duplicate).
+    pub events: u64,
+}
+
+/// The status of every live source, by name.
+#[derive(Debug, Default)]
+pub struct Statuses(Mutex<BTreeMap<String, SourceStatus>>);
+
+impl Statuses {
+    fn update(&self, name: &str, f: impl FnOnce(&mut SourceStatus)) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(map.entry(name.to_string()).or_default());
+    }
+
+    /// A copy of every source's status.
+    pub fn snapshot(&self) -> Vec<SourceStatus> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().cloned().collect()
+    }
+}
+
+/// Runs one source until `shutdown`.
+pub async fn run(
+    cfg: TraccarSource,
+    pipeline: Pipeline,
+    statuses: Arc<Statuses>,
+    shutdown: CancellationToken,
+) {
+    statuses.update(&cfg.name, |s| {
+        s.name = cfg.name.clone();
+        s.url = cfg.url.to_string();
+    });
+    let client = match Client::new(&cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(source = %cfg.name, error = %e, "live source cannot start");
+            return;
+        }
+    };
+    let dir = pipeline.directories.register(&cfg.dedup_as);
+    let mut conn = Connection {
+        cache: Cache::new(&cfg, dir),
+        cfg,
+        client,
+        pipeline,
+        statuses,
+        session: None,
+        last_frame: None,
+    };
+    let policy = RetryPolicy {
+        initial_backoff: conn.cfg.backoff_initial,
+        max_backoff: conn.cfg.backoff_max,
+        ..RetryPolicy::default()
+    };
+    let mut failures = 0u32;
+    // A session refused on the handshake right after a fresh login is not an expiry: back off.
+    let mut expired_in_row = 0u32;
+    loop {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = conn.session_once() => r,
+        };
+        conn.statuses
+            .update(&conn.cfg.name, |s| s.connected = false);
+        let (delay, e) = match result {
+            // The session expired: log in again at once (a failing login then backs off).
+            Err((SourceError::Expired, was_up)) if was_up || expired_in_row == 0 => {
+                conn.session = None;
+                expired_in_row = 1;
+                tracing::info!(source = %conn.cfg.name, "session expired; logging in again");
+                (Duration::ZERO, SourceError::Expired)
+            }
+            Err((e, was_up)) => {
+                if matches!(e, SourceError::Expired) {
+                    conn.session = None;
+                }
+                if was_up {
+                    expired_in_row = 0;
+                }
+                failures = if was_up { 1 } else { failures + 1 };
+                let jitter = rand::random_range(-1.0..=1.0);
+                (policy.backoff(failures, jitter), e)
+            }
+            Ok(()) => break,
+        };
+        if matches!(e, SourceError::Auth(_)) {
+            conn.session = None;
+        }
+        tracing::warn!(source = %conn.cfg.name, error = %e, retry_in = ?delay, "live source disconnected");
+        conn.statuses.update(&conn.cfg.name, |s| {
+            s.reconnects += 1;
+            s.last_error = Some(e.to_string());
+        });
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    tracing::info!(source = %conn.cfg.name, "live source stopped");
+}
+
+/// The state of one source across reconnects.
+struct Connection {
+    cfg: TraccarSource,
+    client: Client,
+    pipeline: Pipeline,
+    statuses: Arc<Statuses>,
+    cache: Cache,
+    session: Option<Session>,
+    /// Time of the last frame of an earlier connection: where a backfill starts.
+    last_frame: Option<DateTime<Utc>>,
+}
+
+impl Connection {
+    /// One connection from login to failure. The flag says whether the socket was up (frames were
+    /// read), which resets the backoff.
+    async fn session_once(&mut self) -> Result<(), (SourceError, bool)> {
+        let session = match &self.session {
+            Some(s) => s.clone(),
+            None => {
+                let s = self.client.login().await.map_err(|e| (e, false))?;
+                tracing::info!(source = %self.cfg.name, "logged in");
+                self.session = Some(s.clone());
+                s
+            }
+        };
+        self.refresh(&session).await.map_err(|e| (e, false))?;
+        let request = self
+            .client
+            .socket_request(&session)
+            .map_err(|e| (e, false))?;
+        let (mut ws, _) =
+            match tokio::time::timeout(self.cfg.timeout, tokio_tungstenite::connect_async(request))
+                .await
+            {
+                Err(_) => return Err((SourceError::Timeout("socket handshake".into()), false)),
+                Ok(Err(tungstenite::Error::Http(resp)))
+                    if resp.status() == tungstenite::http::StatusCode::UNAUTHORIZED =>
+                {
+                    return Err((SourceError::Expired, false))
+                }
+                Ok(Err(e)) => return Err((SourceError::Socket(socket_error(&e)), false)),
+                Ok(Ok(ws)) => ws,
+            };
+        let connected_at = Utc::now();
+        tracing::info!(source = %self.cfg.name, "socket open");
+        self.statuses.update(&self.cfg.name, |s| {
+            s.connected = true;
+            s.devices = self.cache.device_ids().len();
+        });
+        if let Some(from) = self.last_frame {
+            self.backfill(&session, from, connected_at)
+                .await
+                .map_err(|e| (e, true))?;
+        }
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + self.cfg.ping_interval,
+            self.cfg.ping_interval,
+        );
+        let mut refresh = tokio::time::interval_at(
+            Instant::now() + self.cfg.refresh_interval,
+            self.cfg.refresh_interval,
+        );
+        let mut deadline = Instant::now() + self.cfg.silence_timeout;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err((SourceError::Silent(self.cfg.silence_timeout), true));
+                }
+                _ = ping.tick() => {
+                    ws.send(Message::Ping(Default::default()))
+                        .await
+                        .map_err(|e| (SourceError::Socket(socket_error(&e)), true))?;
+                }
+                _ = refresh.tick() => {
+                    self.refresh(&session).await.map_err(|e| (e, true))?;
+                }
+                msg = ws.next() => {
+                    let msg = match msg {
+                        None => return Err((SourceError::Closed, true)),
+                        Some(Err(e)) => return Err((SourceError::Socket(socket_error(&e)), true)),
+                        Some(Ok(m)) => m,
+                    };
+                    deadline = Instant::now() + self.cfg.silence_timeout;
+                    let now = Utc::now();
+                    self.last_frame = Some(now);
+                    self.statuses.update(&self.cfg.name, |s| s.last_frame = Some(now));
+                    match msg {
+                        Message::Text(t) => {
+                            let refresh_now = self.frame(t.as_str()).await.map_err(|e| (e, true))?;
+                            if refresh_now {
+                                self.refresh(&session).await.map_err(|e| (e, true))?;
+                            }
+                        }
+                        Message::Close(_) => return Err((SourceError::Closed, true)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Re-reads devices, groups and geofences.
+    async fn refresh(&mut self, s: &Session) -> Result<(), SourceError> {
+        let devices = self.client.devices(s).await?;
+        let groups = self.client.groups(s).await?;
+        let geofences = self.client.geofences(s).await?;
+        self.cache.replace(devices, groups, geofences);
+        let n = self.cache.device_ids().len();
+        self.statuses.update(&self.cfg.name, |st| st.devices = n);
+        Ok(())
+    }
+
+    /// Fetches the events of every known device between `from` (less a margin, at most `backfill_max`
+    /// ago) and `to`, oldest first, and ingests them.
+    async fn backfill(
+        &mut self,
+        s: &Session,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<(), SourceError> {
+        let floor = to - chrono::Duration::from_std(self.cfg.backfill_max).unwrap_or_default();
+        let from =
+            (from - chrono::Duration::from_std(BACKFILL_MARGIN).unwrap_or_default()).max(floor);
+        let mut events = Vec::new();
+        for id in self.cache.device_ids() {
+            events.extend(self.client.events(s, id, from, to).await?);
+        }
+        events.sort_by_key(|e| (e.event_time, e.id));
+        tracing::info!(source = %self.cfg.name, events = events.len(), %from, %to, "backfill");
+        for e in events {
+            let env = self.cache.envelope(e);
+            self.ingest(&env).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles one text frame; returns whether the cache should be refreshed (a `devices` frame).
+    /// A frame that is not a Traccar frame is logged and skipped.
+    async fn frame(&mut self, text: &str) -> Result<bool, SourceError> {
+        let frame: cache::Frame = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                let head: String = text.chars().take(120).collect();
+                tracing::warn!(source = %self.cfg.name, error = %e, frame = %head, "skipped a malformed frame");
+                return Ok(false);
+            }
+        };
+        let refresh = !frame.devices.is_empty();
+        for d in frame.devices {
+            self.cache.update_device(d);
+        }
+        for p in frame.positions {
+            for env in self.cache.position(p) {
+                self.ingest(&env).await?;
+            }
+        }
+        for e in frame.events {
+            let env = self.cache.envelope(e);
+            self.ingest(&env).await?;
+        }
+        Ok(refresh)
+    }
+
+    /// Hands one event to the pipeline, waiting while the store is saturated.
+    async fn ingest(&self, env: &Envelope) -> Result<(), SourceError> {
+        let raw = serde_json::to_string(env).map_err(|e| SourceError::Store(e.to_string()))?;
+        let event_type = env.event.event_type.as_str();
+        let mut attempt = 0;
+        loop {
+            let arrival = Arrival {
+                source: self.cfg.dedup_as.clone(),
+                via: Some(self.cfg.name.clone()),
+                txn: None,
+                request_id: None,
+                received_at_ms: now_ms(),
+            };
+            match self.pipeline.ingest(&raw, env, arrival).await {
+                Ok(accepted) => {
+                    let result = match accepted {
+                        Accepted::New { deliveries, .. } => {
+                            tracing::info!(source = %self.cfg.name, event_id = env.event.id, event_type, deliveries, "event accepted");
+                            "accepted"
+                        }
+                        Accepted::Duplicate => {
+                            tracing::debug!(source = %self.cfg.name, event_id = env.event.id, "duplicate event ignored");
+                            "duplicate"
+                        }
+                    };
+                    self.pipeline
+                        .metrics
+                        .event(&self.cfg.name, event_type, result);
+                    self.statuses.update(&self.cfg.name, |s| s.events += 1);
+                    return Ok(());
+                }
+                Err(StoreError::Busy) if attempt < STORE_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    self.pipeline
+                        .metrics
+                        .event(&self.cfg.name, event_type, "unavailable");
+                    return Err(SourceError::Store(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// A tungstenite error in words, without the request (which could carry a URL).
+fn socket_error(e: &tungstenite::Error) -> String {
+    match e {
+        tungstenite::Error::Http(resp) => format!("handshake refused: {}", resp.status()),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,486 @@
+//! The live Traccar source against a stand-in Traccar server: login by token and by password, wrong
+//! credentials, socket drops with backfill and no duplicate notification, session expiry, malformed
+//! frames, a server that never answers or goes silent, enrichment in rendered messages, and the relay's
+//! own zones with dwell from a stream of positions. Every wait is on a condition with a deadline.
+
+mod common;
+mod support;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use common::{config_in, eventually, payload, Relay};
+use support::sink::Sink;
+use support::traccar::Traccar;
+
+const WAIT: Duration = Duration::from_secs(10);
+const TOKEN: &str = "tok-3f9a7c";
+const PASSWORD: &str = "pw-Very$ecret-771";
+
+/// A relay following `server` (credentials as YAML lines), sending the events `matcher` selects to
+/// the sink with `template` as the message. Timings are short so reconnects take milliseconds.
+async fn start_relay(
+    dir: &Path,
+    server: &Traccar,
+    credentials: &str,
+    sink: &Sink,
+    matcher: &str,
+    template: &str,
+    extra: &str,
+) -> Relay {
+    let yaml = format!(
+        r#"
+storage: {{ data_dir: "{dir}" }}
+channels:
+  hook: {{ type: webhook, url: "{sink}" }}
+rules:
+  - name: r
+    match: {matcher}
+    notify: [{{ channel: hook, template: {template:?} }}]
+traccar:
+  - name: home
+    url: "{url}"
+{credentials}
+    ping_interval: 200ms
+    silence_timeout: 1s
+    timeout: 500ms
+    backoff_initial: 50ms
+    backoff_max: 400ms
+{extra}
+"#,
+        dir = dir.display(),
+        sink = sink.url("/hook"),
+        url = server.url(),
+    );
+    Relay::start(config_in(dir, &yaml)).await
+}
+
+/// A stand-in server taking the token [`TOKEN`], with a keepalive every 100 ms.
+async fn server() -> Traccar {
+    Traccar::start(Some(TOKEN), None, Duration::from_millis(100)).await
+}
+
+/// A relay logged in by token, sending every alarm's event id to the sink.
+async fn ids_relay(dir: &Path, server: &Traccar, sink: &Sink) -> Relay {
+    let credentials = format!("    token: {TOKEN}");
+    start_relay(
+        dir,
+        server,
+        &credentials,
+        sink,
+        "{ type: alarm }",
+        "{{ event.id }}",
+        "",
+    )
+    .await
+}
+
+fn alarm(id: i64, device: i64, message: Option<&str>) -> Value {
+    let mut attributes = json!({ "alarm": "movement" });
+    if let Some(m) = message {
+        attributes["message"] = json!(m);
+    }
+    json!({
+        "id": id, "attributes": attributes, "deviceId": device, "type": "alarm",
+        "eventTime": chrono::Utc::now().to_rfc3339(), "positionId": 0, "geofenceId": 0, "maintenanceId": 0
+    })
+}
+
+async fn health(relay: &Relay) -> Value {
+    relay
+        .client
+        .get(relay.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls `/healthz` until the source `home` satisfies `f`.
+async fn wait_status(relay: &Relay, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let h = health(relay).await;
+        if let Some(s) = h["sources"].as_array().and_then(|a| a.first()) {
+            if f(s) {
+                return s.clone();
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn messages(sink: &Sink) -> Vec<String> {
+    sink.requests()
+        .iter()
+        .map(|r| r.json()["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn token_login_enriches_pushed_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server().await;
+    let sink = Sink::start().await;
+    let relay = start_relay(
+        dir.path(),
+        &server,
+        &format!("    token: {TOKEN}"),
+        &sink,
+        "{ type: alarm, source: home }",
+        "{{ device.name }} ({{ group.name }}) via {{ source }}: {{ event.attributes.message }}",
+        "",
+    )
+    .await;
+    wait_status(&relay, "connected", |s| s["connected"] == true).await;
+    // The frame carries only ids; names come from the cache.
+    let frame: Value = serde_json::from_str(&payload("websocket/events.json")).unwrap();
+    let mut event = frame["events"][0].clone();
+    event["eventTime"] = json!(chrono::Utc::now().to_rfc3339());
+    server.push_event(event);
+    sink.wait_for(1, WAIT).await;
+    assert_eq!(
+        messages(&sink),
+        ["Lena's Gazelle (Familie Hofer) via home: Lena's Gazelle alarm: Movement at 2026-05-15 02:46:12"]
+    );
+    let logins = server.logins();
+    assert!(
+        logins.len() == 1 && logins[0].by_token && logins[0].ok,
+        "{logins:?}"
+    );
+    assert_eq!(
+        server.socket_refusals(),
+        Vec::<u16>::new(),
+        "no Origin, cookie sent"
+    );
+    let s = wait_status(&relay, "a frame", |s| !s["last_frame"].is_null()).await;
+    assert_eq!(s["reconnects"], 0);
+    assert_eq!(s["devices"], 2);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn socket_and_webhook_share_the_dedup_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server().await;
+    let sink = Sink::start().await;
+    let relay = start_relay(
+        dir.path(),
+        &server,
+        &format!("    token: {TOKEN}"),
+        &sink,
+        "{ type: alarm }",
+        "{{ source }}: {{ device.name }} ({{ group.name }})",
+        "",
+    )
+    .await;
+    wait_status(&relay, "connected", |s| s["connected"] == true).await;
+    let body: Value = serde_json::from_str(&payload("alarm_sos.json")).unwrap();
+    let id = body["event"]["id"].as_i64().unwrap();
+    let (status, answer) = relay.post(body.to_string(), &[]).await;
+    assert_eq!((status, answer["status"].as_str()), (200, Some("accepted")));
+    let mut pushed = body["event"].clone();
+    pushed["eventTime"] = json!(chrono::Utc::now().to_rfc3339());
+    server.push_event(pushed);
+    server.push_event(alarm(id + 1, 12, None));
+    sink.wait_for(2, WAIT).await;
+    sink.assert_stays_at(2, Duration::from_millis(300)).await;
+    // The webhook body has no group: the live source's cache fills it in.
+    assert_eq!(
+        messages(&sink),
+        [
+            "traccar: Lastenrad Wien (Radkultur Wien)",
+            "home: Lena's Gazelle (Familie Hofer)"
+        ]
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn password_login_and_wrong_credentials_back_off_without_leaking() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Traccar::start(
+        None,
+        Some(("lena@example.org", PASSWORD)),
+        Duration::from_millis(100),
+    )
+    .await;
+    let sink = Sink::start().await;
+    // Capture the relay's logs: the test runtime is single-threaded, so its tasks log here.
+    let logs = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || Capture(writer.clone()))
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let relay = start_relay(
+        dir.path(),
+        &server,
+        "    email: lena@example.org\n    password: wrong-Pa55word-xyz",
+        &sink,
+        "{ type: alarm }",
+        "x",
+        "",
+    )
+    .await;
+    eventually(WAIT, "four refused logins", || server.logins().len() >= 4).await;
+    let s = wait_status(&relay, "an error", |s| !s["last_error"].is_null()).await;
+    assert_eq!(s["connected"], false);
+    let err = s["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("wrong email or password for `lena@example.org`"),
+        "{err}"
+    );
+    // Backoff: the waits grow (50 ms doubling, jitter ±20%).
+    let logins = server.logins();
+    assert!(logins.iter().all(|l| !l.ok && !l.by_token));
+    let gaps: Vec<Duration> = logins.windows(2).map(|w| w[1].at - w[0].at).collect();
+    assert!(gaps[2] > gaps[0], "no backoff: {gaps:?}");
+    relay.stop().await;
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("login refused"), "{text}");
+    assert!(
+        !text.contains("wrong-Pa55word-xyz"),
+        "password logged: {text}"
+    );
+    assert!(!health_text_leaks(&s, "wrong-Pa55word-xyz"));
+
+    // The right password logs in.
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(
+        dir.path(),
+        &server,
+        &format!("    email: lena@example.org\n    password: {PASSWORD:?}"),
+        &sink,
+        "{ type: alarm }",
+        "{{ device.name }}",
+        "",
+    )
+    .await;
+    wait_status(&relay, "connected", |s| s["connected"] == true).await;
+    server.push_event(alarm(5001, 27, None));
+    sink.wait_for(1, WAIT).await;
+    assert_eq!(messages(&sink), ["Lastenrad Wien"]);
+    relay.stop().await;
+}
+
+fn health_text_leaks(v: &Value, secret: &str) -> bool {
+    v.to_string().contains(secret)
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_socket_reconnects_and_backfills_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server().await;
+    let sink = Sink::start().await;
+    let relay = ids_relay(dir.path(), &server, &sink).await;
+    wait_status(&relay, "connected", |s| s["connected"] == true).await;
+    server.push_event(alarm(7001, 12, Some("live")));
+    sink.wait_for(1, WAIT).await;
+    // Wait for a frame after the event so the gap starts after it... or not: the margin covers
+    // both, and dedup drops 7001 when the backfill returns it again.
+    server.drop_sockets();
+    wait_status(&relay, "disconnected", |s| {
+        s["reconnects"].as_u64() >= Some(1)
+    })
+    .await;
+    // Events while the relay is away: not pushed, only in the server's history.
+    server.record_event(alarm(7002, 12, None));
+    server.record_event(alarm(7003, 27, None));
+    eventually(WAIT, "a second socket", || server.socket_opens() >= 2).await;
+    sink.wait_for(3, WAIT).await;
+    sink.assert_stays_at(3, Duration::from_millis(400)).await;
+    let mut got = messages(&sink);
+    got.sort();
+    assert_eq!(got, ["7001", "7002", "7003"]);
+    let queries = server.report_queries();
+    assert!(
+        queries.iter().any(|q| q.contains("deviceId=12")),
+        "{queries:?}"
+    );
+    assert!(
+        queries.iter().any(|q| q.contains("deviceId=27")),
+        "{queries:?}"
+    );
+    // Only one login: the session survived the drop.
+    assert_eq!(server.logins().len(), 1);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_session_logs_in_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server().await;
+    let sink = Sink::start().await;
+    let relay = ids_relay(dir.path(), &server, &sink).await;
+    wait_status(&relay, "connected", |s| s["connected"] == true).await;
+    server.expire_sessions();
+    server.drop_sockets();
+    eventually(WAIT, "a second login", || server.logins().len() >= 2).await;
+    eventually(WAIT, "a new socket", || server.socket_opens() >= 2).await;
+    assert!(server.logins().iter().all(|l| l.ok));
+    server.push_event(alarm(8001, 12, None));
+    sink.wait_for(1, WAIT).await;
+    assert_eq!(messages(&sink), ["8001"]);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_frames_are_skipped_and_the_socket_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server().await;
+    let sink = Sink::start().await;
+    let relay = ids_relay(dir.path(), &server, &sink).await;
+    wait_status(&relay, "connected", |s| s["connected"] == true).await;
+    server.push_text("not json at all".into());
+    server.push_text(r#"{"events":[{"id":"seven","type":"alarm"}]}"#.into());
+    server.push_text(r#"[1,2,3]"#.into());
+    server.push_event(alarm(9001, 12, None));
+    sink.wait_for(1, WAIT).await;
+    assert_eq!(messages(&sink), ["9001"]);
+    assert_eq!(server.socket_opens(), 1);
+    let s = wait_status(&relay, "status", |_| true).await;
+    assert_eq!(s["reconnects"], 0, "{s}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_or_goes_silent_is_timed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server().await;
+    server.set_hang(true);
+    let sink = Sink::start().await;
+    let relay = ids_relay(dir.path(), &server, &sink).await;
+    let s = wait_status(&relay, "a timeout", |s| s["reconnects"].as_u64() >= Some(2)).await;
+    assert!(
+        s["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no answer in time"),
+        "{s}"
+    );
+    assert!(
+        !health(&relay).await.to_string().contains(TOKEN),
+        "token leaked: {s}"
+    );
+    assert_eq!(s["connected"], false);
+    server.set_hang(false);
+    wait_status(&relay, "connected", |s| s["connected"] == true).await;
+    // A socket that stops talking (no keepalive, no pong) is dead after silence_timeout.
+    server.set_silent(true);
+    let s = wait_status(&relay, "silence detected", |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("silent"))
+    })
+    .await;
+    assert!(s["reconnects"].as_u64() >= Some(3), "{s}");
+    server.set_silent(false);
+    eventually(WAIT, "a socket after the silence", || {
+        server.connected() >= 1
+    })
+    .await;
+    wait_status(&relay, "connected", |s| s["connected"] == true).await;
+    server.push_event(alarm(9101, 12, None));
+    sink.wait_for(1, WAIT).await;
+    relay.stop().await;
+}
+
+fn position(id: i64, device: i64, lat: f64, lon: f64, secs: i64) -> Value {
+    let t = chrono::DateTime::from_timestamp(1_800_000_000 + secs, 0)
+        .unwrap()
+        .to_rfc3339();
+    json!({ "id": id, "deviceId": device, "latitude": lat, "longitude": lon, "valid": true,
+            "fixTime": t, "deviceTime": t, "serverTime": t, "attributes": {} })
+}
+
+#[tokio::test]
+async fn zones_enter_after_dwell_and_exit_from_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server().await;
+    let sink = Sink::start().await;
+    let relay = start_relay(
+        dir.path(),
+        &server,
+        &format!("    token: {TOKEN}"),
+        &sink,
+        "{ type: [geofenceEnter, geofenceExit], geofence: 'Zuhause*' }",
+        "{{ title }}: {{ device.name }}",
+        "    zones:\n      Zuhause (relay): { area: 'CIRCLE (47.26221 11.41352, 50)', dwell: 30s }\n",
+    )
+    .await;
+    wait_status(&relay, "connected", |s| s["connected"] == true).await;
+    let (inside, outside) = ((47.26221, 11.41352), (47.263421, 11.412008));
+    let steps = [
+        (outside, 0),
+        (inside, 10),  // pending
+        (outside, 20), // jitter: back out, no enter
+        (inside, 30),  // pending again
+        (inside, 50),  // 20 s: not yet
+        (inside, 61),  // 31 s: enter
+        (inside, 90),
+        (outside, 100), // exit
+    ];
+    for (i, ((lat, lon), t)) in steps.iter().enumerate() {
+        let p = position(100 + i as i64, 12, *lat, *lon, *t);
+        server.push_text(json!({ "positions": [p] }).to_string());
+    }
+    sink.wait_for(2, WAIT).await;
+    sink.assert_stays_at(2, Duration::from_millis(300)).await;
+    assert_eq!(
+        messages(&sink),
+        [
+            "Entered Zuhause (relay): Lena's Gazelle",
+            "Left Zuhause (relay): Lena's Gazelle"
+        ]
+    );
+    let event = &sink.requests()[0].json()["event"];
+    assert_eq!(event["event"]["attributes"]["origin"], "relay");
+    assert!(event["event"]["id"].as_i64().unwrap() < 0);
+    assert_eq!(event["position"]["id"], 105);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn config_errors_name_the_source_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trackrelay.yaml");
+    std::fs::write(
+        &path,
+        "traccar:\n  - name: a\n    url: ftp://x\n    email: me@x\n  - name: b\n    url: http://x\n    token: t\n    zones: { z: { area: 'CIRCLE (1 2)' } }\n  - name: c\n    url: https://me:pw@x\n    token: t\n",
+    )
+    .unwrap();
+    let err = trackrelay::config::Config::load_with_env(Some(&path), &|_| None)
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "trackrelay.yaml:2: traccar source 'a': url: `ftp://x` must be http:// or https://",
+        "trackrelay.yaml:2: traccar source 'a': `email` needs a `password`",
+        "trackrelay.yaml:5: traccar source 'b': zone 'z': CIRCLE: expected",
+        "trackrelay.yaml:9: traccar source 'c': url: no credentials in the URL",
+    ] {
+        assert!(err.contains(want), "{want:?} missing in {err}");
+    }
+}
