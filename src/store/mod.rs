@@ -1,8 +1,12 @@
 //! Durable storage behind one interface: accepted events (deduplicated by source and event id), the
-//! outbox of deliveries and their state. SQLite ([`sqlite`]) is the embedded default; the interface is
-//! shaped so a shared PostgreSQL backend can implement the same contract (claims carry a lease).
+//! outbox of deliveries and their state. SQLite ([`sqlite`]) is the embedded default, for one instance;
+//! PostgreSQL ([`postgres`]) is shared by several instances (claims carry a lease that another
+//! instance may take over once it runs out). [`open`] picks the backend the configuration names.
 
+pub mod postgres;
 pub mod sqlite;
+
+use std::sync::Arc;
 
 use std::time::Duration;
 
@@ -246,6 +250,10 @@ pub enum StoreError {
     /// A database operation failed.
     #[error("database error: {0}")]
     Db(String),
+    /// The database cannot be reached right now (a shared database restarting or down). Transient:
+    /// the same call succeeds once it is back, without a restart.
+    #[error("database unreachable: {0}")]
+    Unavailable(String),
     /// A stored row could not be read back.
     #[error("corrupt row {id}: {reason}")]
     Corrupt {
@@ -264,8 +272,10 @@ pub trait Store: Send + Sync {
     /// write queue is full.
     async fn accept(&self, event: NewEvent) -> Result<Accepted, StoreError>;
 
-    /// Claims up to `limit` due deliveries (status pending, next attempt due, no earlier unfinished
-    /// delivery with the same ordering key) for `lease`, marking them in flight.
+    /// Claims up to `limit` due deliveries (status pending and next attempt due, or in flight with a
+    /// lease that ran out; no earlier unfinished delivery with the same ordering key) for `lease`,
+    /// marking them in flight. A delivery is never handed out twice while its lease runs, also not to
+    /// two store objects (instances) on the same database.
     async fn claim(
         &self,
         now_ms: i64,
@@ -276,15 +286,18 @@ pub trait Store: Send + Sync {
     /// Records how attempts ended, in one transaction.
     async fn finish(&self, outcomes: Vec<(i64, Outcome)>, now_ms: i64) -> Result<(), StoreError>;
 
-    /// The earliest next attempt after `now_ms` (a retry waiting for its backoff). Deliveries due already
-    /// but waiting behind an earlier one of their recipient are not counted: finishing that one wakes the
-    /// worker anyway.
+    /// The earliest next attempt after `now_ms`: a retry waiting for its backoff, or a claim whose lease
+    /// runs out then. Deliveries due already but waiting behind an earlier one of their recipient are not
+    /// counted: finishing that one wakes the worker anyway.
     async fn next_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError>;
 
     /// The next-attempt time of the oldest delivery that is due at `now_ms` and still pending.
     async fn oldest_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError>;
 
-    /// Returns deliveries left in flight by a previous run (or whose lease expired) to pending.
+    /// At startup: returns deliveries whose sender cannot be running any more to pending, and says how
+    /// many. The embedded store has one process, so that is every delivery in flight (left by the
+    /// previous run); a shared store takes back only those whose lease ran out, since the others may be
+    /// being sent by a live instance (and are claimable anyway once their lease runs out).
     async fn recover(&self, now_ms: i64) -> Result<u64, StoreError>;
 
     /// Lists deliveries, newest first.
@@ -303,6 +316,32 @@ pub trait Store: Send + Sync {
 
     /// Number of deliveries by state.
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError>;
+}
+
+/// Opens the store the configuration names: PostgreSQL when `storage.url` is set, else the SQLite file
+/// under `storage.data_dir`. `queue` bounds SQLite's write queue.
+pub async fn open(
+    storage: &crate::config::Storage,
+    queue: usize,
+) -> Result<Arc<dyn Store>, StoreError> {
+    match &storage.postgres {
+        Some(pg) => {
+            let store = postgres::PgStore::connect(&postgres::PgOptions {
+                url: pg.url.expose().to_string(),
+                pool: pg.pool,
+                statement_timeout: pg.statement_timeout,
+                connect_timeout: pg.connect_timeout,
+            })
+            .await?;
+            tracing::info!(database = %store.redacted_url(), "store opened (PostgreSQL)");
+            Ok(Arc::new(store))
+        }
+        None => {
+            let store = sqlite::SqliteStore::open(&storage.data_dir, queue)?;
+            tracing::info!(database = %store.path().display(), "store opened");
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// Unix milliseconds now.
