@@ -14,12 +14,15 @@ use crate::app::Shared;
 use crate::channel::SendError;
 use crate::metrics::Metrics;
 use crate::retry::{Decision, RetryPolicy};
-use crate::store::{now_ms, Claimed, Outcome, Store};
+use crate::store::{now_ms, Claimed, Outcome, Store, StoreError};
 
-/// A claim is held this long; a PostgreSQL backend hands an expired claim to another instance.
-pub const LEASE: Duration = Duration::from_secs(300);
-/// A send taking longer than this is abandoned and retried, whatever the channel's own timeout.
+/// A send taking longer than this (or than half the claim's lease, `storage.lease`, if that is shorter)
+/// is abandoned and retried, whatever the channel's own timeout: a claim never runs out while its
+/// send is still running, so a shared store does not hand it to another instance meanwhile.
 pub const SEND_DEADLINE: Duration = Duration::from_secs(120);
+/// Recording outcomes is retried this long while a shared database is unreachable: a delivery sent
+/// but not recorded would be sent again once its lease runs out.
+pub const RECORD_PATIENCE: Duration = Duration::from_secs(60);
 /// The worker looks for due deliveries at least this often, so rows another process made due (the CLI's
 /// `replay`) are noticed.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -66,7 +69,8 @@ impl Dispatcher {
             let free = self.workers.saturating_sub(tasks.len());
             let mut claimed = 0;
             if free > 0 {
-                match self.store.claim(now_ms(), free, LEASE).await {
+                let lease = self.shared.get().config.storage.lease;
+                match self.store.claim(now_ms(), free, lease).await {
                     Ok(batch) => {
                         claimed = batch.len();
                         for d in batch {
@@ -134,8 +138,23 @@ impl Dispatcher {
         let (store, wake) = (self.store.clone(), self.wake.clone());
         recording.spawn(async move {
             let n = batch.len();
-            if let Err(e) = store.finish(batch, now_ms()).await {
-                tracing::error!(deliveries = n, error = %e, "cannot record delivery outcomes");
+            let give_up = tokio::time::Instant::now() + RECORD_PATIENCE;
+            let mut pause = Duration::from_millis(100);
+            loop {
+                match store.finish(batch.clone(), now_ms()).await {
+                    Ok(()) => break,
+                    Err(e @ (StoreError::Unavailable(_) | StoreError::Busy))
+                        if tokio::time::Instant::now() + pause < give_up =>
+                    {
+                        tracing::warn!(deliveries = n, error = %e, "cannot record delivery outcomes yet; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                    }
+                    Err(e) => {
+                        tracing::error!(deliveries = n, error = %e, "cannot record delivery outcomes");
+                        break;
+                    }
+                }
             }
             wake.notify_one();
         });
@@ -156,12 +175,13 @@ async fn deliver(shared: &Shared, metrics: &Metrics, d: Claimed) -> (i64, Outcom
         }
     };
     let rt = shared.get();
+    let deadline = SEND_DEADLINE.min(rt.config.storage.lease / 2);
     let result = match rt.channels.get(&n.channel) {
-        Some(ch) => match tokio::time::timeout(SEND_DEADLINE, ch.send(&n)).await {
+        Some(ch) => match tokio::time::timeout(deadline, ch.send(&n)).await {
             Ok(r) => r,
             Err(_) => Err(SendError::transient(format!(
                 "no answer within {}s",
-                SEND_DEADLINE.as_secs()
+                deadline.as_secs_f64()
             ))),
         },
         None => Err(SendError::permanent(format!(

@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use trackrelay::config::Config;
 use trackrelay::event::Envelope;
-use trackrelay::store::sqlite::SqliteStore;
-use trackrelay::store::{now_ms, Filter, Replay, Status, Store};
+use trackrelay::store::{now_ms, Filter, Replay, Status};
 
 /// Alert relay for GPS trackers: Traccar / BikeTrax events in, the right message out, once.
 ///
@@ -74,7 +73,7 @@ enum Command {
     },
     /// List deliveries (newest first), e.g. the dead letters: `--status dead`.
     Deliveries {
-        /// Config file (read for its data directory only).
+        /// Config file (read for its storage settings only: data directory or PostgreSQL URL).
         #[arg(short, long, env = "TRACKRELAY_CONFIG")]
         config: Option<PathBuf>,
         /// The data directory itself: no config (and none of its secrets) needed.
@@ -98,7 +97,7 @@ enum Command {
     },
     /// Send a dead (or delivered) delivery again, or every dead letter. A running relay picks it up.
     Replay {
-        /// Config file (read for its data directory only).
+        /// Config file (read for its storage settings only: data directory or PostgreSQL URL).
         #[arg(short, long, env = "TRACKRELAY_CONFIG")]
         config: Option<PathBuf>,
         /// The data directory itself: no config (and none of its secrets) needed.
@@ -211,7 +210,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             limit,
             json,
         } => {
-            let dir = data_dir_of(config.as_deref(), data_dir)?;
+            let store = open_store(config.as_deref(), data_dir).await?;
             let status = status
                 .map(|s| {
                     Status::parse(&s).ok_or_else(|| {
@@ -219,7 +218,6 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     })
                 })
                 .transpose()?;
-            let store = SqliteStore::open(&dir, 16)?;
             let rows = store
                 .list(Filter {
                     status,
@@ -256,7 +254,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             id,
             all_dead,
         } => {
-            let store = SqliteStore::open(&data_dir_of(config.as_deref(), data_dir)?, 16)?;
+            let store = open_store(config.as_deref(), data_dir).await?;
             let which = if all_dead {
                 Replay::AllDead
             } else {
@@ -301,12 +299,16 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The data directory: given directly, or that of the config.
-fn data_dir_of(config: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    match data_dir {
-        Some(d) => Ok(d),
-        None => Ok(load(config)?.storage.data_dir),
-    }
+/// The store of the CLI's commands: the SQLite file under `data_dir` when given, else the config's store
+/// (its SQLite folder or its PostgreSQL database).
+async fn open_store(
+    config: Option<&Path>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<std::sync::Arc<dyn trackrelay::store::Store>> {
+    Ok(match data_dir {
+        Some(d) => std::sync::Arc::new(trackrelay::store::sqlite::SqliteStore::open(&d, 16)?),
+        None => trackrelay::store::open(&load(config)?.storage, 16).await?,
+    })
 }
 
 fn explain(cfg: &Config, env: &Envelope, raw: &str) {
