@@ -2,6 +2,7 @@
 //! records the outcome: done, retry at a time the [`RetryPolicy`] decides, or dead letter. Retries,
 //! logging and the send deadline are written here once, around [`Channel::send`].
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,12 +55,15 @@ impl Dispatcher {
         let mut tasks: JoinSet<(i64, Outcome)> = JoinSet::new();
         let mut recording: JoinSet<()> = JoinSet::new();
         let mut finished: Vec<(i64, Outcome)> = Vec::new();
+        // Recordings waiting for the database: no new claims meanwhile, so this instance does not claim
+        // its own sent deliveries again if their lease ran out during an outage.
+        let stalled = Arc::new(AtomicUsize::new(0));
         loop {
             while let Some(r) = tasks.try_join_next() {
                 finished.extend(r.ok());
             }
             while recording.try_join_next().is_some() {}
-            self.record(&mut finished, &mut recording);
+            self.record(&mut finished, &mut recording, &stalled);
             while tasks.len() < self.workers {
                 match self.fast.try_recv() {
                     Ok(d) => self.spawn(&mut tasks, d),
@@ -68,7 +72,7 @@ impl Dispatcher {
             }
             let free = self.workers.saturating_sub(tasks.len());
             let mut claimed = 0;
-            if free > 0 {
+            if free > 0 && stalled.load(Ordering::Relaxed) == 0 {
                 let lease = self.shared.get().config.storage.lease;
                 match self.store.claim(now_ms(), free, lease).await {
                     Ok(batch) => {
@@ -117,7 +121,7 @@ impl Dispatcher {
                 }
             }
         }
-        self.record(&mut finished, &mut recording);
+        self.record(&mut finished, &mut recording, &stalled);
         while recording.join_next().await.is_some() {}
     }
 
@@ -130,31 +134,45 @@ impl Dispatcher {
     /// loop: a recorded outcome may let the next delivery to the same recipient go. On failure the rows
     /// stay claimed and are sent again after restart (or, with a shared store, after their lease), under
     /// the same idempotency key.
-    fn record(&self, finished: &mut Vec<(i64, Outcome)>, recording: &mut JoinSet<()>) {
+    fn record(
+        &self,
+        finished: &mut Vec<(i64, Outcome)>,
+        recording: &mut JoinSet<()>,
+        stalled: &Arc<AtomicUsize>,
+    ) {
         if finished.is_empty() {
             return;
         }
         let batch = std::mem::take(finished);
-        let (store, wake) = (self.store.clone(), self.wake.clone());
+        let (store, wake, stalled) = (self.store.clone(), self.wake.clone(), stalled.clone());
         recording.spawn(async move {
             let n = batch.len();
             let give_up = tokio::time::Instant::now() + RECORD_PATIENCE;
-            let mut pause = Duration::from_millis(100);
+            // Short pauses: the outcome has to land before the lease runs out.
+            let mut pause = Duration::from_millis(50);
+            let mut waited = false;
             loop {
                 match store.finish(batch.clone(), now_ms()).await {
                     Ok(()) => break,
                     Err(e @ (StoreError::Unavailable(_) | StoreError::Busy))
                         if tokio::time::Instant::now() + pause < give_up =>
                     {
+                        if !waited {
+                            waited = true;
+                            stalled.fetch_add(1, Ordering::Relaxed);
+                        }
                         tracing::warn!(deliveries = n, error = %e, "cannot record delivery outcomes yet; retrying");
                         tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(2));
+                        pause = (pause * 2).min(Duration::from_millis(500));
                     }
                     Err(e) => {
                         tracing::error!(deliveries = n, error = %e, "cannot record delivery outcomes");
                         break;
                     }
                 }
+            }
+            if waited {
+                stalled.fetch_sub(1, Ordering::Relaxed);
             }
             wake.notify_one();
         });

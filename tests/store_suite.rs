@@ -43,6 +43,8 @@ impl Backend {
                     pool: 8,
                     statement_timeout: Duration::from_secs(10),
                     connect_timeout: Duration::from_secs(5),
+                    startup_wait: Duration::ZERO,
+                    restart_grace: Duration::ZERO,
                 })
                 .await
                 .unwrap_or_else(|e| panic!("{e}")),
@@ -607,6 +609,8 @@ async fn an_unreachable_postgres_is_a_clear_error_without_the_password() {
         pool: 2,
         statement_timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(2),
+        startup_wait: Duration::ZERO,
+        restart_grace: Duration::ZERO,
     })
     .await
     .err()
@@ -633,6 +637,8 @@ async fn postgres_migrations_are_safe_when_instances_start_together() {
         pool: 2,
         statement_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
+        startup_wait: Duration::ZERO,
+        restart_grace: Duration::ZERO,
     };
     let mut starting = tokio::task::JoinSet::new();
     for _ in 0..6 {

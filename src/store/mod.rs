@@ -318,6 +318,10 @@ pub trait Store: Send + Sync {
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError>;
 }
 
+/// How long [`open`] waits at start for a PostgreSQL database that cannot be reached (restarting, or
+/// starting together with the relay).
+pub const PG_STARTUP_WAIT: Duration = Duration::from_secs(30);
+
 /// Opens the store the configuration names: PostgreSQL when `storage.url` is set, else the SQLite file
 /// under `storage.data_dir`. `queue` bounds SQLite's write queue.
 pub async fn open(
@@ -331,6 +335,8 @@ pub async fn open(
                 pool: pg.pool,
                 statement_timeout: pg.statement_timeout,
                 connect_timeout: pg.connect_timeout,
+                startup_wait: PG_STARTUP_WAIT,
+                restart_grace: storage.lease,
             })
             .await?;
             tracing::info!(database = %store.redacted_url(), "store opened (PostgreSQL)");

@@ -26,6 +26,8 @@ use tokio_postgres::NoTls;
 
 use super::*;
 
+/// Pause between attempts to reach the database at start.
+const STARTUP_RETRY: Duration = Duration::from_millis(500);
 /// Rows deleted per retention statement: short enough not to hold up intake.
 const PRUNE_CHUNK: i64 = 5000;
 /// Key of the advisory lock migrations run under ("trackrly").
@@ -88,12 +90,20 @@ pub struct PgOptions {
     pub statement_timeout: Duration,
     /// Connecting (and waiting for a free pooled connection) gives up after this.
     pub connect_timeout: Duration,
+    /// At start, an unreachable database is tried again for this long (it may be restarting) before
+    /// [`PgStore::connect`] gives up.
+    pub startup_wait: Duration,
+    /// For this long after PostgreSQL (re)started, no expired lease is taken over: an instance that
+    /// sent deliveries just before the database went away records them first, instead of another
+    /// instance sending them again because their lease ran out during the outage. Set it to the lease.
+    pub restart_grace: Duration,
 }
 
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: Pool,
     redacted: String,
+    restart_grace_ms: i64,
 }
 
 /// Checks a database URL and returns its connection settings. Only `postgres://` and `postgresql://`
@@ -243,12 +253,25 @@ impl PgStore {
         let store = PgStore {
             pool,
             redacted: redacted.clone(),
+            restart_grace_ms: opts.restart_grace.as_millis() as i64,
         };
-        let mut client = store.client().await.map_err(|e| open_err(e.to_string()))?;
-        migrate(&mut client)
-            .await
-            .map_err(|e| open_err(e.to_string()))?;
-        Ok(store)
+        let give_up = tokio::time::Instant::now() + opts.startup_wait;
+        loop {
+            let migrated = match store.client().await {
+                Ok(mut client) => migrate(&mut client).await,
+                Err(e) => Err(e),
+            };
+            match migrated {
+                Ok(()) => return Ok(store),
+                Err(e @ StoreError::Unavailable(_))
+                    if tokio::time::Instant::now() + STARTUP_RETRY < give_up =>
+                {
+                    tracing::warn!(database = %redacted, error = %e, "database not reachable yet; retrying");
+                    tokio::time::sleep(STARTUP_RETRY).await;
+                }
+                Err(e) => return Err(open_err(e.to_string())),
+            }
+        }
     }
 
     /// The database URL without its password.
@@ -313,13 +336,20 @@ async fn migrate(client: &mut Object) -> Result<(), StoreError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(pg)?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS trackrelay_schema (
-             version INTEGER PRIMARY KEY,
-             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-    )
-    .await
-    .map_err(pg)?;
+    let fresh: bool = tx
+        .query_one("SELECT to_regclass('trackrelay_schema') IS NULL", &[])
+        .await
+        .map_err(pg)?
+        .get(0);
+    if fresh {
+        tx.batch_execute(
+            "CREATE TABLE trackrelay_schema (
+                 version INTEGER PRIMARY KEY,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(pg)?;
+    }
     let version: i32 = tx
         .query_one(
             "SELECT COALESCE(MAX(version), 0) FROM trackrelay_schema",
@@ -368,11 +398,14 @@ const ACCEPT: &str = "WITH ev AS (
         RETURNING id, key, status)
     SELECT ins.id, ins.key FROM ev LEFT JOIN ins ON ins.status = 'inflight' ORDER BY ins.id";
 
-/// Due deliveries (pending and due, or in flight with an expired lease), oldest first, none waiting
-/// behind an earlier one of its ordering key; rows another instance is claiming right now are skipped.
+/// Due deliveries (pending and due, or in flight with an expired lease, but not right after the server
+/// restarted: see [`PgOptions::restart_grace`]), oldest first, none waiting behind an earlier one of its
+/// ordering key; rows another instance is claiming right now are skipped.
 const CLAIM: &str = "WITH c AS (
         SELECT d.id FROM deliveries d
-        WHERE ((d.status = 'pending' AND d.next_at <= $1) OR (d.status = 'inflight' AND d.lease_until <= $1))
+        WHERE ((d.status = 'pending' AND d.next_at <= $1)
+               OR (d.status = 'inflight' AND d.lease_until <= $1
+                   AND clock_timestamp() >= pg_postmaster_start_time() + $4::BIGINT * INTERVAL '1 ms'))
           AND (d.order_key IS NULL OR NOT EXISTS (
               SELECT 1 FROM deliveries e
               WHERE e.order_key = d.order_key AND e.id < d.id AND e.status IN ('pending', 'inflight')))
@@ -485,7 +518,15 @@ impl Store for PgStore {
     ) -> Result<Vec<Claimed>, StoreError> {
         let lease_until = now_ms + lease.as_millis() as i64;
         let rows = self
-            .query(CLAIM, &[&now_ms, &(limit as i64), &lease_until])
+            .query(
+                CLAIM,
+                &[
+                    &now_ms,
+                    &(limit as i64),
+                    &lease_until,
+                    &self.restart_grace_ms,
+                ],
+            )
             .await?;
         let mut out: Vec<Claimed> = rows
             .iter()
@@ -560,8 +601,9 @@ impl Store for PgStore {
         // Only expired leases: the other rows in flight may belong to instances that are alive.
         self.execute(
             "UPDATE deliveries SET status = 'pending', next_at = $1, lease_until = NULL
-             WHERE status = 'inflight' AND lease_until <= $1",
-            &[&now_ms],
+             WHERE status = 'inflight' AND lease_until <= $1
+               AND clock_timestamp() >= pg_postmaster_start_time() + $2::BIGINT * INTERVAL '1 ms'",
+            &[&now_ms, &self.restart_grace_ms],
         )
         .await
     }
