@@ -458,6 +458,44 @@ mod tests {
     }
 
     #[test]
+    fn storage_url_selects_postgres_and_errors_hide_the_password() {
+        let cfg =
+            load("storage:\n  url: postgres://relay:s3cret@db:5432/tr\n  pool: 4\n  lease: 30s\n")
+                .unwrap();
+        let pg = cfg.storage.postgres.as_ref().unwrap();
+        assert_eq!(
+            (pg.pool, pg.redacted.as_str(), cfg.storage.lease),
+            (
+                4,
+                "postgres://relay:***@db:5432/tr",
+                Duration::from_secs(30)
+            )
+        );
+        assert!(!format!("{:?}", cfg.storage).contains("s3cret"));
+        assert_eq!(load("").unwrap().storage.lease, DEFAULT_LEASE);
+        assert_eq!(
+            load("storage: { url: 'postgres://db/tr' }")
+                .unwrap()
+                .storage
+                .lease,
+            DEFAULT_PG_LEASE
+        );
+        let err =
+            load("listen: 127.0.0.1:1\nstorage:\n  data_dir: x\n  url: mysql://u:s3cret@db/tr\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("t.yaml:4"), "{err}");
+        assert!(err.contains("not a PostgreSQL URL"), "{err}");
+        assert!(
+            err.contains("t.yaml:3") && err.contains("not both"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = load("storage: { pool: 3 }").unwrap_err().to_string();
+        assert!(err.contains("needs url"), "{err}");
+    }
+
+    #[test]
     fn disabled_rules_are_checked_but_never_evaluated() {
         let cfg = load(
             "channels: { out: { type: log } }\nrules:\n  - { name: off, enabled: false, stop: true, notify: [{ channel: out }] }\n  - { name: on, notify: [{ channel: out }] }\n",
