@@ -72,6 +72,17 @@ impl HttpError {
                     "the relay is at capacity; retry shortly",
                 )
             },
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(reason = %reason, "storage unreachable; intake answers 503");
+                HttpError {
+                    retry_after: Some(2),
+                    ..HttpError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "storage_unavailable",
+                        "storage is unavailable; retry later",
+                    )
+                }
+            }
             other => {
                 tracing::error!(error = %other, "storage failure");
                 HttpError {

@@ -20,8 +20,7 @@ use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
 use crate::source::http as ingest;
 use crate::source::traccar;
-use crate::store::sqlite::SqliteStore;
-use crate::store::{now_ms, Store};
+use crate::store::{self, now_ms, Store};
 
 /// How often retention runs.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -67,14 +66,12 @@ pub struct Running {
 
 /// Opens the store, builds the channels, binds the listener and starts every task.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let store = SqliteStore::open(&config.storage.data_dir, config.ingest.queue)?;
-    tracing::info!(database = %store.path().display(), "store opened");
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store = store::open(&config.storage, config.ingest.queue).await?;
     let recovered = store.recover(now_ms()).await?;
     if recovered > 0 {
         tracing::info!(
             recovered,
-            "deliveries left in flight by the previous run are due again"
+            "deliveries left in flight by a previous run are due again"
         );
     }
     let channels = channel::build_all(&config.channels)?;

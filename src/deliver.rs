@@ -2,6 +2,7 @@
 //! records the outcome: done, retry at a time the [`RetryPolicy`] decides, or dead letter. Retries,
 //! logging and the send deadline are written here once, around [`Channel::send`].
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,10 +19,13 @@ use crate::notification::{Content, Notification};
 use crate::retry::{Decision, RetryPolicy};
 use crate::store::{now_ms, Claimed, Outcome, Store, StoreError};
 
-/// A claim is held this long; a PostgreSQL backend hands an expired claim to another instance.
-pub const LEASE: Duration = Duration::from_secs(300);
-/// A send taking longer than this is abandoned and retried, whatever the channel's own timeout.
+/// A send taking longer than this (or than half the claim's lease, `storage.lease`, if that is shorter)
+/// is abandoned and retried, whatever the channel's own timeout: a claim never runs out while its
+/// send is still running, so a shared store does not hand it to another instance meanwhile.
 pub const SEND_DEADLINE: Duration = Duration::from_secs(120);
+/// Recording outcomes is retried this long while a shared database is unreachable: a delivery sent
+/// but not recorded would be sent again once its lease runs out.
+pub const RECORD_PATIENCE: Duration = Duration::from_secs(60);
 /// The worker looks for due deliveries at least this often, so rows another process made due (the CLI's
 /// `replay`) are noticed.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -53,12 +57,15 @@ impl Dispatcher {
         let mut tasks: JoinSet<(i64, Outcome)> = JoinSet::new();
         let mut recording: JoinSet<()> = JoinSet::new();
         let mut finished: Vec<(i64, Outcome)> = Vec::new();
+        // Recordings waiting for the database: no new claims meanwhile, so this instance does not claim
+        // its own sent deliveries again if their lease ran out during an outage.
+        let stalled = Arc::new(AtomicUsize::new(0));
         loop {
             while let Some(r) = tasks.try_join_next() {
                 finished.extend(r.ok());
             }
             while recording.try_join_next().is_some() {}
-            self.record(&mut finished, &mut recording);
+            self.record(&mut finished, &mut recording, &stalled);
             while tasks.len() < self.workers {
                 match self.fast.try_recv() {
                     Ok(d) => self.spawn(&mut tasks, d),
@@ -67,8 +74,9 @@ impl Dispatcher {
             }
             let free = self.workers.saturating_sub(tasks.len());
             let mut claimed = 0;
-            if free > 0 {
-                match self.store.claim(now_ms(), free, LEASE).await {
+            if free > 0 && stalled.load(Ordering::Relaxed) == 0 {
+                let lease = self.shared.get().config.storage.lease;
+                match self.store.claim(now_ms(), free, lease).await {
                     Ok(batch) => {
                         claimed = batch.len();
                         for d in batch {
@@ -115,7 +123,7 @@ impl Dispatcher {
                 }
             }
         }
-        self.record(&mut finished, &mut recording);
+        self.record(&mut finished, &mut recording, &stalled);
         while recording.join_next().await.is_some() {}
     }
 
@@ -132,16 +140,45 @@ impl Dispatcher {
     /// loop: a recorded outcome may let the next delivery to the same recipient go. On failure the rows
     /// stay claimed and are sent again after restart (or, with a shared store, after their lease), under
     /// the same idempotency key.
-    fn record(&self, finished: &mut Vec<(i64, Outcome)>, recording: &mut JoinSet<()>) {
+    fn record(
+        &self,
+        finished: &mut Vec<(i64, Outcome)>,
+        recording: &mut JoinSet<()>,
+        stalled: &Arc<AtomicUsize>,
+    ) {
         if finished.is_empty() {
             return;
         }
         let batch = std::mem::take(finished);
-        let (store, wake) = (self.store.clone(), self.wake.clone());
+        let (store, wake, stalled) = (self.store.clone(), self.wake.clone(), stalled.clone());
         recording.spawn(async move {
             let n = batch.len();
-            if let Err(e) = store.finish(batch, now_ms()).await {
-                tracing::error!(deliveries = n, error = %e, "cannot record delivery outcomes");
+            let give_up = tokio::time::Instant::now() + RECORD_PATIENCE;
+            // Short pauses: the outcome has to land before the lease runs out.
+            let mut pause = Duration::from_millis(50);
+            let mut waited = false;
+            loop {
+                match store.finish(batch.clone(), now_ms()).await {
+                    Ok(()) => break,
+                    Err(e @ (StoreError::Unavailable(_) | StoreError::Busy))
+                        if tokio::time::Instant::now() + pause < give_up =>
+                    {
+                        if !waited {
+                            waited = true;
+                            stalled.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::warn!(deliveries = n, error = %e, "cannot record delivery outcomes yet; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    }
+                    Err(e) => {
+                        tracing::error!(deliveries = n, error = %e, "cannot record delivery outcomes");
+                        break;
+                    }
+                }
+            }
+            if waited {
+                stalled.fetch_sub(1, Ordering::Relaxed);
             }
             wake.notify_one();
         });
@@ -182,12 +219,13 @@ async fn deliver(
         },
         _ => n,
     };
+    let deadline = SEND_DEADLINE.min(rt.config.storage.lease / 2);
     let result = match rt.channels.get(&n.channel) {
-        Some(ch) => match tokio::time::timeout(SEND_DEADLINE, ch.send(&n)).await {
+        Some(ch) => match tokio::time::timeout(deadline, ch.send(&n)).await {
             Ok(r) => r,
             Err(_) => Err(SendError::transient(format!(
                 "no answer within {}s",
-                SEND_DEADLINE.as_secs()
+                deadline.as_secs_f64()
             ))),
         },
         None => Err(SendError::permanent(format!(

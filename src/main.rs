@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use trackrelay::config::Config;
 use trackrelay::event::Envelope;
 use trackrelay::noise::silence::{Matchers, NewSilence, SilenceSet};
-use trackrelay::store::sqlite::{SqliteStore, DB_FILE};
 use trackrelay::store::{now_ms, Filter, Replay, Status, Store};
 
 /// Alert relay for GPS trackers: Traccar / BikeTrax events in, the right message out, once.
@@ -124,7 +123,7 @@ enum Command {
     },
     /// List deliveries (newest first), e.g. the dead letters: `--status dead`.
     Deliveries {
-        /// Config file (read for its data directory only).
+        /// Config file (read for its storage settings only: data directory or PostgreSQL URL).
         #[arg(short, long, env = "TRACKRELAY_CONFIG")]
         config: Option<PathBuf>,
         /// The data directory itself: no config (and none of its secrets) needed.
@@ -148,7 +147,7 @@ enum Command {
     },
     /// Send a dead (or delivered) delivery again, or every dead letter. A running relay picks it up.
     Replay {
-        /// Config file (read for its data directory only).
+        /// Config file (read for its storage settings only: data directory or PostgreSQL URL).
         #[arg(short, long, env = "TRACKRELAY_CONFIG")]
         config: Option<PathBuf>,
         /// The data directory itself: no config (and none of its secrets) needed.
@@ -262,9 +261,14 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let env = Envelope::from_json(raw.as_bytes())
                 .map_err(|e| anyhow::anyhow!("{}: {e}", event.display()))?;
             // The stored state (cooldowns, silences) is read when the database exists; nothing is written.
-            let db = cfg.storage.data_dir.join(DB_FILE);
-            let store = if db.exists() {
-                Some(SqliteStore::open(&cfg.storage.data_dir, 16)?)
+            let exists = cfg.storage.postgres.is_some()
+                || cfg
+                    .storage
+                    .data_dir
+                    .join(trackrelay::store::sqlite::DB_FILE)
+                    .exists();
+            let store = if exists {
+                Some(trackrelay::store::open(&cfg.storage, 16).await?)
             } else {
                 None
             };
@@ -272,14 +276,8 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 Some(s) => SilenceSet::new(s.silences().await?, now_ms()),
                 None => SilenceSet::default(),
             };
-            let x = trackrelay::explain::explain(
-                &cfg,
-                &env,
-                &raw,
-                &silences,
-                store.as_ref().map(|s| s as &dyn Store),
-            )
-            .await;
+            let x =
+                trackrelay::explain::explain(&cfg, &env, &raw, &silences, store.as_deref()).await;
             explain(&env, &x);
         }
         Command::Silence {
@@ -287,8 +285,8 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             data_dir,
             action,
         } => {
-            let store = SqliteStore::open(&data_dir_of(config.as_deref(), data_dir)?, 16)?;
-            return silence(&store, action).await;
+            let store = open_store(config.as_deref(), data_dir).await?;
+            return silence(store.as_ref(), action).await;
         }
         Command::Deliveries {
             config,
@@ -299,7 +297,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             limit,
             json,
         } => {
-            let dir = data_dir_of(config.as_deref(), data_dir)?;
+            let store = open_store(config.as_deref(), data_dir).await?;
             let status = status
                 .map(|s| {
                     Status::parse(&s).ok_or_else(|| {
@@ -309,7 +307,6 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     })
                 })
                 .transpose()?;
-            let store = SqliteStore::open(&dir, 16)?;
             let rows = store
                 .list(Filter {
                     status,
@@ -350,7 +347,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             id,
             all_dead,
         } => {
-            let store = SqliteStore::open(&data_dir_of(config.as_deref(), data_dir)?, 16)?;
+            let store = open_store(config.as_deref(), data_dir).await?;
             let which = if all_dead {
                 Replay::AllDead
             } else {
@@ -395,15 +392,19 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The data directory: given directly, or that of the config.
-fn data_dir_of(config: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    match data_dir {
-        Some(d) => Ok(d),
-        None => Ok(load(config)?.storage.data_dir),
-    }
+/// The store of the CLI's commands: the SQLite file under `data_dir` when given, else the config's store
+/// (its SQLite folder or its PostgreSQL database).
+async fn open_store(
+    config: Option<&Path>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<std::sync::Arc<dyn trackrelay::store::Store>> {
+    Ok(match data_dir {
+        Some(d) => std::sync::Arc::new(trackrelay::store::sqlite::SqliteStore::open(&d, 16)?),
+        None => trackrelay::store::open(&load(config)?.storage, 16).await?,
+    })
 }
 
-async fn silence(store: &SqliteStore, action: SilenceAction) -> anyhow::Result<ExitCode> {
+async fn silence(store: &dyn Store, action: SilenceAction) -> anyhow::Result<ExitCode> {
     let now = now_ms();
     match action {
         SilenceAction::Add {

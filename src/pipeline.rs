@@ -6,7 +6,6 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 
 use crate::app::Shared;
-use crate::deliver::LEASE;
 use crate::event::Envelope;
 use crate::metrics::Metrics;
 use crate::noise::silence::SilenceCache;
@@ -83,7 +82,8 @@ impl Pipeline {
             .then(|| self.fast.try_reserve_many(unordered).ok())
             .flatten();
         if permits.is_some() {
-            event.claim_until = Some(arrival.received_at_ms + LEASE.as_millis() as i64);
+            let lease = rt.config.storage.lease;
+            event.claim_until = Some(arrival.received_at_ms + lease.as_millis() as i64);
         }
         // For the log lines of held-back deliveries (only built when noise control is in play).
         let keys: Vec<(String, String)> = if event.deliveries.iter().any(|d| d.gates.any()) {

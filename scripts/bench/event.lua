@@ -8,7 +8,9 @@ local threads = 0
 function setup(thread)
   -- Each thread gets its own id range; the run's start time keeps runs apart.
   threads = threads + 1
-  thread:set("base", (os.time() % 100000) * 1000000000 + threads * 100000000)
+  -- ID_OFFSET keeps two wrk processes started in the same second apart (intake-pg.sh).
+  local offset = tonumber(os.getenv("ID_OFFSET") or "0")
+  thread:set("base", (os.time() % 100000) * 1000000000 + threads * 100000000 + offset)
 end
 
 function init(args)

@@ -190,7 +190,7 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
 
     let traccar = compile_traccar(raw.traccar, &file, &ingest.source, &mut errors);
 
-    let raw_storage = raw.storage;
+    let storage = compile_storage(raw.storage, &file, dir, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -200,14 +200,7 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
         timezone,
         ingest,
         admin_token: raw.admin.token.filter(|t| !t.is_empty()).map(Secret),
-        storage: Storage {
-            data_dir: raw_storage
-                .data_dir
-                .map(|d| if d.is_absolute() { d } else { dir.join(d) })
-                .unwrap_or_else(|| dir.join("data")),
-            retention: raw_storage.retention.unwrap_or(DEFAULT_RETENTION),
-            dead_retention: raw_storage.dead_retention.unwrap_or(DEFAULT_DEAD_RETENTION),
-        },
+        storage,
         delivery: Delivery {
             workers: raw.delivery.workers.unwrap_or(DEFAULT_WORKERS).max(1),
             shutdown_grace: raw
@@ -543,6 +536,75 @@ fn relative_to(dir: &Path, p: PathBuf) -> PathBuf {
     }
 }
 
+/// `storage:`: the SQLite folder, or a PostgreSQL URL (checked here; its password never appears in an
+/// error), and the settings of either.
+fn compile_storage(
+    raw: super::raw::RawStorage,
+    file: &SourceFile,
+    dir: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Storage {
+    let line = |key: &str| {
+        let from = file.find_line("storage", None, 1).unwrap_or(1);
+        file.find_line(key, None, from)
+            .or_else(|| file.find_line("storage", None, 1))
+    };
+    let postgres = raw.url.map(|url| {
+        if let Err(e) = crate::store::postgres::parse_url(&url) {
+            errors.push(file.error(line("url"), "storage", format!("url: {e}")));
+        }
+        if raw.data_dir.is_some() {
+            errors.push(file.error(
+                line("data_dir"),
+                "storage",
+                "set either data_dir (SQLite) or url (PostgreSQL), not both",
+            ));
+        }
+        Postgres {
+            redacted: crate::store::postgres::redact_url(&url),
+            url: Secret(url),
+            pool: raw.pool.unwrap_or(DEFAULT_PG_POOL).max(1),
+            statement_timeout: raw
+                .statement_timeout
+                .unwrap_or(DEFAULT_PG_STATEMENT_TIMEOUT),
+            connect_timeout: raw.connect_timeout.unwrap_or(DEFAULT_PG_CONNECT_TIMEOUT),
+        }
+    });
+    if postgres.is_none() {
+        for (key, set) in [
+            ("pool", raw.pool.is_some()),
+            ("statement_timeout", raw.statement_timeout.is_some()),
+            ("connect_timeout", raw.connect_timeout.is_some()),
+        ] {
+            if set {
+                errors.push(file.error(
+                    line(key),
+                    "storage",
+                    format!("{key} is a PostgreSQL setting: it needs url"),
+                ));
+            }
+        }
+    }
+    let lease = raw.lease.unwrap_or(if postgres.is_some() {
+        DEFAULT_PG_LEASE
+    } else {
+        DEFAULT_LEASE
+    });
+    if lease < std::time::Duration::from_secs(1) {
+        errors.push(file.error(line("lease"), "storage", "lease must be at least 1s"));
+    }
+    Storage {
+        data_dir: raw
+            .data_dir
+            .map(|d| if d.is_absolute() { d } else { dir.join(d) })
+            .unwrap_or_else(|| dir.join("data")),
+        retention: raw.retention.unwrap_or(DEFAULT_RETENTION),
+        dead_retention: raw.dead_retention.unwrap_or(DEFAULT_DEAD_RETENTION),
+        postgres,
+        lease,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,6 +616,44 @@ mod tests {
             text: yaml.into(),
         };
         compile(file, Path::new("."), &|_| None)
+    }
+
+    #[test]
+    fn storage_url_selects_postgres_and_errors_hide_the_password() {
+        let cfg =
+            load("storage:\n  url: postgres://relay:s3cret@db:5432/tr\n  pool: 4\n  lease: 30s\n")
+                .unwrap();
+        let pg = cfg.storage.postgres.as_ref().unwrap();
+        assert_eq!(
+            (pg.pool, pg.redacted.as_str(), cfg.storage.lease),
+            (
+                4,
+                "postgres://relay:***@db:5432/tr",
+                Duration::from_secs(30)
+            )
+        );
+        assert!(!format!("{:?}", cfg.storage).contains("s3cret"));
+        assert_eq!(load("").unwrap().storage.lease, DEFAULT_LEASE);
+        assert_eq!(
+            load("storage: { url: 'postgres://db/tr' }")
+                .unwrap()
+                .storage
+                .lease,
+            DEFAULT_PG_LEASE
+        );
+        let err =
+            load("listen: 127.0.0.1:1\nstorage:\n  data_dir: x\n  url: mysql://u:s3cret@db/tr\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("t.yaml:4"), "{err}");
+        assert!(err.contains("not a PostgreSQL URL"), "{err}");
+        assert!(
+            err.contains("t.yaml:3") && err.contains("not both"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = load("storage: { pool: 3 }").unwrap_err().to_string();
+        assert!(err.contains("needs url"), "{err}");
     }
 
     #[test]

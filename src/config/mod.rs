@@ -81,7 +81,38 @@ pub struct Storage {
     pub retention: Duration,
     /// Keep dead letters this long.
     pub dead_retention: Duration,
+    /// A shared PostgreSQL database instead of the SQLite file under `data_dir`.
+    pub postgres: Option<Postgres>,
+    /// A claimed delivery belongs to its instance this long; then another instance may send it. Sends
+    /// are abandoned (and retried) after half of it, so a live instance's claims never run out.
+    pub lease: Duration,
 }
+
+/// PostgreSQL settings (`storage.url`).
+#[derive(Debug, Clone)]
+pub struct Postgres {
+    /// The URL, password included: never log it, log `redacted`.
+    pub url: Secret,
+    /// The URL with its password replaced by `***`.
+    pub redacted: String,
+    /// Connections per instance at most.
+    pub pool: usize,
+    /// Statements running longer are cancelled.
+    pub statement_timeout: Duration,
+    /// Connecting (and waiting for a pooled connection) gives up after this.
+    pub connect_timeout: Duration,
+}
+
+/// PostgreSQL connections per instance.
+pub const DEFAULT_PG_POOL: usize = 16;
+/// PostgreSQL statement timeout.
+pub const DEFAULT_PG_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// PostgreSQL connect timeout.
+pub const DEFAULT_PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Lease of a claim with SQLite: one process, whose claims a restart takes back at once.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(300);
+/// Lease of a claim with PostgreSQL: how long a dead instance's deliveries wait for another one.
+pub const DEFAULT_PG_LEASE: Duration = Duration::from_secs(60);
 
 /// Delivery settings.
 #[derive(Debug, Clone)]

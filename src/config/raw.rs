@@ -99,6 +99,20 @@ pub struct RawStorage {
     /// How long dead letters are kept.
     #[serde(default, with = "humantime_serde")]
     pub dead_retention: Option<Duration>,
+    /// `postgres://user:password@host:port/database`: a PostgreSQL database shared by several instances
+    /// instead of the SQLite file.
+    pub url: Option<String>,
+    /// PostgreSQL connections per instance at most.
+    pub pool: Option<usize>,
+    /// PostgreSQL statements running longer are cancelled.
+    #[serde(default, with = "humantime_serde")]
+    pub statement_timeout: Option<Duration>,
+    /// Connecting to PostgreSQL gives up after this.
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// How long a claimed delivery belongs to the instance sending it.
+    #[serde(default, with = "humantime_serde")]
+    pub lease: Option<Duration>,
 }
 
 /// Delivery settings.

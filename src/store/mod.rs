@@ -1,10 +1,14 @@
 //! Durable storage behind one interface: accepted events (deduplicated by source and event id), the
-//! outbox of deliveries and their state. SQLite ([`sqlite`]) is the embedded default; the interface is
-//! shaped so a shared PostgreSQL backend can implement the same contract (claims carry a lease).
+//! outbox of deliveries and their state. SQLite ([`sqlite`]) is the embedded default, for one instance;
+//! PostgreSQL ([`postgres`]) is shared by several instances (claims carry a lease that another
+//! instance may take over once it runs out). [`open`] picks the backend the configuration names.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -284,6 +288,10 @@ pub enum StoreError {
     /// No such row.
     #[error("{0} not found")]
     NotFound(String),
+    /// The database cannot be reached right now (a shared database restarting or down). Transient:
+    /// the same call succeeds once it is back, without a restart.
+    #[error("database unreachable: {0}")]
+    Unavailable(String),
     /// A stored row could not be read back.
     #[error("corrupt row {id}: {reason}")]
     Corrupt {
@@ -302,8 +310,10 @@ pub trait Store: Send + Sync {
     /// write queue is full.
     async fn accept(&self, event: NewEvent) -> Result<Accepted, StoreError>;
 
-    /// Claims up to `limit` due deliveries (status pending, next attempt due, no earlier unfinished
-    /// delivery with the same ordering key) for `lease`, marking them in flight.
+    /// Claims up to `limit` due deliveries (status pending and next attempt due, or in flight with a
+    /// lease that ran out; no earlier unfinished delivery with the same ordering key) for `lease`,
+    /// marking them in flight. A delivery is never handed out twice while its lease runs, also not to
+    /// two store objects (instances) on the same database.
     async fn claim(
         &self,
         now_ms: i64,
@@ -314,15 +324,18 @@ pub trait Store: Send + Sync {
     /// Records how attempts ended, in one transaction.
     async fn finish(&self, outcomes: Vec<(i64, Outcome)>, now_ms: i64) -> Result<(), StoreError>;
 
-    /// The earliest next attempt after `now_ms` (a retry waiting for its backoff). Deliveries due already
-    /// but waiting behind an earlier one of their recipient are not counted: finishing that one wakes the
-    /// worker anyway.
+    /// The earliest next attempt after `now_ms`: a retry waiting for its backoff, or a claim whose lease
+    /// runs out then. Deliveries due already but waiting behind an earlier one of their recipient are not
+    /// counted: finishing that one wakes the worker anyway.
     async fn next_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError>;
 
     /// The next-attempt time of the oldest delivery that is due at `now_ms` and still pending.
     async fn oldest_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError>;
 
-    /// Returns deliveries left in flight by a previous run (or whose lease expired) to pending.
+    /// At startup: returns deliveries whose sender cannot be running any more to pending, and says how
+    /// many. The embedded store has one process, so that is every delivery in flight (left by the
+    /// previous run); a shared store takes back only those whose lease ran out, since the others may be
+    /// being sent by a live instance (and are claimable anyway once their lease runs out).
     async fn recover(&self, now_ms: i64) -> Result<u64, StoreError>;
 
     /// Lists deliveries, newest first.
@@ -366,15 +379,7 @@ pub fn decide_noise<E>(
     e: &NewEvent,
     load: impl FnOnce(&[&str]) -> Result<HashMap<String, StateRow>, E>,
 ) -> Result<NoiseOutcome, E> {
-    let mut keys: Vec<&str> = e
-        .deliveries
-        .iter()
-        .filter(|d| d.gates.is_stateful())
-        .flat_map(|d| d.gates.keys())
-        .chain(e.debounce.as_ref().map(|p| p.key.as_str()))
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
+    let keys = noise_keys(e);
     let mut states = if keys.is_empty() {
         HashMap::new()
     } else {
@@ -400,6 +405,21 @@ pub fn decide_noise<E>(
         cancels,
         writes,
     })
+}
+
+/// The noise state keys an event's gates read and write, sorted (the order a shared database locks
+/// them in, so two instances never wait for each other in a cycle) and without repeats.
+pub fn noise_keys(e: &NewEvent) -> Vec<&str> {
+    let mut keys: Vec<&str> = e
+        .deliveries
+        .iter()
+        .filter(|d| d.gates.is_stateful())
+        .flat_map(|d| d.gates.keys())
+        .chain(e.debounce.as_ref().map(|p| p.key.as_str()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 /// What [`decide_noise`] decided.
@@ -473,6 +493,38 @@ pub fn digest_content(
         origin: n.origin,
     };
     Ok((digest_key, serde_json::to_string(&d)?))
+}
+
+/// How long [`open`] waits at start for a PostgreSQL database that cannot be reached (restarting, or
+/// starting together with the relay).
+pub const PG_STARTUP_WAIT: Duration = Duration::from_secs(30);
+
+/// Opens the store the configuration names: PostgreSQL when `storage.url` is set, else the SQLite file
+/// under `storage.data_dir`. `queue` bounds SQLite's write queue.
+pub async fn open(
+    storage: &crate::config::Storage,
+    queue: usize,
+) -> Result<Arc<dyn Store>, StoreError> {
+    match &storage.postgres {
+        Some(pg) => {
+            let store = postgres::PgStore::connect(&postgres::PgOptions {
+                url: pg.url.expose().to_string(),
+                pool: pg.pool,
+                statement_timeout: pg.statement_timeout,
+                connect_timeout: pg.connect_timeout,
+                startup_wait: PG_STARTUP_WAIT,
+                restart_grace: storage.lease,
+            })
+            .await?;
+            tracing::info!(database = %store.redacted_url(), "store opened (PostgreSQL)");
+            Ok(Arc::new(store))
+        }
+        None => {
+            let store = sqlite::SqliteStore::open(&storage.data_dir, queue)?;
+            tracing::info!(database = %store.path().display(), "store opened");
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// Unix milliseconds now.

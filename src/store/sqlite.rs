@@ -548,7 +548,8 @@ fn claim(
             "UPDATE deliveries SET status = 'inflight', attempts = attempts + 1, updated_at = ?1, lease_until = ?3
              WHERE id IN (
                  SELECT d.id FROM deliveries d
-                 WHERE d.status = 'pending' AND d.next_at <= ?1
+                 WHERE ((d.status = 'pending' AND d.next_at <= ?1)
+                        OR (d.status = 'inflight' AND d.lease_until <= ?1))
                    AND (d.order_key IS NULL OR NOT EXISTS (
                        SELECT 1 FROM deliveries e
                        WHERE e.order_key = d.order_key AND e.id < d.id AND e.status IN ('pending', 'inflight')))
@@ -671,8 +672,17 @@ impl Store for SqliteStore {
     }
 
     async fn next_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError> {
-        self.call(true, move |c| min_next_at(c, "next_at > ?1", now_ms))
-            .await
+        self.call(true, move |c| {
+            let retry = min_next_at(c, "next_at > ?1", now_ms)?;
+            let lease = c
+                .prepare_cached(
+                    "SELECT MIN(lease_until) FROM deliveries WHERE status = 'inflight' AND lease_until > ?1",
+                )
+                .and_then(|mut s| s.query_row(params![now_ms], |r| r.get::<_, Option<i64>>(0)))
+                .map_err(db)?;
+            Ok(retry.into_iter().chain(lease).min())
+        })
+        .await
     }
 
     async fn oldest_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError> {

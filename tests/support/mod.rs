@@ -5,6 +5,7 @@
 // Every test crate compiles this module, but each uses only some of it.
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod sink;
 pub mod smtp;
 pub mod telegram;

@@ -1,0 +1,868 @@
+//! The storage contract, one suite for every backend: each test runs against SQLite (always) and
+//! against PostgreSQL (when `TRACKRELAY_TEST_PG_URL` names a server; `scripts/test` starts one). A
+//! second store object on the same database stands for a second instance: dedup, ordering, leases and
+//! concurrent claims must hold across them.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use trackrelay::noise::{CooldownGate, DebounceGate, Gates, GroupGate};
+use trackrelay::notification::{Content, Notification, Origin};
+use trackrelay::plan::Planned;
+use trackrelay::store::postgres::{PgOptions, PgStore};
+use trackrelay::store::sqlite::SqliteStore;
+use trackrelay::store::*;
+
+/// One database, of either kind, and how to open another store object on it.
+enum Backend {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Backend {
+    fn sqlite() -> Backend {
+        Backend::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    async fn postgres(label: &str) -> Option<Backend> {
+        let admin = support::pg::admin_url()?;
+        Some(Backend::Postgres(
+            support::pg::fresh_database(&admin, label).await,
+        ))
+    }
+
+    /// A new store object (another instance) on the same database.
+    async fn open(&self) -> Arc<dyn Store> {
+        match self {
+            Backend::Sqlite(dir) => Arc::new(SqliteStore::open(dir.path(), 256).unwrap()),
+            Backend::Postgres(url) => Arc::new(
+                PgStore::connect(&PgOptions {
+                    url: url.clone(),
+                    pool: 8,
+                    statement_timeout: Duration::from_secs(10),
+                    connect_timeout: Duration::from_secs(5),
+                    startup_wait: Duration::ZERO,
+                    restart_grace: Duration::ZERO,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+        }
+    }
+
+    /// Whether several processes share the database (then only expired leases are recovered).
+    fn shared(&self) -> bool {
+        matches!(self, Backend::Postgres(_))
+    }
+}
+
+/// Each test function, run once per backend.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::sqlite()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(b) = super::Backend::postgres(stringify!($name)).await {
+                        super::$name(b).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    dedup_ordering_retry_and_dead,
+    intake_claims_unordered_deliveries_at_once,
+    an_expired_lease_goes_to_another_instance,
+    recovery_takes_back_only_what_no_one_can_be_sending,
+    concurrent_claims_never_hand_out_a_delivery_twice,
+    the_same_event_at_two_instances_at_once_is_stored_once,
+    list_replay_prune_and_counts,
+    a_cooldown_holds_across_instances_under_a_race,
+    one_digest_per_group_across_instances,
+    a_return_at_another_instance_cancels_a_held_exit,
+    silences_are_shared,
+);
+
+/// A delivery of rule `r` with noise gates.
+fn gated(key: &str, gates: Gates) -> NewDelivery {
+    let mut d = delivery(key, None);
+    d.gates = gates;
+    d
+}
+
+fn cooldown_gate() -> Gates {
+    Gates {
+        cooldown: Some(CooldownGate {
+            key: "cooldown/theft/7".into(),
+            period_ms: 600_000,
+            summary: true,
+        }),
+        ..Default::default()
+    }
+}
+
+async fn with_status(store: &dyn Store, status: Status) -> Vec<DeliveryRow> {
+    store
+        .list(Filter {
+            status: Some(status),
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+async fn a_cooldown_holds_across_instances_under_a_race(b: Backend) {
+    // Two instances get 40 alarms of one device (one key) at the same moment, 20 each: one notifies.
+    let (x, y) = (b.open().await, b.open().await);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = if i % 2 == 0 { x.clone() } else { y.clone() };
+        tasks.push(tokio::spawn(async move {
+            let e = event(
+                100 + i,
+                5000,
+                vec![gated(&format!("k{i}"), cooldown_gate())],
+            );
+            store.accept(e).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), Accepted::New { .. }));
+    }
+    assert_eq!(with_status(&*x, Status::Pending).await.len(), 1);
+    let suppressed = with_status(&*y, Status::Suppressed).await;
+    assert_eq!(suppressed.len(), 39);
+    assert!(suppressed.iter().all(|r| r
+        .reason
+        .as_deref()
+        .unwrap()
+        .starts_with("cooldown: `theft/7`")));
+    // After the period, the next one (at either instance) tells how many were held back.
+    let Accepted::New { quieted, .. } = y
+        .accept(event(
+            200,
+            5000 + 600_000,
+            vec![gated("later", cooldown_gate())],
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(quieted.is_empty());
+    let due = x
+        .claim(5000 + 600_000, 100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        due.iter()
+            .any(|c| c.content.contains("(39 more suppressed since")),
+        "{due:?}"
+    );
+}
+
+async fn one_digest_per_group_across_instances(b: Backend) {
+    let (x, y) = (b.open().await, b.open().await);
+    let gates = Gates {
+        group: Some(GroupGate {
+            key: "group/offline//c/r/msg".into(),
+            wait_ms: 30_000,
+            interval_ms: 300_000,
+            title: None,
+        }),
+        ..Default::default()
+    };
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let store = if i % 2 == 0 { x.clone() } else { y.clone() };
+        let d = gated(&format!("g{i}"), gates.clone());
+        tasks.push(tokio::spawn(async move {
+            store.accept(event(300 + i, 1000, vec![d])).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let digests = with_status(&*x, Status::Pending).await;
+    assert_eq!(digests.len(), 1, "{digests:?}");
+    assert_eq!(with_status(&*y, Status::Grouped).await.len(), 30);
+    // Both instances claim when it is due: exactly one gets it, with every item.
+    let due = 1000 + 30_000;
+    let (a, c) = tokio::join!(
+        x.claim(due, 10, Duration::from_secs(60)),
+        y.claim(due, 10, Duration::from_secs(60))
+    );
+    let got: Vec<Claimed> = a.unwrap().into_iter().chain(c.unwrap()).collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(x.digest_items(got[0].id).await.unwrap().len(), 30);
+    // The next item after it went starts a new digest, an interval later.
+    y.accept(event(400, due + 1, vec![gated("late", gates.clone())]))
+        .await
+        .unwrap();
+    let next = with_status(&*x, Status::Pending).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        next[0].next_attempt_at.as_deref(),
+        Some(rfc3339(due + 300_000).as_str())
+    );
+}
+
+async fn a_return_at_another_instance_cancels_a_held_exit(b: Backend) {
+    let (x, y) = (b.open().await, b.open().await);
+    let geo = |t: &str| Gates {
+        debounce: Some(DebounceGate {
+            key: "geo/5/9".into(),
+            transition: t.into(),
+            delay_ms: 120_000,
+        }),
+        ..Default::default()
+    };
+    let probe = |t: &str| trackrelay::noise::DebounceProbe {
+        key: "geo/5/9".into(),
+        transition: t.into(),
+    };
+    let mut exit = event(500, 10_000, vec![gated("exit", geo("geofenceExit"))]);
+    exit.debounce = Some(probe("geofenceExit"));
+    x.accept(exit).await.unwrap();
+    assert_eq!(
+        with_status(&*y, Status::Pending).await[0]
+            .next_attempt_at
+            .as_deref(),
+        Some(rfc3339(130_000).as_str())
+    );
+    // The enter matches no debounced rule (no deliveries) but still cancels the held exit.
+    let mut enter = event(501, 40_000, vec![]);
+    enter.debounce = Some(probe("geofenceEnter"));
+    y.accept(enter).await.unwrap();
+    let rows = with_status(&*x, Status::Suppressed).await;
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].reason.as_deref().unwrap().contains("jitter"));
+    assert!(x
+        .claim(200_000, 10, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn silences_are_shared(b: Backend) {
+    use trackrelay::noise::silence::{Matchers, NewSilence};
+    let (x, y) = (b.open().await, b.open().await);
+    let s = x
+        .add_silence(
+            NewSilence {
+                matchers: Matchers {
+                    device: Some("42".into()),
+                    ..Default::default()
+                },
+                starts_at_ms: 1000,
+                ends_at_ms: 9000,
+                author: "ops".into(),
+                comment: "workshop".into(),
+            },
+            1000,
+        )
+        .await
+        .unwrap();
+    let seen = y.silences().await.unwrap();
+    assert_eq!(seen, vec![s.clone()]);
+    let ended = y.expire_silence(s.id, 5000).await.unwrap();
+    assert_eq!(ended.ends_at_ms, 5000);
+    assert_eq!(x.silences().await.unwrap()[0].ends_at_ms, 5000);
+    assert!(matches!(
+        x.expire_silence(s.id + 100, 5000).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Gone once ended longer ago than the dead-letter retention.
+    let day = Duration::from_secs(86_400);
+    let pruned = x.prune(5000 + 2 * 86_400_000, day, day).await.unwrap();
+    assert_eq!(pruned.state, 1);
+    assert!(y.silences().await.unwrap().is_empty());
+}
+
+fn delivery(key: &str, order: Option<&str>) -> NewDelivery {
+    NewDelivery::from(&Planned {
+        notification: Notification {
+            key: key.into(),
+            channel: "c".into(),
+            recipient: "r".into(),
+            content: Content::Log { text: key.into() },
+            origin: Origin::default(),
+        },
+        dead: None,
+        order_key: order.map(str::to_string),
+        gates: Default::default(),
+    })
+}
+
+fn event(id: i64, at: i64, deliveries: Vec<NewDelivery>) -> NewEvent {
+    NewEvent {
+        source: "s".into(),
+        event_id: id,
+        device_id: 1,
+        event_type: "alarm".into(),
+        received_at_ms: at,
+        txn: None,
+        payload: "{}".into(),
+        deliveries,
+        claim_until: None,
+        debounce: None,
+    }
+}
+
+fn keys(c: &[Claimed]) -> Vec<String> {
+    c.iter().map(|d| d.notification().unwrap().key).collect()
+}
+
+async fn sorted_counts(store: &dyn Store) -> Vec<(Status, u64)> {
+    let mut counts = store.counts().await.unwrap();
+    counts.sort_by_key(|(s, _)| s.as_str());
+    counts
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+async fn dedup_ordering_retry_and_dead(b: Backend) {
+    let store = b.open().await;
+    let first = store
+        .accept(event(
+            1,
+            1000,
+            vec![delivery("a", Some("k")), delivery("x", None)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        Accepted::New {
+            deliveries: 2,
+            claimed: vec![],
+            quieted: vec![],
+        }
+    );
+    store
+        .accept(event(2, 1000, vec![delivery("b", Some("k"))]))
+        .await
+        .unwrap();
+    // The same (source, event id) again: nothing is stored, whatever it carries now.
+    assert_eq!(
+        store
+            .accept(event(2, 1000, vec![delivery("z", None)]))
+            .await
+            .unwrap(),
+        Accepted::Duplicate
+    );
+    // Another source is another namespace.
+    let mut other = event(2, 1000, vec![]);
+    other.source = "t".into();
+    assert!(matches!(
+        store.accept(other).await.unwrap(),
+        Accepted::New { deliveries: 0, .. }
+    ));
+
+    // "b" waits behind "a" (same ordering key); "x" has none.
+    let claimed = store.claim(1000, 10, LEASE).await.unwrap();
+    assert_eq!(keys(&claimed), ["a", "x"]);
+    assert_eq!(claimed[0].attempts, 1);
+    assert_eq!(claimed[0].created_at_ms, 1000);
+    assert!(store.claim(1000, 10, LEASE).await.unwrap().is_empty());
+    let (a, x) = (claimed[0].id, claimed[1].id);
+    store
+        .finish(vec![(x, Outcome::Delivered)], 1001)
+        .await
+        .unwrap();
+    let retry = Outcome::Retry {
+        at_ms: 5000,
+        error: "down".into(),
+    };
+    store.finish(vec![(a, retry)], 1001).await.unwrap();
+    // While "a" waits for its retry, "b" still waits behind it, and the next due time is a's.
+    assert!(store.claim(2000, 10, LEASE).await.unwrap().is_empty());
+    assert_eq!(store.next_due(2000).await.unwrap(), Some(5000));
+    // "b" is due (since 1000), only held back by "a".
+    assert_eq!(store.oldest_due(2000).await.unwrap(), Some(1000));
+    let again = store.claim(5000, 10, LEASE).await.unwrap();
+    assert_eq!(
+        (keys(&again), again[0].attempts),
+        (vec!["a".to_string()], 2)
+    );
+    let dead = Outcome::Dead {
+        error: "gone".into(),
+    };
+    store.finish(vec![(a, dead)], 5001).await.unwrap();
+    assert_eq!(keys(&store.claim(5001, 10, LEASE).await.unwrap()), ["b"]);
+    assert_eq!(
+        sorted_counts(&*store).await,
+        [(Status::Dead, 1), (Status::Done, 1), (Status::Inflight, 1)]
+    );
+    let rows = store
+        .list(Filter {
+            status: Some(Status::Dead),
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (
+            rows[0].key.as_str(),
+            rows[0].attempts,
+            rows[0].last_error.as_deref()
+        ),
+        ("a", 2, Some("gone"))
+    );
+}
+
+async fn intake_claims_unordered_deliveries_at_once(b: Backend) {
+    let store = b.open().await;
+    let mut dead = delivery("refused", None);
+    dead.dead = Some("no address".into());
+    let mut e = event(
+        1,
+        1000,
+        vec![
+            delivery("fast", None),
+            delivery("ordered", Some("k")),
+            dead,
+            delivery("fast2", None),
+        ],
+    );
+    e.claim_until = Some(61_000);
+    let Accepted::New {
+        deliveries,
+        claimed,
+        ..
+    } = store.accept(e).await.unwrap()
+    else {
+        panic!("not stored")
+    };
+    assert_eq!(deliveries, 4);
+    assert_eq!(keys(&claimed), ["fast", "fast2"]);
+    assert!(claimed.iter().all(|c| c.attempts == 1));
+    assert!(claimed[0].id < claimed[1].id);
+    // Only the ordered one is left for the claim; the fast ones are in flight until finished.
+    let rest = store.claim(1000, 10, LEASE).await.unwrap();
+    assert_eq!(keys(&rest), ["ordered"]);
+    store
+        .finish(
+            vec![
+                (claimed[0].id, Outcome::Delivered),
+                (rest[0].id, Outcome::Delivered),
+            ],
+            1001,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted_counts(&*store).await,
+        [(Status::Dead, 1), (Status::Done, 2), (Status::Inflight, 1)]
+    );
+    // The intake claim carries its lease: once it ran out, the delivery is claimable again.
+    assert!(store.claim(60_999, 10, LEASE).await.unwrap().is_empty());
+    let again = store.claim(61_000, 10, LEASE).await.unwrap();
+    assert_eq!(keys(&again), ["fast2"]);
+    assert_eq!(again[0].attempts, 2);
+}
+
+async fn an_expired_lease_goes_to_another_instance(b: Backend) {
+    let (one, two) = (b.open().await, b.open().await);
+    one.accept(event(1, 1000, vec![delivery("d", Some("k"))]))
+        .await
+        .unwrap();
+    one.accept(event(2, 1000, vec![delivery("e", Some("k"))]))
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(10);
+    let mine = one.claim(1000, 10, lease).await.unwrap();
+    assert_eq!(keys(&mine), ["d"]);
+    // The lease runs: the other instance gets nothing, not even what waits behind it.
+    assert!(two.claim(10_999, 10, lease).await.unwrap().is_empty());
+    // The end of the lease is when something falls due next.
+    assert_eq!(two.next_due(5000).await.unwrap(), Some(11_000));
+    // The first instance died: at the end of its lease the delivery is the other one's, one attempt on.
+    let taken = two.claim(11_000, 10, lease).await.unwrap();
+    assert_eq!((keys(&taken), taken[0].attempts), (vec!["d".into()], 2));
+    assert!(one.claim(11_000, 10, lease).await.unwrap().is_empty());
+    two.finish(vec![(taken[0].id, Outcome::Delivered)], 11_001)
+        .await
+        .unwrap();
+    // Its successor in order is free now, for whoever asks first.
+    assert_eq!(keys(&one.claim(11_002, 10, lease).await.unwrap()), ["e"]);
+}
+
+async fn recovery_takes_back_only_what_no_one_can_be_sending(b: Backend) {
+    let store = b.open().await;
+    store
+        .accept(event(
+            1,
+            1000,
+            vec![delivery("p", None), delivery("q", None)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(store.claim(1000, 10, LEASE).await.unwrap().len(), 2);
+    // A restart (a new store object) while the leases still run.
+    let restarted = b.open().await;
+    let recovered = restarted.recover(2000).await.unwrap();
+    if b.shared() {
+        // Another instance may be sending them: they stay its until the lease runs out.
+        assert_eq!(recovered, 0);
+        assert!(restarted.claim(2000, 10, LEASE).await.unwrap().is_empty());
+        assert_eq!(restarted.recover(61_000).await.unwrap(), 2);
+    } else {
+        // One process: whatever was in flight was left by the previous run.
+        assert_eq!(recovered, 2);
+    }
+    let again = restarted.claim(61_000, 10, LEASE).await.unwrap();
+    assert_eq!(keys(&again), ["p", "q"]);
+    assert!(again.iter().all(|c| c.attempts == 2));
+}
+
+async fn concurrent_claims_never_hand_out_a_delivery_twice(b: Backend) {
+    const EVENTS: i64 = 300;
+    let setup = b.open().await;
+    let mut total = 0;
+    for id in 1..=EVENTS {
+        // Two unordered deliveries per event, and one to one of five recipients that need order.
+        let order = format!("k{}", id % 5);
+        let ds = vec![
+            delivery(&format!("u{id}"), None),
+            delivery(&format!("v{id}"), None),
+            delivery(&format!("o{id}"), Some(&order)),
+        ];
+        total += ds.len();
+        setup.accept(event(id, 1000, ds)).await.unwrap();
+    }
+    let stores = [b.open().await, b.open().await];
+    let seen = Arc::new(Mutex::new(HashSet::<i64>::new()));
+    // Per ordering key: the one in flight, and the ids in the order they were claimed.
+    let ordered = Arc::new(Mutex::new(HashMap::<String, (Option<i64>, Vec<i64>)>::new()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..4 {
+        let store = stores[worker % 2].clone();
+        let (seen, ordered) = (seen.clone(), ordered.clone());
+        tasks.spawn(async move {
+            let mut idle = 0;
+            while idle < 20 {
+                let batch = store.claim(2000, 7, LEASE).await.unwrap();
+                if batch.is_empty() {
+                    idle += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                idle = 0;
+                let mut done = Vec::new();
+                for c in &batch {
+                    assert!(
+                        seen.lock().unwrap().insert(c.id),
+                        "delivery {} handed out twice",
+                        c.id
+                    );
+                    let key = c.notification().unwrap().key;
+                    if let Some(n) = key.strip_prefix('o') {
+                        let id: i64 = n.parse().unwrap();
+                        let mut o = ordered.lock().unwrap();
+                        let (inflight, order) = o.entry(format!("k{}", id % 5)).or_default();
+                        assert_eq!(*inflight, None, "two deliveries of one key in flight");
+                        *inflight = Some(c.id);
+                        order.push(id);
+                    }
+                    done.push((c.id, key));
+                }
+                tokio::task::yield_now().await;
+                // Cleared before the outcome is recorded: the next one of the key may go after that.
+                for (id, key) in &done {
+                    if let Some(n) = key.strip_prefix('o') {
+                        let n: i64 = n.parse().unwrap();
+                        let mut o = ordered.lock().unwrap();
+                        let (inflight, _) = o.get_mut(&format!("k{}", n % 5)).unwrap();
+                        assert_eq!(*inflight, Some(*id));
+                        *inflight = None;
+                    }
+                }
+                store
+                    .finish(
+                        done.iter()
+                            .map(|(id, _)| (*id, Outcome::Delivered))
+                            .collect(),
+                        2001,
+                    )
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    assert_eq!(seen.lock().unwrap().len(), total);
+    for (key, (_, order)) in ordered.lock().unwrap().iter() {
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "{key} out of order: {order:?}"
+        );
+        assert_eq!(order.len(), EVENTS as usize / 5);
+    }
+    assert_eq!(
+        setup.counts().await.unwrap(),
+        [(Status::Done, total as u64)]
+    );
+}
+
+async fn the_same_event_at_two_instances_at_once_is_stored_once(b: Backend) {
+    const EVENTS: i64 = 100;
+    let stores = [b.open().await, b.open().await];
+    let mut tasks = tokio::task::JoinSet::new();
+    for store in stores.clone() {
+        tasks.spawn(async move {
+            let mut new = Vec::new();
+            for id in 1..=EVENTS {
+                let mut e = event(id, 1000, vec![delivery(&format!("d{id}"), None)]);
+                e.claim_until = Some(61_000);
+                if let Accepted::New { claimed, .. } = store.accept(e).await.unwrap() {
+                    assert_eq!(claimed.len(), 1);
+                    new.push(id);
+                }
+            }
+            new
+        });
+    }
+    let mut stored = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        stored.extend(r.unwrap());
+    }
+    stored.sort_unstable();
+    assert_eq!(stored, (1..=EVENTS).collect::<Vec<_>>());
+    assert_eq!(
+        stores[0].counts().await.unwrap(),
+        [(Status::Inflight, EVENTS as u64)]
+    );
+}
+
+async fn list_replay_prune_and_counts(b: Backend) {
+    let store = b.open().await;
+    for id in 1..=3 {
+        let mut e = event(id, 1000, vec![delivery(&format!("d{id}"), None)]);
+        e.device_id = id;
+        e.txn = Some(format!("txn-{id}"));
+        store.accept(e).await.unwrap();
+    }
+    let c = store.claim(1000, 10, LEASE).await.unwrap();
+    let ids: Vec<i64> = c.iter().map(|c| c.id).collect();
+    store
+        .finish(
+            vec![
+                (ids[0], Outcome::Delivered),
+                (
+                    ids[1],
+                    Outcome::Dead {
+                        error: "refused".into(),
+                    },
+                ),
+                (
+                    ids[2],
+                    Outcome::Dead {
+                        error: "refused".into(),
+                    },
+                ),
+            ],
+            2000,
+        )
+        .await
+        .unwrap();
+
+    let all = store.list(Filter::default()).await.unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.id).collect::<Vec<_>>(),
+        ids.iter().rev().copied().collect::<Vec<_>>(),
+        "newest first"
+    );
+    let r = &all[2];
+    assert_eq!(
+        (
+            r.status,
+            r.channel.as_str(),
+            r.recipient.as_str(),
+            r.event_id,
+            r.device_id
+        ),
+        (Status::Done, "c", "r", 1, 1)
+    );
+    assert_eq!(r.txn.as_deref(), Some("txn-1"));
+    assert_eq!(r.event_type, "alarm");
+    assert_eq!(r.created_at, rfc3339(1000));
+    assert_eq!(r.updated_at, rfc3339(2000));
+    assert_eq!(r.next_attempt_at, None);
+    let by_device = store
+        .list(Filter {
+            device_id: Some(2),
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_device.len(), 1);
+    assert_eq!(by_device[0].id, ids[1]);
+    let limited = store
+        .list(Filter {
+            limit: 1,
+            channel: Some("c".into()),
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 1);
+    assert!(store
+        .list(Filter {
+            channel: Some("nope".into()),
+            ..Filter::default()
+        })
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Replay: one by id (dead or done only), then every dead letter.
+    assert_eq!(store.replay(Replay::Id(ids[1]), 3000).await.unwrap(), 1);
+    assert_eq!(store.replay(Replay::Id(999_999), 3000).await.unwrap(), 0);
+    let pending = store
+        .list(Filter {
+            status: Some(Status::Pending),
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (
+            pending[0].attempts,
+            pending[0].last_error.as_deref(),
+            pending[0].next_attempt_at.clone()
+        ),
+        (0, None, Some(rfc3339(3000)))
+    );
+    assert_eq!(store.replay(Replay::AllDead, 3000).await.unwrap(), 1);
+    let again = store.claim(3000, 10, LEASE).await.unwrap();
+    assert_eq!(keys(&again), ["d2", "d3"]);
+    assert!(again
+        .iter()
+        .all(|c| c.attempts == 1 && c.created_at_ms == 3000));
+    store
+        .finish(
+            vec![
+                (again[0].id, Outcome::Delivered),
+                (
+                    again[1].id,
+                    Outcome::Dead {
+                        error: "still refused".into(),
+                    },
+                ),
+            ],
+            3001,
+        )
+        .await
+        .unwrap();
+
+    // Retention: done rows (and then their events) after `retention`, dead ones after `dead_retention`.
+    let day = Duration::from_secs(86_400);
+    let ms = |d: u32| (day * d).as_millis() as i64;
+    assert_eq!(
+        store.prune(3001, day, 10 * day).await.unwrap(),
+        Pruned::default()
+    );
+    assert_eq!(
+        store.prune(3002 + ms(2), day, 10 * day).await.unwrap(),
+        Pruned {
+            deliveries: 2,
+            events: 2,
+            state: 0
+        }
+    );
+    assert_eq!(sorted_counts(&*store).await, [(Status::Dead, 1)]);
+    assert_eq!(
+        store.prune(3002 + ms(11), day, 10 * day).await.unwrap(),
+        Pruned {
+            deliveries: 1,
+            events: 1,
+            state: 0
+        }
+    );
+    assert!(store.counts().await.unwrap().is_empty());
+    // A pruned event is forgotten: the same id is new again.
+    assert!(matches!(
+        store.accept(event(1, 5000, vec![])).await.unwrap(),
+        Accepted::New { .. }
+    ));
+}
+
+/// PostgreSQL only: an unreachable server is a clear error naming the database without its password.
+#[tokio::test]
+async fn an_unreachable_postgres_is_a_clear_error_without_the_password() {
+    let port = support::smtp::free_port();
+    let started = std::time::Instant::now();
+    let err = PgStore::connect(&PgOptions {
+        url: format!("postgres://relay:s3cret-pw@127.0.0.1:{port}/db"),
+        pool: 2,
+        statement_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(2),
+        startup_wait: Duration::ZERO,
+        restart_grace: Duration::ZERO,
+    })
+    .await
+    .err()
+    .expect("nothing listens there");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("postgres://relay:***@127.0.0.1:{port}/db")),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(text.to_lowercase().contains("refused"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// PostgreSQL only: instances starting together migrate once; a newer schema is refused clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrations_are_safe_when_instances_start_together() {
+    let Some(admin) = support::pg::admin_url() else {
+        return;
+    };
+    let url = support::pg::fresh_database(&admin, "migrate").await;
+    let opts = PgOptions {
+        url: url.clone(),
+        pool: 2,
+        statement_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        startup_wait: Duration::ZERO,
+        restart_grace: Duration::ZERO,
+    };
+    let mut starting = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let opts = opts.clone();
+        starting.spawn(async move {
+            PgStore::connect(&opts)
+                .await
+                .map(|s| s.redacted_url().to_string())
+        });
+    }
+    while let Some(r) = starting.join_next().await {
+        r.unwrap().unwrap_or_else(|e| panic!("{e}"));
+    }
+    let store = PgStore::connect(&opts).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), 2);
+    support::pg::execute(&url, "INSERT INTO trackrelay_schema (version) VALUES (99)").await;
+    let err = PgStore::connect(&opts).await.err().expect("refused");
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+}
