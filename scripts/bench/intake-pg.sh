@@ -20,7 +20,8 @@ bin=${CARGO_TARGET_DIR:-target}/release/trackrelay
 
 duration=${DURATION:-10}
 tmp=$(mktemp -d)
-export TRACKRELAY_PG_DIR=$tmp/pg
+# A folder of its own: as root the cluster belongs to the postgres user, who cannot enter $tmp.
+export TRACKRELAY_PG_DIR=$(mktemp -d /tmp/trackrelay-pg-bench.XXXXXX)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -29,7 +30,8 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-eval "$(PG_FSYNC=on scripts/pg start)"
+pg_env=$(PG_FSYNC=on scripts/pg start) || { echo "cannot start PostgreSQL"; exit 1; }
+eval "$pg_env"
 
 start() { # name port storage
   cat > "$tmp/$1.yaml" <<YAML
