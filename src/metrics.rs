@@ -155,6 +155,8 @@ impl Metrics {
             Status::Inflight,
             Status::Done,
             Status::Dead,
+            Status::Suppressed,
+            Status::Grouped,
         ] {
             let n = counts.iter().find(|(s, _)| *s == st).map_or(0, |(_, n)| *n);
             self.outbox
@@ -187,6 +189,7 @@ mod tests {
             "trackrelay_delivery_latency_seconds_count{channel=\"phone\"} 1",
             "trackrelay_outbox_deliveries{status=\"dead\"} 3",
             "trackrelay_outbox_deliveries{status=\"pending\"} 0",
+            "trackrelay_outbox_deliveries{status=\"suppressed\"} 0",
             "trackrelay_outbox_oldest_due_age_seconds 1.5",
             "trackrelay_config_last_reload_success 1",
             "trackrelay_build_info{version=\"",

@@ -53,7 +53,7 @@ struct Instance {
 }
 
 impl Instance {
-    fn new(dir: &Path, name: &str, db: &str, sink: &str) -> Instance {
+    fn new(dir: &Path, name: &str, db: &str, sink: &str, online: &str) -> Instance {
         let port = free_port();
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(
@@ -67,10 +67,15 @@ delivery:
   retry: {{ initial_backoff: 20ms, max_backoff: 200ms, max_attempts: 100 }}
 channels:
   hook: {{ type: webhook, url: "{sink}" }}
+  online: {{ type: webhook, url: "{online}" }}
 rules:
   - name: alarms
     match: {{ type: alarm }}
     notify: [{{ channel: hook }}]
+  - name: online-once
+    match: {{ type: deviceOnline }}
+    cooldown: 1h
+    notify: [{{ channel: online }}]
 "#
             ),
         )
@@ -164,8 +169,10 @@ async fn two_instances_one_database_kill_and_restart_lose_and_repeat_nothing() {
         percent: 10,
         seed: 3,
     });
-    let mut a = Instance::new(&dir, "a", &db, &sink.url("/alarm"));
-    let mut b = Instance::new(&dir, "b", &db, &sink.url("/alarm"));
+    // One device's deviceOnline events, at both instances, under a one-hour cooldown: one message.
+    let online = Sink::start().await;
+    let mut a = Instance::new(&dir, "a", &db, &sink.url("/alarm"), &online.url("/online"));
+    let mut b = Instance::new(&dir, "b", &db, &sink.url("/alarm"), &online.url("/online"));
     // Both at once, on an empty database: the migrations run once, under the advisory lock.
     a.spawn();
     b.spawn();
@@ -395,8 +402,9 @@ async fn two_instances_one_database_kill_and_restart_lose_and_repeat_nothing() {
         let open = counts.get("pending").copied().unwrap_or(0)
             + counts.get("inflight").copied().unwrap_or(0);
         let keys = sink.distinct_header_values("idempotency-key") as u64;
+        let online_keys = online.distinct_header_values("idempotency-key") as u64;
         if open == 0
-            && counts.get("done") == Some(&keys)
+            && counts.get("done") == Some(&(keys + online_keys))
             && counts.get("dead").copied().unwrap_or(0) == 0
         {
             break;
@@ -404,6 +412,19 @@ async fn two_instances_one_database_kill_and_restart_lose_and_repeat_nothing() {
         assert!(Instant::now() < deadline, "{counts:?}, {keys} delivered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The cooldown held across both instances, the kill and the database restart.
+    let onlines = seen.acked.iter().filter(|id| *id % 5 == 0).count();
+    assert!(onlines > 10, "{onlines} deviceOnline events acknowledged");
+    assert_eq!(
+        online.distinct_header_values("idempotency-key"),
+        1,
+        "deviceOnline notified more than once within its cooldown"
+    );
+    let (_, counts) = metric_counts(&client, &b).await;
+    assert_eq!(
+        counts.get("suppressed").copied().unwrap_or(0) as usize + 1,
+        onlines
+    );
     a.kill();
     b.kill();
     for i in [&a, &b] {
