@@ -5,7 +5,7 @@ use globset::GlobBuilder;
 use regex::Regex;
 
 use super::expr::Expr;
-use super::field::{Field, Val};
+use super::field::{Field, Scope, Slots, Slotted, Val};
 use crate::config::raw::{IdOrName, RawMatch};
 use crate::event::Envelope;
 
@@ -126,7 +126,7 @@ pub enum Cond {
     /// The source's name.
     Source(Vec<String>),
     /// A field comparison.
-    Field(Field, Op),
+    Field(Slotted, Op),
     /// An expression.
     Expr(Expr),
     /// None of the inner conditions may all hold.
@@ -236,7 +236,10 @@ impl Matcher {
             };
             let field = Field::parse(&path).map_err(|e| format!("where: {e}"))?;
             for (op, text) in ops(&value).map_err(|e| format!("where `{path}`: {e}"))? {
-                push(Cond::Field(field.clone(), op), format!("{path} {text}"));
+                push(
+                    Cond::Field(Slotted::new(field.clone()), op),
+                    format!("{path} {text}"),
+                );
             }
         }
         if let Some(x) = raw.expr {
@@ -283,41 +286,69 @@ impl Matcher {
         })
     }
 
+    /// Gives every field this matcher reads (nested ones and expression variables too) its slot in a
+    /// rule set's [`Scope`].
+    pub fn assign_slots(&mut self, slots: &mut Slots) {
+        for c in &mut self.conds {
+            match &mut c.cond {
+                Cond::Field(f, _) => slots.assign(f),
+                Cond::Expr(x) => x.assign_slots(slots),
+                Cond::Not(m) => m.assign_slots(slots),
+                Cond::Any(ms) => ms.iter_mut().for_each(|m| m.assign_slots(slots)),
+                _ => {}
+            }
+        }
+    }
+
     /// Whether every condition holds.
     pub fn matches(&self, env: &Envelope, source: &str) -> bool {
+        self.matches_in(&mut Scope::new(env, source, 0))
+    }
+
+    /// [`Matcher::matches`] reading fields through a scope.
+    pub fn matches_in(&self, scope: &mut Scope<'_>) -> bool {
         self.conds
             .iter()
-            .all(|c| test(&c.cond, env, source).unwrap_or(false))
+            .all(|c| test(&c.cond, scope).unwrap_or(false))
     }
 
     /// Whether every condition holds, given that the event's type is already known to be one this
     /// matcher's `type` names (the rule set's index guarantees it): the type test is skipped.
     pub fn matches_indexed(&self, env: &Envelope, source: &str) -> bool {
+        self.matches_indexed_in(&mut Scope::new(env, source, 0))
+    }
+
+    /// [`Matcher::matches_indexed`] reading fields through a scope.
+    pub fn matches_indexed_in(&self, scope: &mut Scope<'_>) -> bool {
         self.conds
             .iter()
             .filter(|c| !matches!(c.cond, Cond::Type(_)))
-            .all(|c| test(&c.cond, env, source).unwrap_or(false))
+            .all(|c| test(&c.cond, scope).unwrap_or(false))
     }
 
     /// The first condition that does not hold, or `None` when the matcher matches.
     pub fn first_failure(&self, env: &Envelope, source: &str) -> Option<Failed> {
-        self.conds
-            .iter()
-            .find_map(|c| match test(&c.cond, env, source) {
-                Ok(true) => None,
-                Ok(false) => Some(Failed {
-                    condition: c.text.clone(),
-                    error: None,
-                }),
-                Err(e) => Some(Failed {
-                    condition: c.text.clone(),
-                    error: Some(e),
-                }),
-            })
+        self.first_failure_in(&mut Scope::new(env, source, 0))
+    }
+
+    /// [`Matcher::first_failure`] reading fields through a scope.
+    pub fn first_failure_in(&self, scope: &mut Scope<'_>) -> Option<Failed> {
+        self.conds.iter().find_map(|c| match test(&c.cond, scope) {
+            Ok(true) => None,
+            Ok(false) => Some(Failed {
+                condition: c.text.clone(),
+                error: None,
+            }),
+            Err(e) => Some(Failed {
+                condition: c.text.clone(),
+                error: Some(e),
+            }),
+        })
     }
 }
 
-fn test(cond: &Cond, env: &Envelope, source: &str) -> Result<bool, String> {
+fn test(cond: &Cond, scope: &mut Scope<'_>) -> Result<bool, String> {
+    let (env, source) = (scope.env, scope.source);
     let device = env.device.as_ref();
     Ok(match cond {
         Cond::Type(t) => t.contains(&env.event.event_type),
@@ -335,10 +366,10 @@ fn test(cond: &Cond, env: &Envelope, source: &str) -> Result<bool, String> {
         Cond::Group(g) => device.is_some_and(|d| g.contains(&d.group_id)),
         Cond::Status(s) => device.is_some_and(|d| s.contains(&d.status)),
         Cond::Source(s) => s.iter().any(|s| s == source),
-        Cond::Field(f, op) => op.test(f.get(env, source)),
-        Cond::Expr(x) => x.eval(env, source).map_err(|e| e.to_string())?,
-        Cond::Not(m) => !m.matches(env, source),
-        Cond::Any(ms) => ms.iter().any(|m| m.matches(env, source)),
+        Cond::Field(f, op) => op.test(scope.get(f)),
+        Cond::Expr(x) => x.eval_in(scope).map_err(|e| e.to_string())?,
+        Cond::Not(m) => !m.matches_in(scope),
+        Cond::Any(ms) => ms.iter().any(|m| m.matches_in(scope)),
     })
 }
 
