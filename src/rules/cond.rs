@@ -352,7 +352,7 @@ fn test(cond: &Cond, scope: &mut Scope<'_>) -> Result<bool, String> {
     let device = env.device.as_ref();
     Ok(match cond {
         Cond::Type(t) => t.contains(&env.event.event_type),
-        Cond::Alarm(a) => env.alarms().any(|x| a.iter().any(|a| a == x)),
+        Cond::Alarm(a) => scope.has_alarm(a),
         Cond::Geofence(g) => {
             let id = env.event.geofence_id;
             let name = env.geofence.as_ref().map_or("", |g| g.name.as_str());
@@ -374,14 +374,15 @@ fn test(cond: &Cond, scope: &mut Scope<'_>) -> Result<bool, String> {
 }
 
 /// A case-insensitive name glob. The shapes rules use most (`Lena*`, `*Wien`, an exact name) are plain
-/// string comparisons; anything else goes to globset, which runs a regex per test.
+/// string comparisons against the pattern lowercased once; anything else goes to globset, which runs a
+/// regex per test.
 #[derive(Debug)]
 pub enum Glob {
-    /// No wildcard (ASCII): equal ignoring ASCII case.
+    /// No wildcard (ASCII): equal ignoring ASCII case. Held in lower case.
     Exact(String),
-    /// `prefix*` (ASCII prefix).
+    /// `prefix*` (ASCII prefix). Held in lower case.
     Prefix(String),
-    /// `*suffix` (ASCII suffix).
+    /// `*suffix` (ASCII suffix). Held in lower case.
     Suffix(String),
     /// Anything else.
     Pattern(globset::GlobMatcher),
@@ -390,13 +391,18 @@ pub enum Glob {
 impl Glob {
     /// Whether `s` matches.
     pub fn is_match(&self, s: &str) -> bool {
-        let (s, b) = (s.as_bytes(), |p: &String| p.len());
+        // `lower` is already lower case: only the subject's bytes need folding.
+        fn eq(s: &[u8], lower: &str) -> bool {
+            s.len() == lower.len()
+                && s.iter()
+                    .zip(lower.as_bytes())
+                    .all(|(a, b)| a.to_ascii_lowercase() == *b)
+        }
+        let s = s.as_bytes();
         match self {
-            Glob::Exact(p) => s.eq_ignore_ascii_case(p.as_bytes()),
-            Glob::Prefix(p) => s.len() >= b(p) && s[..b(p)].eq_ignore_ascii_case(p.as_bytes()),
-            Glob::Suffix(p) => {
-                s.len() >= b(p) && s[s.len() - b(p)..].eq_ignore_ascii_case(p.as_bytes())
-            }
+            Glob::Exact(p) => eq(s, p),
+            Glob::Prefix(p) => s.len() >= p.len() && eq(&s[..p.len()], p),
+            Glob::Suffix(p) => s.len() >= p.len() && eq(&s[s.len() - p.len()..], p),
             Glob::Pattern(g) => g.is_match(std::str::from_utf8(s).unwrap_or_default()),
         }
     }
@@ -407,13 +413,13 @@ fn glob(pattern: &str) -> Result<Glob, String> {
     if pattern.is_ascii() && !pattern.is_empty() {
         let inner = |p: &str| !p.is_empty() && !p.contains(special);
         if !pattern.contains(special) {
-            return Ok(Glob::Exact(pattern.to_string()));
+            return Ok(Glob::Exact(pattern.to_ascii_lowercase()));
         }
         if let Some(p) = pattern.strip_suffix('*').filter(|p| inner(p)) {
-            return Ok(Glob::Prefix(p.to_string()));
+            return Ok(Glob::Prefix(p.to_ascii_lowercase()));
         }
         if let Some(p) = pattern.strip_prefix('*').filter(|p| inner(p)) {
-            return Ok(Glob::Suffix(p.to_string()));
+            return Ok(Glob::Suffix(p.to_ascii_lowercase()));
         }
     }
     GlobBuilder::new(pattern)

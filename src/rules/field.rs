@@ -277,6 +277,15 @@ pub struct Scope<'a> {
     pub source: &'a str,
     slots: usize,
     vals: Vec<Option<Val<'a>>>,
+    alarms: Option<Alarms<'a>>,
+}
+
+/// The event's alarms, split once per evaluation (up to four; more are split again when asked).
+#[derive(Debug)]
+struct Alarms<'a> {
+    list: [&'a str; 4],
+    len: usize,
+    more: bool,
 }
 
 impl<'a> Scope<'a> {
@@ -287,10 +296,37 @@ impl<'a> Scope<'a> {
             source,
             slots,
             vals: Vec::new(),
+            alarms: None,
         }
     }
 
+    /// Whether one of the event's alarms ([`Envelope::alarms`]) is one of `names`.
+    pub fn has_alarm(&mut self, names: &[String]) -> bool {
+        let env = self.env;
+        let a = self.alarms.get_or_insert_with(|| {
+            let mut a = Alarms {
+                list: [""; 4],
+                len: 0,
+                more: false,
+            };
+            for x in env.alarms() {
+                if a.len < a.list.len() {
+                    a.list[a.len] = x;
+                    a.len += 1;
+                } else {
+                    a.more = true;
+                }
+            }
+            a
+        });
+        if a.more {
+            return env.alarms().any(|x| names.iter().any(|n| n == x));
+        }
+        a.list[..a.len].iter().any(|x| names.iter().any(|n| n == x))
+    }
+
     /// The field's value, read from the event the first time its slot is asked for.
+    #[inline]
     pub fn get(&mut self, f: &Slotted) -> Val<'a> {
         if f.slot >= self.slots {
             return f.field.get(self.env, self.source);

@@ -141,9 +141,10 @@ impl RuleSet {
 
     /// The rules that match, in order, honouring `stop`.
     pub fn evaluate<'a>(&'a self, env: &Envelope, source: &str) -> Vec<&'a Rule> {
-        let mut out = Vec::new();
+        let candidates = self.candidates(&env.event.event_type);
+        let mut out = Vec::with_capacity(candidates.len());
         let mut scope = field::Scope::new(env, source, self.slots);
-        for &i in self.candidates(&env.event.event_type) {
+        for &i in candidates {
             let rule = &self.rules[i];
             if rule.matcher.matches_indexed_in(&mut scope) {
                 out.push(rule);
