@@ -2,6 +2,12 @@
 //! request, at saturation (closed loop) or at a fixed rate, and prints throughput and latency
 //! percentiles. Loopback only: it refuses any URL whose host is not a loopback address.
 //!
+//! For the benchmark suite (`scripts/bench/run`) it can also stamp each event with the time it was sent
+//! (`--stamp`: `event.attributes.benchT0`, Unix microseconds, which a webhook sink reads back for the
+//! end-to-end latency), spread events over many devices (`--devices`), stop after a number of events
+//! (`--count`), and post the same events as Prometheus Alertmanager alerts (`--format alertmanager`, to
+//! `/api/v2/alerts`: one alert per event, labelled with the event id so Alertmanager keeps them apart).
+//!
 //! ```text
 //! cargo run --release --example loadgen -- --url http://127.0.0.1:8088/events --duration 10 --concurrency 64
 //! cargo run --release --example loadgen -- --url http://127.0.0.1:8088/events --duration 10 --rate 1000
@@ -39,6 +45,51 @@ struct Args {
     /// Vary the device id over this many devices (1 = keep the payload's).
     #[arg(long, default_value_t = 1)]
     devices: u64,
+    /// Stop after this many requests (0 = run for --duration).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Put the send time into each event (`event.attributes.benchT0`, Unix microseconds).
+    #[arg(long)]
+    stamp: bool,
+    /// Body format: `traccar` (the payload) or `alertmanager` (the event as one Alertmanager v2 alert).
+    #[arg(long, default_value = "traccar")]
+    format: String,
+}
+
+/// Marker numbers in the body template, replaced per request.
+const ID: &str = "987654321987";
+const DEVICE: &str = "123456789123";
+const T0: &str = "555555555555555";
+
+/// The event as one Alertmanager alert: the event's facts as labels (the event id among them, so every
+/// event is its own alert), the rest as annotations.
+fn alert(event: &serde_json::Value) -> serde_json::Value {
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    serde_json::json!([{
+        "labels": {
+            "alertname": s(&event["event"]["type"]),
+            "event_id": ID,
+            "device_id": DEVICE,
+            "device": s(&event["device"]["name"]),
+            "alarm": s(&event["event"]["attributes"]["alarm"]),
+        },
+        "annotations": {
+            "benchT0": T0,
+            "summary": format!("{} {}", s(&event["event"]["type"]), s(&event["device"]["name"])),
+            "latitude": s(&event["position"]["latitude"]),
+            "longitude": s(&event["position"]["longitude"]),
+            "eventTime": s(&event["event"]["eventTime"]),
+        },
+    }])
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -65,7 +116,15 @@ async fn main() -> anyhow::Result<()> {
     // Marker ids, replaced per request: cheaper than serialising JSON for every request.
     body["event"]["id"] = serde_json::json!(987654321987u64);
     body["device"]["id"] = serde_json::json!(123456789123u64);
-    let template = Arc::new(body.to_string());
+    if args.stamp {
+        body["event"]["attributes"]["benchT0"] = serde_json::json!(555555555555555u64);
+    }
+    let template = Arc::new(match args.format.as_str() {
+        "traccar" => body.to_string(),
+        "alertmanager" => alert(&body).to_string(),
+        other => anyhow::bail!("unknown format `{other}` (traccar or alertmanager)"),
+    });
+    let count = args.count;
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -82,7 +141,9 @@ async fn main() -> anyhow::Result<()> {
         t
     });
     let mut tasks = tokio::task::JoinSet::new();
-    while Instant::now() < end {
+    let mut sent = 0u64;
+    while (count == 0 && Instant::now() < end) || (count > 0 && sent < count) {
+        sent += 1;
         if let Some(t) = ticker.as_mut() {
             t.tick().await;
         }
@@ -102,9 +163,13 @@ async fn main() -> anyhow::Result<()> {
         tasks.spawn(async move {
             let id = next_id.fetch_add(1, Ordering::Relaxed);
             let device = if devices > 1 { 1 + id % devices } else { 12 };
-            let body = template
-                .replacen("987654321987", &id.to_string(), 1)
-                .replacen("123456789123", &device.to_string(), 1);
+            let mut body =
+                template
+                    .replacen(ID, &id.to_string(), 1)
+                    .replacen(DEVICE, &device.to_string(), 1);
+            if body.contains(T0) {
+                body = body.replacen(T0, &now_us().to_string(), 1);
+            }
             let mut req = client
                 .post(url)
                 .header("content-type", "application/json")

@@ -28,14 +28,14 @@ storage: { data_dir: "$tmp/$name-data" }
 channels: { out: { type: log } }
 rules: $rules
 YAML
-  RUST_LOG=warn ./target/release/trackrelay serve --config "$tmp/$name.yaml" >/dev/null 2>"$tmp/$name.log" &
+  RUST_LOG=warn "${CARGO_TARGET_DIR:-target}"/release/trackrelay serve --config "$tmp/$name.yaml" >/dev/null 2>"$tmp/$name.log" &
   pid=$!
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
   echo "== $name: saturation (wrk -t2 -c128 -d${duration}s)"
   wrk -t2 -c128 -d"${duration}s" --latency -s scripts/bench/event.lua "http://127.0.0.1:$port/events" \
     | grep -E "requests in|Requests/sec|Non-2xx| 50%| 99%"
   echo "== $name: 1,000 events/s for ${duration}s (loadgen)"
-  ./target/release/examples/loadgen --url "http://127.0.0.1:$port/events" --rate 1000 --duration "$duration" \
+  "${CARGO_TARGET_DIR:-target}"/release/examples/loadgen --url "http://127.0.0.1:$port/events" --rate 1000 --duration "$duration" \
     --id-base 9000000000 | sed 's/^/   /'
   sleep 2
   echo "   outbox after 2 s: $(curl -fs "http://127.0.0.1:$port/metrics" | grep '^trackrelay_outbox_deliveries' | sed 's/trackrelay_outbox_deliveries//' | tr '\n' ' ')"

@@ -5,7 +5,7 @@ use globset::GlobBuilder;
 use regex::Regex;
 
 use super::expr::Expr;
-use super::field::{Field, Val};
+use super::field::{Field, Scope, Slots, Slotted, Val};
 use crate::config::raw::{IdOrName, RawMatch};
 use crate::event::Envelope;
 
@@ -126,7 +126,7 @@ pub enum Cond {
     /// The source's name.
     Source(Vec<String>),
     /// A field comparison.
-    Field(Field, Op),
+    Field(Slotted, Op),
     /// An expression.
     Expr(Expr),
     /// None of the inner conditions may all hold.
@@ -236,7 +236,10 @@ impl Matcher {
             };
             let field = Field::parse(&path).map_err(|e| format!("where: {e}"))?;
             for (op, text) in ops(&value).map_err(|e| format!("where `{path}`: {e}"))? {
-                push(Cond::Field(field.clone(), op), format!("{path} {text}"));
+                push(
+                    Cond::Field(Slotted::new(field.clone()), op),
+                    format!("{path} {text}"),
+                );
             }
         }
         if let Some(x) = raw.expr {
@@ -283,45 +286,73 @@ impl Matcher {
         })
     }
 
+    /// Gives every field this matcher reads (nested ones and expression variables too) its slot in a
+    /// rule set's [`Scope`].
+    pub fn assign_slots(&mut self, slots: &mut Slots) {
+        for c in &mut self.conds {
+            match &mut c.cond {
+                Cond::Field(f, _) => slots.assign(f),
+                Cond::Expr(x) => x.assign_slots(slots),
+                Cond::Not(m) => m.assign_slots(slots),
+                Cond::Any(ms) => ms.iter_mut().for_each(|m| m.assign_slots(slots)),
+                _ => {}
+            }
+        }
+    }
+
     /// Whether every condition holds.
     pub fn matches(&self, env: &Envelope, source: &str) -> bool {
+        self.matches_in(&mut Scope::new(env, source, 0))
+    }
+
+    /// [`Matcher::matches`] reading fields through a scope.
+    pub fn matches_in(&self, scope: &mut Scope<'_>) -> bool {
         self.conds
             .iter()
-            .all(|c| test(&c.cond, env, source).unwrap_or(false))
+            .all(|c| test(&c.cond, scope).unwrap_or(false))
     }
 
     /// Whether every condition holds, given that the event's type is already known to be one this
     /// matcher's `type` names (the rule set's index guarantees it): the type test is skipped.
     pub fn matches_indexed(&self, env: &Envelope, source: &str) -> bool {
+        self.matches_indexed_in(&mut Scope::new(env, source, 0))
+    }
+
+    /// [`Matcher::matches_indexed`] reading fields through a scope.
+    pub fn matches_indexed_in(&self, scope: &mut Scope<'_>) -> bool {
         self.conds
             .iter()
             .filter(|c| !matches!(c.cond, Cond::Type(_)))
-            .all(|c| test(&c.cond, env, source).unwrap_or(false))
+            .all(|c| test(&c.cond, scope).unwrap_or(false))
     }
 
     /// The first condition that does not hold, or `None` when the matcher matches.
     pub fn first_failure(&self, env: &Envelope, source: &str) -> Option<Failed> {
-        self.conds
-            .iter()
-            .find_map(|c| match test(&c.cond, env, source) {
-                Ok(true) => None,
-                Ok(false) => Some(Failed {
-                    condition: c.text.clone(),
-                    error: None,
-                }),
-                Err(e) => Some(Failed {
-                    condition: c.text.clone(),
-                    error: Some(e),
-                }),
-            })
+        self.first_failure_in(&mut Scope::new(env, source, 0))
+    }
+
+    /// [`Matcher::first_failure`] reading fields through a scope.
+    pub fn first_failure_in(&self, scope: &mut Scope<'_>) -> Option<Failed> {
+        self.conds.iter().find_map(|c| match test(&c.cond, scope) {
+            Ok(true) => None,
+            Ok(false) => Some(Failed {
+                condition: c.text.clone(),
+                error: None,
+            }),
+            Err(e) => Some(Failed {
+                condition: c.text.clone(),
+                error: Some(e),
+            }),
+        })
     }
 }
 
-fn test(cond: &Cond, env: &Envelope, source: &str) -> Result<bool, String> {
+fn test(cond: &Cond, scope: &mut Scope<'_>) -> Result<bool, String> {
+    let (env, source) = (scope.env, scope.source);
     let device = env.device.as_ref();
     Ok(match cond {
         Cond::Type(t) => t.contains(&env.event.event_type),
-        Cond::Alarm(a) => env.alarms().any(|x| a.iter().any(|a| a == x)),
+        Cond::Alarm(a) => scope.has_alarm(a),
         Cond::Geofence(g) => {
             let id = env.event.geofence_id;
             let name = env.geofence.as_ref().map_or("", |g| g.name.as_str());
@@ -335,22 +366,23 @@ fn test(cond: &Cond, env: &Envelope, source: &str) -> Result<bool, String> {
         Cond::Group(g) => device.is_some_and(|d| g.contains(&d.group_id)),
         Cond::Status(s) => device.is_some_and(|d| s.contains(&d.status)),
         Cond::Source(s) => s.iter().any(|s| s == source),
-        Cond::Field(f, op) => op.test(f.get(env, source)),
-        Cond::Expr(x) => x.eval(env, source).map_err(|e| e.to_string())?,
-        Cond::Not(m) => !m.matches(env, source),
-        Cond::Any(ms) => ms.iter().any(|m| m.matches(env, source)),
+        Cond::Field(f, op) => op.test(scope.get(f)),
+        Cond::Expr(x) => x.eval_in(scope).map_err(|e| e.to_string())?,
+        Cond::Not(m) => !m.matches_in(scope),
+        Cond::Any(ms) => ms.iter().any(|m| m.matches_in(scope)),
     })
 }
 
 /// A case-insensitive name glob. The shapes rules use most (`Lena*`, `*Wien`, an exact name) are plain
-/// string comparisons; anything else goes to globset, which runs a regex per test.
+/// string comparisons against the pattern lowercased once; anything else goes to globset, which runs a
+/// regex per test.
 #[derive(Debug)]
 pub enum Glob {
-    /// No wildcard (ASCII): equal ignoring ASCII case.
+    /// No wildcard (ASCII): equal ignoring ASCII case. Held in lower case.
     Exact(String),
-    /// `prefix*` (ASCII prefix).
+    /// `prefix*` (ASCII prefix). Held in lower case.
     Prefix(String),
-    /// `*suffix` (ASCII suffix).
+    /// `*suffix` (ASCII suffix). Held in lower case.
     Suffix(String),
     /// Anything else.
     Pattern(globset::GlobMatcher),
@@ -359,13 +391,18 @@ pub enum Glob {
 impl Glob {
     /// Whether `s` matches.
     pub fn is_match(&self, s: &str) -> bool {
-        let (s, b) = (s.as_bytes(), |p: &String| p.len());
+        // `lower` is already lower case: only the subject's bytes need folding.
+        fn eq(s: &[u8], lower: &str) -> bool {
+            s.len() == lower.len()
+                && s.iter()
+                    .zip(lower.as_bytes())
+                    .all(|(a, b)| a.to_ascii_lowercase() == *b)
+        }
+        let s = s.as_bytes();
         match self {
-            Glob::Exact(p) => s.eq_ignore_ascii_case(p.as_bytes()),
-            Glob::Prefix(p) => s.len() >= b(p) && s[..b(p)].eq_ignore_ascii_case(p.as_bytes()),
-            Glob::Suffix(p) => {
-                s.len() >= b(p) && s[s.len() - b(p)..].eq_ignore_ascii_case(p.as_bytes())
-            }
+            Glob::Exact(p) => eq(s, p),
+            Glob::Prefix(p) => s.len() >= p.len() && eq(&s[..p.len()], p),
+            Glob::Suffix(p) => s.len() >= p.len() && eq(&s[s.len() - p.len()..], p),
             Glob::Pattern(g) => g.is_match(std::str::from_utf8(s).unwrap_or_default()),
         }
     }
@@ -376,13 +413,13 @@ fn glob(pattern: &str) -> Result<Glob, String> {
     if pattern.is_ascii() && !pattern.is_empty() {
         let inner = |p: &str| !p.is_empty() && !p.contains(special);
         if !pattern.contains(special) {
-            return Ok(Glob::Exact(pattern.to_string()));
+            return Ok(Glob::Exact(pattern.to_ascii_lowercase()));
         }
         if let Some(p) = pattern.strip_suffix('*').filter(|p| inner(p)) {
-            return Ok(Glob::Prefix(p.to_string()));
+            return Ok(Glob::Prefix(p.to_ascii_lowercase()));
         }
         if let Some(p) = pattern.strip_prefix('*').filter(|p| inner(p)) {
-            return Ok(Glob::Suffix(p.to_string()));
+            return Ok(Glob::Suffix(p.to_ascii_lowercase()));
         }
     }
     GlobBuilder::new(pattern)

@@ -46,7 +46,7 @@ impl<'a> Val<'a> {
 }
 
 /// Which object of the envelope a path starts at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Obj {
     /// `event.`
     Event,
@@ -61,7 +61,7 @@ pub enum Obj {
 }
 
 /// A compiled field path.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Field {
     /// A named property of an object (`device.name`).
     Prop(Obj, Prop),
@@ -78,7 +78,7 @@ pub enum Field {
 }
 
 /// Named properties of Traccar's models.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[allow(missing_docs)]
 pub enum Prop {
     Id,
@@ -198,7 +198,7 @@ impl Field {
     }
 
     /// Reads the field from an event.
-    pub fn get<'a>(&'a self, env: &'a Envelope, source: &'a str) -> Val<'a> {
+    pub fn get<'a>(&self, env: &'a Envelope, source: &'a str) -> Val<'a> {
         match self {
             Field::Prop(obj, prop) => prop_of(env, *obj, *prop),
             Field::Attr(obj, key) => {
@@ -217,6 +217,130 @@ impl Field {
             Field::SpeedKmh => env.speed_kmh().map_or(Val::Null, Val::Num),
             Field::Alarm => Val::from_json(env.event.attributes.get("alarm")),
             Field::Source => Val::Str(source),
+        }
+    }
+}
+
+/// A field path with its slot in the per-event [`Scope`] (assigned when the rule set is built; fields
+/// with the same path share a slot, so an event's `batteryLevel` is looked up once however many rules
+/// test it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slotted {
+    /// The path.
+    pub field: Field,
+    /// Index in [`Scope`]; [`Slotted::NONE`] until the rule set assigns one.
+    pub slot: usize,
+}
+
+impl Slotted {
+    /// No slot: the field is read from the event every time.
+    pub const NONE: usize = usize::MAX;
+
+    /// A field without a slot yet.
+    pub fn new(field: Field) -> Slotted {
+        Slotted {
+            field,
+            slot: Slotted::NONE,
+        }
+    }
+}
+
+/// Gives each distinct field path a slot number.
+#[derive(Debug, Default)]
+pub struct Slots(std::collections::HashMap<Field, usize>);
+
+impl Slots {
+    /// Assigns `f` the slot of its path, a new one for a path not seen yet.
+    pub fn assign(&mut self, f: &mut Slotted) {
+        let n = self.0.len();
+        f.slot = *self.0.entry(f.field.clone()).or_insert(n);
+    }
+
+    /// How many slots were handed out.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none were.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One evaluation's view of an event: the event, its source, and the values of the fields read so far
+/// (each slotted field is read from the event at most once; nothing is copied).
+#[derive(Debug)]
+pub struct Scope<'a> {
+    /// The event.
+    pub env: &'a Envelope,
+    /// The name of the source that delivered it.
+    pub source: &'a str,
+    slots: usize,
+    vals: Vec<Option<Val<'a>>>,
+    alarms: Option<Alarms<'a>>,
+}
+
+/// The event's alarms, split once per evaluation (up to four; more are split again when asked).
+#[derive(Debug)]
+struct Alarms<'a> {
+    list: [&'a str; 4],
+    len: usize,
+    more: bool,
+}
+
+impl<'a> Scope<'a> {
+    /// A scope with room for `slots` cached fields (allocated when the first one is read).
+    pub fn new(env: &'a Envelope, source: &'a str, slots: usize) -> Scope<'a> {
+        Scope {
+            env,
+            source,
+            slots,
+            vals: Vec::new(),
+            alarms: None,
+        }
+    }
+
+    /// Whether one of the event's alarms ([`Envelope::alarms`]) is one of `names`.
+    pub fn has_alarm(&mut self, names: &[String]) -> bool {
+        let env = self.env;
+        let a = self.alarms.get_or_insert_with(|| {
+            let mut a = Alarms {
+                list: [""; 4],
+                len: 0,
+                more: false,
+            };
+            for x in env.alarms() {
+                if a.len < a.list.len() {
+                    a.list[a.len] = x;
+                    a.len += 1;
+                } else {
+                    a.more = true;
+                }
+            }
+            a
+        });
+        if a.more {
+            return env.alarms().any(|x| names.iter().any(|n| n == x));
+        }
+        a.list[..a.len].iter().any(|x| names.iter().any(|n| n == x))
+    }
+
+    /// The field's value, read from the event the first time its slot is asked for.
+    #[inline]
+    pub fn get(&mut self, f: &Slotted) -> Val<'a> {
+        if f.slot >= self.slots {
+            return f.field.get(self.env, self.source);
+        }
+        if self.vals.is_empty() {
+            self.vals.resize(self.slots, None);
+        }
+        match self.vals[f.slot] {
+            Some(v) => v,
+            None => {
+                let v = f.field.get(self.env, self.source);
+                self.vals[f.slot] = Some(v);
+                v
+            }
         }
     }
 }

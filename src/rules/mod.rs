@@ -76,6 +76,8 @@ pub struct RuleSet {
     untyped: Vec<usize>,
     /// Some rule debounces geofence transitions.
     debounces: bool,
+    /// Distinct field paths the rules read: the size of an evaluation's [`field::Scope`].
+    slots: usize,
 }
 
 /// What `explain` says of one rule.
@@ -91,7 +93,11 @@ pub enum Verdict {
 
 impl RuleSet {
     /// Builds the set and its type index.
-    pub fn new(rules: Vec<Rule>) -> RuleSet {
+    pub fn new(mut rules: Vec<Rule>) -> RuleSet {
+        let mut slots = field::Slots::default();
+        for r in &mut rules {
+            r.matcher.assign_slots(&mut slots);
+        }
         let mut by_type: HashMap<String, Vec<usize>> = HashMap::new();
         let mut untyped = Vec::new();
         for (i, r) in rules.iter().enumerate() {
@@ -114,6 +120,7 @@ impl RuleSet {
             rules,
             by_type,
             untyped,
+            slots: slots.len(),
         }
     }
 
@@ -134,10 +141,12 @@ impl RuleSet {
 
     /// The rules that match, in order, honouring `stop`.
     pub fn evaluate<'a>(&'a self, env: &Envelope, source: &str) -> Vec<&'a Rule> {
-        let mut out = Vec::new();
-        for &i in self.candidates(&env.event.event_type) {
+        let candidates = self.candidates(&env.event.event_type);
+        let mut out = Vec::with_capacity(candidates.len());
+        let mut scope = field::Scope::new(env, source, self.slots);
+        for &i in candidates {
             let rule = &self.rules[i];
-            if rule.matcher.matches_indexed(env, source) {
+            if rule.matcher.matches_indexed_in(&mut scope) {
                 out.push(rule);
                 if rule.stop {
                     break;
@@ -150,13 +159,14 @@ impl RuleSet {
     /// A verdict for every rule, in order: why each did or did not match.
     pub fn explain<'a>(&'a self, env: &Envelope, source: &str) -> Vec<(&'a Rule, Verdict)> {
         let mut stopped_by: Option<&str> = None;
+        let mut scope = field::Scope::new(env, source, self.slots);
         self.rules
             .iter()
             .map(|rule| {
                 if let Some(s) = stopped_by {
                     return (rule, Verdict::Stopped(s.to_string()));
                 }
-                let verdict = match rule.matcher.first_failure(env, source) {
+                let verdict = match rule.matcher.first_failure_in(&mut scope) {
                     None => {
                         if rule.stop {
                             stopped_by = Some(&rule.name);
