@@ -214,19 +214,37 @@ async fn smtp_down_then_up_delivers_all_in_order_once() {
         let (status, _) = relay.post(body.to_string(), &[]).await;
         assert_eq!(status, 200);
     }
-    // The server is down: the first delivery is retried, the others wait behind it (one mailbox, in order).
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let (_, list) = relay
-        .admin_get("/api/deliveries?status=pending", ADMIN)
-        .await;
-    let rows = list["deliveries"].as_array().unwrap();
-    assert_eq!(rows.len(), 5, "{list}");
-    let first = rows.iter().find(|r| r["event_id"] == 1).unwrap();
-    assert!(first["attempts"].as_u64().unwrap() >= 2, "{first}");
-    assert!(
-        first["last_error"].as_str().unwrap().contains("SMTP"),
-        "{first}"
-    );
+    // The server is down: the first delivery is retried, the others wait behind it (one mailbox, in
+    // order). The first may be caught in flight (mid-attempt), so wait until it has failed twice.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, list) = relay.admin_get("/api/deliveries", ADMIN).await;
+        let rows = list["deliveries"].as_array().unwrap().clone();
+        assert_eq!(rows.len(), 5, "{list}");
+        assert!(
+            rows.iter()
+                .all(|r| r["status"] == "pending" || r["status"] == "inflight"),
+            "{list}"
+        );
+        let first = rows.iter().find(|r| r["event_id"] == 1).unwrap();
+        let later_untried = rows
+            .iter()
+            .filter(|r| r["event_id"] != 1)
+            .all(|r| r["attempts"] == 0);
+        assert!(
+            later_untried,
+            "a later mail was tried before the first: {list}"
+        );
+        if first["attempts"].as_u64().unwrap() >= 2
+            && first["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("SMTP"))
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{first}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let smtp = SmtpServer::start_on(port);
     let mails = smtp.wait_for(5, Duration::from_secs(15)).await;
