@@ -420,10 +420,15 @@ async fn two_instances_one_database_kill_and_restart_lose_and_repeat_nothing() {
         1,
         "deviceOnline notified more than once within its cooldown"
     );
+    // Every acknowledged deviceOnline but the first is suppressed. An unacknowledged one may have
+    // been committed just before the kill or the database restart (its answer lost): the stored count
+    // lies between the acknowledged and the posted ones.
+    let posted_onlines = (1..=N).filter(|id| id % 5 == 0).count();
     let (_, counts) = metric_counts(&client, &b).await;
-    assert_eq!(
-        counts.get("suppressed").copied().unwrap_or(0) as usize + 1,
-        onlines
+    let stored_onlines = counts.get("suppressed").copied().unwrap_or(0) as usize + 1;
+    assert!(
+        (onlines..=posted_onlines).contains(&stored_onlines),
+        "{stored_onlines} deviceOnline events stored, {onlines} acknowledged, {posted_onlines} posted"
     );
     a.kill();
     b.kill();
