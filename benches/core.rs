@@ -25,24 +25,29 @@ fn payload(name: &str) -> String {
     .unwrap()
 }
 
-/// `n` rules mixing what real rule files use: type and alarm lists, geofence globs, attribute
-/// comparisons, negation and expressions, spread over event types; all send to a log channel.
+/// `n` rules mixing what real rule files use: type and alarm lists, geofence and device globs,
+/// attribute comparisons, regex, negation and expressions, spread over event types, with their
+/// operands varying from rule to rule (a thousand copies of one rule would measure a cache); all send
+/// to a log channel. The same mix as the server benchmark's (`scripts/bench/run`).
+fn kind(i: usize) -> String {
+    match i % 8 {
+        0 => "{ type: alarm, alarm: [movement, vibration], where: { position.attributes.armed: true } }".into(),
+        1 => format!("{{ type: [geofenceEnter, geofenceExit], geofence: 'Zone {i}*', not: {{ where: {{ ignition: true }} }} }}"),
+        2 => format!("{{ type: deviceOverspeed, expr: 'speed_kmh > {} || geofence.id == {i}' }}", 20 + i % 40),
+        3 => format!("{{ type: [deviceOffline, deviceUnknown], device: ['Fleet {i}*', {}] }}", 100_000_000 + i),
+        4 => format!("{{ where: {{ batteryLevel: {{ lt: {} }}, charge: {{ ne: true }} }} }}", 5 + i % 10),
+        5 => format!("{{ type: ignitionOn, where: {{ device.uniqueId: {{ regex: '^9{i}' }} }} }}"),
+        6 => format!("{{ type: alarm, alarm: sos, device: 'Team {i}*' }}"),
+        _ => format!("{{ type: alarm, expr: 'batteryLevel < {} && !ignition' }}", 10 + i % 10),
+    }
+}
+
 fn config(n: usize) -> Config {
-    let kinds = [
-        "{ type: alarm, alarm: [movement, vibration], where: { position.attributes.armed: true } }",
-        "{ type: [geofenceEnter, geofenceExit], geofence: 'Zuhause*', not: { where: { ignition: true } } }",
-        "{ type: deviceOverspeed, expr: 'speed_kmh > 25 || geofence.id > 0' }",
-        "{ type: [deviceOffline, deviceUnknown], device: ['Lastenrad*', 12] }",
-        "{ where: { batteryLevel: { lt: 20 }, charge: { ne: true } } }",
-        "{ type: ignitionOn, where: { device.uniqueId: { regex: '^4710' } } }",
-        "{ type: alarm, alarm: sos }",
-        "{ type: deviceMoving, group: [3, 5] }",
-    ];
     let mut yaml = String::from("channels: { out: { type: log } }\nrules:\n");
     for i in 0..n {
         yaml.push_str(&format!(
             "  - {{ name: r{i}, match: {}, notify: [{{ channel: out }}] }}\n",
-            kinds[i % kinds.len()]
+            kind(i)
         ));
     }
     let dir = std::env::temp_dir().join(format!("trackrelay-bench-{}-{n}", std::process::id()));

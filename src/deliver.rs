@@ -29,6 +29,9 @@ pub const RECORD_PATIENCE: Duration = Duration::from_secs(60);
 /// The worker looks for due deliveries at least this often, so rows another process made due (the CLI's
 /// `replay`) are noticed.
 pub const POLL: Duration = Duration::from_secs(1);
+/// While sends are running, claims and outcome records are gathered for at most this long, up to a
+/// quarter of the workers each: under load one store call then covers many deliveries, not one.
+pub const GATHER: Duration = Duration::from_millis(5);
 
 /// Claims and sends deliveries until shut down.
 pub struct Dispatcher {
@@ -52,7 +55,8 @@ impl Dispatcher {
     /// Runs until `shutdown`, then waits up to the grace period for sends in flight. Sends still
     /// unfinished then stay claimed in the store and are sent again after restart.
     ///
-    /// Outcomes are recorded in batches: every finished send of a loop turn in one store call.
+    /// Claims and outcomes go to the store in batches: when idle at once, under load every
+    /// [`GATHER`] or a quarter of the workers, whichever comes first.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut tasks: JoinSet<(i64, Outcome)> = JoinSet::new();
         let mut recording: JoinSet<()> = JoinSet::new();
@@ -60,12 +64,21 @@ impl Dispatcher {
         // Recordings waiting for the database: no new claims meanwhile, so this instance does not claim
         // its own sent deliveries again if their lease ran out during an outage.
         let stalled = Arc::new(AtomicUsize::new(0));
+        let gather = (self.workers / 4).max(1);
+        let mut last_claim = tokio::time::Instant::now();
+        let mut last_record = tokio::time::Instant::now();
         loop {
             while let Some(r) = tasks.try_join_next() {
                 finished.extend(r.ok());
             }
             while recording.try_join_next().is_some() {}
-            self.record(&mut finished, &mut recording, &stalled);
+            // Alone or idle, at once; under load, in batches (see GATHER).
+            if !finished.is_empty()
+                && (finished.len() >= gather || tasks.is_empty() || last_record.elapsed() >= GATHER)
+            {
+                self.record(&mut finished, &mut recording, &stalled);
+                last_record = tokio::time::Instant::now();
+            }
             while tasks.len() < self.workers {
                 match self.fast.try_recv() {
                     Ok(d) => self.spawn(&mut tasks, d),
@@ -74,7 +87,9 @@ impl Dispatcher {
             }
             let free = self.workers.saturating_sub(tasks.len());
             let mut claimed = 0;
-            if free > 0 && stalled.load(Ordering::Relaxed) == 0 {
+            let claim_now = free >= gather || tasks.is_empty() || last_claim.elapsed() >= GATHER;
+            if free > 0 && claim_now && stalled.load(Ordering::Relaxed) == 0 {
+                last_claim = tokio::time::Instant::now();
                 let lease = self.shared.get().config.storage.lease;
                 match self.store.claim(now_ms(), free, lease).await {
                     Ok(batch) => {
@@ -91,7 +106,10 @@ impl Dispatcher {
             }
             // Everything claimable is claimed. Sleep until new work, a finished send (which may unblock
             // the next delivery to its recipient), or the next retry falls due.
-            let wait = if claimed > 0 || free == 0 {
+            let wait = if !finished.is_empty() || (free > 0 && !claim_now) {
+                // Gathering: come back when the batch is due.
+                GATHER
+            } else if claimed > 0 || free == 0 {
                 POLL
             } else {
                 let now = now_ms();

@@ -234,6 +234,11 @@ pub struct Maintenance {
 impl Envelope {
     /// Decodes a webhook body. The error names the JSON path and position of the first problem.
     pub fn from_json(body: &[u8]) -> Result<Envelope, DecodeError> {
+        // The plain decoder first: tracking the path costs a third of the decoding time, and only a
+        // body that fails needs it, so that one is decoded a second time for the message.
+        if let Ok(env) = serde_json::from_slice(body) {
+            return Ok(env);
+        }
         let de = &mut serde_json::Deserializer::from_slice(body);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();

@@ -160,6 +160,31 @@ pub struct Described {
     pub cond: Cond,
     /// What it tests, in the rule's own words (`alarm in [movement, vibration]`).
     pub text: String,
+    /// Its slot in the rule set's memo of condition results: rules that state the same condition
+    /// share it, so it is tested once per event ([`Matcher::assign_memos`]); [`Described::NO_MEMO`]
+    /// when not memoized.
+    pub memo: u32,
+}
+
+impl Described {
+    /// The condition is not memoized.
+    pub const NO_MEMO: u32 = u32::MAX;
+}
+
+/// Gives every distinct leaf condition of a rule set a memo slot, by its kind and its words.
+#[derive(Debug, Default)]
+pub struct Memos(std::collections::HashMap<(&'static str, String), u32>);
+
+impl Memos {
+    /// How many slots were handed out.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no slot was handed out.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// A compiled `match:` block: all conditions must hold.
@@ -182,7 +207,13 @@ impl Matcher {
     /// Compiles a `match:` block; errors name the key they are about.
     pub fn compile(raw: RawMatch) -> Result<Matcher, String> {
         let mut conds = Vec::new();
-        let mut push = |cond: Cond, text: String| conds.push(Described { cond, text });
+        let mut push = |cond: Cond, text: String| {
+            conds.push(Described {
+                cond,
+                text,
+                memo: Described::NO_MEMO,
+            })
+        };
         if let Some(t) = raw.types {
             let t = t.into_vec();
             push(Cond::Type(t.clone()), format!("type in [{}]", t.join(", ")));
@@ -300,6 +331,29 @@ impl Matcher {
         }
     }
 
+    /// Gives this matcher's first-level leaf conditions their memo slots. Two conditions share one
+    /// when they are of the same kind and read the same in words: the words name every operand (the
+    /// field path, the operator, each literal, glob, pattern or expression as written). Type tests
+    /// (answered by the rule set's index), `not` and `any` are not memoized.
+    pub fn assign_memos(&mut self, memos: &mut Memos) {
+        for c in &mut self.conds {
+            let kind = match &c.cond {
+                Cond::Type(_) | Cond::Not(_) | Cond::Any(_) => continue,
+                Cond::Alarm(_) => "alarm",
+                Cond::Geofence(_) => "geofence",
+                Cond::Device(_) => "device",
+                Cond::UniqueId(_) => "unique_id",
+                Cond::Group(_) => "group",
+                Cond::Status(_) => "status",
+                Cond::Source(_) => "source",
+                Cond::Field(..) => "field",
+                Cond::Expr(_) => "expr",
+            };
+            let n = memos.0.len() as u32;
+            c.memo = *memos.0.entry((kind, c.text.clone())).or_insert(n);
+        }
+    }
+
     /// Whether every condition holds.
     pub fn matches(&self, env: &Envelope, source: &str) -> bool {
         self.matches_in(&mut Scope::new(env, source, 0))
@@ -323,7 +377,14 @@ impl Matcher {
         self.conds
             .iter()
             .filter(|c| !matches!(c.cond, Cond::Type(_)))
-            .all(|c| test(&c.cond, scope).unwrap_or(false))
+            .all(|c| match scope.memo(c.memo) {
+                Some(known) => known,
+                None => {
+                    let r = test(&c.cond, scope).unwrap_or(false);
+                    scope.remember(c.memo, r);
+                    r
+                }
+            })
     }
 
     /// The first condition that does not hold, or `None` when the matcher matches.

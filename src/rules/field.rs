@@ -278,6 +278,8 @@ pub struct Scope<'a> {
     slots: usize,
     vals: Vec<Option<Val<'a>>>,
     alarms: Option<Alarms<'a>>,
+    /// Results of memoized conditions (see [`super::cond::Memos`]): 0 unknown, 1 false, 2 true.
+    memos: Vec<u8>,
 }
 
 /// The event's alarms, split once per evaluation (up to four; more are split again when asked).
@@ -297,6 +299,29 @@ impl<'a> Scope<'a> {
             slots,
             vals: Vec::new(),
             alarms: None,
+            memos: Vec::new(),
+        }
+    }
+
+    /// Room for `n` memoized condition results (see [`super::cond::Memos`]).
+    pub fn with_memos(mut self, n: usize) -> Scope<'a> {
+        self.memos = vec![0; n];
+        self
+    }
+
+    /// The remembered result of a memoized condition, if it was tested in this scope already.
+    pub fn memo(&self, slot: u32) -> Option<bool> {
+        match self.memos.get(slot as usize) {
+            Some(1) => Some(false),
+            Some(2) => Some(true),
+            _ => None,
+        }
+    }
+
+    /// Remembers a memoized condition's result (a condition without a slot is not remembered).
+    pub fn remember(&mut self, slot: u32, result: bool) {
+        if let Some(m) = self.memos.get_mut(slot as usize) {
+            *m = 1 + result as u8;
         }
     }
 

@@ -78,6 +78,8 @@ pub struct RuleSet {
     debounces: bool,
     /// Distinct field paths the rules read: the size of an evaluation's [`field::Scope`].
     slots: usize,
+    /// Distinct leaf conditions: each is tested at most once per event, however many rules state it.
+    memos: usize,
 }
 
 /// What `explain` says of one rule.
@@ -95,8 +97,10 @@ impl RuleSet {
     /// Builds the set and its type index.
     pub fn new(mut rules: Vec<Rule>) -> RuleSet {
         let mut slots = field::Slots::default();
+        let mut memos = cond::Memos::default();
         for r in &mut rules {
             r.matcher.assign_slots(&mut slots);
+            r.matcher.assign_memos(&mut memos);
         }
         let mut by_type: HashMap<String, Vec<usize>> = HashMap::new();
         let mut untyped = Vec::new();
@@ -121,6 +125,7 @@ impl RuleSet {
             by_type,
             untyped,
             slots: slots.len(),
+            memos: memos.len(),
         }
     }
 
@@ -143,7 +148,7 @@ impl RuleSet {
     pub fn evaluate<'a>(&'a self, env: &Envelope, source: &str) -> Vec<&'a Rule> {
         let candidates = self.candidates(&env.event.event_type);
         let mut out = Vec::with_capacity(candidates.len());
-        let mut scope = field::Scope::new(env, source, self.slots);
+        let mut scope = field::Scope::new(env, source, self.slots).with_memos(self.memos);
         for &i in candidates {
             let rule = &self.rules[i];
             if rule.matcher.matches_indexed_in(&mut scope) {
@@ -279,6 +284,47 @@ mod tests {
             })
         );
         assert_eq!(names(&rs, &online), ["second", "third"]);
+    }
+
+    #[test]
+    fn shared_conditions_are_tested_once_and_answer_as_alone() {
+        // Conditions repeated across rules share a memo slot; the same words in another kind of
+        // condition (`alarm` the event's alarm list, `where: alarm` a field) do not.
+        let yamls = [
+            "{type: alarm, alarm: [vibration, sos]}",
+            "{alarm: [vibration, sos], where: {batteryLevel: {lt: 70}}}",
+            "{where: {alarm: {in: [vibration, sos]}}}",
+            "{where: {batteryLevel: {lt: 70}}, device: 'Lena*'}",
+            "{type: alarm, where: {batteryLevel: {lt: 70}}, expr: 'speed_kmh > 25'}",
+            "{not: {where: {batteryLevel: {lt: 70}}}}",
+            "{device: 'Lena*', expr: 'speed_kmh > 25'}",
+            "{where: {batteryLevel: {lt: 70.0}}, source: traccar}",
+            "{type: deviceOverspeed, expr: 'speed_kmh > 25'}",
+        ];
+        let rules: Vec<Rule> = (0..40)
+            .map(|i| rule(&format!("r{i}"), yamls[i % yamls.len()], false))
+            .collect();
+        let alone: Vec<Matcher> = (0..40)
+            .map(|i| rule("x", yamls[i % yamls.len()], false).matcher)
+            .collect();
+        let rs = RuleSet::new(rules);
+        assert!(rs.memos < 40, "{} memo slots", rs.memos);
+        for p in [
+            "alarm_vibration.json",
+            "alarm_sos.json",
+            "deviceOverspeed.json",
+            "geofenceExit.json",
+            "deviceOffline.json",
+        ] {
+            let env = payload(p);
+            let want: Vec<String> = alone
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.matches(&env, "traccar"))
+                .map(|(i, _)| format!("r{i}"))
+                .collect();
+            assert_eq!(names(&rs, &env), want, "{p}");
+        }
     }
 
     #[test]

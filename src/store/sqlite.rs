@@ -89,6 +89,8 @@ const MIGRATIONS: &[&str] = &[
         comment TEXT NOT NULL,
         created_at INTEGER NOT NULL
     );",
+    // 3: claims find expired leases without scanning every inflight row.
+    "CREATE INDEX deliveries_lease ON deliveries (lease_until) WHERE status = 'inflight';",
 ];
 
 type AnyResult = Result<Box<dyn Any + Send>, StoreError>;
@@ -542,18 +544,28 @@ fn claim(
     limit: usize,
     lease: Duration,
 ) -> Result<Vec<Claimed>, StoreError> {
+    // Two ordered index scans that stop at the limit: deliveries whose lease ran out (sent by a process
+    // that died), then due pending ones oldest first. One scan with an OR of both would read every
+    // due row and sort them, at every claim: a backlog would make each claim as slow as it is long.
     let mut stmt = c
         .prepare_cached(
             // One statement claims and returns the rows (SQLite >= 3.35, bundled).
             "UPDATE deliveries SET status = 'inflight', attempts = attempts + 1, updated_at = ?1, lease_until = ?3
              WHERE id IN (
-                 SELECT d.id FROM deliveries d
-                 WHERE ((d.status = 'pending' AND d.next_at <= ?1)
-                        OR (d.status = 'inflight' AND d.lease_until <= ?1))
-                   AND (d.order_key IS NULL OR NOT EXISTS (
-                       SELECT 1 FROM deliveries e
-                       WHERE e.order_key = d.order_key AND e.id < d.id AND e.status IN ('pending', 'inflight')))
-                 ORDER BY d.next_at, d.id LIMIT ?2)
+                 SELECT id FROM (
+                     SELECT d.id FROM deliveries d INDEXED BY deliveries_lease
+                     WHERE d.status = 'inflight' AND d.lease_until <= ?1 AND (d.order_key IS NULL OR NOT EXISTS (
+                         SELECT 1 FROM deliveries e
+                         WHERE e.order_key = d.order_key AND e.id < d.id AND e.status IN ('pending', 'inflight')))
+                     ORDER BY d.lease_until LIMIT ?2)
+                 UNION ALL
+                 SELECT id FROM (
+                     SELECT d.id FROM deliveries d INDEXED BY deliveries_due
+                     WHERE d.status = 'pending' AND d.next_at <= ?1 AND (d.order_key IS NULL OR NOT EXISTS (
+                         SELECT 1 FROM deliveries e
+                         WHERE e.order_key = d.order_key AND e.id < d.id AND e.status IN ('pending', 'inflight')))
+                     ORDER BY d.next_at, d.id LIMIT ?2)
+                 LIMIT ?2)
              RETURNING id, attempts, created_at, content",
         )
         .map_err(db)?;
