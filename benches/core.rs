@@ -43,11 +43,16 @@ fn kind(i: usize) -> String {
 }
 
 fn config(n: usize) -> Config {
+    load(&(0..n).map(kind).collect::<Vec<_>>())
+}
+
+/// A config with one rule per `match:` block, each sending to a log channel.
+fn load(matches: &[String]) -> Config {
+    let n = matches.len();
     let mut yaml = String::from("channels: { out: { type: log } }\nrules:\n");
-    for i in 0..n {
+    for (i, m) in matches.iter().enumerate() {
         yaml.push_str(&format!(
-            "  - {{ name: r{i}, match: {}, notify: [{{ channel: out }}] }}\n",
-            kind(i)
+            "  - {{ name: r{i}, match: {m}, notify: [{{ channel: out }}] }}\n"
         ));
     }
     let dir = std::env::temp_dir().join(format!("trackrelay-bench-{}-{n}", std::process::id()));
@@ -91,13 +96,15 @@ fn evaluate(c: &mut Criterion) {
 }
 
 fn render(c: &mut Criterion) {
-    let cfg = config(8);
+    // One rule matching each payload: the theft alarm and a geofence rule.
+    let cfg = load(&[kind(0), "{ type: [geofenceEnter, geofenceExit] }".into()]);
     let silences = trackrelay::noise::silence::SilenceSet::default();
     let mut g = c.benchmark_group("render");
     for name in ["alarm_vibration.json", "geofenceExit.json"] {
         let raw = payload(name);
         let env = Envelope::from_json(raw.as_bytes()).unwrap();
         let matched = cfg.rules.evaluate(&env, "traccar");
+        assert_eq!(matched.len(), 1, "{name} matches one rule");
         let arrival = Arrival {
             source: "traccar".into(),
             ..Default::default()
