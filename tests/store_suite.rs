@@ -87,6 +87,7 @@ suite!(
     dedup_ordering_retry_and_dead,
     intake_claims_unordered_deliveries_at_once,
     an_expired_lease_goes_to_another_instance,
+    a_claim_takes_expired_leases_first_then_the_oldest_due_up_to_its_limit,
     recovery_takes_back_only_what_no_one_can_be_sending,
     concurrent_claims_never_hand_out_a_delivery_twice,
     the_same_event_at_two_instances_at_once_is_stored_once,
@@ -502,6 +503,33 @@ async fn an_expired_lease_goes_to_another_instance(b: Backend) {
         .unwrap();
     // Its successor in order is free now, for whoever asks first.
     assert_eq!(keys(&one.claim(11_002, 10, lease).await.unwrap()), ["e"]);
+}
+
+async fn a_claim_takes_expired_leases_first_then_the_oldest_due_up_to_its_limit(b: Backend) {
+    let store = b.open().await;
+    let lease = Duration::from_secs(10);
+    store
+        .accept(event(1, 1000, vec![delivery("a", None)]))
+        .await
+        .unwrap();
+    assert_eq!(keys(&store.claim(1000, 1, lease).await.unwrap()), ["a"]);
+    // A backlog behind it, due from 2000 on.
+    for (id, key) in (2..).zip(["b", "c", "d", "e"]) {
+        store
+            .accept(event(id, 1000 * id, vec![delivery(key, None)]))
+            .await
+            .unwrap();
+    }
+    // At 11,000 the lease of `a` has run out: it comes first, the limit leaves room for one more.
+    let first = store.claim(11_000, 2, lease).await.unwrap();
+    assert_eq!(keys(&first), ["a", "b"]);
+    assert_eq!(first[0].attempts, 2);
+    assert_eq!(
+        keys(&store.claim(11_000, 2, lease).await.unwrap()),
+        ["c", "d"]
+    );
+    assert_eq!(keys(&store.claim(11_000, 10, lease).await.unwrap()), ["e"]);
+    assert!(store.claim(11_000, 10, lease).await.unwrap().is_empty());
 }
 
 async fn recovery_takes_back_only_what_no_one_can_be_sending(b: Backend) {
