@@ -67,6 +67,12 @@ impl Dispatcher {
         let gather = (self.workers / 4).max(1);
         let mut last_claim = tokio::time::Instant::now();
         let mut last_record = tokio::time::Instant::now();
+        // Whether the store may hold deliveries to claim: at start, when woken (deliveries enqueued
+        // without the fast lane, outcomes recorded), after a full claim, and when `check_at` passes (the
+        // next retry or lease expiry falls due, or POLL). Deliveries handed over by the fast lane do not
+        // make the store worth asking: under load that would be a store call per event for nothing.
+        let mut dirty = true;
+        let mut check_at = tokio::time::Instant::now();
         loop {
             while let Some(r) = tasks.try_join_next() {
                 finished.extend(r.ok());
@@ -85,42 +91,59 @@ impl Dispatcher {
                     Err(_) => break,
                 }
             }
+            if tokio::time::Instant::now() >= check_at {
+                dirty = true;
+            }
             let free = self.workers.saturating_sub(tasks.len());
-            let mut claimed = 0;
             let claim_now = free >= gather || tasks.is_empty() || last_claim.elapsed() >= GATHER;
-            if free > 0 && claim_now && stalled.load(Ordering::Relaxed) == 0 {
+            if dirty && free > 0 && claim_now && stalled.load(Ordering::Relaxed) == 0 {
                 last_claim = tokio::time::Instant::now();
+                let now = now_ms();
                 let lease = self.shared.get().config.storage.lease;
-                match self.store.claim(now_ms(), free, lease).await {
-                    Ok(batch) => {
-                        claimed = batch.len();
+                match self.store.claim(now, free, lease).await {
+                    Ok(batch) if batch.len() == free => {
+                        // There may be more: claim again at once.
                         for d in batch {
                             self.spawn(&mut tasks, d);
                         }
+                        continue;
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot claim deliveries"),
+                    Ok(batch) => {
+                        for d in batch {
+                            self.spawn(&mut tasks, d);
+                        }
+                        // Everything claimable is claimed: look again when the next retry or lease
+                        // expiry falls due, at the latest after POLL (rows another process made due).
+                        dirty = false;
+                        let wait = match self.store.next_due(now).await {
+                            Ok(Some(at)) => {
+                                Duration::from_millis((at - now).max(0) as u64).min(POLL)
+                            }
+                            _ => POLL,
+                        };
+                        check_at = last_claim + wait;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot claim deliveries");
+                        dirty = false;
+                        check_at = last_claim + POLL;
+                    }
                 }
             }
-            if claimed > 0 && claimed == free {
-                continue;
-            }
-            // Everything claimable is claimed. Sleep until new work, a finished send (which may unblock
-            // the next delivery to its recipient), or the next retry falls due.
-            let wait = if !finished.is_empty() || (free > 0 && !claim_now) {
+            // Sleep until new work, a finished send (which may unblock the next delivery to its
+            // recipient), or the next retry falls due.
+            let wait = if !finished.is_empty() || (dirty && free > 0 && !claim_now) {
                 // Gathering: come back when the batch is due.
                 GATHER
-            } else if claimed > 0 || free == 0 {
+            } else if dirty {
+                // No room or the store is stalled: a finished send or a wake-up brings the loop back.
                 POLL
             } else {
-                let now = now_ms();
-                match self.store.next_due(now).await {
-                    Ok(Some(at)) => Duration::from_millis((at - now).max(0) as u64).min(POLL),
-                    _ => POLL,
-                }
+                check_at.saturating_duration_since(tokio::time::Instant::now())
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.wake.notified() => {}
+                _ = self.wake.notified() => dirty = true,
                 Some(r) = tasks.join_next(), if !tasks.is_empty() => finished.extend(r.ok()),
                 Some(d) = self.fast.recv(), if tasks.len() < self.workers => self.spawn(&mut tasks, d),
                 _ = tokio::time::sleep(wait) => {}
