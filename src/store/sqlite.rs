@@ -91,6 +91,53 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 3: claims find expired leases without scanning every inflight row.
     "CREATE INDEX deliveries_lease ON deliveries (lease_until) WHERE status = 'inflight';",
+    // 4: the idempotency key is unique per event, not in a table-wide index of its own. Keys are hashes:
+    // a unique index on them alone takes every insert to a random leaf page, and SQLite's WAL writes each
+    // page a commit touched in full, so that index cost about 4 KiB of WAL per delivery once the table had
+    // grown (5x the rest of the insert). (event_ref, key) grows at its end like the table. Deliveries of
+    // different events never share a key (the key hashes the event's source and id, and an event is
+    // stored once), so nothing that was refused before is let in. SQLite cannot drop a constraint: the
+    // table is rebuilt, once, at the upgrade.
+    "CREATE TABLE deliveries_v4 (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        event_ref INTEGER NOT NULL REFERENCES events (id),
+        channel TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        order_key TEXT,
+        rule TEXT NOT NULL,
+        event_id INTEGER NOT NULL,
+        event_type TEXT NOT NULL,
+        device_id INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        next_at INTEGER NOT NULL,
+        lease_until INTEGER,
+        last_error TEXT,
+        txn TEXT,
+        content TEXT NOT NULL,
+        hold_key TEXT,
+        group_key TEXT,
+        digest_ref INTEGER,
+        reason TEXT
+    );
+    INSERT INTO deliveries_v4 SELECT id, key, event_ref, channel, recipient, order_key, rule, event_id,
+        event_type, device_id, status, attempts, created_at, updated_at, next_at, lease_until, last_error,
+        txn, content, hold_key, group_key, digest_ref, reason FROM deliveries;
+    DROP TABLE deliveries;
+    ALTER TABLE deliveries_v4 RENAME TO deliveries;
+    CREATE UNIQUE INDEX deliveries_event_key ON deliveries (event_ref, key);
+    CREATE INDEX deliveries_due ON deliveries (status, next_at);
+    CREATE INDEX deliveries_order ON deliveries (order_key, id)
+        WHERE order_key IS NOT NULL AND status IN ('pending', 'inflight');
+    CREATE INDEX deliveries_hold ON deliveries (hold_key)
+        WHERE hold_key IS NOT NULL AND status = 'pending';
+    CREATE INDEX deliveries_group ON deliveries (group_key)
+        WHERE group_key IS NOT NULL AND status = 'pending';
+    CREATE INDEX deliveries_digest ON deliveries (digest_ref) WHERE digest_ref IS NOT NULL;
+    CREATE INDEX deliveries_lease ON deliveries (lease_until) WHERE status = 'inflight';",
 ];
 
 type AnyResult = Result<Box<dyn Any + Send>, StoreError>;
@@ -191,6 +238,14 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
             "the database is at schema version {version}, newer than this trackrelay knows ({})",
             MIGRATIONS.len()
         )));
+    }
+    if version > 0 && version < MIGRATIONS.len() {
+        // Some upgrades rebuild a table: say why the start takes longer.
+        tracing::info!(
+            from = version,
+            to = MIGRATIONS.len(),
+            "upgrading the database schema (once; large databases take a while)"
+        );
     }
     for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
         tx.execute_batch(m)?;
@@ -297,7 +352,7 @@ fn insert_event(c: &Connection, e: &NewEvent) -> Result<Accepted, StoreError> {
                  hold_key, group_key, digest_ref, reason)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, COALESCE(?15, 0), ?11, ?11, ?17, ?12, ?13, ?14, ?16,
                  ?18, ?19, ?20, ?21)
-             ON CONFLICT (key) DO NOTHING",
+             ON CONFLICT (event_ref, key) DO NOTHING",
         )
         .map_err(db)?;
     let mut claimed = Vec::new();
@@ -904,5 +959,86 @@ mod tests {
         drop(c);
         let err = SqliteStore::open(dir.path(), 16).err().expect("refused");
         assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+
+    /// A database of schema 3 (unique idempotency keys across the table) is rebuilt at the upgrade to 4
+    /// with every row and column kept; its pending delivery is then claimed, and a key is still refused
+    /// twice for the same event but is no longer a table-wide index of its own.
+    #[tokio::test]
+    async fn an_upgrade_from_schema_3_keeps_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            let tx = c.transaction().unwrap();
+            for m in &MIGRATIONS[..3] {
+                tx.execute_batch(m).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 3).unwrap();
+            tx.execute_batch(
+                "INSERT INTO events (id, source, event_id, device_id, event_type, received_at, payload)
+                 VALUES (7, 'traccar', 42, 12, 'alarm', 1000, '{}');
+                 INSERT INTO deliveries (id, key, event_ref, channel, recipient, rule, event_id, event_type,
+                     device_id, status, attempts, created_at, updated_at, next_at, last_error, content, reason)
+                 VALUES (3, 'tr-old', 7, 'hook', 'ops', 'theft', 42, 'alarm', 12, 'pending', 2, 1000, 1500,
+                     2000, 'HTTP 503', '{\"kept\":true}', 'waits for quiet hours');",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(dir.path(), 16).unwrap();
+        let rows = store.list(Filter::default()).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!(
+            (r.id, r.key.as_str(), r.status),
+            (3, "tr-old", Status::Pending)
+        );
+        assert_eq!((r.attempts, r.last_error.as_deref()), (2, Some("HTTP 503")));
+        assert_eq!(r.reason.as_deref(), Some("waits for quiet hours"));
+        let claimed = store
+            .claim(5000, 10, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(
+            (claimed[0].id, claimed[0].content.as_str()),
+            (3, "{\"kept\":true}")
+        );
+        drop(store);
+
+        let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let version: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let insert = "INSERT INTO deliveries (key, event_ref, channel, recipient, rule, event_id, event_type,
+                device_id, status, created_at, updated_at, next_at, content)
+            VALUES ('tr-old', ?1, 'hook', 'ops', 'theft', 42, 'alarm', 12, 'done', 0, 0, 0, '{}')";
+        let err = c.execute(insert, params![7]).unwrap_err();
+        assert!(err.to_string().contains("UNIQUE"), "{err}");
+        let indexes: Vec<String> = c
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        for want in [
+            "deliveries_event_key",
+            "deliveries_due",
+            "deliveries_lease",
+            "deliveries_group",
+        ] {
+            assert!(
+                indexes.iter().any(|i| i == want),
+                "{want} missing: {indexes:?}"
+            );
+        }
+        assert!(
+            !indexes.iter().any(|i| i.starts_with("sqlite_autoindex")),
+            "{indexes:?}"
+        );
     }
 }
