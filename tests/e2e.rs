@@ -12,6 +12,7 @@ use common::{example_config, payload, Relay};
 use support::sink::Sink;
 use support::smtp::SmtpServer;
 use support::telegram::TelegramStandIn;
+use trackrelay::notification::{Content, Notification, ParseMode};
 
 const TOKEN: &str = "123456:TEST-token";
 const WAIT: Duration = Duration::from_secs(15);
@@ -98,6 +99,44 @@ async fn every_example_payload_reaches_the_right_peer_with_the_exact_message() {
     assert!(held
         .iter()
         .all(|r| r.reason.as_deref().unwrap().starts_with("debounce: held")));
+    // What they will say once the debounce has passed: the outbox holds them rendered, so read it.
+    let db =
+        rusqlite::Connection::open(dir.path().join(trackrelay::store::sqlite::DB_FILE)).unwrap();
+    let held_texts: Vec<String> = db
+        .prepare(
+            "SELECT content FROM deliveries WHERE event_type LIKE 'geofence%' AND status = 'pending'
+             ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|c| {
+            let n: Notification = serde_json::from_str(&c.unwrap()).unwrap();
+            assert_eq!((n.channel.as_str(), n.recipient.as_str()), ("phone", "4242"));
+            match n.content {
+                Content::TelegramText { text, parse_mode } => {
+                    assert_eq!(parse_mode, ParseMode::Html);
+                    text
+                }
+                Content::TelegramLocation {
+                    latitude,
+                    longitude,
+                } => format!("pin {latitude},{longitude}"),
+                other => panic!("unexpected content {other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(
+        held_texts,
+        [
+            "🏠➡\u{fe0f} <b>Lena&#39;s Gazelle</b> left Zuhause Pradl at 2026-05-15 02:47:12 CEST\n\
+             11.8 km/h · <a href=\"https://www.openstreetmap.org/?mlat=47.263421&amp;mlon=11.412008#map=17/47.263421/11.412008\">Open map</a>",
+            "pin 47.263421,11.412008",
+            "<b>Entered Innsbruck Altstadt (Fußgängerzone)</b>\nLena&#39;s Gazelle · 2026-05-14 08:21:33 CEST\n\
+             7.7 km/h · Herzog-Friedrich-Straße 15, 6020 Innsbruck, Austria\n\
+             <a href=\"https://www.openstreetmap.org/?mlat=47.268612&amp;mlon=11.393015#map=17/47.268612/11.393015\">Map</a>",
+        ]
+    );
 
     // Telegram: one chat, in the order the events came.
     let msgs = peers.telegram.wait_for_messages(4, WAIT).await;
