@@ -90,6 +90,8 @@ impl Reloader {
                     needs_restart,
                 };
                 self.shared.replace(rt);
+                drop(old);
+                crate::app::release_freed_memory();
                 self.metrics.reload(true, now);
                 *last_error = None;
                 tracing::info!(
