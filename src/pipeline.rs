@@ -64,7 +64,12 @@ impl Pipeline {
                 event_type: env.event.event_type.clone(),
                 received_at_ms: arrival.received_at_ms,
                 txn: arrival.txn.clone(),
-                payload: raw.to_string(),
+                // The body of an event that notifies nobody is only kept on request.
+                payload: if matched.is_empty() && !rt.config.storage.keep_unmatched_payloads {
+                    String::new()
+                } else {
+                    raw.to_string()
+                },
                 deliveries,
                 claim_until: None,
                 debounce: rt.config.rules.debounces().then(|| probe(env)).flatten(),

@@ -602,6 +602,7 @@ fn compile_storage(
         dead_retention: raw.dead_retention.unwrap_or(DEFAULT_DEAD_RETENTION),
         postgres,
         lease,
+        keep_unmatched_payloads: raw.keep_unmatched_payloads.unwrap_or(false),
     }
 }
 

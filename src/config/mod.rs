@@ -86,6 +86,10 @@ pub struct Storage {
     /// A claimed delivery belongs to its instance this long; then another instance may send it. Sends
     /// are abandoned (and retried) after half of it, so a live instance's claims never run out.
     pub lease: Duration,
+    /// Events no rule matched are stored with their body too. By default only their identity is (source,
+    /// id, device, type, arrival: enough to recognise a resent event), as nothing reads the body of an
+    /// event that caused no delivery; storing it cost about a fifth of the intake of such events.
+    pub keep_unmatched_payloads: bool,
 }
 
 /// PostgreSQL settings (`storage.url`).

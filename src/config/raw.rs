@@ -113,6 +113,8 @@ pub struct RawStorage {
     /// How long a claimed delivery belongs to the instance sending it.
     #[serde(default, with = "humantime_serde")]
     pub lease: Option<Duration>,
+    /// Whether events no rule matched are stored with their body, not just their identity.
+    pub keep_unmatched_payloads: Option<bool>,
 }
 
 /// Delivery settings.

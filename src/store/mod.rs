@@ -34,7 +34,8 @@ pub struct NewEvent {
     pub received_at_ms: i64,
     /// `X-PowTxn`.
     pub txn: Option<String>,
-    /// The body as received.
+    /// The body as received; empty for an event no rule matched, unless
+    /// `storage.keep_unmatched_payloads` asks for it.
     pub payload: String,
     /// Deliveries to enqueue in the same transaction.
     pub deliveries: Vec<NewDelivery>,
