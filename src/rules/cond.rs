@@ -354,6 +354,16 @@ impl Matcher {
         }
     }
 
+    /// The memo slot of the first condition [`Matcher::matches_indexed_in`] tests (type tests are
+    /// skipped there), or [`Described::NO_MEMO`]: when that condition is remembered false, the matcher
+    /// does not match.
+    pub fn first_memo(&self) -> u32 {
+        self.conds
+            .iter()
+            .find(|c| !matches!(c.cond, Cond::Type(_)))
+            .map_or(Described::NO_MEMO, |c| c.memo)
+    }
+
     /// Whether every condition holds.
     pub fn matches(&self, env: &Envelope, source: &str) -> bool {
         self.matches_in(&mut Scope::new(env, source, 0))

@@ -71,15 +71,25 @@ pub struct Rule {
 pub struct RuleSet {
     rules: Vec<Rule>,
     /// For each event type named by some rule: the rules to try, in order (typed and untyped merged).
-    by_type: HashMap<String, Vec<usize>>,
+    by_type: HashMap<String, Vec<Candidate>>,
     /// Rules without a type condition: tried for every type, and alone for types no rule names.
-    untyped: Vec<usize>,
+    untyped: Vec<Candidate>,
     /// Some rule debounces geofence transitions.
     debounces: bool,
     /// Distinct field paths the rules read: the size of an evaluation's [`field::Scope`].
     slots: usize,
     /// Distinct leaf conditions: each is tested at most once per event, however many rules state it.
     memos: usize,
+}
+
+/// A rule to try for an event, with the memo slot of its first condition ([`Matcher::first_memo`]) kept
+/// beside its index: a rule whose first condition another rule has already found false for this event
+/// is passed over without being read. With a thousand rules, reading each one is a cache miss, and most
+/// fail on a condition they share (the same alarm list, the same battery threshold).
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    rule: u32,
+    first_memo: u32,
 }
 
 /// What `explain` says of one rule.
@@ -102,22 +112,26 @@ impl RuleSet {
             r.matcher.assign_slots(&mut slots);
             r.matcher.assign_memos(&mut memos);
         }
-        let mut by_type: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_type: HashMap<String, Vec<Candidate>> = HashMap::new();
         let mut untyped = Vec::new();
         for (i, r) in rules.iter().enumerate() {
+            let c = Candidate {
+                rule: i as u32,
+                first_memo: r.matcher.first_memo(),
+            };
             match r.matcher.types() {
                 Some(types) => {
                     for t in types {
-                        by_type.entry(t.clone()).or_default().push(i);
+                        by_type.entry(t.clone()).or_default().push(c);
                     }
                 }
-                None => untyped.push(i),
+                None => untyped.push(c),
             }
         }
         for list in by_type.values_mut() {
             list.extend_from_slice(&untyped);
-            list.sort_unstable();
-            list.dedup();
+            list.sort_unstable_by_key(|c| c.rule);
+            list.dedup_by_key(|c| c.rule);
         }
         RuleSet {
             debounces: rules.iter().any(|r| r.noise.debounce.is_some()),
@@ -140,7 +154,7 @@ impl RuleSet {
     }
 
     /// The rules an event of this type can match, in order.
-    fn candidates(&self, event_type: &str) -> &[usize] {
+    fn candidates(&self, event_type: &str) -> &[Candidate] {
         self.by_type.get(event_type).unwrap_or(&self.untyped)
     }
 
@@ -149,8 +163,12 @@ impl RuleSet {
         let candidates = self.candidates(&env.event.event_type);
         let mut out = Vec::with_capacity(candidates.len());
         let mut scope = field::Scope::new(env, source, self.slots).with_memos(self.memos);
-        for &i in candidates {
-            let rule = &self.rules[i];
+        for c in candidates {
+            // Its first condition already failed for this event: it cannot match.
+            if scope.memo(c.first_memo) == Some(false) {
+                continue;
+            }
+            let rule = &self.rules[c.rule as usize];
             if rule.matcher.matches_indexed_in(&mut scope) {
                 out.push(rule);
                 if rule.stop {
