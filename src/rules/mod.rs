@@ -84,8 +84,9 @@ pub struct RuleSet {
 
 /// A rule to try for an event, with the memo slot of its first condition ([`Matcher::first_memo`]) kept
 /// beside its index: a rule whose first condition another rule has already found false for this event
-/// is passed over without being read. With a thousand rules, reading each one is a cache miss, and most
-/// fail on a condition they share (the same alarm list, the same battery threshold).
+/// is passed over without being read. A thousand rules and their conditions do not fit the CPU's nearest
+/// caches (the index does), and most fail on a condition they share (the same alarm list, the same
+/// battery threshold).
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
     rule: u32,
