@@ -251,59 +251,69 @@ async fn open_intake_when_no_authorization_is_configured() {
 }
 
 /// An event no rule matched is stored by its identity only (a resend is still recognised as one), unless
-/// `storage.keep_unmatched_payloads` asks for its body too; a matched event keeps its body either way.
+/// `storage.keep_unmatched_payloads` asks for its body too, which a reload switches on at once; a matched
+/// event keeps its body either way.
 #[tokio::test]
 async fn unmatched_events_are_stored_without_their_body_unless_asked() {
-    let (alarm, online) = (
-        payload("alarm_vibration.json"),
-        payload("deviceOnline.json"),
-    );
-    for keep in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        let sink = Sink::start().await;
-        let keep_key = if keep {
-            ", keep_unmatched_payloads: true"
-        } else {
-            ""
-        };
-        let yaml = format!(
-            "storage: {{ data_dir: \"{}\"{keep_key} }}\n\
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let yaml = |keep: &str| {
+        format!(
+            "storage: {{ data_dir: \"{}\"{keep} }}\nadmin: {{ token: admin-s3cret }}\n\
              channels: {{ hook: {{ type: webhook, url: \"{}\" }} }}\n\
              rules: [{{ name: a, match: {{ type: alarm }}, notify: [{{ channel: hook }}] }}]\n",
-            dir.path().display(),
+            dir.path().join("data").display(),
             sink.url("/in")
-        );
-        let relay = Relay::start(config_in(dir.path(), &yaml)).await;
-        for (body, deliveries) in [(&alarm, 1), (&online, 0)] {
-            let (status, json) = relay.post(body.clone(), &[JSON]).await;
+        )
+    };
+    let relay = Relay::start(config_in(dir.path(), &yaml(""))).await;
+    let (alarm, online, offline) = (
+        payload("alarm_vibration.json"),
+        payload("deviceOnline.json"),
+        payload("deviceOffline.json"),
+    );
+    let post = |body: &String, deliveries: u64| {
+        let req = relay.post(body.clone(), &[JSON]);
+        async move {
+            let (status, json) = req.await;
             assert_eq!(
                 (status, json["status"].as_str(), json["deliveries"].as_u64()),
                 (200, Some("accepted"), Some(deliveries)),
                 "{json}"
             );
         }
-        let (_, json) = relay.post(online.clone(), &[JSON]).await;
-        assert_eq!(json["status"], "duplicate", "{json}");
-        sink.wait_for(1, Duration::from_secs(10)).await;
-        relay.stop().await;
+    };
+    post(&alarm, 1).await;
+    post(&online, 0).await;
+    let (_, json) = relay.post(online.clone(), &[JSON]).await;
+    assert_eq!(json["status"], "duplicate", "{json}");
+    sink.wait_for(1, Duration::from_secs(10)).await;
 
-        let db = rusqlite::Connection::open(dir.path().join(trackrelay::store::sqlite::DB_FILE))
-            .unwrap();
-        let rows: Vec<(String, String)> = db
-            .prepare("SELECT event_type, payload FROM events ORDER BY id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let online_kept = if keep { online.clone() } else { String::new() };
-        assert_eq!(
-            rows,
-            [
-                ("alarm".to_string(), alarm.clone()),
-                ("deviceOnline".to_string(), online_kept)
-            ],
-            "keep_unmatched_payloads: {keep}"
-        );
-    }
+    config_in(dir.path(), &yaml(", keep_unmatched_payloads: true"));
+    let (status, answer) = relay.admin_post("/-/reload", "admin-s3cret").await;
+    assert_eq!(status, 200, "{answer}");
+    post(&offline, 0).await;
+    relay.stop().await;
+
+    let db = rusqlite::Connection::open(
+        dir.path()
+            .join("data")
+            .join(trackrelay::store::sqlite::DB_FILE),
+    )
+    .unwrap();
+    let rows: Vec<(String, String)> = db
+        .prepare("SELECT event_type, payload FROM events ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("alarm".to_string(), alarm),
+            ("deviceOnline".to_string(), String::new()),
+            ("deviceOffline".to_string(), offline),
+        ]
+    );
 }
