@@ -27,6 +27,7 @@ pub struct Metrics {
     reloads: Family<Labels, Counter>,
     reload_time: Gauge<f64, AtomicU64>,
     reload_ok: Gauge,
+    positions: Family<Labels, Counter>,
 }
 
 /// Delivery latency buckets: 5 ms to about 3 h (event received -> accepted by the peer; retries included).
@@ -54,6 +55,7 @@ impl Metrics {
             reloads: Family::default(),
             reload_time: Gauge::default(),
             reload_ok: Gauge::default(),
+            positions: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -98,6 +100,11 @@ impl Metrics {
             m.reload_ok.clone(),
         );
         registry.register(
+            "source_event_positions",
+            "Live-source events that refer to a position, by source and how it was joined: socket (its positions frame), rest (read from the server), missing (could not be had; the event went on without it)",
+            m.positions.clone(),
+        );
+        registry.register(
             "build",
             "Build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
@@ -114,6 +121,16 @@ impl Metrics {
             ("result", result.to_string()),
         ];
         self.events.get_or_create(&labels).inc();
+    }
+
+    /// A live-source event that refers to a position got it `via` `socket`, `rest` or `missing`.
+    pub fn event_position(&self, source: &str, via: &'static str) {
+        self.positions
+            .get_or_create(&vec![
+                ("source", source.to_string()),
+                ("via", via.to_string()),
+            ])
+            .inc();
     }
 
     /// A rule matched.

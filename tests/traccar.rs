@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use common::{config_in, eventually, payload, Relay};
 use support::sink::Sink;
-use support::traccar::Traccar;
+use support::traccar::{web_notification, Traccar};
 
 const WAIT: Duration = Duration::from_secs(10);
 const TOKEN: &str = "tok-3f9a7c";
@@ -146,7 +146,8 @@ async fn token_login_enriches_pushed_events() {
     let frame: Value = serde_json::from_str(&payload("websocket/events.json")).unwrap();
     let mut event = frame["events"][0].clone();
     event["eventTime"] = json!(chrono::Utc::now().to_rfc3339());
-    server.push_event(event);
+    let pid = event["positionId"].as_i64().unwrap();
+    server.push(event, position(pid, 12, 47.26, 11.39, 0));
     sink.wait_for(1, WAIT).await;
     assert_eq!(
         messages(&sink),
@@ -483,4 +484,239 @@ async fn config_errors_name_the_source_and_line() {
     ] {
         assert!(err.contains(want), "{want:?} missing in {err}");
     }
+}
+
+/// The `match:` block of the shipped theft rule (rules/10-theft.yaml), as YAML flow (JSON), so these
+/// tests follow the rule users start from.
+fn theft_match() -> String {
+    let path = format!("{}/rules/10-theft.yaml", env!("CARGO_MANIFEST_DIR"));
+    let rules: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let rule = &rules["rules"][0];
+    assert_eq!(rule["name"].as_str(), Some("theft-alarm"));
+    let m: Value = serde_yaml::from_value(rule["match"].clone()).unwrap();
+    m.to_string()
+}
+
+/// An alarm event as Traccar raises it (its position id set by [`Traccar::push`]).
+fn alarm_of(id: i64, device: i64, alarm: &str) -> Value {
+    json!({
+        "id": id, "attributes": { "alarm": alarm }, "deviceId": device, "type": "alarm",
+        "eventTime": chrono::Utc::now().to_rfc3339(), "positionId": 0, "geofenceId": 0, "maintenanceId": 0
+    })
+}
+
+/// A position of `device` with `armed` set, taken now.
+fn armed_position(id: i64, device: i64, armed: bool) -> Value {
+    let t = chrono::Utc::now().to_rfc3339();
+    json!({ "id": id, "deviceId": device, "latitude": 47.2633, "longitude": 11.3844, "valid": true,
+            "fixTime": t, "deviceTime": t, "serverTime": t, "speed": 3.2,
+            "attributes": { "armed": armed, "alarm": "movement" } })
+}
+
+/// A relay following `server` with the shipped theft rule; the message names the event and the position
+/// it was matched with. `extra` adds source settings.
+async fn theft_relay(dir: &Path, server: &Traccar, sink: &Sink, extra: &str) -> Relay {
+    start_relay(
+        dir,
+        server,
+        &format!("    token: {TOKEN}"),
+        sink,
+        &theft_match(),
+        "{{ event.id }} at {{ position.id }}",
+        extra,
+    )
+    .await
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn the_theft_rule_fires_for_an_alarm_pushed_before_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server().await;
+    let sink = Sink::start().await;
+    let relay = theft_relay(dir.path(), &server, &sink, "").await;
+    wait_status(&relay, "connected", |s| s["connected"] == true).await;
+    // Traccar's order: the events frame, then (5 ms later) the positions frame.
+    server.push(
+        alarm_of(11001, 12, "movement"),
+        armed_position(5001, 12, true),
+    );
+    // Not armed: the rule must not fire, position or not.
+    server.push(
+        alarm_of(11002, 27, "vibration"),
+        armed_position(5002, 27, false),
+    );
+    // Armed, but an alarm the rule does not name.
+    server.push(alarm_of(11003, 12, "sos"), armed_position(5003, 12, true));
+    sink.wait_for(1, WAIT).await;
+    sink.assert_stays_at(1, Duration::from_millis(400)).await;
+    assert_eq!(messages(&sink), ["11001 at 5001"]);
+    // Joined on the socket: the REST API was not needed.
+    assert!(server.position_queries().is_empty());
+    let m = relay.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"trackrelay_source_event_positions_total{source="home",via="socket"}"#
+        ),
+        3.0,
+        "{m}"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn positions_the_socket_does_not_bring_are_read_over_rest_in_one_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server().await;
+    let sink = Sink::start().await;
+    let relay = theft_relay(dir.path(), &server, &sink, "    position_wait: 300ms\n").await;
+    wait_status(&relay, "connected", |s| s["connected"] == true).await;
+    server.set_hold_positions(true);
+    // Two alarms of two bikes in one frame; their positions never come on the socket.
+    server.add_position(armed_position(6001, 12, true));
+    server.add_position(armed_position(6002, 27, true));
+    let mut a = alarm_of(12001, 12, "movement");
+    a["positionId"] = json!(6001);
+    let mut b = alarm_of(12002, 27, "tow");
+    b["positionId"] = json!(6002);
+    server.push_text(json!({ "events": [a, b] }).to_string());
+    sink.wait_for(2, WAIT).await;
+    let mut got = messages(&sink);
+    got.sort();
+    assert_eq!(got, ["12001 at 6001", "12002 at 6002"]);
+    let queries = server.position_queries();
+    assert_eq!(queries, ["id=6001&id=6002"], "one request for both");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_whose_position_cannot_be_had_goes_on_without_it_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server().await;
+    let sink = Sink::start().await;
+    let relay = start_relay(
+        dir.path(),
+        &server,
+        &format!("    token: {TOKEN}"),
+        &sink,
+        "{ type: alarm }",
+        "{{ event.id }} at {{ position.id or 'nowhere' }}",
+        "    position_wait: 200ms\n",
+    )
+    .await;
+    wait_status(&relay, "connected", |s| s["connected"] == true).await;
+    server.set_hold_positions(true);
+    server.set_positions_status(Some(503));
+    server.push(
+        alarm_of(13001, 12, "movement"),
+        armed_position(7001, 12, true),
+    );
+    // A later event of the same device waits behind it, then follows in order.
+    server.push_event(alarm_of(13002, 12, "sos"));
+    sink.wait_for(2, WAIT).await;
+    assert_eq!(messages(&sink), ["13001 at nowhere", "13002 at nowhere"]);
+    let s = wait_status(&relay, "the count", |s| s["events_without_position"] == 1).await;
+    assert_eq!(s["connected"], true);
+    let m = relay.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"trackrelay_source_event_positions_total{source="home",via="missing"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_theft_rule_fires_for_a_backfilled_alarm_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server().await;
+    let sink = Sink::start().await;
+    let relay = theft_relay(dir.path(), &server, &sink, "").await;
+    wait_status(&relay, "connected", |s| s["connected"] == true).await;
+    server.push_event(alarm_of(14000, 27, "sos"));
+    wait_status(&relay, "a first event", |s| s["events"] == 1).await;
+    server.drop_sockets();
+    wait_status(&relay, "disconnected", |s| {
+        s["reconnects"].as_u64() >= Some(1)
+    })
+    .await;
+    // While the relay is away: an armed alarm and an unarmed one, each with its position.
+    for (id, pid, device, armed) in [(14001, 8001, 12, true), (14002, 8002, 27, false)] {
+        let mut e = alarm_of(id, device, "movement");
+        e["positionId"] = json!(pid);
+        server.add_position(armed_position(pid, device, armed));
+        server.record_event(e);
+    }
+    sink.wait_for(1, WAIT).await;
+    sink.assert_stays_at(1, Duration::from_millis(400)).await;
+    assert_eq!(messages(&sink), ["14001 at 8001"]);
+    assert!(
+        server
+            .position_queries()
+            .iter()
+            .any(|q| q.contains("id=8001") && q.contains("id=8002")),
+        "{:?}",
+        server.position_queries()
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn missing_web_notifications_are_named_in_the_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server().await;
+    // Mail only for going offline; alarms for the web, but only `movement` listed.
+    server.set_notifications(vec![
+        json!({"id": 1, "type": "deviceOffline", "always": true, "notificators": "mail", "attributes": {}}),
+        web_notification(2, "alarm", Some("movement,sos")),
+    ]);
+    let sink = Sink::start().await;
+    let relay = start_relay(
+        dir.path(),
+        &server,
+        &format!("    token: {TOKEN}"),
+        &sink,
+        &theft_match(),
+        "{{ event.id }}",
+        "",
+    )
+    .await;
+    let s = wait_status(&relay, "notifications read", |s| {
+        !s["missing_web_notifications"].is_null()
+    })
+    .await;
+    assert_eq!(
+        s["missing_web_notifications"],
+        json!(["alarm:tow", "alarm:vibration"])
+    );
+    // Traccar really does not push what no web notification covers.
+    server.push(alarm_of(15001, 12, "tow"), armed_position(9001, 12, true));
+    sink.assert_stays_at(0, Duration::from_millis(300)).await;
+    // The user adds them; a devices frame makes the relay read the server again.
+    server.set_notifications(vec![web_notification(
+        2,
+        "alarm",
+        Some("movement,vibration,tow"),
+    )]);
+    server.push_text(
+        json!({"devices": [{"id": 12, "name": "Lena's Gazelle", "groupId": 3}]}).to_string(),
+    );
+    wait_status(&relay, "nothing missing", |s| {
+        s["missing_web_notifications"] == json!([])
+    })
+    .await;
+    server.push(alarm_of(15002, 12, "tow"), armed_position(9002, 12, true));
+    sink.wait_for(1, WAIT).await;
+    assert_eq!(messages(&sink), ["15002"]);
+    relay.stop().await;
 }

@@ -1,13 +1,23 @@
 //! A stand-in Traccar server on loopback (axum, real TCP): the session endpoints (token and form login,
-//! `JSESSIONID` cookie), `/api/socket` (cookie required, a foreign `Origin` refused, `{}` keepalives),
-//! the REST reads the relay uses, and `/api/reports/events` (honours `deviceId`, `from`, `to` and wants
-//! `Accept: application/json`).
+//! `JSESSIONID` cookie), `/api/socket` (cookie required, a foreign `Origin` refused, `{}` keepalives,
+//! the latest positions on connect), the REST reads the relay uses, `/api/positions?id=..` (several ids;
+//! an unknown id fails the whole request with 500, as Traccar's `PositionResource` does when it reads a
+//! missing row), `/api/notifications`, and `/api/reports/events` (honours `deviceId`, `from`, `to` and
+//! wants `Accept: application/json`; carries no positions).
 //!
-//! Tests drive it: push frames, record events that happen while the relay is away, drop sockets,
-//! expire sessions, make it hang or go silent; and read what it saw (logins, socket opens, report
-//! queries).
+//! It behaves like Traccar 6 where the relay could be fooled by an easier order:
+//! - [`Traccar::push`] sends the `events` frame first and the `positions` frame of the event's position
+//!   a few milliseconds later (Traccar's `ProcessingHandler` runs the event handlers, whose `web`
+//!   notificator writes the events frame, before `PostProcessHandler` pushes the position).
+//! - An event reaches the socket only if a notification with the `web` notificator covers its type (and,
+//!   for `alarm`, lists the alarm in its `alarms` attribute); the default notifications cover the types
+//!   and alarms the tests use. Every event is kept for reports regardless.
+//!
+//! Tests drive it: push events and positions, record events that happen while the relay is away, drop
+//! sockets, expire sessions, make it hang or go silent, hold back positions frames, fail `/api/positions`;
+//! and read what it saw (logins, socket opens, report and position queries).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -48,6 +58,15 @@ struct St {
     geofences: Vec<Value>,
     /// Every event the server knows (for reports).
     history: Vec<Value>,
+    /// Every position the server knows, by id.
+    positions: BTreeMap<i64, Value>,
+    /// The user's notifications (`GET /api/notifications`); decide what the socket carries.
+    notifications: Vec<Value>,
+    /// Positions frames are not sent (the relay must read the positions over REST).
+    hold_positions: bool,
+    /// `/api/positions` answers this status instead of positions.
+    positions_status: Option<u16>,
+    position_queries: Vec<String>,
     logins: Vec<Login>,
     socket_opens: usize,
     socket_refusals: Vec<u16>,
@@ -91,6 +110,7 @@ impl Traccar {
                 json!({"id": 5, "name": "Radkultur Wien", "groupId": 0, "attributes": {}}),
             ],
             geofences: example_geofences(),
+            notifications: default_notifications(),
             ..St::default()
         };
         let inner = Arc::new(Inner {
@@ -115,6 +135,11 @@ impl Traccar {
                 get(|s, h| list(s, h, |st| st.geofences.clone())),
             )
             .route("/api/reports/events", get(reports))
+            .route("/api/positions", get(positions))
+            .route(
+                "/api/notifications",
+                get(|s, h| list(s, h, |st| st.notifications.clone())),
+            )
             .with_state(inner.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -131,10 +156,77 @@ impl Traccar {
         format!("http://{}", self.inner.addr)
     }
 
-    /// An event happens: kept for reports and pushed to every open socket.
+    /// An event without a position of its own happens (or one whose position the test already sent):
+    /// kept for reports and pushed to every open socket if a `web` notification covers it.
     pub fn push_event(&self, event: Value) {
         self.record_event(event.clone());
-        self.push_text(json!({ "events": [event] }).to_string());
+        if self.web_covers(&event) {
+            self.push_text(json!({ "events": [event] }).to_string());
+        }
+    }
+
+    /// A position arrives with an event raised for it, in Traccar's order: the `events` frame (if a
+    /// `web` notification covers the event) at once, the `positions` frame a few milliseconds later
+    /// (unless positions are held back). The event's `positionId` is set to the position's id.
+    pub fn push(&self, mut event: Value, position: Value) {
+        event["positionId"] = position["id"].clone();
+        self.add_position(position.clone());
+        self.push_event(event);
+        if !self.st().hold_positions {
+            let frames = self.inner.frames.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let text = json!({ "positions": [position] }).to_string();
+                let _ = frames.send(Cmd::Text(text));
+            });
+        }
+    }
+
+    /// A position the server knows (for `/api/positions` and the latest positions on connect),
+    /// without pushing it.
+    pub fn add_position(&self, position: Value) {
+        let id = position["id"].as_i64().expect("a position has an id");
+        self.st().positions.insert(id, position);
+    }
+
+    /// Replaces the user's notifications.
+    pub fn set_notifications(&self, notifications: Vec<Value>) {
+        self.st().notifications = notifications;
+    }
+
+    /// Positions frames are not sent while on (as if the socket lost them).
+    pub fn set_hold_positions(&self, on: bool) {
+        self.st().hold_positions = on;
+    }
+
+    /// `/api/positions` answers `status` (e.g. 503) while set.
+    pub fn set_positions_status(&self, status: Option<u16>) {
+        self.st().positions_status = status;
+    }
+
+    /// The query strings of every `/api/positions` request.
+    pub fn position_queries(&self) -> Vec<String> {
+        self.st().position_queries.clone()
+    }
+
+    /// Whether Traccar would push `event` over the socket: a notification with the `web` notificator of
+    /// its type, and for an alarm one that lists the alarm (Traccar's `NotificationManager`).
+    fn web_covers(&self, event: &Value) -> bool {
+        let st = self.st();
+        let kind = event["type"].as_str().unwrap_or("");
+        let alarm = event["attributes"]["alarm"].as_str().unwrap_or("");
+        st.notifications.iter().any(|n| {
+            let web = n["notificators"]
+                .as_str()
+                .unwrap_or("")
+                .split(',')
+                .any(|x| x.trim() == "web");
+            let alarms_ok = kind != "alarm"
+                || n["attributes"]["alarms"]
+                    .as_str()
+                    .is_some_and(|a| a.split(',').any(|x| x.trim() == alarm));
+            web && n["type"] == kind && alarms_ok
+        })
     }
 
     /// An event happens while nobody listens: kept for reports only.
@@ -193,6 +285,40 @@ impl Traccar {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// A `web` notification of `kind` (with `alarms` for an alarm notification), as Traccar stores it.
+pub fn web_notification(id: i64, kind: &str, alarms: Option<&str>) -> Value {
+    let mut attributes = json!({});
+    if let Some(a) = alarms {
+        attributes["alarms"] = json!(a);
+    }
+    json!({"id": id, "type": kind, "always": true, "notificators": "web", "calendarId": 0,
+           "commandId": 0, "attributes": attributes})
+}
+
+/// Web notifications for the types and alarms the tests push.
+fn default_notifications() -> Vec<Value> {
+    let mut n = vec![web_notification(
+        1,
+        "alarm",
+        Some("sos,movement,vibration,tow,overspeed,powerCut"),
+    )];
+    for (i, t) in [
+        "deviceOnline",
+        "deviceOffline",
+        "geofenceEnter",
+        "geofenceExit",
+        "deviceOverspeed",
+        "ignitionOn",
+        "deviceMoving",
+    ]
+    .iter()
+    .enumerate()
+    {
+        n.push(web_notification(i as i64 + 2, t, None));
+    }
+    n
 }
 
 /// The example devices 12 and 27 of the payloads.
@@ -351,6 +477,38 @@ async fn reports(
     Json(events).into_response()
 }
 
+/// `GET /api/positions?id=..`: each id's position; an unknown id fails the request (Traccar reads each
+/// row and dereferences it before the permission check, so a missing one ends in a server error).
+async fn positions(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    Traccar::maybe_hang(&inner).await;
+    if !has_session(&inner, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let query = uri.query().unwrap_or_default().to_string();
+    // `id` repeats: axum's `Query` (serde_urlencoded) keeps only sequences it is told about.
+    let ids: Vec<i64> = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == "id")
+        .filter_map(|(_, v)| v.parse().ok())
+        .collect();
+    let mut st = inner.state.lock().unwrap();
+    st.position_queries.push(query);
+    if let Some(code) = st.positions_status {
+        return StatusCode::from_u16(code).unwrap().into_response();
+    }
+    let mut out = Vec::new();
+    for id in ids {
+        match st.positions.get(&id) {
+            Some(p) => out.push(p.clone()),
+            None => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        }
+    }
+    Json(out).into_response()
+}
+
 async fn socket(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
@@ -385,6 +543,22 @@ async fn serve_socket(inner: Arc<Inner>, mut socket: WebSocket, mut rx: broadcas
         let mut st = inner.state.lock().unwrap();
         st.socket_opens += 1;
         st.connected += 1;
+    }
+    // On connect Traccar sends every device's latest position.
+    let latest: Vec<Value> = {
+        let st = inner.state.lock().unwrap();
+        let mut by_device: BTreeMap<i64, Value> = BTreeMap::new();
+        for p in st.positions.values() {
+            by_device.insert(p["deviceId"].as_i64().unwrap_or(0), p.clone());
+        }
+        by_device.into_values().collect()
+    };
+    if !latest.is_empty() {
+        let text = json!({ "positions": latest }).to_string();
+        if socket.send(Message::Text(text.into())).await.is_err() {
+            inner.state.lock().unwrap().connected -= 1;
+            return;
+        }
     }
     let mut keepalive = tokio::time::interval(inner.keepalive);
     keepalive.tick().await;

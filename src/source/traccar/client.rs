@@ -11,8 +11,12 @@ use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use super::config::{Auth, TraccarSource};
+use super::notifications::Notification;
 use super::SourceError;
-use crate::event::{Device, Event, Geofence, Group};
+use crate::event::{Device, Event, Geofence, Group, Position};
+
+/// Position ids asked for in one `GET /api/positions` (keeps the URL well under common limits).
+const POSITIONS_PER_REQUEST: usize = 100;
 
 /// A logged-in session: the cookie to present.
 #[derive(Clone)]
@@ -114,9 +118,10 @@ impl Client {
             .map_err(|e| http_error(e, path))?;
         match resp.status() {
             StatusCode::UNAUTHORIZED => Err(SourceError::Expired),
-            st if !st.is_success() => {
-                Err(SourceError::Http(format!("{path}: server answered {st}")))
-            }
+            st if !st.is_success() => Err(SourceError::Status {
+                what: path.to_string(),
+                status: st.as_u16(),
+            }),
             _ => resp.json().await.map_err(|e| http_error(e, path)),
         }
     }
@@ -136,6 +141,42 @@ impl Client {
         self.get(s, "api/geofences", &[]).await
     }
 
+    /// `GET /api/notifications`: the user's notifications (what decides which events the socket carries).
+    pub async fn notifications(&self, s: &Session) -> Result<Vec<Notification>, SourceError> {
+        self.get(s, "api/notifications", &[]).await
+    }
+
+    /// `GET /api/positions?id=..&id=..`: the positions of these ids, in batches. Traccar answers a whole
+    /// batch with an error when one id is unknown (it reads each and fails on the first missing one), so
+    /// a batch the server refused is asked for again one id at a time; ids it has no position for are
+    /// left out. A server that does not answer, or a session that expired, is an error.
+    pub async fn positions(&self, s: &Session, ids: &[i64]) -> Result<Vec<Position>, SourceError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(POSITIONS_PER_REQUEST) {
+            match self.positions_once(s, batch).await {
+                Ok(found) => out.extend(found),
+                Err(SourceError::Status { .. }) if batch.len() > 1 => {
+                    for id in batch {
+                        out.extend(self.positions_once(s, std::slice::from_ref(id)).await?);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One request; an id the server refused counts as not found.
+    async fn positions_once(&self, s: &Session, ids: &[i64]) -> Result<Vec<Position>, SourceError> {
+        let q: Vec<(&str, String)> = ids.iter().map(|id| ("id", id.to_string())).collect();
+        match self.get(s, "api/positions", &q).await {
+            Err(SourceError::Status { status, .. }) if ids.len() == 1 && status != 401 => {
+                tracing::debug!(source = %self.cfg.name, position_id = ids[0], status, "position not found");
+                Ok(Vec::new())
+            }
+            r => r,
+        }
+    }
     /// `GET /api/reports/events` of one device between `from` and `to`.
     pub async fn events(
         &self,

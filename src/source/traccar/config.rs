@@ -21,6 +21,10 @@ pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Backfill never reaches further back than this after a long outage: a day-old alarm is no news.
 pub const DEFAULT_BACKFILL_MAX: Duration = Duration::from_secs(24 * 3600);
+/// How long an event waits on the socket for the position it refers to before the relay asks the REST
+/// API for it. Traccar pushes the `positions` frame milliseconds after the `events` frame; two seconds
+/// cover a loaded server and still notify promptly.
+pub const DEFAULT_POSITION_WAIT: Duration = Duration::from_secs(2);
 /// Devices, groups and geofences are re-read this often (and on every `devices` frame).
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -62,6 +66,9 @@ pub struct RawTraccarSource {
     /// How often devices, groups and geofences are re-read.
     #[serde(default, with = "humantime_serde")]
     pub refresh_interval: Option<Duration>,
+    /// How long an event waits on the socket for its position before it is read from the REST API.
+    #[serde(default, with = "humantime_serde")]
+    pub position_wait: Option<Duration>,
     /// Zones the relay evaluates itself, by name.
     #[serde(default)]
     pub zones: BTreeMap<String, RawZone>,
@@ -124,6 +131,8 @@ pub struct TraccarSource {
     pub backfill_max: Duration,
     /// Cache refresh period.
     pub refresh_interval: Duration,
+    /// Wait for an event's position on the socket.
+    pub position_wait: Duration,
     /// The relay's own zones.
     pub zones: Vec<Zone>,
     /// Track the server's geofences as zones too.
@@ -236,6 +245,7 @@ impl TraccarSource {
             backoff_max: raw.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX),
             backfill_max: raw.backfill_max.unwrap_or(DEFAULT_BACKFILL_MAX),
             refresh_interval: raw.refresh_interval.unwrap_or(DEFAULT_REFRESH_INTERVAL),
+            position_wait: raw.position_wait.unwrap_or(DEFAULT_POSITION_WAIT),
             zones,
             geofences_from_server: raw.geofences_from_server.unwrap_or(false),
             geofence_dwell: raw.geofence_dwell.unwrap_or_default(),

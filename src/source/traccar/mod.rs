@@ -12,6 +12,8 @@
 mod cache;
 mod client;
 pub mod config;
+pub mod join;
+pub mod notifications;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -33,10 +35,14 @@ use cache::Cache;
 pub use cache::{Directories, Directory};
 use client::{Client, Session};
 pub use config::TraccarSource;
+use join::{Joiner, Missing};
 
 /// Events older than the last frame by this much are fetched again after a reconnect: covers clock skew
 /// between relay and server and events stamped before they were pushed. Dedup drops the overlap.
 const BACKFILL_MARGIN: Duration = Duration::from_secs(60);
+/// When the first waiting event's position is read over REST, the events whose wait ends this soon after
+/// are asked for in the same request.
+const JOIN_BATCH_SLACK: Duration = Duration::from_millis(100);
 /// Attempts at storing one event while the store is saturated.
 const STORE_ATTEMPTS: u32 = 20;
 
@@ -52,6 +58,14 @@ pub enum SourceError {
     /// An HTTP failure (connection refused, 5xx, bad JSON).
     #[error("{0}")]
     Http(String),
+    /// The server answered a REST call with an error status.
+    #[error("{what}: server answered {status}")]
+    Status {
+        /// The path asked for.
+        what: String,
+        /// The HTTP status.
+        status: u16,
+    },
     /// No answer in time.
     #[error("{0}: no answer in time")]
     Timeout(String),
@@ -88,6 +102,12 @@ pub struct SourceStatus {
     pub devices: usize,
     /// Events handed to the pipeline (new or duplicate).
     pub events: u64,
+    /// Events that went on without the position they refer to (it could not be had in time).
+    pub events_without_position: u64,
+    /// Event types (`deviceOffline`) and alarms (`alarm:movement`) that rules can match on this source
+    /// but for which the server has no notification with the `web` channel: Traccar never pushes those
+    /// over the socket. `None` until the server's notifications have been read.
+    pub missing_web_notifications: Option<Vec<String>>,
 }
 
 /// The status of every live source, by name.
@@ -128,6 +148,7 @@ pub async fn run(
     let dir = pipeline.directories.register(&cfg.dedup_as);
     let mut conn = Connection {
         cache: Cache::new(&cfg, dir),
+        joiner: Joiner::new(cfg.position_wait),
         cfg,
         client,
         pipeline,
@@ -150,6 +171,7 @@ pub async fn run(
         };
         conn.statuses
             .update(&conn.cfg.name, |s| s.connected = false);
+        conn.flush().await;
         let (delay, e) = match result {
             // The session expired: log in again at once (a failing login then backs off).
             Err((SourceError::Expired, was_up)) if was_up || expired_in_row == 0 => {
@@ -184,6 +206,8 @@ pub async fn run(
             _ = tokio::time::sleep(delay) => {}
         }
     }
+    // Events still waiting for their positions are not dropped at shutdown.
+    conn.flush().await;
     tracing::info!(source = %conn.cfg.name, "live source stopped");
 }
 
@@ -197,6 +221,8 @@ struct Connection {
     session: Option<Session>,
     /// Time of the last frame of an earlier connection: where a backfill starts.
     last_frame: Option<DateTime<Utc>>,
+    /// Events waiting for the positions they refer to.
+    joiner: Joiner,
 }
 
 impl Connection {
@@ -251,9 +277,13 @@ impl Connection {
         );
         let mut deadline = Instant::now() + self.cfg.silence_timeout;
         loop {
+            let join_at = self.joiner.next_deadline();
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err((SourceError::Silent(self.cfg.silence_timeout), true));
+                }
+                _ = tokio::time::sleep_until(join_at.unwrap_or(deadline)), if join_at.is_some() => {
+                    self.join_overdue(&session).await.map_err(|e| (e, true))?;
                 }
                 _ = ping.tick() => {
                     ws.send(Message::Ping(Default::default()))
@@ -296,6 +326,42 @@ impl Connection {
         self.cache.replace(devices, groups, geofences);
         let n = self.cache.device_ids().len();
         self.statuses.update(&self.cfg.name, |st| st.devices = n);
+        self.check_notifications(s).await
+    }
+
+    /// Compares the server's `web` notifications with what the rules can match on this source, and says
+    /// in the log (when it changes) and in the status what Traccar will never push.
+    async fn check_notifications(&mut self, s: &Session) -> Result<(), SourceError> {
+        let missing = match self.client.notifications(s).await {
+            Ok(list) => {
+                let rt = self.pipeline.shared.get();
+                Some(missing_web_notifications(
+                    &self.cfg,
+                    &rt.config.rules,
+                    &list,
+                ))
+            }
+            Err(SourceError::Expired) => return Err(SourceError::Expired),
+            Err(e) => {
+                tracing::warn!(source = %self.cfg.name, error = %e, "cannot read the server's notifications");
+                None
+            }
+        };
+        let mut changed = false;
+        self.statuses.update(&self.cfg.name, |st| {
+            changed = st.missing_web_notifications != missing;
+            st.missing_web_notifications = missing.clone();
+        });
+        match missing {
+            Some(m) if changed && !m.is_empty() => tracing::warn!(
+                source = %self.cfg.name, missing = %m.join(", "),
+                "rules match events the server never pushes over the socket: add a notification with the `web` channel for each (see the README, live source)"
+            ),
+            Some(_) if changed => {
+                tracing::info!(source = %self.cfg.name, "every event type the rules match has a web notification")
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -316,11 +382,117 @@ impl Connection {
         }
         events.sort_by_key(|e| (e.event_time, e.id));
         tracing::info!(source = %self.cfg.name, events = events.len(), %from, %to, "backfill");
+        // Reports carry no positions: read the ones the events refer to, in batches.
+        let mut joiner = Joiner::new(Duration::ZERO);
+        let now = Instant::now();
         for e in events {
             let env = self.cache.envelope(e);
+            self.count_known_position(&env);
+            joiner.push(env, now);
+        }
+        self.fetch_positions(s, &mut joiner, now).await?;
+        for env in joiner.ready() {
             self.ingest(&env).await?;
         }
         Ok(())
+    }
+
+    /// Reads from the REST API the positions that events in `joiner` have waited for until `now`, then
+    /// gives up on the rest (they go on without). Only an expired session is an error, after the give-up.
+    async fn fetch_positions(
+        &self,
+        s: &Session,
+        joiner: &mut Joiner,
+        now: Instant,
+    ) -> Result<(), SourceError> {
+        let ids = joiner.overdue(now);
+        let mut result = Ok(());
+        if !ids.is_empty() {
+            match self.client.positions(s, &ids).await {
+                Ok(found) => {
+                    for p in &found {
+                        for _ in 0..joiner.position(p) {
+                            self.pipeline.metrics.event_position(&self.cfg.name, "rest");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(source = %self.cfg.name, error = %e, positions = ids.len(), "cannot read positions");
+                    if matches!(e, SourceError::Expired) {
+                        result = Err(e);
+                    }
+                }
+            }
+        }
+        for m in joiner.give_up(Some(now)) {
+            self.position_missing(&m);
+        }
+        result
+    }
+
+    /// The events whose wait for a position on the socket is over: fetch, give up, release.
+    async fn join_overdue(&mut self, s: &Session) -> Result<(), SourceError> {
+        let mut joiner = std::mem::replace(&mut self.joiner, Joiner::new(self.cfg.position_wait));
+        let until = Instant::now() + JOIN_BATCH_SLACK;
+        let fetched = self.fetch_positions(s, &mut joiner, until).await;
+        self.joiner = joiner;
+        self.release().await?;
+        fetched
+    }
+
+    /// Hands every event that may go to the pipeline, in order.
+    async fn release(&mut self) -> Result<(), SourceError> {
+        for env in self.joiner.ready() {
+            self.ingest(&env).await?;
+        }
+        Ok(())
+    }
+
+    /// When a connection ends (or the source stops): the events still waiting get their positions from
+    /// the REST API if the server still answers, and go on in any case.
+    async fn flush(&mut self) {
+        if self.joiner.is_empty() {
+            return;
+        }
+        let mut joiner = std::mem::replace(&mut self.joiner, Joiner::new(self.cfg.position_wait));
+        let far = Instant::now() + self.cfg.position_wait + Duration::from_secs(1);
+        if let Some(s) = &self.session {
+            let fetch = self.fetch_positions(s, &mut joiner, far);
+            if tokio::time::timeout(self.cfg.timeout, fetch).await.is_err() {
+                tracing::warn!(source = %self.cfg.name, "positions not read in time");
+            }
+        }
+        for m in joiner.give_up(None) {
+            self.position_missing(&m);
+        }
+        self.joiner = joiner;
+        if let Err(e) = self.release().await {
+            tracing::error!(source = %self.cfg.name, error = %e, events = self.joiner.len(), "events lost: the store did not take them");
+            self.joiner = Joiner::new(self.cfg.position_wait);
+        }
+    }
+
+    /// Counts an event whose position was known when it arrived.
+    fn count_known_position(&self, env: &Envelope) {
+        if env.event.position_id != 0 && env.position.is_some() {
+            self.pipeline
+                .metrics
+                .event_position(&self.cfg.name, "socket");
+        }
+    }
+
+    /// An event goes on without its position: said in the log, the metrics and the status.
+    fn position_missing(&self, m: &Missing) {
+        tracing::warn!(
+            source = %self.cfg.name, event_id = m.event_id, device_id = m.device_id,
+            position_id = m.position_id, position_missing = true,
+            "event goes on without its position: not on the socket and not readable from the server"
+        );
+        self.pipeline
+            .metrics
+            .event_position(&self.cfg.name, "missing");
+        self.statuses
+            .update(&self.cfg.name, |st| st.events_without_position += 1);
     }
 
     /// Handles one text frame; returns whether the cache should be refreshed (a `devices` frame).
@@ -338,15 +510,23 @@ impl Connection {
         for d in frame.devices {
             self.cache.update_device(d);
         }
+        let now = Instant::now();
         for p in frame.positions {
+            for _ in 0..self.joiner.position(&p) {
+                self.pipeline
+                    .metrics
+                    .event_position(&self.cfg.name, "socket");
+            }
             for env in self.cache.position(p) {
-                self.ingest(&env).await?;
+                self.joiner.push(env, now);
             }
         }
         for e in frame.events {
             let env = self.cache.envelope(e);
-            self.ingest(&env).await?;
+            self.count_known_position(&env);
+            self.joiner.push(env, now);
         }
+        self.release().await?;
         Ok(refresh)
     }
 
@@ -394,6 +574,29 @@ impl Connection {
             }
         }
     }
+}
+
+/// What rules can match on `cfg`'s source but its server's `notifications` will never push.
+pub fn missing_web_notifications(
+    cfg: &TraccarSource,
+    rules: &crate::rules::RuleSet,
+    notifications: &[notifications::Notification],
+) -> Vec<String> {
+    let own_zones = !cfg.zones.is_empty() || cfg.geofences_from_server;
+    let wanted = notifications::wanted(rules, &cfg.name, own_zones);
+    notifications::missing(&wanted, notifications)
+}
+
+/// `trackrelay check --online`: logs in to the server of `cfg` and says what the rules can match there
+/// but the server will never push over the socket.
+pub async fn check_online(
+    cfg: &TraccarSource,
+    rules: &crate::rules::RuleSet,
+) -> Result<Vec<String>, SourceError> {
+    let client = Client::new(cfg)?;
+    let session = client.login().await?;
+    let list = client.notifications(&session).await?;
+    Ok(missing_web_notifications(cfg, rules, &list))
 }
 
 /// A tungstenite error in words, without the request (which could carry a URL).

@@ -1,0 +1,228 @@
+//! Which events a live source will ever see. Traccar pushes an event over `/api/socket` only when the
+//! user has a notification of its type whose notificators include `web`; for `alarm` events the alarm
+//! must also be listed in the notification's `alarms` attribute (a notification without that attribute
+//! matches no alarm at all: Traccar's `NotificationManager`). A user who configures rules but no such
+//! notifications gets nothing, so the relay compares the two and names what is missing.
+//!
+//! Pure: the connection reads `GET /api/notifications` and the rules; this module compares them.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+
+use crate::event::Attributes;
+use crate::rules::cond::Cond;
+use crate::rules::RuleSet;
+
+/// A Traccar notification as `GET /api/notifications` returns it (only what the check needs).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    /// Notification id.
+    #[serde(default)]
+    pub id: i64,
+    /// Event type it is for.
+    #[serde(rename = "type", default)]
+    pub event_type: String,
+    /// Comma-separated notificators (`web,mail`).
+    #[serde(default)]
+    pub notificators: Option<String>,
+    /// Free attributes; `alarms` lists the alarms of an `alarm` notification (comma-separated).
+    #[serde(default)]
+    pub attributes: Attributes,
+}
+
+impl Notification {
+    fn is_web(&self) -> bool {
+        self.notificators
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .any(|n| n.trim() == "web")
+    }
+
+    fn alarms(&self) -> impl Iterator<Item = &str> {
+        self.attributes
+            .get("alarms")
+            .and_then(|a| a.as_str())
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+    }
+}
+
+/// What the rules can match on one source: event types, and for `alarm` which alarms.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// Event types some rule names (rules without a type condition name none).
+    pub types: BTreeSet<String>,
+    /// Alarms named by rules on `alarm` events.
+    pub alarms: BTreeSet<String>,
+    /// Some rule takes `alarm` events without naming the alarms.
+    pub any_alarm: bool,
+}
+
+/// The event types and alarms the rules that can fire on `source` name. `own_zones`: the source
+/// computes geofence enter/exit itself, so those types need no notification on the server.
+pub fn wanted(rules: &RuleSet, source: &str, own_zones: bool) -> Wanted {
+    let mut w = Wanted::default();
+    for rule in rules.rules() {
+        let conds = &rule.matcher.conds;
+        let other_source = conds.iter().any(|c| match &c.cond {
+            Cond::Source(names) => !names.iter().any(|n| n == source),
+            _ => false,
+        });
+        let Some(types) = rule.matcher.types() else {
+            continue;
+        };
+        if other_source {
+            continue;
+        }
+        let alarms = conds.iter().find_map(|c| match &c.cond {
+            Cond::Alarm(a) => Some(a),
+            _ => None,
+        });
+        for t in types {
+            if own_zones && (t == "geofenceEnter" || t == "geofenceExit") {
+                continue;
+            }
+            w.types.insert(t.clone());
+            if t == "alarm" {
+                match alarms {
+                    Some(a) => w.alarms.extend(a.iter().cloned()),
+                    None => w.any_alarm = true,
+                }
+            }
+        }
+    }
+    w
+}
+
+/// What `wanted` lacks among the user's `web` notifications, in words: event types (`deviceOffline`),
+/// alarms (`alarm:movement`), or `alarm:*` when rules take every alarm and no web notification lists any.
+pub fn missing(wanted: &Wanted, notifications: &[Notification]) -> Vec<String> {
+    let web: Vec<&Notification> = notifications.iter().filter(|n| n.is_web()).collect();
+    let covered_types: BTreeSet<&str> = web.iter().map(|n| n.event_type.as_str()).collect();
+    let covered_alarms: BTreeSet<&str> = web
+        .iter()
+        .filter(|n| n.event_type == "alarm")
+        .flat_map(|n| n.alarms())
+        .collect();
+    let mut out = Vec::new();
+    for t in &wanted.types {
+        if t == "alarm" {
+            continue;
+        }
+        if !covered_types.contains(t.as_str()) {
+            out.push(t.clone());
+        }
+    }
+    if wanted.types.contains("alarm") {
+        for a in &wanted.alarms {
+            if !covered_alarms.contains(a.as_str()) {
+                out.push(format!("alarm:{a}"));
+            }
+        }
+        if wanted.any_alarm && covered_alarms.is_empty() {
+            out.push("alarm:*".into());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(yaml: &str) -> RuleSet {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.yaml");
+        let text = format!("channels: {{ out: {{ type: log }} }}\nrules:\n{yaml}");
+        std::fs::write(&path, text).unwrap();
+        crate::config::Config::load_with_env(Some(&path), &|_| None)
+            .unwrap()
+            .rules
+    }
+
+    fn notification(t: &str, notificators: &str, alarms: Option<&str>) -> Notification {
+        let mut attributes = Attributes::new();
+        if let Some(a) = alarms {
+            attributes.insert("alarms".into(), a.into());
+        }
+        Notification {
+            id: 1,
+            event_type: t.into(),
+            notificators: Some(notificators.into()),
+            attributes,
+        }
+    }
+
+    const RULES: &str = "
+  - name: theft
+    match: { type: alarm, alarm: [movement, vibration, tow] }
+    notify: [{ channel: out }]
+  - name: offline
+    match: { type: [deviceOffline, geofenceExit] }
+    notify: [{ channel: out }]
+  - name: elsewhere
+    match: { type: ignitionOn, source: other }
+    notify: [{ channel: out }]
+  - name: everything
+    match: { device: 12 }
+    notify: [{ channel: out }]
+";
+
+    #[test]
+    fn rules_name_the_types_and_alarms_a_source_needs() {
+        let w = wanted(&rules(RULES), "home", false);
+        assert_eq!(
+            w.types.iter().collect::<Vec<_>>(),
+            ["alarm", "deviceOffline", "geofenceExit"]
+        );
+        assert_eq!(
+            w.alarms.iter().collect::<Vec<_>>(),
+            ["movement", "tow", "vibration"]
+        );
+        assert!(!w.any_alarm);
+        // The relay's own zones make geofence notifications unnecessary; `source: other` is for another.
+        let own = wanted(&rules(RULES), "home", true);
+        assert!(!own.types.contains("geofenceExit"));
+        assert!(wanted(&rules(RULES), "other", false)
+            .types
+            .contains("ignitionOn"));
+    }
+
+    #[test]
+    fn only_web_notifications_with_the_alarm_listed_count() {
+        let w = wanted(&rules(RULES), "home", false);
+        let all = missing(&w, &[]);
+        assert_eq!(
+            all,
+            [
+                "deviceOffline",
+                "geofenceExit",
+                "alarm:movement",
+                "alarm:tow",
+                "alarm:vibration"
+            ]
+        );
+        let some = [
+            // Mail only: does not reach the socket.
+            notification("deviceOffline", "mail", None),
+            notification("geofenceExit", "mail,web", None),
+            // An alarm notification without `alarms` matches no alarm in Traccar.
+            notification("alarm", "web", None),
+            notification("alarm", "web", Some("movement, tow")),
+        ];
+        assert_eq!(missing(&w, &some), ["deviceOffline", "alarm:vibration"]);
+        let any = wanted(
+            &rules("  - { name: a, match: { type: alarm }, notify: [{ channel: out }] }"),
+            "home",
+            false,
+        );
+        assert!(any.any_alarm);
+        assert_eq!(missing(&any, &some[..3]), ["alarm:*"]);
+        assert!(missing(&any, &some).is_empty());
+    }
+}
