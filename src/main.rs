@@ -104,6 +104,11 @@ enum Command {
             conflicts_with = "config"
         )]
         config_flag: Option<PathBuf>,
+        /// Also log in to every live Traccar source and name the event types and alarms the rules match
+        /// there but no `web` notification of the server covers (Traccar never pushes those over the
+        /// socket). Exit 1 when a source cannot be reached or something is missing.
+        #[arg(long)]
+        online: bool,
     },
     /// Dry run: which rules match an event, why the others do not, and the messages. Sends nothing.
     Explain {
@@ -223,6 +228,41 @@ fn load(path: Option<&Path>) -> anyhow::Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// `check --online`: each live source's server against the rules. Says what is missing and how to add it.
+async fn check_online(cfg: &Config) -> ExitCode {
+    let mut ok = true;
+    if cfg.traccar.is_empty() {
+        println!("online: no live Traccar source configured (traccar:), nothing to check");
+    }
+    for src in &cfg.traccar {
+        match trackrelay::source::traccar::check_online(src, &cfg.rules).await {
+            Ok(missing) if missing.is_empty() => println!(
+                "online: source '{}': every event type the rules match has a web notification",
+                src.name
+            ),
+            Ok(missing) => {
+                ok = false;
+                println!(
+                    "online: source '{}': no web notification for {}: Traccar will not push these events over the socket. \
+                     In Traccar: Settings -> Notifications -> add, type as named, channel `web`, `All devices` \
+                     (for alarm:X, select alarm X under Alarms)",
+                    src.name,
+                    missing.join(", ")
+                );
+            }
+            Err(e) => {
+                ok = false;
+                println!("online: source '{}': {e}", src.name);
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Serve { config } => {
@@ -232,6 +272,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Check {
             config,
             config_flag,
+            online,
         } => match Config::load(config.or(config_flag).as_deref()) {
             Ok(cfg) => {
                 let n: usize = cfg.rules.rules().len();
@@ -244,6 +285,9 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                         .map(|p| format!(" ({})", p.display()))
                         .unwrap_or_default()
                 );
+                if online {
+                    return Ok(check_online(&cfg).await);
+                }
             }
             Err(e) => {
                 eprint!("{e}");

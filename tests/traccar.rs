@@ -720,3 +720,55 @@ async fn missing_web_notifications_are_named_in_the_status() {
     assert_eq!(messages(&sink), ["15002"]);
     relay.stop().await;
 }
+
+/// Runs `trackrelay check --online` on `yaml` off the runtime, so the stand-in keeps answering.
+async fn check_online(dir: &Path, yaml: String) -> (bool, String) {
+    let path = dir.join("trackrelay.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
+            .args(["check", "--online"])
+            .arg(&path)
+            .env_remove("TRACKRELAY_CONFIG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn check_online_names_missing_web_notifications_and_unreachable_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server().await;
+    server.set_notifications(vec![web_notification(2, "alarm", Some("movement"))]);
+    let yaml = |url: &str, token: &str| {
+        format!(
+            "channels: {{ out: {{ type: log }} }}\nrules:\n  - name: theft\n    match: {}\n    notify: [{{ channel: out }}]\n  - name: offline\n    match: {{ type: deviceOffline }}\n    notify: [{{ channel: out }}]\ntraccar:\n  - name: home\n    url: \"{url}\"\n    token: {token}\n    timeout: 2s\n",
+            theft_match()
+        )
+    };
+    let (ok, out) = check_online(dir.path(), yaml(&server.url(), TOKEN)).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("source 'home': no web notification for deviceOffline, alarm:tow, alarm:vibration"),
+        "{out}"
+    );
+    server.set_notifications(vec![
+        web_notification(2, "alarm", Some("movement,vibration,tow")),
+        web_notification(3, "deviceOffline", None),
+    ]);
+    let (ok, out) = check_online(dir.path(), yaml(&server.url(), TOKEN)).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("every event type the rules match has a web notification"), "{out}");
+    // A wrong token: a clear error, without the token.
+    let (ok, out) = check_online(dir.path(), yaml(&server.url(), "wrong-tok-123")).await;
+    assert!(!ok && out.contains("login refused"), "{out}");
+    assert!(!out.contains("wrong-tok-123"), "{out}");
+}
