@@ -344,6 +344,8 @@ fn delivery_gates(
             max: rl.max,
             per_ms: rl.per.as_millis() as i64,
             over: rl.over,
+            // A digest lists text: a pin over the limit is left out of it, as from a rule's group.
+            no_digest: pin,
         });
     }
     g

@@ -21,8 +21,9 @@ const M: i64 = 60 * S;
 /// 2026-01-14T12:00:00Z, a Wednesday.
 const T0: i64 = 1_768_392_000_000;
 
-/// A pipeline on a SQLite file in a temporary folder, with the config `yaml` (a `log` channel `out` and
-/// a rate-limited `chat` are always there).
+/// A pipeline on a SQLite file in a temporary folder, with the config `yaml` (a `log` channel `out`,
+/// rate-limited `chat` and `folded`, and a Telegram channel `pinned` sending map pins under a rate
+/// limit that folds into digests are always there).
 struct Bench {
     dir: tempfile::TempDir,
     pipeline: Pipeline,
@@ -36,7 +37,9 @@ fn config_yaml(dir: &std::path::Path, rules: &str) -> String {
         "storage: {{ data_dir: \"{}\" }}\ntimezone: Europe/Vienna\n\
          channels:\n  out: {{ type: log }}\n  \
          chat: {{ type: log, rate_limit: {{ max: 3, per: 1h }} }}\n  \
-         folded: {{ type: log, rate_limit: {{ max: 2, per: 10m, over: digest }} }}\n\
+         folded: {{ type: log, rate_limit: {{ max: 2, per: 10m, over: digest }} }}\n  \
+         pinned: {{ type: telegram, bot_token: \"123:abc\", chat_id: \"42\", location: true, \
+                    rate_limit: {{ max: 1, per: 1h, over: digest }} }}\n\
          rules:\n{rules}",
         dir.display()
     )
@@ -603,8 +606,43 @@ async fn bad_noise_settings_are_rejected_with_file_and_line() {
             .unwrap_err()
             .to_string();
     assert!(
-        err.contains("c.yaml:8: rule 'a': schedule: quiet: `22:00`"),
+        err.contains("c.yaml:9: rule 'a': schedule: quiet: `22:00`"),
         "{err}"
     );
     assert!(err.contains("when_muted: `later`"), "{err}");
+}
+
+fn statuses(rows: &[DeliveryRow]) -> Vec<Status> {
+    rows.iter().map(|r| r.status).collect()
+}
+
+#[tokio::test]
+async fn over_the_rate_limit_map_pins_are_left_out_of_digests() {
+    // Telegram with `location: true` and `over: digest`: a digest lists text, and a digest of pins
+    // would be built as a log line, which the Telegram channel refuses for good.
+    let mut b =
+        Bench::new("  - { name: all, match: { type: alarm }, notify: [{ channel: pinned }] }\n");
+    for i in 0..3 {
+        b.alarm(1, "vibration", T0 + i * S).await;
+    }
+    let rows = b.rows().await;
+    use Status::*;
+    // The first message takes the hour's slot; the other two wait in one digest (written just before
+    // its first item). Every pin is over the limit and recorded as suppressed, none in a digest.
+    assert_eq!(
+        statuses(&rows),
+        [Pending, Suppressed, Pending, Grouped, Suppressed, Grouped, Suppressed]
+    );
+    for pin in [&rows[1], &rows[4], &rows[6]] {
+        assert_eq!(
+            pin.reason.as_deref(),
+            Some("over the rate limit (1 per 1h): map pins are left out of digests")
+        );
+    }
+    let items = b.store.digest_items(rows[2].id).await.unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(
+        items.iter().all(|i| i.contains("telegram_text")),
+        "{items:?}"
+    );
 }

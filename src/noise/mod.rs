@@ -217,6 +217,10 @@ pub struct RateGate {
     pub per_ms: i64,
     /// Over the limit.
     pub over: Over,
+    /// The delivery cannot be listed in a digest (a map pin): over the limit with `over: digest` it is
+    /// suppressed, and takes no slot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_digest: bool,
 }
 
 /// One row of noise state. The fields mean what the key's kind says (see [`Decider`]); unknown fields
@@ -409,6 +413,13 @@ impl<'a> Decider<'a> {
                         ));
                         at = slot;
                     }
+                    Over::Digest if r.no_digest => {
+                        return Verdict::Suppress(format!(
+                            "over the rate limit ({} per {}): map pins are left out of digests",
+                            r.max,
+                            human_ms(r.per_ms)
+                        ));
+                    }
                     Over::Digest => {
                         let due = self.group_due(&r.digest_key, 0, 0, slot);
                         return Verdict::Group {
@@ -560,6 +571,10 @@ impl<'a> Decider<'a> {
         };
         let over = slot > at;
         if over && r.over == Over::Digest {
+            if r.no_digest {
+                // Suppressed (see `decide`): the slot stays free for what a digest can carry.
+                return (slot, true);
+            }
             // A digest already waiting takes the item without a slot of its own.
             let open = self.state(&r.digest_key);
             if open.until > self.now {
