@@ -278,6 +278,13 @@ impl Envelope {
         self.position.as_ref().map(|p| p.speed * KNOTS_TO_KMH)
     }
 
+    /// When the event happened, by its own account: `eventTime`, else the time of its position's fix.
+    pub fn own_time(&self) -> Option<DateTime<Utc>> {
+        self.event
+            .event_time
+            .or_else(|| self.position.as_ref().and_then(|p| p.fix_time))
+    }
+
     /// The position's coordinates when they can be put on a map; else why not.
     pub fn map_point(&self) -> Option<Result<(f64, f64), BadCoordinates>> {
         self.position.as_ref().map(Position::map_point)

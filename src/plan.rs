@@ -50,7 +50,8 @@ pub struct Planned {
 }
 
 /// Renders the notifications of every rule in `matched` for `env`. `raw` is the event as received.
-/// Silences and schedules are applied here (at the arrival time); the stateful noise checks are set
+/// Silences (at the arrival time) and schedules (at the time the event is judged at, see
+/// [`crate::noise::judged_at`]) are applied here; the stateful noise checks are set
 /// up as each delivery's [`Gates`] for the store.
 pub fn plan(
     cfg: &Config,
@@ -215,7 +216,8 @@ fn rule_gates(
     if noise.is_empty() {
         return g;
     }
-    let now = arrival.received_at_ms;
+    // Quiet hours are those of when the event happened, also when it arrives late.
+    let now = crate::noise::judged_at(env, arrival.received_at_ms);
     let extra = || context! { rule => rule.name.as_str() };
     if let Some(s) = &noise.schedule {
         if let Some(at) = chrono::DateTime::from_timestamp_millis(now) {
