@@ -277,6 +277,62 @@ impl Envelope {
     pub fn speed_kmh(&self) -> Option<f64> {
         self.position.as_ref().map(|p| p.speed * KNOTS_TO_KMH)
     }
+
+    /// When the event happened, by its own account: `eventTime`, else the time of its position's fix.
+    pub fn own_time(&self) -> Option<DateTime<Utc>> {
+        self.event
+            .event_time
+            .or_else(|| self.position.as_ref().and_then(|p| p.fix_time))
+    }
+
+    /// The position's coordinates when they can be put on a map; else why not.
+    pub fn map_point(&self) -> Option<Result<(f64, f64), BadCoordinates>> {
+        self.position.as_ref().map(Position::map_point)
+    }
+}
+
+impl Position {
+    /// The coordinates when they are a place on Earth that a tracker can report; else why not. Checked
+    /// before a map pin or link is made: Telegram refuses a pin outside ±90/±180 with a 400, which
+    /// would dead-letter it.
+    pub fn map_point(&self) -> Result<(f64, f64), BadCoordinates> {
+        let (latitude, longitude) = (self.latitude, self.longitude);
+        if !latitude.is_finite() || !longitude.is_finite() {
+            return Err(BadCoordinates::NotFinite);
+        }
+        if latitude.abs() > 90.0 || longitude.abs() > 180.0 {
+            return Err(BadCoordinates::OutOfRange {
+                latitude,
+                longitude,
+            });
+        }
+        // Exactly 0,0 is what trackers report when they have no fix (Traccar's `filter.zero` drops such
+        // positions for that reason); no tracked bike is at "Null Island" in the Gulf of Guinea, and a
+        // pin there would send someone looking in the wrong place.
+        if latitude == 0.0 && longitude == 0.0 {
+            return Err(BadCoordinates::NoFix);
+        }
+        Ok((latitude, longitude))
+    }
+}
+
+/// Why a position cannot be put on a map.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum BadCoordinates {
+    /// Latitude or longitude is not a finite number.
+    #[error("the coordinates are not finite numbers")]
+    NotFinite,
+    /// Latitude beyond ±90 or longitude beyond ±180.
+    #[error("impossible coordinates (latitude {latitude}, longitude {longitude}; latitude must be within ±90, longitude within ±180)")]
+    OutOfRange {
+        /// Latitude as reported.
+        latitude: f64,
+        /// Longitude as reported.
+        longitude: f64,
+    },
+    /// 0,0: the tracker had no fix.
+    #[error("coordinates 0,0 (the tracker had no fix)")]
+    NoFix,
 }
 
 /// Why a body could not be decoded.

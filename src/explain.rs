@@ -140,7 +140,7 @@ pub async fn explain(
         }
     }
     let now = arrival.received_at_ms;
-    let mut decider = Decider::new(now, &mut states);
+    let mut decider = Decider::new(now, &mut states).judging_at(crate::noise::judged_at(env, now));
     let notifications = planned
         .into_iter()
         .map(|p| {

@@ -30,6 +30,47 @@ pub struct Metrics {
     positions: Family<Labels, Counter>,
 }
 
+/// Traccar's event types (its `Event.TYPE_*`), which include the relay's own zone crossings
+/// (`geofenceEnter`/`geofenceExit`), and `-` for a body that could not be read.
+const KNOWN_EVENT_TYPES: &[&str] = &[
+    "-",
+    "alarm",
+    "commandResult",
+    "deviceFuelDrop",
+    "deviceFuelIncrease",
+    "deviceInactive",
+    "deviceMoving",
+    "deviceOffline",
+    "deviceOnline",
+    "deviceOverspeed",
+    "deviceStopped",
+    "deviceUnknown",
+    "driverChanged",
+    "geofenceCrossed",
+    "geofenceEnter",
+    "geofenceExit",
+    "ignitionOff",
+    "ignitionOn",
+    "maintenance",
+    "media",
+    "proximityEnter",
+    "proximityExit",
+    "queuedCommandSent",
+    "textMessage",
+    "unaccompaniedMotion",
+];
+
+/// The `type` label of an event type: its name when Traccar knows it, else `other`. The type comes
+/// from the request body, and each distinct label value is a time series kept for the life of the
+/// process: a sender making up types must not grow `/metrics` (and the relay's memory) without end.
+pub fn type_label(event_type: &str) -> &str {
+    if KNOWN_EVENT_TYPES.contains(&event_type) {
+        event_type
+    } else {
+        "other"
+    }
+}
+
 /// Delivery latency buckets: 5 ms to about 3 h (event received -> accepted by the peer; retries included).
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 3.0, 14))
@@ -114,10 +155,11 @@ impl Metrics {
     }
 
     /// An event was received; `result` is `accepted`, `duplicate`, `invalid`, `unauthorized` or `unavailable`.
+    /// The type is counted under its name only if it is one Traccar knows (see [`type_label`]).
     pub fn event(&self, source: &str, event_type: &str, result: &'static str) {
         let labels = vec![
             ("source", source.to_string()),
-            ("type", event_type.to_string()),
+            ("type", type_label(event_type).to_string()),
             ("result", result.to_string()),
         ];
         self.events.get_or_create(&labels).inc();
@@ -213,5 +255,29 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }
+    }
+
+    #[test]
+    fn event_types_nobody_defined_are_counted_as_other() {
+        let m = Metrics::new();
+        for i in 0..100 {
+            m.event("hook", &format!("madeUp{i}"), "accepted");
+        }
+        m.event("hook", "geofenceEnter", "accepted");
+        m.event("hook", "-", "invalid");
+        let text = m.render(&[], 0.0);
+        let mut series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("trackrelay_events_received_total{"))
+            .collect();
+        series.sort_unstable();
+        assert_eq!(
+            series,
+            [
+                "trackrelay_events_received_total{source=\"hook\",type=\"-\",result=\"invalid\"} 1",
+                "trackrelay_events_received_total{source=\"hook\",type=\"geofenceEnter\",result=\"accepted\"} 1",
+                "trackrelay_events_received_total{source=\"hook\",type=\"other\",result=\"accepted\"} 100",
+            ]
+        );
     }
 }

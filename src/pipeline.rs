@@ -9,7 +9,7 @@ use crate::app::Shared;
 use crate::event::Envelope;
 use crate::metrics::Metrics;
 use crate::noise::silence::SilenceCache;
-use crate::noise::{debounce_key, DebounceProbe};
+use crate::noise::{debounce_key, judged_at, DebounceProbe};
 use crate::plan::{plan, Arrival};
 use crate::store::{Accepted, Claimed, NewDelivery, NewEvent, Status, Store, StoreError};
 
@@ -63,6 +63,7 @@ impl Pipeline {
                 device_id: env.device_id(),
                 event_type: env.event.event_type.clone(),
                 received_at_ms: arrival.received_at_ms,
+                judged_at_ms: judged_at(env, arrival.received_at_ms),
                 txn: arrival.txn.clone(),
                 // The body of an event that notifies nobody is only kept on request.
                 payload: if matched.is_empty() && !rt.config.storage.keep_unmatched_payloads {

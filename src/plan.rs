@@ -50,7 +50,8 @@ pub struct Planned {
 }
 
 /// Renders the notifications of every rule in `matched` for `env`. `raw` is the event as received.
-/// Silences and schedules are applied here (at the arrival time); the stateful noise checks are set
+/// Silences (at the arrival time) and schedules (at the time the event is judged at, see
+/// [`crate::noise::judged_at`]) are applied here; the stateful noise checks are set
 /// up as each delivery's [`Gates`] for the store.
 pub fn plan(
     cfg: &Config,
@@ -215,7 +216,8 @@ fn rule_gates(
     if noise.is_empty() {
         return g;
     }
-    let now = arrival.received_at_ms;
+    // Quiet hours are those of when the event happened, also when it arrives late.
+    let now = crate::noise::judged_at(env, arrival.received_at_ms);
     let extra = || context! { rule => rule.name.as_str() };
     if let Some(s) = &noise.schedule {
         if let Some(at) = chrono::DateTime::from_timestamp_millis(now) {
@@ -290,6 +292,14 @@ fn delivery_gates(
     r: &Renderer,
 ) -> Gates {
     let mut g = rule_gates.clone();
+    let pin = matches!(n.content, Content::TelegramLocation { .. });
+    if pin {
+        // Telegram refuses a pin that is no place with a 400: it is recorded instead of dead-lettered.
+        if let Some(Err(bad)) = env.map_point() {
+            g.suppress = Some(format!("no map pin: {bad}"));
+            return g;
+        }
+    }
     if !silences.is_empty() {
         let subject = Subject {
             device_id: n.origin.device_id,
@@ -305,7 +315,7 @@ fn delivery_gates(
         }
     }
     if let Some(gr) = &rule.noise.group {
-        if matches!(n.content, Content::TelegramLocation { .. }) {
+        if pin {
             g.suppress = Some("map pins are left out of digests".into());
             return g;
         }
@@ -336,6 +346,8 @@ fn delivery_gates(
             max: rl.max,
             per_ms: rl.per.as_millis() as i64,
             over: rl.over,
+            // A digest lists text: a pin over the limit is left out of it, as from a rule's group.
+            no_digest: pin,
         });
     }
     g
@@ -421,4 +433,98 @@ fn default_webhook_body(
         event: parsed.unwrap_or(&fallback),
     })
     .expect("the body always serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config with a Telegram channel sending map pins and one rule for every alarm; `channel` is
+    /// added to the channel's settings.
+    fn config(channel: &str) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "storage: {{ data_dir: \"{}\" }}\nchannels:\n  phone: {{ type: telegram, bot_token: \"123:abc\", \
+             chat_id: \"42\", location: true{channel} }}\n\
+             rules:\n  - {{ name: theft, match: {{ type: alarm }}, notify: [{{ channel: phone }}] }}\n",
+            dir.path().display()
+        );
+        let path = dir.path().join("trackrelay.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let cfg = Config::load_with_env(Some(&path), &|_| None).unwrap();
+        (dir, cfg)
+    }
+
+    fn alarm(latitude: f64, longitude: f64) -> Envelope {
+        let body = serde_json::json!({
+            "event": { "id": 1, "type": "alarm", "deviceId": 7, "attributes": { "alarm": "vibration" } },
+            "device": { "id": 7, "name": "bike" },
+            "position": { "id": 3, "deviceId": 7, "latitude": latitude, "longitude": longitude }
+        });
+        Envelope::from_json(body.to_string().as_bytes()).unwrap()
+    }
+
+    fn planned(cfg: &Config, env: &Envelope) -> Vec<Planned> {
+        let matched = cfg.rules.evaluate(env, "traccar");
+        let arrival = Arrival {
+            source: "traccar".into(),
+            received_at_ms: 1_768_392_000_000,
+            ..Default::default()
+        };
+        plan(cfg, &matched, env, "{}", &arrival, &SilenceSet::default())
+    }
+
+    fn text(p: &Planned) -> &str {
+        match &p.notification.content {
+            Content::TelegramText { text, .. } => text,
+            other => panic!("not a text: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_position_that_is_no_place_gets_no_pin_and_no_map_link() {
+        let (_dir, cfg) = config("");
+        for (lat, lon, why) in [
+            (
+                91.5,
+                11.4,
+                "impossible coordinates (latitude 91.5, longitude 11.4",
+            ),
+            (-90.01, 11.4, "impossible coordinates (latitude -90.01"),
+            (
+                47.2,
+                180.5,
+                "impossible coordinates (latitude 47.2, longitude 180.5",
+            ),
+            (47.2, -200.0, "longitude -200"),
+            (0.0, 0.0, "coordinates 0,0 (the tracker had no fix)"),
+        ] {
+            let p = planned(&cfg, &alarm(lat, lon));
+            assert_eq!(p.len(), 2, "{lat},{lon}: a message and a pin");
+            // The message goes, without a link to a place that is not one.
+            assert_eq!(p[0].gates.suppress, None);
+            assert!(!text(&p[0]).contains("openstreetmap"), "{}", text(&p[0]));
+            assert!(
+                text(&p[0]).contains("km/h"),
+                "the rest of the position stays"
+            );
+            // The pin is recorded with the reason and never sent.
+            assert!(matches!(
+                p[1].notification.content,
+                Content::TelegramLocation { .. }
+            ));
+            let reason = p[1].gates.suppress.as_deref().unwrap_or_default();
+            assert!(
+                reason.starts_with("no map pin: ") && reason.contains(why),
+                "{lat},{lon}: {reason}"
+            );
+        }
+        // The edges of the map are places.
+        for (lat, lon) in [(47.262195, 11.413561), (-90.0, 180.0), (90.0, -180.0)] {
+            let p = planned(&cfg, &alarm(lat, lon));
+            assert_eq!(p.len(), 2);
+            assert!(text(&p[0]).contains("openstreetmap"), "{}", text(&p[0]));
+            assert_eq!(p[1].gates.suppress, None, "{lat},{lon}");
+        }
+    }
 }

@@ -313,10 +313,11 @@ impl Renderer {
             alarm: (!alarms.is_empty()).then(|| alarms.join(", ")),
             speed_kmh: env.speed_kmh().map(round1),
             time_local: env.event.event_time.map(|t| local_time(t, self.tz, None)),
+            // No link to a place that is not one (see `Position::map_point`).
             map_url: env
-                .position
-                .as_ref()
-                .map(|p| map_url(p.latitude, p.longitude)),
+                .map_point()
+                .and_then(Result::ok)
+                .map(|(lat, lon)| map_url(lat, lon)),
             timezone: self.tz.name(),
         };
         Value::from_serialize(&vars)

@@ -424,3 +424,64 @@ async fn overlong_telegram_messages_arrive_in_parts() {
     );
     relay.stop().await;
 }
+
+/// A tracker reporting a latitude beyond 90°: Telegram refuses such a pin with 400, which would
+/// dead-letter it. The message goes without a map link, no pin is attempted, and the pin's delivery
+/// says why it was not sent.
+#[tokio::test]
+async fn a_position_that_is_no_place_gets_its_message_without_pin_or_map_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, peers) = example_relay(dir.path()).await;
+    let mut body: serde_json::Value =
+        serde_json::from_str(&payload("alarm_vibration.json")).unwrap();
+    body["position"]["latitude"] = serde_json::json!(91.5);
+    let headers = [
+        ("authorization", "Bearer s3cret"),
+        ("content-type", "application/json"),
+    ];
+    let (status, answer) = relay.post(body.to_string(), &headers).await;
+    assert_eq!(status, 200, "{answer}");
+    // Theft: the Telegram message and its pin, and the mail.
+    assert_eq!(answer["deliveries"], 3, "{answer}");
+
+    let msgs = peers.telegram.wait_for_messages(1, WAIT).await;
+    assert_eq!(
+        msgs[0].plain_text.as_deref(),
+        Some("🚨 Theft alarm: Lena's Gazelle\nvibration at 2026-05-15 02:41:05 CEST")
+    );
+    let mails = peers.smtp.wait_for(1, WAIT).await;
+    let text = mails[0].text.as_deref().unwrap_or_default();
+    assert!(!text.contains("Map:"), "{text}");
+    assert!(
+        text.contains("Speed: "),
+        "the rest of the position stays: {text}"
+    );
+
+    let store = relay.running.as_ref().unwrap().store.clone();
+    let suppressed = store
+        .list(trackrelay::store::Filter {
+            status: Some(trackrelay::store::Status::Suppressed),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(suppressed.len(), 1, "{suppressed:?}");
+    let reason = suppressed[0].reason.as_deref().unwrap_or_default();
+    assert!(
+        reason
+            .starts_with("no map pin: impossible coordinates (latitude 91.5, longitude 11.413561"),
+        "{reason}"
+    );
+    // Nothing else goes to Telegram, and nothing it would refuse was tried.
+    peers
+        .telegram
+        .assert_stays_at(1, Duration::from_millis(300))
+        .await;
+    assert_eq!(peers.telegram.requests(), 1);
+    assert!(
+        peers.telegram.rejections().is_empty(),
+        "{:?}",
+        peers.telegram.rejections()
+    );
+    relay.stop().await;
+}

@@ -317,3 +317,53 @@ async fn unmatched_events_are_stored_without_their_body_unless_asked() {
         ]
     );
 }
+
+/// The `type` label of `trackrelay_events_received_total` comes from the body: a sender making up a
+/// new type per event must not grow `/metrics` without end. Such events are still accepted, stored and
+/// notified like any other.
+#[tokio::test]
+async fn made_up_event_types_do_not_grow_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let relay = relay(dir.path(), &sink, "").await;
+    const N: i64 = 200;
+    for id in 1..=N {
+        let body = format!(r#"{{"event":{{"id":{id},"type":"madeUp{id}","deviceId":3}}}}"#);
+        let (status, json) = relay.post(body, &[AUTH, JSON]).await;
+        assert_eq!(
+            (status, json["status"].as_str()),
+            (200, Some("accepted")),
+            "{json}"
+        );
+    }
+    let (status, json) = relay.post(payload("alarm_sos.json"), &[AUTH, JSON]).await;
+    assert_eq!(status, 200, "{json}");
+    sink.wait_for(N as usize + 1, Duration::from_secs(20)).await;
+
+    let metrics = relay.metrics().await;
+    let mut series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("trackrelay_events_received_total{"))
+        .collect();
+    series.sort_unstable();
+    assert_eq!(
+        series,
+        [
+            "trackrelay_events_received_total{source=\"traccar\",type=\"alarm\",result=\"accepted\"} 1",
+            "trackrelay_events_received_total{source=\"traccar\",type=\"other\",result=\"accepted\"} 200",
+        ],
+        "{metrics}"
+    );
+    relay.stop().await;
+
+    let db =
+        rusqlite::Connection::open(dir.path().join(trackrelay::store::sqlite::DB_FILE)).unwrap();
+    let stored: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM events WHERE event_type LIKE 'madeUp%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, N);
+}

@@ -21,8 +21,9 @@ const M: i64 = 60 * S;
 /// 2026-01-14T12:00:00Z, a Wednesday.
 const T0: i64 = 1_768_392_000_000;
 
-/// A pipeline on a SQLite file in a temporary folder, with the config `yaml` (a `log` channel `out` and
-/// a rate-limited `chat` are always there).
+/// A pipeline on a SQLite file in a temporary folder, with the config `yaml` (a `log` channel `out`,
+/// rate-limited `chat` and `folded`, and a Telegram channel `pinned` sending map pins under a rate
+/// limit that folds into digests are always there).
 struct Bench {
     dir: tempfile::TempDir,
     pipeline: Pipeline,
@@ -36,7 +37,9 @@ fn config_yaml(dir: &std::path::Path, rules: &str) -> String {
         "storage: {{ data_dir: \"{}\" }}\ntimezone: Europe/Vienna\n\
          channels:\n  out: {{ type: log }}\n  \
          chat: {{ type: log, rate_limit: {{ max: 3, per: 1h }} }}\n  \
-         folded: {{ type: log, rate_limit: {{ max: 2, per: 10m, over: digest }} }}\n\
+         folded: {{ type: log, rate_limit: {{ max: 2, per: 10m, over: digest }} }}\n  \
+         pinned: {{ type: telegram, bot_token: \"123:abc\", chat_id: \"42\", location: true, \
+                    rate_limit: {{ max: 1, per: 1h, over: digest }} }}\n\
          rules:\n{rules}",
         dir.display()
     )
@@ -104,11 +107,21 @@ impl Bench {
         .to_string()
     }
 
+    /// Ingests an event that arrives at `at`, as it happens (its `eventTime` is `at`).
     async fn ingest_at(&self, body: &str, at: i64) -> Accepted {
+        self.ingest_late(body, at, at).await
+    }
+
+    /// Ingests an event that happened at `happened` (its `eventTime`) and arrives at `at`: a backfill
+    /// after a reconnect, or a sender's retry, when `happened` is well before `at`.
+    async fn ingest_late(&self, body: &str, happened: i64, at: i64) -> Accepted {
+        let mut v: Value = serde_json::from_str(body).unwrap();
+        v["event"]["eventTime"] = json!(trackrelay::store::rfc3339(happened));
+        let body = v.to_string();
         let env = Envelope::from_json(body.as_bytes()).unwrap();
         self.pipeline
             .ingest(
-                body,
+                &body,
                 &env,
                 Arrival {
                     source: "traccar".into(),
@@ -603,8 +616,154 @@ async fn bad_noise_settings_are_rejected_with_file_and_line() {
             .unwrap_err()
             .to_string();
     assert!(
-        err.contains("c.yaml:8: rule 'a': schedule: quiet: `22:00`"),
+        err.contains("c.yaml:9: rule 'a': schedule: quiet: `22:00`"),
         "{err}"
     );
     assert!(err.contains("when_muted: `later`"), "{err}");
+}
+
+fn statuses(rows: &[DeliveryRow]) -> Vec<Status> {
+    rows.iter().map(|r| r.status).collect()
+}
+
+#[tokio::test]
+async fn over_the_rate_limit_map_pins_are_left_out_of_digests() {
+    // Telegram with `location: true` and `over: digest`: a digest lists text, and a digest of pins
+    // would be built as a log line, which the Telegram channel refuses for good.
+    let mut b =
+        Bench::new("  - { name: all, match: { type: alarm }, notify: [{ channel: pinned }] }\n");
+    for i in 0..3 {
+        b.alarm(1, "vibration", T0 + i * S).await;
+    }
+    let rows = b.rows().await;
+    use Status::*;
+    // The first message takes the hour's slot; the other two wait in one digest (written just before
+    // its first item). Every pin is over the limit and recorded as suppressed, none in a digest.
+    assert_eq!(
+        statuses(&rows),
+        [Pending, Suppressed, Pending, Grouped, Suppressed, Grouped, Suppressed]
+    );
+    for pin in [&rows[1], &rows[4], &rows[6]] {
+        assert_eq!(
+            pin.reason.as_deref(),
+            Some("over the rate limit (1 per 1h): map pins are left out of digests")
+        );
+    }
+    let items = b.store.digest_items(rows[2].id).await.unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(
+        items.iter().all(|i| i.contains("telegram_text")),
+        "{items:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_backfill_is_debounced_on_the_events_own_times() {
+    // A reconnect fetches what the socket missed: an exit and, an hour later, the return. Both arrive
+    // within milliseconds, two hours late; they are an hour apart, no jitter, and both are notified.
+    let mut b = Bench::new(GEOFENCE);
+    let at = T0 + 120 * M;
+    let exit = b.event("geofenceExit", 5, json!({}), 9);
+    let enter = b.event("geofenceEnter", 5, json!({}), 9);
+    b.ingest_late(&exit, T0, at).await;
+    b.ingest_late(&enter, T0 + 60 * M, at + 5).await;
+    let rows = b.rows().await;
+    assert_eq!(statuses(&rows), [Status::Pending; 2], "{rows:?}");
+    // Still held for the debounce after they arrived: a return later in the same backfill can cancel.
+    let due: Vec<Option<&str>> = rows.iter().map(|r| r.next_attempt_at.as_deref()).collect();
+    assert_eq!(
+        due,
+        [
+            Some("2026-01-14T14:02:00.000Z"),
+            Some("2026-01-14T14:02:00.005Z")
+        ]
+    );
+
+    // Real jitter inside a backfill (another geofence: out and back within 40 s) is still silent.
+    let exit = b.event("geofenceExit", 5, json!({}), 10);
+    let enter = b.event("geofenceEnter", 5, json!({}), 10);
+    b.ingest_late(&exit, T0 + 30 * M, at + 10).await;
+    b.ingest_late(&enter, T0 + 30 * M + 40 * S, at + 15).await;
+    let rows = b.rows().await;
+    assert_eq!(
+        statuses(&rows[2..]),
+        [Status::Suppressed; 2],
+        "{:?}",
+        &rows[2..]
+    );
+}
+
+#[tokio::test]
+async fn a_late_event_is_judged_by_the_quiet_hours_of_its_own_time() {
+    let mut b = Bench::new(
+        "  - name: battery\n    match: { type: alarm, alarm: lowBattery }\n    \
+         schedule: { timezone: Europe/Vienna, quiet: \"22:00-07:00\" }\n    notify: [{ channel: out }]\n",
+    );
+    // Happened at 23:30 in Vienna, in the quiet hours; replayed at 09:00 the next morning: dropped.
+    let night = b.event("alarm", 1, json!({ "alarm": "lowBattery" }), 0);
+    b.ingest_late(
+        &night,
+        ms("2026-01-14T22:30:00Z"),
+        ms("2026-01-15T08:00:00Z"),
+    )
+    .await;
+    // Happened at 13:00; a sender's retry brings it at 23:00, in the quiet hours: sent.
+    let noon = b.event("alarm", 1, json!({ "alarm": "lowBattery" }), 0);
+    b.ingest_late(
+        &noon,
+        ms("2026-01-15T12:00:00Z"),
+        ms("2026-01-15T22:00:00Z"),
+    )
+    .await;
+    let rows = b.rows().await;
+    assert_eq!(statuses(&rows), [Status::Suppressed, Status::Pending]);
+    assert!(rows[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("quiet hours `22:00-07:00`"));
+    assert_eq!(
+        rows[1].next_attempt_at.as_deref(),
+        Some("2026-01-15T22:00:00.000Z"),
+        "sent when it arrives"
+    );
+}
+
+#[tokio::test]
+async fn a_late_event_does_not_set_live_noise_state_back() {
+    // A live exit is held. A backfilled enter from an hour before arrives: no jitter with it, so sent,
+    // and it must not replace the held exit, or the live return that follows would not cancel it.
+    let mut b = Bench::new(GEOFENCE);
+    let exit = b.event("geofenceExit", 5, json!({}), 9);
+    let old_enter = b.event("geofenceEnter", 5, json!({}), 9);
+    let enter = b.event("geofenceEnter", 5, json!({}), 9);
+    b.ingest_at(&exit, T0).await;
+    b.ingest_late(&old_enter, T0 - 60 * M, T0 + S).await;
+    b.ingest_at(&enter, T0 + 30 * S).await;
+    let rows = b.rows().await;
+    use Status::*;
+    assert_eq!(
+        statuses(&rows),
+        [Suppressed, Pending, Suppressed],
+        "{rows:?}"
+    );
+    assert!(rows[0].reason.as_deref().unwrap().contains("jitter"));
+
+    // Same for a cooldown: the live notification's period holds after an old alarm was notified.
+    let mut b = Bench::new(THEFT);
+    b.alarm(1, "vibration", T0).await;
+    let old = b.event("alarm", 1, json!({ "alarm": "vibration" }), 0);
+    b.ingest_late(&old, T0 - 60 * M, T0 + S).await;
+    b.alarm(1, "vibration", T0 + 2 * M).await;
+    b.alarm(1, "vibration", T0 + 10 * M).await;
+    let rows = b.rows().await;
+    assert_eq!(
+        statuses(&rows),
+        [Pending, Pending, Suppressed, Pending],
+        "{rows:?}"
+    );
+    // An old alarm within the period before the live notification counts as held back, too.
+    let close = b.event("alarm", 1, json!({ "alarm": "vibration" }), 0);
+    b.ingest_late(&close, T0 + 5 * M, T0 + 11 * M).await;
+    assert_eq!(b.rows().await[4].status, Suppressed);
 }

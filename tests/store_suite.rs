@@ -95,6 +95,7 @@ suite!(
     a_cooldown_holds_across_instances_under_a_race,
     one_digest_per_group_across_instances,
     a_return_at_another_instance_cancels_a_held_exit,
+    late_events_are_judged_at_their_own_time,
     silences_are_shared,
 );
 
@@ -260,6 +261,57 @@ async fn a_return_at_another_instance_cancels_a_held_exit(b: Backend) {
         .is_empty());
 }
 
+/// A backfill: events that happened far apart arrive within milliseconds. The store judges them at
+/// `judged_at_ms` (their own times) and sends on `received_at_ms`.
+async fn late_events_are_judged_at_their_own_time(b: Backend) {
+    let (x, y) = (b.open().await, b.open().await);
+    let geo = |fence: i64, t: &str| Gates {
+        debounce: Some(DebounceGate {
+            key: format!("geo/5/{fence}"),
+            transition: t.into(),
+            delay_ms: 120_000,
+        }),
+        ..Default::default()
+    };
+    let late = |id: i64, happened: i64, at: i64, fence: i64, t: &str| {
+        let mut e = event(id, at, vec![gated(&format!("d{id}"), geo(fence, t))]);
+        e.judged_at_ms = happened;
+        e.debounce = Some(trackrelay::noise::DebounceProbe {
+            key: format!("geo/5/{fence}"),
+            transition: t.into(),
+        });
+        e
+    };
+    let at = 10_000_000;
+    // An hour apart: no jitter, both held for the debounce after they arrived.
+    x.accept(late(600, 1_000_000, at, 9, "geofenceExit"))
+        .await
+        .unwrap();
+    y.accept(late(601, 4_600_000, at + 5, 9, "geofenceEnter"))
+        .await
+        .unwrap();
+    let pending = with_status(&*x, Status::Pending).await;
+    let mut due: Vec<Option<String>> = pending.iter().map(|r| r.next_attempt_at.clone()).collect();
+    due.sort();
+    assert_eq!(
+        due,
+        [Some(rfc3339(at + 120_000)), Some(rfc3339(at + 120_005))]
+    );
+    // Forty seconds apart by their own times: jitter, the held exit is cancelled at either instance.
+    x.accept(late(602, 2_000_000, at + 10, 10, "geofenceExit"))
+        .await
+        .unwrap();
+    y.accept(late(603, 2_040_000, at + 15, 10, "geofenceEnter"))
+        .await
+        .unwrap();
+    let suppressed = with_status(&*x, Status::Suppressed).await;
+    assert_eq!(suppressed.len(), 2, "{suppressed:?}");
+    assert!(suppressed
+        .iter()
+        .all(|r| r.reason.as_deref().unwrap().contains("jitter")));
+    assert_eq!(with_status(&*y, Status::Pending).await.len(), 2);
+}
+
 async fn silences_are_shared(b: Backend) {
     use trackrelay::noise::silence::{Matchers, NewSilence};
     let (x, y) = (b.open().await, b.open().await);
@@ -317,6 +369,7 @@ fn event(id: i64, at: i64, deliveries: Vec<NewDelivery>) -> NewEvent {
         device_id: 1,
         event_type: "alarm".into(),
         received_at_ms: at,
+        judged_at_ms: at,
         txn: None,
         payload: "{}".into(),
         deliveries,

@@ -19,7 +19,7 @@ pub const DEFAULT_SUBJECT: &str = "{{ title }}: {{ device.name }}";
 /// Default body template (the HTML part is the same template, HTML-escaped).
 pub const DEFAULT_TEMPLATE: &str = "{{ title }}\n\nDevice: {{ device.name }}\nTime: {{ time_local }}\
 {% if position %}\nSpeed: {{ speed_kmh }} km/h{% if position.address %}\nAddress: {{ position.address }}{% endif %}\
-\nMap: {{ map_url }}{% endif %}{% if geofence %}\nGeofence: {{ geofence.name }}{% endif %}";
+{% if map_url %}\nMap: {{ map_url }}{% endif %}{% endif %}{% if geofence %}\nGeofence: {{ geofence.name }}{% endif %}";
 
 /// How the SMTP connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

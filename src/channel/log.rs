@@ -10,7 +10,7 @@ use crate::notification::{Content, Notification};
 
 /// Default template of log and webhook messages: one headline, the device, the time, where.
 pub const DEFAULT_TEMPLATE: &str = "{{ title }}: {{ device.name }} at {{ time_local }}\
-{% if position %} ({% if position.address %}{{ position.address }}, {% endif %}{{ speed_kmh }} km/h) {{ map_url }}{% endif %}";
+{% if position %} ({% if position.address %}{{ position.address }}, {% endif %}{{ speed_kmh }} km/h){% if map_url %} {{ map_url }}{% endif %}{% endif %}";
 
 /// Writes to standard output.
 #[derive(Debug, Default)]

@@ -23,15 +23,15 @@ pub const DEFAULT_API_URL: &str = "https://api.telegram.org";
 /// Default template in HTML mode.
 pub const DEFAULT_TEMPLATE_HTML: &str = "<b>{{ title }}</b>\n{{ device.name }} · {{ time_local }}\
 {% if position %}\n{{ speed_kmh }} km/h{% if position.address %} · {{ position.address }}{% endif %}\
-\n<a href=\"{{ map_url }}\">Map</a>{% endif %}";
+{% if map_url %}\n<a href=\"{{ map_url }}\">Map</a>{% endif %}{% endif %}";
 /// Default template in MarkdownV2 mode (literal reserved characters escaped by hand).
 pub const DEFAULT_TEMPLATE_MDV2: &str = "*{{ title }}*\n{{ device.name }} · {{ time_local }}\
 {% if position %}\n{{ speed_kmh }} km/h{% if position.address %} · {{ position.address }}{% endif %}\
-\n[Map]({{ map_url }}){% endif %}";
+{% if map_url %}\n[Map]({{ map_url }}){% endif %}{% endif %}";
 /// Default template in plain mode.
 pub const DEFAULT_TEMPLATE_PLAIN: &str = "{{ title }}\n{{ device.name }} · {{ time_local }}\
 {% if position %}\n{{ speed_kmh }} km/h{% if position.address %} · {{ position.address }}{% endif %}\
-\n{{ map_url }}{% endif %}";
+{% if map_url %}\n{{ map_url }}{% endif %}{% endif %}";
 
 /// Validated Telegram settings.
 #[derive(Debug, Clone)]

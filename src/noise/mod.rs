@@ -217,6 +217,10 @@ pub struct RateGate {
     pub per_ms: i64,
     /// Over the limit.
     pub over: Over,
+    /// The delivery cannot be listed in a digest (a map pin): over the limit with `over: digest` it is
+    /// suppressed, and takes no slot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_digest: bool,
 }
 
 /// One row of noise state. The fields mean what the key's kind says (see [`Decider`]); unknown fields
@@ -229,7 +233,8 @@ pub struct State {
     /// Events suppressed by a cooldown since its last notification.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub count: u64,
-    /// First suppression of `count`.
+    /// Cooldown: first suppression of `count`. Debounce: when the held transition happened (0 in rows
+    /// of older versions).
     #[serde(default, skip_serializing_if = "is_zero_i")]
     pub since: i64,
     /// Debounce: the transition being held.
@@ -295,10 +300,39 @@ pub enum Verdict {
 /// A held delivery to cancel: (hold key, reason).
 pub type Cancel = (String, String);
 
+/// An event whose own time is more than this before its arrival is judged at its own time (see
+/// [`judged_at`]), in ms. It is longer than a live event takes to arrive: the webhook is forwarded at
+/// once, the live source holds an event for its position for about 2 s and then reads it from the
+/// server, and hosts kept by NTP differ by milliseconds; such events keep being judged at their
+/// arrival, on one clock. It is shorter than the windows it matters to (a 2-minute debounce, a 10-minute
+/// cooldown): what arrives later than this (a backfill after a reconnect, a sender's retry) has
+/// been squeezed together in time, and only its own times say what happened within a window.
+pub const LATE_EVENT_MS: i64 = 30_000;
+
+/// The time noise control judges an event at: its own time ([`Envelope::own_time`]) when that is
+/// more than [`LATE_EVENT_MS`] before `received_at_ms`, else its arrival. The dedup, cooldown and
+/// debounce windows and the schedule use it; when a notification is sent (holds, rate limits,
+/// digests) stays on the arrival clock, since it is about what the recipient gets now.
+///
+/// [`Envelope::own_time`]: crate::event::Envelope::own_time
+pub fn judged_at(env: &crate::event::Envelope, received_at_ms: i64) -> i64 {
+    match env.own_time().map(|t| t.timestamp_millis()) {
+        Some(t) if t < received_at_ms - LATE_EVENT_MS => t,
+        _ => received_at_ms,
+    }
+}
+
 /// Decides the gates of one event's deliveries over loaded state, at `now`. Each key is decided once
 /// per event (the answer is reused by the event's other deliveries of the same rule).
+///
+/// Two clocks: `now`, the arrival, says when deliveries go (holds, rate limits, digests); `at`, the
+/// time the event is judged at ([`judged_at`]), says which dedup, cooldown and debounce window it
+/// falls in. A late event can be older than what a state row records (a live event came first): it is
+/// judged against that row on both sides of it, and never sets it back, so the row stays right for
+/// the live events that follow.
 pub struct Decider<'a> {
     now: i64,
+    at: i64,
     states: &'a mut HashMap<String, StateRow>,
     memo: HashMap<String, Result<Option<String>, String>>,
     /// Held deliveries the event cancels.
@@ -315,11 +349,18 @@ impl<'a> Decider<'a> {
     pub fn new(now: i64, states: &'a mut HashMap<String, StateRow>) -> Decider<'a> {
         Decider {
             now,
+            at: now,
             states,
             memo: HashMap::new(),
             cancels: Vec::new(),
             dirty: Vec::new(),
         }
+    }
+
+    /// Judges the event at `at` (see [`judged_at`]) rather than at its arrival.
+    pub fn judging_at(mut self, at: i64) -> Decider<'a> {
+        self.at = at;
+        self
     }
 
     fn state(&self, key: &str) -> State {
@@ -343,12 +384,13 @@ impl<'a> Decider<'a> {
     pub fn probe(&mut self, p: &DebounceProbe) {
         let s = self.state(&p.key);
         if let Some(held) = &s.held {
-            if *held != p.transition && self.now < s.until {
+            if *held != p.transition && self.near_held(&s) {
                 let reason = format!(
                     "debounce: {held} then {} within the debounce window (GPS jitter at the border); neither is sent",
                     p.transition
                 );
-                self.cancels.push((p.key.clone(), reason.clone()));
+                self.cancels
+                    .push((hold_key(&p.key, s.since), reason.clone()));
                 self.put(&p.key, State::default(), 0);
                 self.memo.insert(p.key.clone(), Err(reason));
             }
@@ -380,7 +422,7 @@ impl<'a> Decider<'a> {
                 Err(reason) => return Verdict::Suppress(reason),
                 Ok(_) => {
                     at = at.max(self.now + b.delay_ms);
-                    hold_key = Some(b.key.clone());
+                    hold_key = Some(self::hold_key(&b.key, self.at));
                     waits_for = Some(format!(
                         "debounce: held {} in case of a return across the border",
                         human_ms(b.delay_ms)
@@ -408,6 +450,13 @@ impl<'a> Decider<'a> {
                             human_ms(r.per_ms)
                         ));
                         at = slot;
+                    }
+                    Over::Digest if r.no_digest => {
+                        return Verdict::Suppress(format!(
+                            "over the rate limit ({} per {}): map pins are left out of digests",
+                            r.max,
+                            human_ms(r.per_ms)
+                        ));
                     }
                     Over::Digest => {
                         let due = self.group_due(&r.digest_key, 0, 0, slot);
@@ -449,46 +498,72 @@ impl<'a> Decider<'a> {
 
     fn dedup(&mut self, d: &KeyedWindow) -> Result<Option<String>, String> {
         let s = self.state(&d.key);
-        if self.now < s.until {
+        // The row's window runs from the identical event notified last.
+        let notified = s.until - d.window_ms;
+        let gap = self.at - notified;
+        if s.until > 0 && gap.abs() < d.window_ms {
+            let when = if gap >= 0 {
+                format!("{} before", human_ms(gap))
+            } else {
+                format!("{} after this one happened", human_ms(-gap))
+            };
             return Err(format!(
-                "duplicate: an identical event was notified {} before (dedup window {})",
-                human_ms(self.now - (s.until - d.window_ms)),
+                "duplicate: an identical event was notified {when} (dedup window {})",
                 human_ms(d.window_ms)
             ));
         }
-        self.put(
-            &d.key,
-            State {
-                until: self.now + d.window_ms,
-                ..Default::default()
-            },
-            0,
-        );
+        if self.at + d.window_ms > s.until {
+            self.put(
+                &d.key,
+                State {
+                    until: self.at + d.window_ms,
+                    ..Default::default()
+                },
+                0,
+            );
+        }
         Ok(None)
     }
 
     fn cooldown(&mut self, c: &CooldownGate) -> Result<Option<String>, String> {
         let mut s = self.state(&c.key);
-        if self.now < s.until {
-            if s.count == 0 {
-                s.since = self.now;
-            }
+        // The key was notified last at `notified`; a late event older than that is also quiet within
+        // the period before it (one notification per period either way).
+        let notified = s.until - c.period_ms;
+        if s.until > 0 && self.at < s.until && self.at > notified - c.period_ms {
+            s.since = if s.count == 0 {
+                self.at
+            } else {
+                s.since.min(self.at)
+            };
             s.count += 1;
             let until = s.until;
             self.put(&c.key, s, 0);
-            return Err(format!(
-                "cooldown: `{}` notified less than {} ago, quiet until {}",
-                c.key.split_once('/').map(|x| x.1).unwrap_or(&c.key),
-                human_ms(c.period_ms),
-                rfc3339(until)
-            ));
+            let key = c.key.split_once('/').map(|x| x.1).unwrap_or(&c.key);
+            return Err(if self.at >= notified {
+                format!(
+                    "cooldown: `{key}` notified less than {} ago, quiet until {}",
+                    human_ms(c.period_ms),
+                    rfc3339(until)
+                )
+            } else {
+                format!(
+                    "cooldown: `{key}` notified less than {} after this event happened",
+                    human_ms(c.period_ms)
+                )
+            });
+        }
+        if self.at < notified {
+            // Older than the notification the row records, and outside its period: notified, and
+            // the row (with its count) is kept for the live events that follow.
+            return Ok(None);
         }
         let note = (c.summary && s.count > 0)
             .then(|| format!("({} more suppressed since {})", s.count, rfc3339(s.since)));
         self.put(
             &c.key,
             State {
-                until: self.now + c.period_ms,
+                until: self.at + c.period_ms,
                 ..Default::default()
             },
             0,
@@ -496,29 +571,49 @@ impl<'a> Decider<'a> {
         Ok(note)
     }
 
+    /// Whether a transition at the judged time is within the debounce window of the one `s` holds,
+    /// on either side of it: a late event can be older than the held transition.
+    fn near_held(&self, s: &State) -> bool {
+        // The held transition happened at `since` and its window ends at `until`. Rows of older
+        // versions have no `since` and compare as they did: before `until`.
+        let delay = s.until - s.since;
+        self.at < s.until && self.at > s.since - delay
+    }
+
     fn debounce(&mut self, b: &DebounceGate) -> Result<Option<String>, String> {
         let s = self.state(&b.key);
         match &s.held {
-            Some(held) if *held != b.transition && self.now < s.until => {
+            Some(held) if *held != b.transition && self.near_held(&s) => {
                 let reason = format!(
                     "debounce: {held} and {} within {} (GPS jitter at the border); neither is sent",
                     b.transition,
                     human_ms(b.delay_ms)
                 );
-                self.cancels.push((b.key.clone(), reason.clone()));
+                self.cancels
+                    .push((hold_key(&b.key, s.since), reason.clone()));
                 self.put(&b.key, State::default(), 0);
                 Err(reason)
             }
             _ => {
-                self.put(
-                    &b.key,
-                    State {
-                        until: self.now + b.delay_ms,
-                        held: Some(b.transition.clone()),
-                        ..Default::default()
-                    },
-                    0,
-                );
+                let held_at = if s.since > 0 {
+                    s.since
+                } else {
+                    s.until - b.delay_ms
+                };
+                // A late transition older than the held one leaves it held: a live return within
+                // its window must still cancel it.
+                if s.held.is_none() || self.at >= held_at {
+                    self.put(
+                        &b.key,
+                        State {
+                            until: self.at + b.delay_ms,
+                            held: Some(b.transition.clone()),
+                            since: self.at,
+                            ..Default::default()
+                        },
+                        0,
+                    );
+                }
                 Ok(None)
             }
         }
@@ -560,6 +655,10 @@ impl<'a> Decider<'a> {
         };
         let over = slot > at;
         if over && r.over == Over::Digest {
+            if r.no_digest {
+                // Suppressed (see `decide`): the slot stays free for what a digest can carry.
+                return (slot, true);
+            }
             // A digest already waiting takes the item without a slot of its own.
             let open = self.state(&r.digest_key);
             if open.until > self.now {
@@ -579,6 +678,18 @@ impl<'a> Decider<'a> {
 /// Rate limits count at most this many messages per period (the log of send times is kept per
 /// recipient).
 pub const MAX_RATE: u32 = 1000;
+
+/// The hold key of a transition of the debounce state `key` that happened at `at`: a return cancels
+/// the deliveries of the transition its state row holds, not others of the same device and geofence
+/// (a late one from an hour before, held after it arrived, is no jitter of it). Rows of older versions
+/// hold by the bare key, and their state rows have no time.
+fn hold_key(key: &str, at: i64) -> String {
+    if at == 0 {
+        key.to_string()
+    } else {
+        format!("{key}@{at}")
+    }
+}
 
 /// The debounce state key of a geofence event: its device and geofence.
 pub fn debounce_key(env: &crate::event::Envelope) -> String {

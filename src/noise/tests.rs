@@ -200,6 +200,7 @@ fn rate(max: u32, per: i64, over: Over) -> Gates {
             max,
             per_ms: per,
             over,
+            no_digest: false,
         }),
         ..Default::default()
     }

@@ -30,8 +30,12 @@ pub struct NewEvent {
     pub device_id: i64,
     /// Event type.
     pub event_type: String,
-    /// Receive time, unix ms.
+    /// Receive time, unix ms: the clock deliveries are sent on.
     pub received_at_ms: i64,
+    /// The time noise control judges the event at (dedup, cooldown and debounce windows), unix ms: the
+    /// event's own time when it arrived late (a backfill, a sender's retry), else `received_at_ms`.
+    /// See [`crate::noise::judged_at`].
+    pub judged_at_ms: i64,
     /// `X-PowTxn`.
     pub txn: Option<String>,
     /// The body as received; empty for an event no rule matched, unless
@@ -386,7 +390,7 @@ pub fn decide_noise<E>(
     } else {
         load(&keys)?
     };
-    let mut decider = Decider::new(e.received_at_ms, &mut states);
+    let mut decider = Decider::new(e.received_at_ms, &mut states).judging_at(e.judged_at_ms);
     if let Some(p) = &e.debounce {
         decider.probe(p);
     }
