@@ -27,6 +27,7 @@ pub struct Metrics {
     reloads: Family<Labels, Counter>,
     reload_time: Gauge<f64, AtomicU64>,
     reload_ok: Gauge,
+    stale_outcomes: Counter,
 }
 
 /// Delivery latency buckets: 5 ms to about 3 h (event received -> accepted by the peer; retries included).
@@ -54,6 +55,7 @@ impl Metrics {
             reloads: Family::default(),
             reload_time: Gauge::default(),
             reload_ok: Gauge::default(),
+            stale_outcomes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -96,6 +98,11 @@ impl Metrics {
             "config_last_reload_success",
             "1 if the last reload attempt succeeded",
             m.reload_ok.clone(),
+        );
+        registry.register(
+            "delivery_outcomes_stale",
+            "Delivery outcomes not recorded because the delivery had been claimed again meanwhile (its lease ran out)",
+            m.stale_outcomes.clone(),
         );
         registry.register(
             "build",
@@ -146,6 +153,11 @@ impl Metrics {
             .inc();
         self.reload_time.set(unix_s);
         self.reload_ok.set(i64::from(ok));
+    }
+
+    /// An outcome was dropped: its delivery is no longer in flight under the claim it came from.
+    pub fn stale_outcome(&self) {
+        self.stale_outcomes.inc();
     }
 
     /// Renders the text format, with the outbox gauges set from `counts` and `oldest_due_age_s` first.
