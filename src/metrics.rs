@@ -28,6 +28,7 @@ pub struct Metrics {
     reload_time: Gauge<f64, AtomicU64>,
     reload_ok: Gauge,
     stale_outcomes: Counter,
+    silences_unreadable: Gauge,
 }
 
 /// Delivery latency buckets: 5 ms to about 3 h (event received -> accepted by the peer; retries included).
@@ -56,6 +57,7 @@ impl Metrics {
             reload_time: Gauge::default(),
             reload_ok: Gauge::default(),
             stale_outcomes: Counter::default(),
+            silences_unreadable: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -103,6 +105,11 @@ impl Metrics {
             "delivery_outcomes_stale",
             "Delivery outcomes not recorded because the delivery had been claimed again meanwhile (its lease ran out)",
             m.stale_outcomes.clone(),
+        );
+        registry.register(
+            "silences_unreadable",
+            "Silences not ended whose matchers cannot be read (another version's, or invalid): they mute nothing",
+            m.silences_unreadable.clone(),
         );
         registry.register(
             "build",
@@ -158,6 +165,11 @@ impl Metrics {
     /// An outcome was dropped: its delivery is no longer in flight under the claim it came from.
     pub fn stale_outcome(&self) {
         self.stale_outcomes.inc();
+    }
+
+    /// How many silences not yet ended cannot be read (and so are not applied).
+    pub fn silences_unreadable(&self, n: usize) {
+        self.silences_unreadable.set(n as i64);
     }
 
     /// Renders the text format, with the outbox gauges set from `counts` and `oldest_due_age_s` first.

@@ -53,6 +53,18 @@ impl Backend {
         }
     }
 
+    /// Runs `sql` on the database directly, past the store: rows another version (or damage) left.
+    async fn execute(&self, sql: &str) {
+        match self {
+            Backend::Sqlite(dir) => {
+                rusqlite::Connection::open(dir.path().join(trackrelay::store::sqlite::DB_FILE))
+                    .and_then(|c| c.execute_batch(sql))
+                    .expect(sql);
+            }
+            Backend::Postgres(url) => support::pg::execute(url, sql).await,
+        }
+    }
+
     /// Whether several processes share the database (then only expired leases are recovered).
     fn shared(&self) -> bool {
         matches!(self, Backend::Postgres(_))
@@ -96,6 +108,7 @@ suite!(
     one_digest_per_group_across_instances,
     a_return_at_another_instance_cancels_a_held_exit,
     silences_are_shared,
+    an_unreadable_silence_mutes_nothing_and_is_reported,
     a_late_outcome_of_an_expired_claim_changes_nothing,
     an_intake_claim_is_numbered_like_any_claim,
 );
@@ -295,6 +308,111 @@ async fn silences_are_shared(b: Backend) {
     let pruned = x.prune(5000 + 2 * 86_400_000, day, day).await.unwrap();
     assert_eq!(pruned.state, 1);
     assert!(y.silences().await.unwrap().is_empty());
+}
+
+async fn an_unreadable_silence_mutes_nothing_and_is_reported(b: Backend) {
+    use trackrelay::metrics::Metrics;
+    use trackrelay::noise::silence::{Matchers, NewSilence, SilenceCache, SilenceSet, Subject};
+    let store = b.open().await;
+    let far = 10_000_000_000_000_i64;
+    let good = store
+        .add_silence(
+            NewSilence {
+                matchers: Matchers {
+                    device: Some("42".into()),
+                    ..Default::default()
+                },
+                starts_at_ms: 0,
+                ends_at_ms: far,
+                author: "ops".into(),
+                comment: "workshop".into(),
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    // Rows another version (or damage) left: a matcher this version does not know, matchers that are
+    // not JSON, an invalid glob, no matcher at all. Read as "no matchers", each would mute everything.
+    b.execute(&format!(
+        "INSERT INTO silences (matchers, starts_at, ends_at, author, comment, created_at) VALUES
+             ('{{\"device\": \"7\", \"severity\": \"low\"}}', 0, {far}, 'newer', '', 0),
+             ('{{\"device\": ', 0, {far}, 'damaged', '', 0),
+             ('{{\"rule\": \"[\"}}', 0, {far}, 'glob', '', 0),
+             ('{{}}', 0, {far}, 'empty', '', 0)"
+    ))
+    .await;
+    let all = store.silences().await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[0], good);
+    let bad: Vec<i64> = all[1..].iter().map(|s| s.id).collect();
+    let reasons: Vec<&str> = all[1..]
+        .iter()
+        .map(|s| s.unreadable.as_deref().expect("marked unreadable"))
+        .collect();
+    assert!(reasons[0].contains("severity"), "{}", reasons[0]);
+    assert!(
+        reasons[1].starts_with("matchers unreadable"),
+        "{}",
+        reasons[1]
+    );
+    assert!(reasons[2].starts_with("rule: `[`"), "{}", reasons[2]);
+    assert!(
+        reasons[3].contains("at least one matcher"),
+        "{}",
+        reasons[3]
+    );
+    // Listed as unreadable, with the reason and no matchers (an empty set would read as "all").
+    for s in &all[1..] {
+        let v = serde_json::to_value(s.view(1000)).unwrap();
+        assert_eq!(v["state"], "unreadable", "{v}");
+        assert!(v["matchers"].is_null(), "{v}");
+        assert_eq!(v["error"].as_str(), s.unreadable.as_deref());
+    }
+    // They match nothing; the readable one still applies.
+    let subject = |device_id| Subject {
+        device_id,
+        device_name: "bike",
+        group_id: 0,
+        rule: "theft",
+        event_type: "alarm",
+        channel: "c",
+    };
+    let set = SilenceSet::new(all, 1000);
+    assert_eq!(set.len(), 1);
+    assert_eq!(
+        set.unreadable()
+            .iter()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>(),
+        bad
+    );
+    assert!(set.find(&subject(7), 1000).is_none());
+    assert_eq!(set.find(&subject(42), 1000).map(|s| s.id), Some(good.id));
+    // Reported in the metrics: how many not ended cannot be read.
+    let metrics = Arc::new(Metrics::new());
+    let cache = SilenceCache::new(metrics.clone());
+    cache.refresh(&*store).await.unwrap();
+    assert!(cache.get().find(&subject(7), now_ms()).is_none());
+    let gauge = |m: &Metrics| {
+        m.render(&[], 0.0)
+            .lines()
+            .find(|l| l.starts_with("trackrelay_silences_unreadable "))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        gauge(&metrics).as_deref(),
+        Some("trackrelay_silences_unreadable 4")
+    );
+    // Expiring one works as for any silence (how an operator clears it).
+    let now = now_ms();
+    let ended = store.expire_silence(bad[0], now).await.unwrap();
+    assert!(ended.unreadable.is_some());
+    assert_eq!(ended.view(now).state, "expired");
+    cache.refresh(&*store).await.unwrap();
+    assert_eq!(
+        gauge(&metrics).as_deref(),
+        Some("trackrelay_silences_unreadable 3")
+    );
 }
 
 /// The only delivery, as listed.

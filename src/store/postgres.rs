@@ -774,16 +774,17 @@ impl PgStore {
     }
 }
 
+/// A silence row; matchers this version cannot use mark it unreadable (it then mutes nothing).
 fn read_silence(r: &tokio_postgres::Row) -> Silence {
-    Silence {
-        id: r.get(0),
-        matchers: serde_json::from_str(r.get(1)).unwrap_or_default(),
-        starts_at_ms: r.get(2),
-        ends_at_ms: r.get(3),
-        author: r.get(4),
-        comment: r.get(5),
-        created_at_ms: r.get(6),
-    }
+    Silence::stored(
+        r.get(0),
+        r.get(1),
+        r.get(2),
+        r.get(3),
+        r.get(4),
+        r.get(5),
+        r.get(6),
+    )
 }
 
 const SILENCE_COLUMNS: &str = "id, matchers, starts_at, ends_at, author, comment, created_at";

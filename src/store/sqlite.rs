@@ -582,17 +582,18 @@ fn save_states(c: &Connection, writes: &[(String, StateRow)]) -> Result<(), Stor
     Ok(())
 }
 
+/// A silence row; matchers this version cannot use mark it unreadable (it then mutes nothing).
 fn read_silence(r: &rusqlite::Row<'_>) -> rusqlite::Result<Silence> {
     let matchers: String = r.get(1)?;
-    Ok(Silence {
-        id: r.get(0)?,
-        matchers: serde_json::from_str(&matchers).unwrap_or_default(),
-        starts_at_ms: r.get(2)?,
-        ends_at_ms: r.get(3)?,
-        author: r.get(4)?,
-        comment: r.get(5)?,
-        created_at_ms: r.get(6)?,
-    })
+    Ok(Silence::stored(
+        r.get(0)?,
+        &matchers,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
 }
 
 const SILENCE_COLUMNS: &str = "id, matchers, starts_at, ends_at, author, comment, created_at";
