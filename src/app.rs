@@ -89,7 +89,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let wake = Arc::new(Notify::new());
     // The fast lane holds at most one worker pool's worth of deliveries claimed at intake.
     let (fast_tx, fast_rx) = tokio::sync::mpsc::channel(workers_n);
-    let silences = Arc::new(SilenceCache::default());
+    let silences = Arc::new(SilenceCache::new(metrics.clone()));
     silences
         .refresh(store.as_ref())
         .await

@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::noise::digest;
 use crate::notification::{Content, Notification};
 use crate::retry::{Decision, RetryPolicy};
-use crate::store::{now_ms, Claimed, Outcome, Store, StoreError};
+use crate::store::{now_ms, ClaimRef, Claimed, Outcome, Store, StoreError};
 
 /// A send taking longer than this (or than half the claim's lease, `storage.lease`, if that is shorter)
 /// is abandoned and retried, whatever the channel's own timeout: a claim never runs out while its
@@ -58,9 +58,9 @@ impl Dispatcher {
     /// Claims and outcomes go to the store in batches: when idle at once, under load every
     /// [`GATHER`] or a quarter of the workers, whichever comes first.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut tasks: JoinSet<(i64, Outcome)> = JoinSet::new();
+        let mut tasks: JoinSet<(ClaimRef, Outcome)> = JoinSet::new();
         let mut recording: JoinSet<()> = JoinSet::new();
-        let mut finished: Vec<(i64, Outcome)> = Vec::new();
+        let mut finished: Vec<(ClaimRef, Outcome)> = Vec::new();
         // Recordings waiting for the database: no new claims meanwhile, so this instance does not claim
         // its own sent deliveries again if their lease ran out during an outage.
         let stalled = Arc::new(AtomicUsize::new(0));
@@ -168,7 +168,7 @@ impl Dispatcher {
         while recording.join_next().await.is_some() {}
     }
 
-    fn spawn(&self, tasks: &mut JoinSet<(i64, Outcome)>, d: Claimed) {
+    fn spawn(&self, tasks: &mut JoinSet<(ClaimRef, Outcome)>, d: Claimed) {
         let (shared, metrics, store) = (
             self.shared.clone(),
             self.metrics.clone(),
@@ -183,7 +183,7 @@ impl Dispatcher {
     /// the same idempotency key.
     fn record(
         &self,
-        finished: &mut Vec<(i64, Outcome)>,
+        finished: &mut Vec<(ClaimRef, Outcome)>,
         recording: &mut JoinSet<()>,
         stalled: &Arc<AtomicUsize>,
     ) {
@@ -192,6 +192,7 @@ impl Dispatcher {
         }
         let batch = std::mem::take(finished);
         let (store, wake, stalled) = (self.store.clone(), self.wake.clone(), stalled.clone());
+        let metrics = self.metrics.clone();
         recording.spawn(async move {
             let n = batch.len();
             let give_up = tokio::time::Instant::now() + RECORD_PATIENCE;
@@ -200,7 +201,10 @@ impl Dispatcher {
             let mut waited = false;
             loop {
                 match store.finish(batch.clone(), now_ms()).await {
-                    Ok(()) => break,
+                    Ok(stale) => {
+                        dropped_stale(&metrics, &stale);
+                        break;
+                    }
                     Err(e @ (StoreError::Unavailable(_) | StoreError::Busy))
                         if tokio::time::Instant::now() + pause < give_up =>
                     {
@@ -232,12 +236,12 @@ async fn deliver(
     metrics: &Metrics,
     store: &dyn Store,
     d: Claimed,
-) -> (i64, Outcome) {
+) -> (ClaimRef, Outcome) {
     let n = match d.notification() {
         Ok(n) => n,
         Err(e) => {
             return (
-                d.id,
+                d.claim_ref(),
                 Outcome::Dead {
                     error: format!("stored notification unreadable: {e}"),
                 },
@@ -250,7 +254,7 @@ async fn deliver(
             Ok(n) => n,
             Err(e) => {
                 return (
-                    d.id,
+                    d.claim_ref(),
                     Outcome::Retry {
                         at_ms: now_ms() + 1000,
                         error: format!("cannot read the digest's items: {e}"),
@@ -312,7 +316,22 @@ async fn deliver(
             error = %error, "send failed; moved to dead letter"
         ),
     }
-    (d.id, outcome)
+    (d.claim_ref(), outcome)
+}
+
+/// Outcomes the store did not record because their claim was over: the lease ran out and another
+/// claim (this instance's or another's) now decides the delivery, or a retried recording had in fact
+/// landed. Dropping them is right; they are counted so that a lease too short for the sends shows.
+fn dropped_stale(metrics: &Metrics, stale: &[ClaimRef]) {
+    for at in stale {
+        metrics.stale_outcome();
+        tracing::warn!(
+            delivery = at.id,
+            claim = at.claim,
+            attempt = at.attempts,
+            "outcome not recorded: the delivery is no longer in flight under this claim (its lease ran out and it was claimed again)"
+        );
+    }
 }
 
 /// A digest's message, built from its items (read from the store: they are fixed once the digest is

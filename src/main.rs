@@ -320,6 +320,9 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 Some(s) => SilenceSet::new(s.silences().await?, now_ms()),
                 None => SilenceSet::default(),
             };
+            for (id, reason) in silences.unreadable() {
+                eprintln!("warning: silence #{id} cannot be read ({reason}): it mutes nothing");
+            }
             let x =
                 trackrelay::explain::explain(&cfg, &env, &raw, &silences, store.as_deref()).await;
             explain(&env, &x);
@@ -509,18 +512,18 @@ async fn silence(store: &dyn Store, action: SilenceAction) -> anyhow::Result<Exi
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 println!(
-                    "{:>5}  {:<8}  {:<25}  {:<12}  {:<40}  COMMENT",
+                    "{:>5}  {:<10}  {:<25}  {:<12}  {:<40}  COMMENT",
                     "ID", "STATE", "ENDS", "AUTHOR", "MATCHERS"
                 );
                 for s in list {
+                    // An unreadable silence mutes nothing: say why instead of showing no matchers.
+                    let matchers = match (&s.matchers, &s.error) {
+                        (Some(m), _) => m.describe(),
+                        (None, e) => format!("({})", e.as_deref().unwrap_or_default()),
+                    };
                     println!(
-                        "{:>5}  {:<8}  {:<25}  {:<12}  {:<40}  {}",
-                        s.id,
-                        s.state,
-                        s.ends_at,
-                        s.author,
-                        s.matchers.describe(),
-                        s.comment
+                        "{:>5}  {:<10}  {:<25}  {:<12}  {:<40}  {}",
+                        s.id, s.state, s.ends_at, s.author, matchers, s.comment
                     );
                 }
             }

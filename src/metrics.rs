@@ -28,6 +28,8 @@ pub struct Metrics {
     reload_time: Gauge<f64, AtomicU64>,
     reload_ok: Gauge,
     positions: Family<Labels, Counter>,
+    stale_outcomes: Counter,
+    silences_unreadable: Gauge,
 }
 
 /// Traccar's event types (its `Event.TYPE_*`), which include the relay's own zone crossings
@@ -97,6 +99,8 @@ impl Metrics {
             reload_time: Gauge::default(),
             reload_ok: Gauge::default(),
             positions: Family::default(),
+            stale_outcomes: Counter::default(),
+            silences_unreadable: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -144,6 +148,16 @@ impl Metrics {
             "source_event_positions",
             "Live-source events that refer to a position, by source and how it was joined: socket (its positions frame), rest (read from the server), missing (could not be had; the event went on without it)",
             m.positions.clone(),
+        );
+        registry.register(
+            "delivery_outcomes_stale",
+            "Delivery outcomes not recorded because the delivery had been claimed again meanwhile (its lease ran out)",
+            m.stale_outcomes.clone(),
+        );
+        registry.register(
+            "silences_unreadable",
+            "Silences not ended whose matchers cannot be read (another version's, or invalid): they mute nothing",
+            m.silences_unreadable.clone(),
         );
         registry.register(
             "build",
@@ -205,6 +219,16 @@ impl Metrics {
             .inc();
         self.reload_time.set(unix_s);
         self.reload_ok.set(i64::from(ok));
+    }
+
+    /// An outcome was dropped: its delivery is no longer in flight under the claim it came from.
+    pub fn stale_outcome(&self) {
+        self.stale_outcomes.inc();
+    }
+
+    /// How many silences not yet ended cannot be read (and so are not applied).
+    pub fn silences_unreadable(&self, n: usize) {
+        self.silences_unreadable.set(n as i64);
     }
 
     /// Renders the text format, with the outbox gauges set from `counts` and `oldest_due_age_s` first.

@@ -61,6 +61,7 @@ impl Bench {
             content: String::new(),
             attempts: 0,
             created_at_ms: 0,
+            claim: 0,
         })
         .unwrap();
         let pipeline = Pipeline {

@@ -207,3 +207,49 @@ async fn cooldowns_and_silences_through_the_admin_api() {
     );
     relay.stop().await;
 }
+
+/// A silence another version wrote (a matcher this one does not know) mutes nothing in a running
+/// relay: the alarm goes out, and the admin API and the metrics show the silence as unreadable.
+#[tokio::test]
+async fn an_unreadable_silence_mutes_nothing_and_is_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let yaml = format!(
+        "storage: {{ data_dir: \"{}\" }}\nadmin: {{ token: {ADMIN} }}\n\
+         channels: {{ hook: {{ type: webhook, url: \"{}\" }} }}\n\
+         rules:\n  - name: theft\n    match: {{ type: alarm }}\n    notify: [{{ channel: hook }}]\n",
+        dir.path().display(),
+        sink.url("/alarms")
+    );
+    let config = config_in(dir.path(), &yaml);
+    drop(trackrelay::store::sqlite::SqliteStore::open(&config.storage.data_dir, 16).unwrap());
+    rusqlite::Connection::open(
+        config
+            .storage
+            .data_dir
+            .join(trackrelay::store::sqlite::DB_FILE),
+    )
+    .unwrap()
+    .execute_batch(
+        "INSERT INTO silences (matchers, starts_at, ends_at, author, comment, created_at)
+         VALUES ('{\"device\": \"7\", \"severity\": \"low\"}', 0, 10000000000000, 'newer', 'x', 0)",
+    )
+    .unwrap();
+    let relay = Relay::start(config).await;
+    assert_eq!(
+        relay.post(event("alarm_vibration.json", 1, 7), &[]).await.0,
+        200
+    );
+    sink.wait_for(1, WAIT).await;
+    let (_, list) = admin_json(&relay, reqwest::Method::GET, "/api/silences", None).await;
+    let s = &list["silences"][0];
+    assert_eq!(s["state"], "unreadable", "{list}");
+    assert!(s["matchers"].is_null(), "{list}");
+    assert!(s["error"].as_str().unwrap().contains("severity"), "{list}");
+    let metrics = relay.metrics().await;
+    assert!(
+        metrics.contains("\ntrackrelay_silences_unreadable 1\n"),
+        "{metrics}"
+    );
+    relay.stop().await;
+}

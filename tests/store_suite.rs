@@ -53,6 +53,18 @@ impl Backend {
         }
     }
 
+    /// Runs `sql` on the database directly, past the store: rows another version (or damage) left.
+    async fn execute(&self, sql: &str) {
+        match self {
+            Backend::Sqlite(dir) => {
+                rusqlite::Connection::open(dir.path().join(trackrelay::store::sqlite::DB_FILE))
+                    .and_then(|c| c.execute_batch(sql))
+                    .expect(sql);
+            }
+            Backend::Postgres(url) => support::pg::execute(url, sql).await,
+        }
+    }
+
     /// Whether several processes share the database (then only expired leases are recovered).
     fn shared(&self) -> bool {
         matches!(self, Backend::Postgres(_))
@@ -97,6 +109,9 @@ suite!(
     a_return_at_another_instance_cancels_a_held_exit,
     late_events_are_judged_at_their_own_time,
     silences_are_shared,
+    an_unreadable_silence_mutes_nothing_and_is_reported,
+    a_late_outcome_of_an_expired_claim_changes_nothing,
+    an_intake_claim_is_numbered_like_any_claim,
 );
 
 /// A delivery of rule `r` with noise gates.
@@ -347,6 +362,249 @@ async fn silences_are_shared(b: Backend) {
     assert!(y.silences().await.unwrap().is_empty());
 }
 
+async fn an_unreadable_silence_mutes_nothing_and_is_reported(b: Backend) {
+    use trackrelay::metrics::Metrics;
+    use trackrelay::noise::silence::{Matchers, NewSilence, SilenceCache, SilenceSet, Subject};
+    let store = b.open().await;
+    let far = 10_000_000_000_000_i64;
+    let good = store
+        .add_silence(
+            NewSilence {
+                matchers: Matchers {
+                    device: Some("42".into()),
+                    ..Default::default()
+                },
+                starts_at_ms: 0,
+                ends_at_ms: far,
+                author: "ops".into(),
+                comment: "workshop".into(),
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    // Rows another version (or damage) left: a matcher this version does not know, matchers that are
+    // not JSON, an invalid glob, no matcher at all. Read as "no matchers", each would mute everything.
+    b.execute(&format!(
+        "INSERT INTO silences (matchers, starts_at, ends_at, author, comment, created_at) VALUES
+             ('{{\"device\": \"7\", \"severity\": \"low\"}}', 0, {far}, 'newer', '', 0),
+             ('{{\"device\": ', 0, {far}, 'damaged', '', 0),
+             ('{{\"rule\": \"[\"}}', 0, {far}, 'glob', '', 0),
+             ('{{}}', 0, {far}, 'empty', '', 0)"
+    ))
+    .await;
+    let all = store.silences().await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[0], good);
+    let bad: Vec<i64> = all[1..].iter().map(|s| s.id).collect();
+    let reasons: Vec<&str> = all[1..]
+        .iter()
+        .map(|s| s.unreadable.as_deref().expect("marked unreadable"))
+        .collect();
+    assert!(reasons[0].contains("severity"), "{}", reasons[0]);
+    assert!(
+        reasons[1].starts_with("matchers unreadable"),
+        "{}",
+        reasons[1]
+    );
+    assert!(reasons[2].starts_with("rule: `[`"), "{}", reasons[2]);
+    assert!(
+        reasons[3].contains("at least one matcher"),
+        "{}",
+        reasons[3]
+    );
+    // Listed as unreadable, with the reason and no matchers (an empty set would read as "all").
+    for s in &all[1..] {
+        let v = serde_json::to_value(s.view(1000)).unwrap();
+        assert_eq!(v["state"], "unreadable", "{v}");
+        assert!(v["matchers"].is_null(), "{v}");
+        assert_eq!(v["error"].as_str(), s.unreadable.as_deref());
+    }
+    // They match nothing; the readable one still applies.
+    let subject = |device_id| Subject {
+        device_id,
+        device_name: "bike",
+        group_id: 0,
+        rule: "theft",
+        event_type: "alarm",
+        channel: "c",
+    };
+    let set = SilenceSet::new(all, 1000);
+    assert_eq!(set.len(), 1);
+    assert_eq!(
+        set.unreadable()
+            .iter()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>(),
+        bad
+    );
+    assert!(set.find(&subject(7), 1000).is_none());
+    assert_eq!(set.find(&subject(42), 1000).map(|s| s.id), Some(good.id));
+    // Reported in the metrics: how many not ended cannot be read.
+    let metrics = Arc::new(Metrics::new());
+    let cache = SilenceCache::new(metrics.clone());
+    cache.refresh(&*store).await.unwrap();
+    assert!(cache.get().find(&subject(7), now_ms()).is_none());
+    let gauge = |m: &Metrics| {
+        m.render(&[], 0.0)
+            .lines()
+            .find(|l| l.starts_with("trackrelay_silences_unreadable "))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        gauge(&metrics).as_deref(),
+        Some("trackrelay_silences_unreadable 4")
+    );
+    // Expiring one works as for any silence (how an operator clears it).
+    let now = now_ms();
+    let ended = store.expire_silence(bad[0], now).await.unwrap();
+    assert!(ended.unreadable.is_some());
+    assert_eq!(ended.view(now).state, "expired");
+    cache.refresh(&*store).await.unwrap();
+    assert_eq!(
+        gauge(&metrics).as_deref(),
+        Some("trackrelay_silences_unreadable 3")
+    );
+}
+
+/// The only delivery, as listed.
+async fn only_row(store: &dyn Store) -> DeliveryRow {
+    let rows = store.list(Filter::default()).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    rows.into_iter().next().unwrap()
+}
+
+async fn a_late_outcome_of_an_expired_claim_changes_nothing(b: Backend) {
+    let (one, two) = (b.open().await, b.open().await);
+    let lease = Duration::from_secs(10);
+    one.accept(event(1, 1000, vec![delivery("d", None)]))
+        .await
+        .unwrap();
+    let first = one.claim(1000, 10, lease).await.unwrap();
+    assert_eq!(keys(&first), ["d"]);
+    let late = first[0].claim_ref();
+    // The first instance's send outlives its lease: the second claims the delivery again.
+    let second = two.claim(11_000, 10, lease).await.unwrap();
+    assert_eq!(keys(&second), ["d"]);
+    assert_eq!(
+        (second[0].attempts, second[0].claim),
+        (2, first[0].claim + 1)
+    );
+    let retry = || Outcome::Retry {
+        at_ms: 12_000,
+        error: "timeout".into(),
+    };
+    // A late outcome while the second claim is in flight: still in flight, still the second's.
+    assert_eq!(
+        one.finish(vec![(late, retry())], 11_500).await.unwrap(),
+        [late]
+    );
+    let r = only_row(&*one).await;
+    assert_eq!((r.status, r.last_error), (Status::Inflight, None));
+    assert!(one.claim(15_000, 10, lease).await.unwrap().is_empty());
+    // The second claimer sends it; the first one's late outcomes, whatever they say, change nothing.
+    finish_all(
+        &*two,
+        vec![(second[0].claim_ref(), Outcome::Delivered)],
+        12_000,
+    )
+    .await;
+    let dead = Outcome::Dead {
+        error: "refused".into(),
+    };
+    for o in [retry(), dead.clone(), Outcome::Delivered] {
+        assert_eq!(one.finish(vec![(late, o)], 13_000).await.unwrap(), [late]);
+    }
+    let r = only_row(&*two).await;
+    assert_eq!(
+        (r.status, r.attempts, r.last_error, r.updated_at),
+        (Status::Done, 2, None, rfc3339(12_000))
+    );
+    // No third send.
+    assert!(two.claim(100_000, 10, lease).await.unwrap().is_empty());
+    // A replay starts the attempts afresh, so its claim has the first one's attempt number; its own
+    // claim number still tells them apart.
+    assert_eq!(
+        two.replay(Replay::Id(second[0].id), 20_000).await.unwrap(),
+        1
+    );
+    let third = two.claim(20_000, 10, lease).await.unwrap();
+    assert_eq!(third[0].attempts, first[0].attempts);
+    assert_eq!(
+        one.finish(vec![(late, dead)], 20_001).await.unwrap(),
+        [late]
+    );
+    assert_eq!(only_row(&*one).await.status, Status::Inflight);
+    // A batch mixing a stale outcome with a current one records the current one.
+    let stale = one
+        .finish(
+            vec![(late, retry()), (third[0].claim_ref(), Outcome::Delivered)],
+            20_002,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale, [late]);
+    let r = only_row(&*one).await;
+    assert_eq!((r.status, r.attempts), (Status::Done, 1));
+}
+
+async fn an_intake_claim_is_numbered_like_any_claim(b: Backend) {
+    let (one, two) = (b.open().await, b.open().await);
+    // Both ways of accepting: one statement (no noise state) and the transaction consulting state.
+    let mut plain = event(1, 1000, vec![delivery("p", None), delivery("q", None)]);
+    plain.claim_until = Some(11_000);
+    let mut stateful = event(2, 1000, vec![gated("s", cooldown_gate())]);
+    stateful.claim_until = Some(11_000);
+    let mut at_intake = Vec::new();
+    for e in [plain, stateful] {
+        let Accepted::New { claimed, .. } = one.accept(e).await.unwrap() else {
+            panic!("not stored")
+        };
+        at_intake.extend(claimed);
+    }
+    assert_eq!(keys(&at_intake), ["p", "q", "s"]);
+    assert!(at_intake.iter().all(|c| (c.attempts, c.claim) == (1, 1)));
+    // The normal path: the intake claim's outcome is recorded.
+    finish_all(
+        &*one,
+        vec![(at_intake[1].claim_ref(), Outcome::Delivered)],
+        2000,
+    )
+    .await;
+    // The others' senders outlive the intake lease; another instance claims them again and sends.
+    let taken = two.claim(11_000, 10, LEASE).await.unwrap();
+    assert_eq!(keys(&taken), ["p", "s"]);
+    assert!(taken.iter().all(|c| (c.attempts, c.claim) == (2, 2)));
+    let late: Vec<(ClaimRef, Outcome)> = [&at_intake[0], &at_intake[2]]
+        .into_iter()
+        .map(|c| {
+            (
+                c.claim_ref(),
+                Outcome::Retry {
+                    at_ms: 12_000,
+                    error: "slow".into(),
+                },
+            )
+        })
+        .collect();
+    let stale = one.finish(late, 11_500).await.unwrap();
+    assert_eq!(stale, [at_intake[0].claim_ref(), at_intake[2].claim_ref()]);
+    assert_eq!(
+        sorted_counts(&*one).await,
+        [(Status::Done, 1), (Status::Inflight, 2)]
+    );
+    finish_all(
+        &*two,
+        taken
+            .iter()
+            .map(|c| (c.claim_ref(), Outcome::Delivered))
+            .collect(),
+        12_000,
+    )
+    .await;
+    assert_eq!(sorted_counts(&*two).await, [(Status::Done, 3)]);
+}
+
 fn delivery(key: &str, order: Option<&str>) -> NewDelivery {
     NewDelivery::from(&Planned {
         notification: Notification {
@@ -389,6 +647,15 @@ async fn sorted_counts(store: &dyn Store) -> Vec<(Status, u64)> {
 }
 
 const LEASE: Duration = Duration::from_secs(60);
+
+/// Records outcomes of claims that are still current: every one must be recorded.
+async fn finish_all(store: &dyn Store, outcomes: Vec<(ClaimRef, Outcome)>, now: i64) {
+    let stale = store.finish(outcomes, now).await.unwrap();
+    assert!(
+        stale.is_empty(),
+        "current claims taken for stale: {stale:?}"
+    );
+}
 
 async fn dedup_ordering_retry_and_dead(b: Backend) {
     let store = b.open().await;
@@ -434,16 +701,13 @@ async fn dedup_ordering_retry_and_dead(b: Backend) {
     assert_eq!(claimed[0].attempts, 1);
     assert_eq!(claimed[0].created_at_ms, 1000);
     assert!(store.claim(1000, 10, LEASE).await.unwrap().is_empty());
-    let (a, x) = (claimed[0].id, claimed[1].id);
-    store
-        .finish(vec![(x, Outcome::Delivered)], 1001)
-        .await
-        .unwrap();
+    let (a, x) = (claimed[0].claim_ref(), claimed[1].claim_ref());
+    finish_all(&*store, vec![(x, Outcome::Delivered)], 1001).await;
     let retry = Outcome::Retry {
         at_ms: 5000,
         error: "down".into(),
     };
-    store.finish(vec![(a, retry)], 1001).await.unwrap();
+    finish_all(&*store, vec![(a, retry)], 1001).await;
     // While "a" waits for its retry, "b" still waits behind it, and the next due time is a's.
     assert!(store.claim(2000, 10, LEASE).await.unwrap().is_empty());
     assert_eq!(store.next_due(2000).await.unwrap(), Some(5000));
@@ -457,7 +721,7 @@ async fn dedup_ordering_retry_and_dead(b: Backend) {
     let dead = Outcome::Dead {
         error: "gone".into(),
     };
-    store.finish(vec![(a, dead)], 5001).await.unwrap();
+    finish_all(&*store, vec![(again[0].claim_ref(), dead)], 5001).await;
     assert_eq!(keys(&store.claim(5001, 10, LEASE).await.unwrap()), ["b"]);
     assert_eq!(
         sorted_counts(&*store).await,
@@ -511,16 +775,15 @@ async fn intake_claims_unordered_deliveries_at_once(b: Backend) {
     // Only the ordered one is left for the claim; the fast ones are in flight until finished.
     let rest = store.claim(1000, 10, LEASE).await.unwrap();
     assert_eq!(keys(&rest), ["ordered"]);
-    store
-        .finish(
-            vec![
-                (claimed[0].id, Outcome::Delivered),
-                (rest[0].id, Outcome::Delivered),
-            ],
-            1001,
-        )
-        .await
-        .unwrap();
+    finish_all(
+        &*store,
+        vec![
+            (claimed[0].claim_ref(), Outcome::Delivered),
+            (rest[0].claim_ref(), Outcome::Delivered),
+        ],
+        1001,
+    )
+    .await;
     assert_eq!(
         sorted_counts(&*store).await,
         [(Status::Dead, 1), (Status::Done, 2), (Status::Inflight, 1)]
@@ -551,9 +814,12 @@ async fn an_expired_lease_goes_to_another_instance(b: Backend) {
     let taken = two.claim(11_000, 10, lease).await.unwrap();
     assert_eq!((keys(&taken), taken[0].attempts), (vec!["d".into()], 2));
     assert!(one.claim(11_000, 10, lease).await.unwrap().is_empty());
-    two.finish(vec![(taken[0].id, Outcome::Delivered)], 11_001)
-        .await
-        .unwrap();
+    finish_all(
+        &*two,
+        vec![(taken[0].claim_ref(), Outcome::Delivered)],
+        11_001,
+    )
+    .await;
     // Its successor in order is free now, for whoever asks first.
     assert_eq!(keys(&one.claim(11_002, 10, lease).await.unwrap()), ["e"]);
 }
@@ -662,28 +928,27 @@ async fn concurrent_claims_never_hand_out_a_delivery_twice(b: Backend) {
                         *inflight = Some(c.id);
                         order.push(id);
                     }
-                    done.push((c.id, key));
+                    done.push((c.claim_ref(), key));
                 }
                 tokio::task::yield_now().await;
                 // Cleared before the outcome is recorded: the next one of the key may go after that.
-                for (id, key) in &done {
+                for (at, key) in &done {
                     if let Some(n) = key.strip_prefix('o') {
                         let n: i64 = n.parse().unwrap();
                         let mut o = ordered.lock().unwrap();
                         let (inflight, _) = o.get_mut(&format!("k{}", n % 5)).unwrap();
-                        assert_eq!(*inflight, Some(*id));
+                        assert_eq!(*inflight, Some(at.id));
                         *inflight = None;
                     }
                 }
-                store
-                    .finish(
-                        done.iter()
-                            .map(|(id, _)| (*id, Outcome::Delivered))
-                            .collect(),
-                        2001,
-                    )
-                    .await
-                    .unwrap();
+                finish_all(
+                    &*store,
+                    done.iter()
+                        .map(|(at, _)| (*at, Outcome::Delivered))
+                        .collect(),
+                    2001,
+                )
+                .await;
             }
         });
     }
@@ -744,27 +1009,26 @@ async fn list_replay_prune_and_counts(b: Backend) {
     }
     let c = store.claim(1000, 10, LEASE).await.unwrap();
     let ids: Vec<i64> = c.iter().map(|c| c.id).collect();
-    store
-        .finish(
-            vec![
-                (ids[0], Outcome::Delivered),
-                (
-                    ids[1],
-                    Outcome::Dead {
-                        error: "refused".into(),
-                    },
-                ),
-                (
-                    ids[2],
-                    Outcome::Dead {
-                        error: "refused".into(),
-                    },
-                ),
-            ],
-            2000,
-        )
-        .await
-        .unwrap();
+    finish_all(
+        &*store,
+        vec![
+            (c[0].claim_ref(), Outcome::Delivered),
+            (
+                c[1].claim_ref(),
+                Outcome::Dead {
+                    error: "refused".into(),
+                },
+            ),
+            (
+                c[2].claim_ref(),
+                Outcome::Dead {
+                    error: "refused".into(),
+                },
+            ),
+        ],
+        2000,
+    )
+    .await;
 
     let all = store.list(Filter::default()).await.unwrap();
     assert_eq!(
@@ -840,21 +1104,20 @@ async fn list_replay_prune_and_counts(b: Backend) {
     assert!(again
         .iter()
         .all(|c| c.attempts == 1 && c.created_at_ms == 3000));
-    store
-        .finish(
-            vec![
-                (again[0].id, Outcome::Delivered),
-                (
-                    again[1].id,
-                    Outcome::Dead {
-                        error: "still refused".into(),
-                    },
-                ),
-            ],
-            3001,
-        )
-        .await
-        .unwrap();
+    finish_all(
+        &*store,
+        vec![
+            (again[0].claim_ref(), Outcome::Delivered),
+            (
+                again[1].claim_ref(),
+                Outcome::Dead {
+                    error: "still refused".into(),
+                },
+            ),
+        ],
+        3001,
+    )
+    .await;
 
     // Retention: done rows (and then their events) after `retention`, dead ones after `dead_retention`.
     let day = Duration::from_secs(86_400);
@@ -942,7 +1205,7 @@ async fn postgres_migrations_are_safe_when_instances_start_together() {
         r.unwrap().unwrap_or_else(|e| panic!("{e}"));
     }
     let store = PgStore::connect(&opts).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
     support::pg::execute(&url, "INSERT INTO trackrelay_schema (version) VALUES (99)").await;
     let err = PgStore::connect(&opts).await.err().expect("refused");
     assert!(err.to_string().contains("schema version 99"), "{err}");

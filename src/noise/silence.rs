@@ -57,6 +57,17 @@ impl Matchers {
         Ok(())
     }
 
+    /// Reads matchers as stored (JSON) and checks them as when the silence was made. A silence whose
+    /// matchers fail here (written by another version, damaged, an invalid glob) must mute nothing:
+    /// the caller keeps it with [`Silence::unreadable`] set, never with empty matchers, which would
+    /// mute everything.
+    pub fn from_stored(json: &str) -> Result<Matchers, String> {
+        let m: Matchers =
+            serde_json::from_str(json).map_err(|e| format!("matchers unreadable: {e}"))?;
+        m.validate()?;
+        Ok(m)
+    }
+
     /// Readable form: `device=42 rule=theft*`.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
@@ -96,9 +107,39 @@ pub struct Silence {
     pub comment: String,
     /// When it was made, unix ms.
     pub created_at_ms: i64,
+    /// Why its stored matchers cannot be used (see [`Matchers::from_stored`]); `matchers` is empty then.
+    /// Such a silence never applies; it is listed with the state `unreadable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 impl Silence {
+    /// A silence as read from the store, its matchers given as stored (see [`Matchers::from_stored`]).
+    pub fn stored(
+        id: i64,
+        matchers: &str,
+        starts_at_ms: i64,
+        ends_at_ms: i64,
+        author: String,
+        comment: String,
+        created_at_ms: i64,
+    ) -> Silence {
+        let (matchers, unreadable) = match Matchers::from_stored(matchers) {
+            Ok(m) => (m, None),
+            Err(reason) => (Matchers::default(), Some(reason)),
+        };
+        Silence {
+            id,
+            matchers,
+            starts_at_ms,
+            ends_at_ms,
+            author,
+            comment,
+            created_at_ms,
+            unreadable,
+        }
+    }
+
     /// Whether it applies at `now`.
     pub fn active_at(&self, now_ms: i64) -> bool {
         self.starts_at_ms <= now_ms && now_ms < self.ends_at_ms
@@ -124,14 +165,18 @@ impl Silence {
     pub fn view(&self, now_ms: i64) -> SilenceView {
         SilenceView {
             id: self.id,
-            matchers: self.matchers.clone(),
+            matchers: self.unreadable.is_none().then(|| self.matchers.clone()),
+            error: self.unreadable.clone(),
             starts_at: rfc3339(self.starts_at_ms),
             ends_at: rfc3339(self.ends_at_ms),
             author: self.author.clone(),
             comment: self.comment.clone(),
             created_at: rfc3339(self.created_at_ms),
+            // Ended is final; before that, an unreadable silence is neither active nor pending.
             state: if now_ms >= self.ends_at_ms {
                 "expired"
+            } else if self.unreadable.is_some() {
+                "unreadable"
             } else if now_ms < self.starts_at_ms {
                 "pending"
             } else {
@@ -146,8 +191,11 @@ impl Silence {
 pub struct SilenceView {
     /// Id.
     pub id: i64,
-    /// Matchers.
-    pub matchers: Matchers,
+    /// Matchers; `null` when they cannot be read (see `error`).
+    pub matchers: Option<Matchers>,
+    /// Why the stored matchers cannot be used (state `unreadable`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Start, RFC 3339.
     pub starts_at: String,
     /// End, RFC 3339.
@@ -158,7 +206,7 @@ pub struct SilenceView {
     pub comment: String,
     /// Created, RFC 3339.
     pub created_at: String,
-    /// `active`, `pending` or `expired`.
+    /// `active`, `pending`, `expired`, or `unreadable` (not ended, but mutes nothing; see `error`).
     pub state: &'static str,
 }
 
@@ -198,6 +246,7 @@ pub struct Subject<'a> {
 #[derive(Debug, Default)]
 pub struct SilenceSet {
     entries: Vec<(Silence, Compiled)>,
+    unreadable: Vec<(i64, String)>,
 }
 
 #[derive(Debug)]
@@ -209,36 +258,57 @@ struct Compiled {
     channel: Option<GlobMatcher>,
 }
 
-fn glob(g: &Option<String>) -> Option<GlobMatcher> {
+fn glob(what: &str, g: &Option<String>) -> Result<Option<GlobMatcher>, String> {
     g.as_deref()
-        .and_then(|g| Glob::new(g).ok())
-        .map(|g| g.compile_matcher())
+        .map(|g| {
+            Glob::new(g)
+                .map(|g| g.compile_matcher())
+                .map_err(|e| format!("{what}: `{g}`: {e}"))
+        })
+        .transpose()
+}
+
+impl Compiled {
+    /// Compiles a silence's matchers; fails (rather than leaving a matcher out, which would widen
+    /// the silence) when any cannot be used.
+    fn new(s: &Silence) -> Result<Compiled, String> {
+        if let Some(reason) = &s.unreadable {
+            return Err(reason.clone());
+        }
+        let m = &s.matchers;
+        m.validate()?;
+        let device_id = m.device.as_deref().and_then(|d| d.parse::<i64>().ok());
+        Ok(Compiled {
+            device_id,
+            device: if device_id.is_some() {
+                None
+            } else {
+                glob("device", &m.device)?
+            },
+            rule: glob("rule", &m.rule)?,
+            event_type: glob("type", &m.event_type)?,
+            channel: glob("channel", &m.channel)?,
+        })
+    }
 }
 
 impl SilenceSet {
-    /// Compiles the silences that have not ended at `now` (ended ones never apply again).
+    /// Compiles the silences that have not ended at `now` (ended ones never apply again). A silence
+    /// whose matchers cannot be used is left out (it mutes nothing) and listed by [`Self::unreadable`].
     pub fn new(silences: Vec<Silence>, now_ms: i64) -> SilenceSet {
-        let entries = silences
-            .into_iter()
-            .filter(|s| s.ends_at_ms > now_ms)
-            .map(|s| {
-                let m = &s.matchers;
-                let device_id = m.device.as_deref().and_then(|d| d.parse::<i64>().ok());
-                let c = Compiled {
-                    device_id,
-                    device: if device_id.is_some() {
-                        None
-                    } else {
-                        glob(&m.device)
-                    },
-                    rule: glob(&m.rule),
-                    event_type: glob(&m.event_type),
-                    channel: glob(&m.channel),
-                };
-                (s, c)
-            })
-            .collect();
-        SilenceSet { entries }
+        let mut set = SilenceSet::default();
+        for s in silences.into_iter().filter(|s| s.ends_at_ms > now_ms) {
+            match Compiled::new(&s) {
+                Ok(c) => set.entries.push((s, c)),
+                Err(reason) => set.unreadable.push((s.id, reason)),
+            }
+        }
+        set
+    }
+
+    /// The silences left out because their matchers cannot be used: (id, why).
+    pub fn unreadable(&self) -> &[(i64, String)] {
+        &self.unreadable
     }
 
     /// Number of silences held.
@@ -275,12 +345,23 @@ pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The silences in force, re-read from the store every [`REFRESH`] and at once after a change made
 /// through this instance.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SilenceCache {
     set: std::sync::RwLock<std::sync::Arc<SilenceSet>>,
+    /// Unreadable silences already logged: each is logged once, not at every refresh.
+    reported: std::sync::Mutex<std::collections::HashSet<i64>>,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl SilenceCache {
+    /// A cache that reports unreadable silences in `metrics` too.
+    pub fn new(metrics: std::sync::Arc<crate::metrics::Metrics>) -> SilenceCache {
+        SilenceCache {
+            metrics: Some(metrics),
+            ..Default::default()
+        }
+    }
+
     /// The current set.
     pub fn get(&self) -> std::sync::Arc<SilenceSet> {
         self.set.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -293,8 +374,28 @@ impl SilenceCache {
     ) -> Result<(), crate::store::StoreError> {
         let all = store.silences().await?;
         let set = SilenceSet::new(all, crate::store::now_ms());
+        self.report(set.unreadable());
         *self.set.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(set);
         Ok(())
+    }
+
+    /// Logs each unreadable silence once (the first refresh that finds it) and sets the gauge.
+    fn report(&self, unreadable: &[(i64, String)]) {
+        if let Some(m) = &self.metrics {
+            m.silences_unreadable(unreadable.len());
+        }
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, reason) in unreadable {
+            if !reported.contains(id) {
+                tracing::error!(
+                    silence = id,
+                    reason = %reason,
+                    "silence cannot be read (made by another version, or damaged): it mutes nothing; expire it and make it again"
+                );
+            }
+        }
+        // Forget those that were fixed or ended: should one turn unreadable again, it is logged again.
+        *reported = unreadable.iter().map(|(id, _)| *id).collect();
     }
 }
 
@@ -311,6 +412,7 @@ mod tests {
             author: "ops".into(),
             comment: "maintenance".into(),
             created_at_ms: from,
+            unreadable: None,
         }
     }
 
@@ -383,6 +485,41 @@ mod tests {
             10
         )
         .is_empty());
+    }
+
+    /// A silence whose glob does not compile (made before a check existed, or by another version)
+    /// mutes nothing: leaving the matcher out would widen it to every rule.
+    #[test]
+    fn an_invalid_glob_mutes_nothing() {
+        let bad = |id, m| silence(id, m, 0, 10_000);
+        let set = SilenceSet::new(
+            vec![
+                bad(
+                    1,
+                    Matchers {
+                        rule: Some("theft[".into()),
+                        ..Default::default()
+                    },
+                ),
+                bad(
+                    2,
+                    Matchers {
+                        device: Some("Lena[".into()),
+                        group: Some(3),
+                        ..Default::default()
+                    },
+                ),
+                bad(3, Matchers::default()),
+            ],
+            100,
+        );
+        for (id, name, rule) in [(42, "x", "theft"), (7, "Lena's bike", "any")] {
+            assert!(set.find(&subject(id, name, rule), 100).is_none());
+        }
+        assert!(set.is_empty());
+        let ids: Vec<i64> = set.unreadable().iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert!(set.unreadable()[0].1.starts_with("rule: `theft[`"));
     }
 
     #[test]

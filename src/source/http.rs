@@ -218,8 +218,12 @@ mod tests {
         async fn claim(&self, _: i64, _: usize, _: Duration) -> Result<Vec<Claimed>, StoreError> {
             Ok(vec![])
         }
-        async fn finish(&self, _: Vec<(i64, Outcome)>, _: i64) -> Result<(), StoreError> {
-            Ok(())
+        async fn finish(
+            &self,
+            _: Vec<(ClaimRef, Outcome)>,
+            _: i64,
+        ) -> Result<Vec<ClaimRef>, StoreError> {
+            Ok(vec![])
         }
         async fn next_due(&self, _: i64) -> Result<Option<i64>, StoreError> {
             Ok(None)

@@ -127,6 +127,10 @@ pub struct Claimed {
     pub attempts: u32,
     /// When the delivery was created (or last replayed), unix ms.
     pub created_at_ms: i64,
+    /// This claim's number on the row: every claim (at intake or by [`Store::claim`]) increments it,
+    /// and unlike `attempts` nothing resets it (a replay starts the attempts afresh), so it names this
+    /// claim alone. [`Store::finish`] records an outcome only while the row is still this claim.
+    pub claim: i64,
 }
 
 impl Claimed {
@@ -134,6 +138,30 @@ impl Claimed {
     pub fn notification(&self) -> Result<Notification, serde_json::Error> {
         serde_json::from_str(&self.content)
     }
+
+    /// Which claim an outcome of this send belongs to.
+    pub fn claim_ref(&self) -> ClaimRef {
+        ClaimRef {
+            id: self.id,
+            claim: self.claim,
+            attempts: self.attempts,
+        }
+    }
+}
+
+/// The claim an outcome comes from: [`Store::finish`] records the outcome only if the delivery is
+/// still in flight under this claim. Once a lease ran out and another instance claimed the delivery
+/// again, the first sender's late outcome would otherwise undo the newer one (a `Retry` making a sent
+/// delivery pending again, a third send).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClaimRef {
+    /// Row id.
+    pub id: i64,
+    /// The claim's number (see [`Claimed::claim`]).
+    pub claim: i64,
+    /// Attempts counted at the claim. Compared as well: an instance of an older version on the same
+    /// database claims without advancing the claim number, but does count the attempt.
+    pub attempts: u32,
 }
 
 /// How an attempt ended.
@@ -153,6 +181,19 @@ pub enum Outcome {
         /// Why.
         error: String,
     },
+}
+
+impl Outcome {
+    /// The row's new (status, next attempt, last error), as both backends record it.
+    fn columns(&self) -> (Status, Option<i64>, Option<&str>) {
+        match self {
+            Outcome::Delivered => (Status::Done, None, None),
+            Outcome::Retry { at_ms, error } => {
+                (Status::Pending, Some(*at_ms), Some(error.as_str()))
+            }
+            Outcome::Dead { error } => (Status::Dead, None, Some(error.as_str())),
+        }
+    }
 }
 
 /// State of a delivery.
@@ -326,8 +367,14 @@ pub trait Store: Send + Sync {
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError>;
 
-    /// Records how attempts ended, in one transaction.
-    async fn finish(&self, outcomes: Vec<(i64, Outcome)>, now_ms: i64) -> Result<(), StoreError>;
+    /// Records how attempts ended, in one transaction. An outcome is recorded only if its delivery is
+    /// still in flight under the claim it names; the others are stale (the lease ran out and the
+    /// delivery was claimed again, or recovered) and are returned, changing nothing.
+    async fn finish(
+        &self,
+        outcomes: Vec<(ClaimRef, Outcome)>,
+        now_ms: i64,
+    ) -> Result<Vec<ClaimRef>, StoreError>;
 
     /// The earliest next attempt after `now_ms`: a retry waiting for its backoff, or a claim whose lease
     /// runs out then. Deliveries due already but waiting behind an earlier one of their recipient are not

@@ -14,6 +14,7 @@
 //! restarted) is dropped and replaced on the next use. While the database cannot be reached every call
 //! fails fast with [`StoreError::Unavailable`] (intake answers 503 with `Retry-After`).
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -101,6 +102,10 @@ const MIGRATIONS: &[&str] = &[
         comment TEXT NOT NULL,
         created_at BIGINT NOT NULL
     );",
+    // 3 (as SQLite's migration 5): each claim of a delivery is numbered, so an outcome is recorded only
+    // by the claim it came from (see `Claimed::claim`); `attempts` cannot tell claims apart, a replay
+    // resets it.
+    "ALTER TABLE deliveries ADD COLUMN claims BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// How to reach the database.
@@ -411,10 +416,11 @@ const ACCEPT: &str = "WITH ev AS (
     ins AS (
         INSERT INTO deliveries (key, event_ref, channel, recipient, order_key, rule, event_id, event_type,
             device_id, status, attempts, created_at, updated_at, next_at, last_error, txn, content, lease_until,
-            reason)
+            reason, claims)
         SELECT x.key, ev.id, x.channel, x.recipient, x.order_key, x.rule, $2, $4, $3, x.status,
             CASE WHEN x.status = 'inflight' THEN 1 ELSE 0 END, $5, $5, x.next_at, x.dead, $6, x.content,
-            CASE WHEN x.status = 'inflight' THEN $8::BIGINT END, x.reason
+            CASE WHEN x.status = 'inflight' THEN $8::BIGINT END, x.reason,
+            CASE WHEN x.status = 'inflight' THEN 1 ELSE 0 END
         FROM ev, unnest($9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[],
                         $15::TEXT[], $16::TEXT[], $17::BIGINT[], $18::TEXT[])
             WITH ORDINALITY AS x(key, channel, recipient, order_key, rule, status, dead, content, next_at,
@@ -449,16 +455,20 @@ const CLAIM: &str = "WITH expired AS (
         LIMIT GREATEST($2 - (SELECT count(*) FROM expired), 0)
         FOR UPDATE OF d SKIP LOCKED),
     c AS (SELECT id FROM expired UNION ALL SELECT id FROM due)
-    UPDATE deliveries SET status = 'inflight', attempts = deliveries.attempts + 1, updated_at = $1,
-        lease_until = $3
+    UPDATE deliveries SET status = 'inflight', attempts = deliveries.attempts + 1,
+        claims = deliveries.claims + 1, updated_at = $1, lease_until = $3
     FROM c WHERE deliveries.id = c.id
-    RETURNING deliveries.id, deliveries.attempts, deliveries.created_at, deliveries.content";
+    RETURNING deliveries.id, deliveries.attempts, deliveries.created_at, deliveries.content,
+        deliveries.claims";
 
+/// Outcomes, each recorded only while its row is still the claim it came from; returns those recorded.
 const FINISH: &str = "UPDATE deliveries d SET status = x.status, updated_at = $1,
         next_at = COALESCE(x.next_at, d.next_at), last_error = COALESCE(x.error, d.last_error),
         lease_until = NULL
-    FROM unnest($2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[]) AS x(id, status, next_at, error)
-    WHERE d.id = x.id";
+    FROM unnest($2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::BIGINT[], $7::INTEGER[])
+        AS x(id, status, next_at, error, claims, attempts)
+    WHERE d.id = x.id AND d.status = 'inflight' AND d.claims = x.claims AND d.attempts = x.attempts
+    RETURNING d.id, x.claims";
 
 const LIST: &str =
     "SELECT id, key, status, channel, recipient, rule, event_id, event_type, device_id,
@@ -564,8 +574,9 @@ impl RowPlan {
 
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (key, event_ref, channel, recipient, order_key, rule,
         event_id, event_type, device_id, status, attempts, created_at, updated_at, next_at, last_error, txn,
-        content, lease_until, hold_key, group_key, digest_ref, reason)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
+        content, lease_until, hold_key, group_key, digest_ref, reason, claims)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+        CASE WHEN $10 = 'inflight' THEN 1 ELSE 0 END)
     ON CONFLICT (key) DO NOTHING RETURNING id";
 
 impl PgStore {
@@ -693,6 +704,7 @@ impl PgStore {
                     content,
                     attempts: 1,
                     created_at_ms: now,
+                    claim: 1,
                 });
             }
             quieted.extend(p.quieted(index));
@@ -762,16 +774,17 @@ impl PgStore {
     }
 }
 
+/// A silence row; matchers this version cannot use mark it unreadable (it then mutes nothing).
 fn read_silence(r: &tokio_postgres::Row) -> Silence {
-    Silence {
-        id: r.get(0),
-        matchers: serde_json::from_str(r.get(1)).unwrap_or_default(),
-        starts_at_ms: r.get(2),
-        ends_at_ms: r.get(3),
-        author: r.get(4),
-        comment: r.get(5),
-        created_at_ms: r.get(6),
-    }
+    Silence::stored(
+        r.get(0),
+        r.get(1),
+        r.get(2),
+        r.get(3),
+        r.get(4),
+        r.get(5),
+        r.get(6),
+    )
 }
 
 const SILENCE_COLUMNS: &str = "id, matchers, starts_at, ends_at, author, comment, created_at";
@@ -852,6 +865,7 @@ impl Store for PgStore {
                     content: d.content.clone(),
                     attempts: 1,
                     created_at_ms: e.received_at_ms,
+                    claim: 1,
                 });
             }
         }
@@ -891,6 +905,7 @@ impl Store for PgStore {
                 attempts: r.get::<_, i32>(1) as u32,
                 created_at_ms: r.get(2),
                 content: r.get(3),
+                claim: r.get(4),
             })
             .collect();
         // RETURNING has no order; send oldest first.
@@ -900,34 +915,45 @@ impl Store for PgStore {
 
     async fn finish(
         &self,
-        mut outcomes: Vec<(i64, Outcome)>,
+        mut outcomes: Vec<(ClaimRef, Outcome)>,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<ClaimRef>, StoreError> {
         if outcomes.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // Rows are locked in id order by every writer: no deadlock between instances.
-        outcomes.sort_by_key(|(id, _)| *id);
-        let mut ids = Vec::with_capacity(outcomes.len());
-        let mut statuses = Vec::with_capacity(outcomes.len());
-        let mut next = Vec::with_capacity(outcomes.len());
-        let mut errors = Vec::with_capacity(outcomes.len());
-        for (id, outcome) in &outcomes {
-            let (status, next_at, error) = match outcome {
-                Outcome::Delivered => (Status::Done, None, None),
-                Outcome::Retry { at_ms, error } => {
-                    (Status::Pending, Some(*at_ms), Some(error.as_str()))
-                }
-                Outcome::Dead { error } => (Status::Dead, None, Some(error.as_str())),
-            };
-            ids.push(*id);
+        outcomes.sort_by_key(|(at, _)| at.id);
+        let n = outcomes.len();
+        let (mut ids, mut statuses, mut next, mut errors) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut claims, mut attempts) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for (at, outcome) in &outcomes {
+            let (status, next_at, error) = outcome.columns();
+            ids.push(at.id);
             statuses.push(status.as_str());
             next.push(next_at);
             errors.push(error);
+            claims.push(at.claim);
+            attempts.push(at.attempts as i32);
         }
-        self.execute(FINISH, &[&now_ms, &ids, &statuses, &next, &errors])
-            .await
-            .map(|_| ())
+        let recorded: HashSet<(i64, i64)> = self
+            .query(
+                FINISH,
+                &[&now_ms, &ids, &statuses, &next, &errors, &claims, &attempts],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok(outcomes
+            .into_iter()
+            .map(|(at, _)| at)
+            .filter(|at| !recorded.contains(&(at.id, at.claim)))
+            .collect())
     }
 
     async fn next_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError> {

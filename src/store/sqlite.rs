@@ -138,6 +138,9 @@ const MIGRATIONS: &[&str] = &[
         WHERE group_key IS NOT NULL AND status = 'pending';
     CREATE INDEX deliveries_digest ON deliveries (digest_ref) WHERE digest_ref IS NOT NULL;
     CREATE INDEX deliveries_lease ON deliveries (lease_until) WHERE status = 'inflight';",
+    // 5: each claim of a delivery is numbered, so an outcome is recorded only by the claim it came from
+    // (see `Claimed::claim`); `attempts` cannot tell claims apart, a replay resets it.
+    "ALTER TABLE deliveries ADD COLUMN claims INTEGER NOT NULL DEFAULT 0;",
 ];
 
 type AnyResult = Result<Box<dyn Any + Send>, StoreError>;
@@ -349,9 +352,9 @@ fn insert_event(c: &Connection, e: &NewEvent) -> Result<Accepted, StoreError> {
         .prepare_cached(
             "INSERT INTO deliveries (key, event_ref, channel, recipient, order_key, rule, event_id, event_type,
                  device_id, status, attempts, created_at, updated_at, next_at, last_error, txn, content, lease_until,
-                 hold_key, group_key, digest_ref, reason)
+                 hold_key, group_key, digest_ref, reason, claims)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, COALESCE(?15, 0), ?11, ?11, ?17, ?12, ?13, ?14, ?16,
-                 ?18, ?19, ?20, ?21)
+                 ?18, ?19, ?20, ?21, COALESCE(?15, 0))
              ON CONFLICT (event_ref, key) DO NOTHING",
         )
         .map_err(db)?;
@@ -469,6 +472,7 @@ fn insert_event(c: &Connection, e: &NewEvent) -> Result<Accepted, StoreError> {
                 content: row.content.into_owned(),
                 attempts: 1,
                 created_at_ms: now,
+                claim: 1,
             });
         }
     }
@@ -578,17 +582,18 @@ fn save_states(c: &Connection, writes: &[(String, StateRow)]) -> Result<(), Stor
     Ok(())
 }
 
+/// A silence row; matchers this version cannot use mark it unreadable (it then mutes nothing).
 fn read_silence(r: &rusqlite::Row<'_>) -> rusqlite::Result<Silence> {
     let matchers: String = r.get(1)?;
-    Ok(Silence {
-        id: r.get(0)?,
-        matchers: serde_json::from_str(&matchers).unwrap_or_default(),
-        starts_at_ms: r.get(2)?,
-        ends_at_ms: r.get(3)?,
-        author: r.get(4)?,
-        comment: r.get(5)?,
-        created_at_ms: r.get(6)?,
-    })
+    Ok(Silence::stored(
+        r.get(0)?,
+        &matchers,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
 }
 
 const SILENCE_COLUMNS: &str = "id, matchers, starts_at, ends_at, author, comment, created_at";
@@ -605,7 +610,8 @@ fn claim(
     let mut stmt = c
         .prepare_cached(
             // One statement claims and returns the rows (SQLite >= 3.35, bundled).
-            "UPDATE deliveries SET status = 'inflight', attempts = attempts + 1, updated_at = ?1, lease_until = ?3
+            "UPDATE deliveries SET status = 'inflight', attempts = attempts + 1, claims = claims + 1,
+                 updated_at = ?1, lease_until = ?3
              WHERE id IN (
                  SELECT id FROM (
                      SELECT d.id FROM deliveries d INDEXED BY deliveries_lease
@@ -621,7 +627,7 @@ fn claim(
                          WHERE e.order_key = d.order_key AND e.id < d.id AND e.status IN ('pending', 'inflight')))
                      ORDER BY d.next_at, d.id LIMIT ?2)
                  LIMIT ?2)
-             RETURNING id, attempts, created_at, content",
+             RETURNING id, attempts, created_at, content, claims",
         )
         .map_err(db)?;
     let lease_until = now + lease.as_millis() as i64;
@@ -632,6 +638,7 @@ fn claim(
                 attempts: r.get::<_, i64>(1)? as u32,
                 created_at_ms: r.get(2)?,
                 content: r.get(3)?,
+                claim: r.get(4)?,
             })
         })
         .map_err(db)?
@@ -642,25 +649,38 @@ fn claim(
     Ok(out)
 }
 
-fn finish(c: &Connection, outcomes: &[(i64, Outcome)], now: i64) -> Result<(), StoreError> {
+/// Records each outcome if its row is still the claim it came from; returns the stale ones.
+fn finish(
+    c: &Connection,
+    outcomes: &[(ClaimRef, Outcome)],
+    now: i64,
+) -> Result<Vec<ClaimRef>, StoreError> {
     let mut stmt = c
         .prepare_cached(
             "UPDATE deliveries SET status = ?2, updated_at = ?3, next_at = COALESCE(?4, next_at),
-             last_error = COALESCE(?5, last_error), lease_until = NULL WHERE id = ?1",
+             last_error = COALESCE(?5, last_error), lease_until = NULL
+             WHERE id = ?1 AND status = 'inflight' AND claims = ?6 AND attempts = ?7",
         )
         .map_err(db)?;
-    for (id, outcome) in outcomes {
-        let (status, next_at, error) = match outcome {
-            Outcome::Delivered => (Status::Done, None, None),
-            Outcome::Retry { at_ms, error } => {
-                (Status::Pending, Some(*at_ms), Some(error.as_str()))
-            }
-            Outcome::Dead { error } => (Status::Dead, None, Some(error.as_str())),
-        };
-        stmt.execute(params![id, status.as_str(), now, next_at, error])
+    let mut stale = Vec::new();
+    for (at, outcome) in outcomes {
+        let (status, next_at, error) = outcome.columns();
+        let n = stmt
+            .execute(params![
+                at.id,
+                status.as_str(),
+                now,
+                next_at,
+                error,
+                at.claim,
+                at.attempts
+            ])
             .map_err(db)?;
+        if n == 0 {
+            stale.push(*at);
+        }
     }
-    Ok(())
+    Ok(stale)
 }
 
 /// The earliest `next_at` of pending deliveries on one side of `now`: a range scan of the
@@ -734,7 +754,11 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn finish(&self, outcomes: Vec<(i64, Outcome)>, now_ms: i64) -> Result<(), StoreError> {
+    async fn finish(
+        &self,
+        outcomes: Vec<(ClaimRef, Outcome)>,
+        now_ms: i64,
+    ) -> Result<Vec<ClaimRef>, StoreError> {
         self.call(true, move |c| finish(c, &outcomes, now_ms)).await
     }
 
