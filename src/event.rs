@@ -264,6 +264,12 @@ impl Envelope {
             .filter(|s| !s.is_empty())
     }
 
+    /// Whether the event refers to a position (`positionId` set) that the envelope does not carry: a
+    /// live-source event whose position could not be had. Rules on `position.*` cannot hold for it.
+    pub fn lacks_position(&self) -> bool {
+        self.event.position_id != 0 && self.position.is_none()
+    }
+
     /// The device id, from the device object or else the event.
     pub fn device_id(&self) -> i64 {
         self.device

@@ -74,6 +74,7 @@ impl Pipeline {
                 deliveries,
                 claim_until: None,
                 debounce: rt.config.rules.debounces().then(|| probe(env)).flatten(),
+                position_missing: env.lacks_position(),
             }
         };
         // Fast lane: when the worker has room for this event's unordered deliveries, they are claimed in

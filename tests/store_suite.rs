@@ -112,6 +112,7 @@ suite!(
     an_unreadable_silence_mutes_nothing_and_is_reported,
     a_late_outcome_of_an_expired_claim_changes_nothing,
     an_intake_claim_is_numbered_like_any_claim,
+    a_copy_with_its_position_completes_one_stored_without,
 );
 
 /// A delivery of rule `r` with noise gates.
@@ -633,6 +634,7 @@ fn event(id: i64, at: i64, deliveries: Vec<NewDelivery>) -> NewEvent {
         deliveries,
         claim_until: None,
         debounce: None,
+        position_missing: false,
     }
 }
 
@@ -1205,8 +1207,86 @@ async fn postgres_migrations_are_safe_when_instances_start_together() {
         r.unwrap().unwrap_or_else(|e| panic!("{e}"));
     }
     let store = PgStore::connect(&opts).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), 4);
     support::pg::execute(&url, "INSERT INTO trackrelay_schema (version) VALUES (99)").await;
     let err = PgStore::connect(&opts).await.err().expect("refused");
     assert!(err.to_string().contains("schema version 99"), "{err}");
+}
+
+/// The keys of every delivery of the store, sorted.
+async fn all_keys(store: &dyn Store) -> Vec<String> {
+    let mut keys: Vec<String> = store
+        .list(Filter {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.key)
+        .collect();
+    keys.sort();
+    keys
+}
+
+async fn a_copy_with_its_position_completes_one_stored_without(b: Backend) {
+    let store = b.open().await;
+    let missing = |id, deliveries| NewEvent {
+        position_missing: true,
+        ..event(id, 5000, deliveries)
+    };
+    // The socket's copy went on without its position: one rule matched.
+    let first = store
+        .accept(missing(1, vec![delivery("e1-any", None)]))
+        .await
+        .unwrap();
+    assert!(
+        matches!(first, Accepted::New { deliveries: 1, .. }),
+        "{first:?}"
+    );
+    // The webhook's copy has it: the rule that needs it matches too; only that one is added.
+    let both = vec![delivery("e1-any", None), delivery("e1-armed", None)];
+    let second = store.accept(event(1, 5001, both.clone())).await.unwrap();
+    assert!(
+        matches!(second, Accepted::New { deliveries: 1, .. }),
+        "{second:?}"
+    );
+    assert_eq!(all_keys(store.as_ref()).await, ["e1-any", "e1-armed"]);
+    // Once complete, every further copy is a duplicate, with or without the position.
+    assert_eq!(
+        store.accept(event(1, 5002, both.clone())).await.unwrap(),
+        Accepted::Duplicate
+    );
+    assert_eq!(
+        store.accept(missing(1, both)).await.unwrap(),
+        Accepted::Duplicate
+    );
+    // The other way round: a complete copy first, one without after it: a plain duplicate.
+    store
+        .accept(event(2, 5000, vec![delivery("e2-any", None)]))
+        .await
+        .unwrap();
+    let late = missing(2, vec![delivery("e2-any", None), delivery("e2-x", None)]);
+    assert_eq!(store.accept(late).await.unwrap(), Accepted::Duplicate);
+    // With noise control: the notification both copies produced is neither stored twice nor counted
+    // again by its cooldown; the new one is judged like any other.
+    let gated_first = missing(3, vec![gated("e3-any", cooldown_gate())]);
+    store.accept(gated_first).await.unwrap();
+    let gated_second = event(
+        3,
+        5003,
+        vec![gated("e3-any", cooldown_gate()), delivery("e3-armed", None)],
+    );
+    let second = store.accept(gated_second).await.unwrap();
+    assert!(
+        matches!(second, Accepted::New { deliveries: 1, .. }),
+        "{second:?}"
+    );
+    assert_eq!(
+        all_keys(store.as_ref()).await,
+        ["e1-any", "e1-armed", "e2-any", "e3-any", "e3-armed"]
+    );
+    assert!(with_status(store.as_ref(), Status::Suppressed)
+        .await
+        .is_empty());
 }

@@ -757,7 +757,9 @@ async fn check_online_names_missing_web_notifications_and_unreachable_servers() 
     let (ok, out) = check_online(dir.path(), yaml(&server.url(), TOKEN)).await;
     assert!(!ok, "{out}");
     assert!(
-        out.contains("source 'home': no web notification for deviceOffline, alarm:tow, alarm:vibration"),
+        out.contains(
+            "source 'home': no web notification for deviceOffline, alarm:tow, alarm:vibration"
+        ),
         "{out}"
     );
     server.set_notifications(vec![
@@ -766,9 +768,64 @@ async fn check_online_names_missing_web_notifications_and_unreachable_servers() 
     ]);
     let (ok, out) = check_online(dir.path(), yaml(&server.url(), TOKEN)).await;
     assert!(ok, "{out}");
-    assert!(out.contains("every event type the rules match has a web notification"), "{out}");
+    assert!(
+        out.contains("every event type the rules match has a web notification"),
+        "{out}"
+    );
     // A wrong token: a clear error, without the token.
     let (ok, out) = check_online(dir.path(), yaml(&server.url(), "wrong-tok-123")).await;
     assert!(!ok && out.contains("login refused"), "{out}");
     assert!(!out.contains("wrong-tok-123"), "{out}");
+}
+
+#[tokio::test]
+async fn the_webhook_copy_with_its_position_is_not_lost_to_a_socket_copy_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server().await;
+    let sink = Sink::start().await;
+    let relay = theft_relay(dir.path(), &server, &sink, "    position_wait: 100ms\n").await;
+    wait_status(&relay, "connected", |s| s["connected"] == true).await;
+    // The server cannot give the position: the socket's copy goes on without it, and the theft rule
+    // (armed) cannot hold for it.
+    server.set_hold_positions(true);
+    server.set_positions_status(Some(503));
+    let event = alarm_of(16001, 12, "movement");
+    let position = armed_position(10001, 12, true);
+    server.push(event.clone(), position.clone());
+    wait_status(&relay, "the socket copy", |s| {
+        s["events_without_position"] == 1
+    })
+    .await;
+    sink.assert_stays_at(0, Duration::from_millis(200)).await;
+    // Traccar's webhook copy of the same event carries the position: the rule fires, once.
+    let mut body = json!({ "event": event, "position": position,
+        "device": {"id": 12, "name": "Lena's Gazelle", "groupId": 3, "attributes": {}} });
+    body["event"]["positionId"] = json!(10001);
+    let (status, answer) = relay.post(body.to_string(), &[]).await;
+    assert_eq!(status, 200, "{answer}");
+    sink.wait_for(1, WAIT).await;
+    assert_eq!(messages(&sink), ["16001 at 10001"]);
+    // Sent again (Traccar does not retry, but a proxy might): nothing more.
+    let (status, answer) = relay.post(body.to_string(), &[]).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("duplicate"))
+    );
+    // The other way round: the webhook's copy first, the socket's (with its position) after it.
+    server.set_hold_positions(false);
+    server.set_positions_status(None);
+    let mut body2 = body.clone();
+    body2["event"]["id"] = json!(16002);
+    body2["event"]["positionId"] = json!(10002);
+    body2["position"]["id"] = json!(10002);
+    let (status, _) = relay.post(body2.to_string(), &[]).await;
+    assert_eq!(status, 200);
+    server.push(
+        alarm_of(16002, 12, "movement"),
+        armed_position(10002, 12, true),
+    );
+    sink.wait_for(2, WAIT).await;
+    sink.assert_stays_at(2, Duration::from_millis(400)).await;
+    assert_eq!(messages(&sink), ["16001 at 10001", "16002 at 10002"]);
+    relay.stop().await;
 }

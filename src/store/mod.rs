@@ -49,6 +49,35 @@ pub struct NewEvent {
     /// A geofence transition that cancels a held opposite one (see [`crate::noise::DebounceProbe`]),
     /// whether or not any rule matched this event.
     pub debounce: Option<crate::noise::DebounceProbe>,
+    /// The event refers to a position this copy lacks ([`crate::event::Envelope::lacks_position`]): a
+    /// live-source copy whose position could not be had. A later copy of the same event that has its
+    /// position (Traccar's webhook) is then not a plain duplicate: see [`completing`].
+    pub position_missing: bool,
+}
+
+/// `events.position_missing`: the stored copy had its position (or referred to none).
+pub const POSITION_HAD: i64 = 0;
+/// `events.position_missing`: the stored copy went through the rules without its position.
+pub const POSITION_MISSING: i64 = 1;
+/// `events.position_missing`: a later copy with the position completed the event.
+pub const POSITION_COMPLETED: i64 = 2;
+
+/// What a copy that completes an event stored without its position adds: its deliveries whose
+/// idempotency keys are not among `stored` (those the first copy already produced, whatever became of
+/// them), with no debounce probe (the first copy's transition was already counted). Noise control then
+/// judges only the notifications that are new, so a rule that matched both copies notifies once and
+/// counts once, and a rule on `position.*` that only the complete copy satisfies still fires.
+pub fn completing(e: &NewEvent, stored: &std::collections::HashSet<String>) -> NewEvent {
+    NewEvent {
+        deliveries: e
+            .deliveries
+            .iter()
+            .filter(|d| !stored.contains(&d.key))
+            .cloned()
+            .collect(),
+        debounce: None,
+        ..e.clone()
+    }
 }
 
 /// A delivery to enqueue, its notification already serialised (by the caller, off the writer's thread).

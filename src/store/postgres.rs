@@ -106,6 +106,8 @@ const MIGRATIONS: &[&str] = &[
     // by the claim it came from (see `Claimed::claim`); `attempts` cannot tell claims apart, a replay
     // resets it.
     "ALTER TABLE deliveries ADD COLUMN claims BIGINT NOT NULL DEFAULT 0;",
+    // 4: whether an event went through the rules without the position it refers to (as SQLite's 6).
+    "ALTER TABLE events ADD COLUMN position_missing BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// How to reach the database.
@@ -409,8 +411,9 @@ async fn migrate(client: &mut Object) -> Result<(), StoreError> {
 /// The event and its deliveries in one statement (one round trip, atomic). No row back: the event was
 /// stored before. Otherwise one row, plus one per delivery claimed at once.
 const ACCEPT: &str = "WITH ev AS (
-        INSERT INTO events (source, event_id, device_id, event_type, received_at, txn, payload)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        INSERT INTO events (source, event_id, device_id, event_type, received_at, txn, payload,
+            position_missing)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $19)
         ON CONFLICT (source, event_id) DO NOTHING
         RETURNING id),
     ins AS (
@@ -586,11 +589,22 @@ impl PgStore {
     async fn accept_with_state(&self, e: &NewEvent) -> Result<Accepted, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
+        let marker = if e.position_missing {
+            POSITION_MISSING
+        } else {
+            POSITION_HAD
+        };
+        // As on SQLite: a conflict updates only a row stored without its position, for a copy with it.
         let ev = tx
             .query_opt(
-                "INSERT INTO events (source, event_id, device_id, event_type, received_at, txn, payload)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source, event_id) DO NOTHING RETURNING id",
-                &[&e.source, &e.event_id, &e.device_id, &e.event_type, &e.received_at_ms, &e.txn, &e.payload],
+                "INSERT INTO events (source, event_id, device_id, event_type, received_at, txn, payload,
+                     position_missing)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (source, event_id) DO UPDATE SET position_missing = 2,
+                     payload = CASE WHEN EXCLUDED.payload <> '' THEN EXCLUDED.payload ELSE events.payload END
+                 WHERE events.position_missing = 1 AND EXCLUDED.position_missing = 0
+                 RETURNING id, position_missing",
+                &[&e.source, &e.event_id, &e.device_id, &e.event_type, &e.received_at_ms, &e.txn, &e.payload, &marker],
             )
             .await
             .map_err(pg)?;
@@ -598,6 +612,23 @@ impl PgStore {
             return Ok(Accepted::Duplicate);
         };
         let event_ref: i64 = ev.get(0);
+        let completed;
+        let e = if ev.get::<_, i64>(1) == POSITION_COMPLETED {
+            let stored = tx
+                .query(
+                    "SELECT key FROM deliveries WHERE event_ref = $1",
+                    &[&event_ref],
+                )
+                .await
+                .map_err(pg)?
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect();
+            completed = completing(e, &stored);
+            &completed
+        } else {
+            e
+        };
         let now = e.received_at_ms;
         let keys: Vec<String> = noise_keys(e).into_iter().map(str::to_string).collect();
         let lock = tx
@@ -847,11 +878,22 @@ impl Store for PgStore {
                     contents,
                     &next_at,
                     reasons,
+                    &if e.position_missing {
+                        POSITION_MISSING
+                    } else {
+                        POSITION_HAD
+                    },
                 ],
             )
             .await?;
         if rows.is_empty() {
-            return Ok(Accepted::Duplicate);
+            // Stored before. A copy with its position may complete one stored without: that path
+            // tells (and is a duplicate otherwise).
+            return if e.position_missing {
+                Ok(Accepted::Duplicate)
+            } else {
+                self.accept_with_state(&e).await
+            };
         }
         let mut claimed = Vec::new();
         for r in &rows {

@@ -141,6 +141,9 @@ const MIGRATIONS: &[&str] = &[
     // 5: each claim of a delivery is numbered, so an outcome is recorded only by the claim it came from
     // (see `Claimed::claim`); `attempts` cannot tell claims apart, a replay resets it.
     "ALTER TABLE deliveries ADD COLUMN claims INTEGER NOT NULL DEFAULT 0;",
+    // 6: whether an event went through the rules without the position it refers to (see
+    // `NewEvent::position_missing`): a later copy with the position then completes it.
+    "ALTER TABLE events ADD COLUMN position_missing INTEGER NOT NULL DEFAULT 0;",
 ];
 
 type AnyResult = Result<Box<dyn Any + Send>, StoreError>;
@@ -323,20 +326,52 @@ fn in_savepoint(
     r
 }
 
+/// Stores the event and its deliveries, or nothing when it was stored before; a copy that completes an
+/// event stored without its position adds the deliveries the first copy did not produce ([`completing`]).
 fn insert_event(c: &Connection, e: &NewEvent) -> Result<Accepted, StoreError> {
-    let inserted = c
+    let marker = if e.position_missing {
+        POSITION_MISSING
+    } else {
+        POSITION_HAD
+    };
+    // A conflict updates only a row stored without its position, and only for a copy that has it;
+    // otherwise no row comes back: a duplicate.
+    let row = c
         .prepare_cached(
-            "INSERT INTO events (source, event_id, device_id, event_type, received_at, txn, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (source, event_id) DO NOTHING",
+            "INSERT INTO events (source, event_id, device_id, event_type, received_at, txn, payload,
+                 position_missing)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (source, event_id) DO UPDATE SET position_missing = 2,
+                 payload = CASE WHEN excluded.payload <> '' THEN excluded.payload ELSE events.payload END
+             WHERE events.position_missing = 1 AND excluded.position_missing = 0
+             RETURNING id, position_missing",
         )
         .and_then(|mut s| {
-            s.execute(params![e.source, e.event_id, e.device_id, e.event_type, e.received_at_ms, e.txn, e.payload])
+            s.query_row(
+                params![e.source, e.event_id, e.device_id, e.event_type, e.received_at_ms, e.txn, e.payload, marker],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()
         })
         .map_err(db)?;
-    if inserted == 0 {
-        return Ok(Accepted::Duplicate);
+    match row {
+        None => Ok(Accepted::Duplicate),
+        Some((event_ref, POSITION_COMPLETED)) => {
+            let stored: std::collections::HashSet<String> = c
+                .prepare_cached("SELECT key FROM deliveries WHERE event_ref = ?1")
+                .and_then(|mut s| {
+                    s.query_map([event_ref], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()
+                })
+                .map_err(db)?;
+            insert_deliveries(c, &completing(e, &stored), event_ref)
+        }
+        Some((event_ref, _)) => insert_deliveries(c, e, event_ref),
     }
-    let event_ref = c.last_insert_rowid();
+}
+
+/// Decides noise control for the deliveries of `e` and enqueues them for the event row `event_ref`.
+fn insert_deliveries(c: &Connection, e: &NewEvent, event_ref: i64) -> Result<Accepted, StoreError> {
     let now = e.received_at_ms;
     let noise = decide_noise(e, |keys| load_states(c, keys))?;
     save_states(c, &noise.writes)?;

@@ -52,11 +52,6 @@ pub struct Missing {
     pub position_id: i64,
 }
 
-/// Whether an envelope still lacks the position its event refers to.
-pub fn lacks_position(env: &Envelope) -> bool {
-    env.event.position_id != 0 && env.position.is_none()
-}
-
 impl Joiner {
     /// A joiner that lets an event wait `wait` for its position on the socket.
     pub fn new(wait: Duration) -> Joiner {
@@ -69,7 +64,7 @@ impl Joiner {
 
     /// Queues an envelope. One that lacks its position waits for it until `now + wait`.
     pub fn push(&mut self, env: Envelope, now: Instant) {
-        let settled = !lacks_position(&env);
+        let settled = !env.lacks_position();
         let item = Item {
             seq: self.next_seq,
             env,
