@@ -1,7 +1,7 @@
 # trackrelay container image: build the release binary, run it as an unprivileged user.
 #   docker build -t trackrelay .
 #   docker run -p 8088:8088 -v trackrelay-data:/var/lib/trackrelay trackrelay
-# See README.md, "Running in Docker".
+# See docs/operations.md, "Running in Docker".
 
 FROM rust:1-bookworm AS builder
 WORKDIR /src

@@ -355,7 +355,7 @@ impl Connection {
         match missing {
             Some(m) if changed && !m.is_empty() => tracing::warn!(
                 source = %self.cfg.name, missing = %m.join(", "),
-                "rules match events the server never pushes over the socket: add a notification with the `web` channel for each (see the README, live source)"
+                "rules match events the server never pushes over the socket: add a notification with the `web` channel for each (see docs/live-source.md, `web` notifications)"
             ),
             Some(_) if changed => {
                 tracing::info!(source = %self.cfg.name, "every event type the rules match has a web notification")
