@@ -1,11 +1,13 @@
-//! trackrelay: an alert relay for GPS trackers. Traccar and BikeTrax events come in (webhook), YAML rules
-//! pick what matters, and the right message goes out by email, Telegram or webhook — durably, once.
+//! trackrelay: an alert relay for GPS trackers. Traccar and BikeTrax events come in (webhook, or a live
+//! Traccar WebSocket), YAML rules pick what matters, and the right message goes out by email, Telegram,
+//! webhook or log: durably, once.
 //!
 //! ```text
-//! source (webhook POST) -> decode -> Event
+//! source (webhook POST | Traccar /api/socket + REST) -> decode -> Envelope (event + its position)
 //!   -> rules: RuleSet::evaluate (pure) -> matching rules
-//!   -> plan: render templates per target (pure) -> notifications
-//!   -> store: event + deliveries in one transaction (dedup by event id)   <- ack to the sender after commit
+//!   -> plan: silences, schedules, render per target (pure) -> notifications
+//!   -> store: event + deliveries in one transaction (dedup by source and event id), noise control
+//!      decided inside it                                     <- ack to the sender after commit
 //!   -> deliver: claim due -> Channel::send -> done | retry at t | dead letter
 //! ```
 //!
@@ -16,13 +18,22 @@
 //! - [`geo`]: WKT geofences, Traccar-exact containment, the zone enter/exit tracker with dwell.
 //! - [`rules`]: matchers, field paths, expressions; [`rules::RuleSet`] indexed by event type.
 //! - [`render`]: templates and per-channel escaping; [`plan`]: matched rules -> notifications.
+//! - [`noise`]: cooldown, dedup, debounce, digests, rate limits, schedules and silences (decided purely;
+//!   their state lives in the store).
 //! - [`notification`]: what is sent, with its idempotency key.
-//! - [`store`]: the durable store interface and its SQLite backend (group commit).
+//! - [`store`]: the durable store interface; its SQLite backend (one instance, group commit) and its
+//!   PostgreSQL backend (several instances, leases).
 //! - [`retry`]: the retry policy as data; [`deliver`]: the worker that sends and records outcomes.
 //! - [`channel`]: the `Channel` trait and its log, email, Telegram and webhook implementations.
-//! - [`source`]: where events come from (the webhook); [`pipeline`]: what every source calls.
+//! - [`source`]: where events come from: the webhook ([`source::http`]) and the live Traccar source
+//!   ([`source::traccar`]: login, socket, events joined with their positions, backfill, zones);
+//!   [`pipeline`]: what every source calls.
+//! - [`explain`]: what the rules and noise control would do with an event, without sending.
 //! - [`api`]: HTTP errors, token checks, health, metrics and the admin API; [`app`]: wiring and shutdown.
 //! - [`metrics`]: Prometheus instruments; [`reload`]: hot reload on SIGHUP, file change or API call.
+//!
+//! The reference for users is in `docs/`; the facts about Traccar the live source relies on are in
+//! `docs/reference/`.
 
 pub mod api;
 pub mod app;
