@@ -109,6 +109,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         pipeline: pipeline.clone(),
         reloader: reloader.clone(),
         sources: statuses.clone(),
+        outbox: Default::default(),
     };
     let live_sources = shared.get().config.traccar.clone();
     let app = ingest::router(&path, pipeline.clone()).merge(api::router(admin));

@@ -339,6 +339,8 @@ const LEASE: Duration = Duration::from_secs(60);
 
 async fn dedup_ordering_retry_and_dead(b: Backend) {
     let store = b.open().await;
+    // What `/readyz` asks: the store answers.
+    store.ping().await.unwrap();
     let first = store
         .accept(event(
             1,
