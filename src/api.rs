@@ -4,6 +4,7 @@
 //! configured.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -134,26 +135,47 @@ pub struct AdminState {
     pub outbox: Arc<OutboxFigures>,
 }
 
-/// The outbox figures of `/metrics` (deliveries by status, age of the oldest due one), read one at a
-/// time: a scrape that comes while a read runs waits for it, then takes the figures of a read that
-/// started after it came, or reads anew. A scrape loop, however many connections it opens, so holds at
-/// most one store connection (PostgreSQL's pool serves intake too) and runs one read at a time.
-#[derive(Default)]
-pub struct OutboxFigures(tokio::sync::Mutex<Option<(tokio::time::Instant, Figures)>>);
+/// The outbox figures of `/metrics` (deliveries by status, age of the oldest due one). They are read
+/// one at a time, and a read serves every scrape that comes within [`OutboxFigures::FRESH`] of its start
+/// (those that come while it runs wait for it). A scrape loop, however fast and however many
+/// connections it opens, so costs at most one read a second, and holds at most one store connection
+/// (PostgreSQL's pool serves intake too): reading the counts scans every delivery row.
+pub struct OutboxFigures {
+    fresh: Duration,
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, Figures)>>,
+}
 
 /// Deliveries by status; seconds the oldest due delivery has waited.
 type Figures = (Vec<(Status, u64)>, f64);
 
+impl Default for OutboxFigures {
+    fn default() -> Self {
+        OutboxFigures::with_window(OutboxFigures::FRESH)
+    }
+}
+
 impl OutboxFigures {
-    /// Figures `read` after this call began.
+    /// How long a read serves later scrapes: the gauges are at most this old, far below any scrape
+    /// interval.
+    pub const FRESH: Duration = Duration::from_secs(1);
+
+    /// Figures whose reads serve later scrapes for `fresh`.
+    pub fn with_window(fresh: Duration) -> OutboxFigures {
+        OutboxFigures {
+            fresh,
+            last: Default::default(),
+        }
+    }
+
+    /// Figures `read` at most [`OutboxFigures::FRESH`] before this call began, or after.
     async fn get<F>(&self, read: impl FnOnce() -> F) -> Result<Figures, StoreError>
     where
         F: std::future::Future<Output = Result<Figures, StoreError>>,
     {
         let asked = tokio::time::Instant::now();
-        let mut last = self.0.lock().await;
+        let mut last = self.last.lock().await;
         if let Some((started, figures)) = &*last {
-            if *started >= asked {
+            if asked <= *started + self.fresh {
                 return Ok(figures.clone());
             }
         }
@@ -585,12 +607,12 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// Scrapes that come while the outbox figures are being read wait for that read, then share one
-    /// read that started after they came: however many connections a scrape loop opens, one store
-    /// read runs at a time (one pooled connection on PostgreSQL).
+    /// Scrapes that come while the outbox figures are being read wait for that read: however many
+    /// connections a scrape loop opens, one store read runs at a time (one pooled connection on
+    /// PostgreSQL). Without a window, those that came during a read share the next one.
     #[tokio::test]
     async fn concurrent_scrapes_share_one_read_at_a_time() {
-        let figures = Arc::new(OutboxFigures::default());
+        let figures = Arc::new(OutboxFigures::with_window(Duration::ZERO));
         let reads = Arc::new(AtomicUsize::new(0));
         let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let gate = Arc::new(tokio::sync::Notify::new());
@@ -634,6 +656,24 @@ mod tests {
         }
         assert_eq!(reads.load(Ordering::SeqCst), 2);
         assert_eq!(most.load(Ordering::SeqCst), 1);
+    }
+
+    /// Within the window, a read serves the scrapes after it: a scrape loop costs one read a second.
+    #[tokio::test]
+    async fn a_read_serves_the_scrapes_within_its_window() {
+        let figures = OutboxFigures::with_window(Duration::from_secs(3600));
+        let reads = AtomicUsize::new(0);
+        for _ in 0..3 {
+            let got = figures
+                .get(|| async {
+                    let n = reads.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+                    Ok((vec![(Status::Pending, n)], 0.5))
+                })
+                .await
+                .unwrap();
+            assert_eq!(got, (vec![(Status::Pending, 1)], 0.5));
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
     }
 
     #[test]
