@@ -4,6 +4,7 @@
 //! configured.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -21,7 +22,7 @@ use crate::event::Envelope;
 use crate::noise::silence::{Matchers, NewSilence};
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
-use crate::store::{now_ms, Filter, Replay, Status, StoreError};
+use crate::store::{now_ms, Filter, Replay, Status, Store, StoreError};
 
 /// An HTTP error: status, a stable machine-readable code, and a message safe to show.
 #[derive(Debug)]
@@ -130,6 +131,70 @@ pub struct AdminState {
     pub reloader: Arc<Reloader>,
     /// Status of the live Traccar sources.
     pub sources: Arc<crate::source::traccar::Statuses>,
+    /// The outbox figures `/metrics` shows.
+    pub outbox: Arc<OutboxFigures>,
+}
+
+/// The outbox figures of `/metrics` (deliveries by status, age of the oldest due one). They are read
+/// one at a time, and a read serves every scrape that comes within [`OutboxFigures::FRESH`] of its start
+/// (those that come while it runs wait for it). A scrape loop, however fast and however many
+/// connections it opens, so costs at most one read a second, and holds at most one store connection
+/// (PostgreSQL's pool serves intake too): reading the counts scans every delivery row.
+pub struct OutboxFigures {
+    fresh: Duration,
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, Figures)>>,
+}
+
+/// Deliveries by status; seconds the oldest due delivery has waited.
+type Figures = (Vec<(Status, u64)>, f64);
+
+impl Default for OutboxFigures {
+    fn default() -> Self {
+        OutboxFigures::with_window(OutboxFigures::FRESH)
+    }
+}
+
+impl OutboxFigures {
+    /// How long a read serves later scrapes: the gauges are at most this old, far below any scrape
+    /// interval.
+    pub const FRESH: Duration = Duration::from_secs(1);
+
+    /// Figures whose reads serve later scrapes for `fresh`.
+    pub fn with_window(fresh: Duration) -> OutboxFigures {
+        OutboxFigures {
+            fresh,
+            last: Default::default(),
+        }
+    }
+
+    /// Figures `read` at most [`OutboxFigures::FRESH`] before this call began, or after.
+    async fn get<F>(&self, read: impl FnOnce() -> F) -> Result<Figures, StoreError>
+    where
+        F: std::future::Future<Output = Result<Figures, StoreError>>,
+    {
+        let asked = tokio::time::Instant::now();
+        let mut last = self.last.lock().await;
+        if let Some((started, figures)) = &*last {
+            if asked <= *started + self.fresh {
+                return Ok(figures.clone());
+            }
+        }
+        let started = tokio::time::Instant::now();
+        let figures = read().await?;
+        *last = Some((started, figures.clone()));
+        Ok(figures)
+    }
+}
+
+/// The outbox figures as the store has them now.
+async fn read_figures(store: &dyn Store) -> Result<Figures, StoreError> {
+    let counts = store.counts().await?;
+    let now = now_ms();
+    let oldest = store.oldest_due(now).await?;
+    Ok((
+        counts,
+        oldest.map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0),
+    ))
 }
 
 /// `/healthz`, `/readyz` and `/metrics` (open), `/-/reload` and `/api/...` (admin token). The admin
@@ -184,8 +249,8 @@ async fn healthz(State(s): State<AdminState>) -> Json<serde_json::Value> {
 /// Ready: the store answers, a configuration is loaded, the intake listens. A failed reload is
 /// reported (the previous configuration keeps running) but does not make the relay unready.
 async fn readyz(State(s): State<AdminState>) -> Response {
-    let store = match tokio::time::timeout(READY_TIMEOUT, s.pipeline.store.counts()).await {
-        Ok(Ok(_)) => json!({ "ok": true }),
+    let store = match tokio::time::timeout(READY_TIMEOUT, s.pipeline.store.ping()).await {
+        Ok(Ok(())) => json!({ "ok": true }),
         Ok(Err(e)) => json!({ "ok": false, "error": e.to_string() }),
         Err(_) => {
             json!({ "ok": false, "error": format!("no answer within {}s", READY_TIMEOUT.as_secs()) })
@@ -217,11 +282,12 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn metrics(State(s): State<AdminState>) -> Result<Response, HttpError> {
-    let store = &s.pipeline.store;
-    let counts = store.counts().await.map_err(store_error)?;
-    let now = now_ms();
-    let oldest = store.oldest_due(now).await.map_err(store_error)?;
-    let age = oldest.map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0);
+    let store = s.pipeline.store.as_ref();
+    let (counts, age) = s
+        .outbox
+        .get(|| read_figures(store))
+        .await
+        .map_err(store_error)?;
     let text = s.pipeline.metrics.render(&counts, age);
     Ok((
         [(
@@ -539,6 +605,76 @@ async fn test_channel(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Scrapes that come while the outbox figures are being read wait for that read: however many
+    /// connections a scrape loop opens, one store read runs at a time (one pooled connection on
+    /// PostgreSQL). Without a window, those that came during a read share the next one.
+    #[tokio::test]
+    async fn concurrent_scrapes_share_one_read_at_a_time() {
+        let figures = Arc::new(OutboxFigures::with_window(Duration::ZERO));
+        let reads = Arc::new(AtomicUsize::new(0));
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let scrape = || {
+            let (figures, reads, running, most, gate) = (
+                figures.clone(),
+                reads.clone(),
+                running.clone(),
+                most.clone(),
+                gate.clone(),
+            );
+            tokio::spawn(async move {
+                figures
+                    .get(|| async move {
+                        let n = reads.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(
+                            running.fetch_add(1, Ordering::SeqCst) + 1,
+                            Ordering::SeqCst,
+                        );
+                        if n == 1 {
+                            // The first read takes a while.
+                            gate.notified().await;
+                        }
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        Ok((vec![(Status::Done, n as u64)], 0.0))
+                    })
+                    .await
+            })
+        };
+        let first = scrape();
+        while reads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let others: Vec<_> = (0..4).map(|_| scrape()).collect();
+        // One runtime thread: a yield lets each of them run until it waits for the first read.
+        tokio::task::yield_now().await;
+        gate.notify_one();
+        assert_eq!(first.await.unwrap().unwrap().0, vec![(Status::Done, 1)]);
+        for o in others {
+            assert_eq!(o.await.unwrap().unwrap().0, vec![(Status::Done, 2)]);
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        assert_eq!(most.load(Ordering::SeqCst), 1);
+    }
+
+    /// Within the window, a read serves the scrapes after it: a scrape loop costs one read a second.
+    #[tokio::test]
+    async fn a_read_serves_the_scrapes_within_its_window() {
+        let figures = OutboxFigures::with_window(Duration::from_secs(3600));
+        let reads = AtomicUsize::new(0);
+        for _ in 0..3 {
+            let got = figures
+                .get(|| async {
+                    let n = reads.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+                    Ok((vec![(Status::Pending, n)], 0.5))
+                })
+                .await
+                .unwrap();
+            assert_eq!(got, (vec![(Status::Pending, 1)], 0.5));
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn tokens_compare_exactly() {

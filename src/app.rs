@@ -1,5 +1,7 @@
-//! Builds every part from a [`Config`], runs them, and owns shutdown: stop intake, let the delivery
-//! worker finish what is in flight within the grace period, then close the store.
+//! Builds every part from a [`Config`], runs them, and owns shutdown, in this order: stop intake (the
+//! HTTP server finishes the requests in progress; live sources and the background tasks stop), so that
+//! everything intake committed is handed to the delivery worker; then let the worker finish what is in
+//! flight and what was handed over, within the grace period; then close the store.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -59,9 +61,17 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Its store.
     pub store: Arc<dyn Store>,
-    shutdown: CancellationToken,
+    /// The intake path every source calls.
+    pub pipeline: Pipeline,
+    /// Stops intake: the server, the live sources and the background tasks.
+    intake: CancellationToken,
+    /// Stops the delivery worker, once intake has stopped.
+    delivery: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
-    workers: Vec<JoinHandle<()>>,
+    /// Stopped with intake.
+    tasks: Vec<JoinHandle<()>>,
+    worker: JoinHandle<()>,
+    grace: Duration,
 }
 
 /// Opens the store, builds the channels, binds the listener and starts every task.
@@ -109,11 +119,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         pipeline: pipeline.clone(),
         reloader: reloader.clone(),
         sources: statuses.clone(),
+        outbox: Default::default(),
     };
     let live_sources = shared.get().config.traccar.clone();
     let app = ingest::router(&path, pipeline.clone()).merge(api::router(admin));
 
-    let shutdown = CancellationToken::new();
+    // `shutdown` stops intake; `delivery` stops the worker, after intake (see `Running::stop`).
+    let (shutdown, delivery) = (CancellationToken::new(), CancellationToken::new());
     let dispatcher = Dispatcher {
         store: store.clone(),
         shared: shared.clone(),
@@ -123,7 +135,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         fast: fast_rx,
         metrics,
     };
-    let mut workers = vec![tokio::spawn(dispatcher.run(shutdown.clone()))];
+    let worker = tokio::spawn(dispatcher.run(delivery.clone()));
+    let mut workers = Vec::new();
     // Live Traccar sources: one task each, stopped with intake.
     for src in live_sources {
         tracing::info!(source = %src.name, url = %src.url, "following a Traccar server");
@@ -180,20 +193,39 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(Running {
         addr,
         store,
-        shutdown,
+        pipeline,
+        intake: shutdown,
+        delivery,
         server,
-        workers,
+        tasks: workers,
+        worker,
+        grace,
     })
 }
 
 impl Running {
-    /// Stops intake, drains deliveries in flight, and waits for every task.
+    /// Stops intake, then drains the delivery worker, and waits for every task (see the module docs).
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        self.server.await.context("server task")??;
-        for w in self.workers {
-            w.await.context("worker task")?;
+        // New connections are refused at once; requests in progress get the grace period to finish.
+        // One cut off then is no loss: what its event committed is handed over all the same (see
+        // `Pipeline::ingest`), and its sender was not answered, so it sends the event again.
+        self.intake.cancel();
+        match tokio::time::timeout(self.grace, self.server).await {
+            Ok(r) => r.context("server task")??,
+            Err(_) => tracing::warn!(
+                grace = ?self.grace,
+                "requests still in progress at the end of the grace period; no longer waiting for them"
+            ),
         }
+        for t in self.tasks {
+            t.await.context("intake task")?;
+        }
+        // Intake has stopped: the worker sends what it committed, and what is in flight.
+        self.delivery.cancel();
+        self.worker.await.context("delivery worker")?;
+        // The store closes with its last handle (SQLite: the writer thread ends once its queue is empty).
+        drop(self.pipeline);
+        drop(self.store);
         Ok(())
     }
 }
@@ -203,7 +235,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let running = start(config).await?;
     release_freed_memory();
     shutdown_signal().await;
-    tracing::info!("shutting down: intake stopped, finishing sends in flight");
+    tracing::info!("shutting down: stopping intake, then finishing sends in flight");
     running.stop().await?;
     tracing::info!("stopped");
     Ok(())

@@ -52,8 +52,10 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Runs until `shutdown`, then waits up to the grace period for sends in flight. Sends still
-    /// unfinished then stay claimed in the store and are sent again after restart.
+    /// Runs until `shutdown`, then drains within the grace period: claims nothing more from the store,
+    /// but sends the deliveries intake claimed and handed over (see [`Dispatcher::drain`]) and waits for
+    /// sends in flight. Sends still unfinished then stay claimed in the store and are sent again after
+    /// restart. Stop intake first, so that what it commits until then is handed over and sent.
     ///
     /// Claims and outcomes go to the store in batches: when idle at once, under load every
     /// [`GATHER`] or a quarter of the workers, whichever comes first.
@@ -149,23 +151,41 @@ impl Dispatcher {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+        self.drain(&mut tasks, &mut finished).await;
+        self.record(&mut finished, &mut recording, &stalled);
+        while recording.join_next().await.is_some() {}
+    }
+
+    /// At shutdown, within the grace period: the fast lane is closed, and what it still holds, or is
+    /// still handed by intake calls that reserved room before (each reservation is used or released),
+    /// is sent too, beside the sends in flight. Those deliveries were committed as claimed: left in the
+    /// lane they would wait out their lease. They are at most the lane's capacity (one pool's worth),
+    /// so for the grace period up to twice `workers` sends may run.
+    async fn drain(
+        &mut self,
+        tasks: &mut JoinSet<(ClaimRef, Outcome)>,
+        finished: &mut Vec<(ClaimRef, Outcome)>,
+    ) {
+        self.fast.close();
+        let mut handing_over = true;
         if !tasks.is_empty() {
             tracing::info!(in_flight = tasks.len(), grace = ?self.grace, "waiting for sends in flight");
         }
         let deadline = tokio::time::Instant::now() + self.grace;
-        while !tasks.is_empty() {
-            match tokio::time::timeout_at(deadline, tasks.join_next()).await {
-                Ok(Some(r)) => finished.extend(r.ok()),
-                Ok(None) => break,
-                Err(_) => {
+        while handing_over || !tasks.is_empty() {
+            tokio::select! {
+                d = self.fast.recv(), if handing_over => match d {
+                    Some(d) => self.spawn(tasks, d),
+                    None => handing_over = false,
+                },
+                Some(r) = tasks.join_next(), if !tasks.is_empty() => finished.extend(r.ok()),
+                _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(abandoned = tasks.len(), "sends still in flight at the end of the grace period; they are resent after restart");
                     tasks.abort_all();
                     break;
                 }
             }
         }
-        self.record(&mut finished, &mut recording, &stalled);
-        while recording.join_next().await.is_some() {}
     }
 
     fn spawn(&self, tasks: &mut JoinSet<(ClaimRef, Outcome)>, d: Claimed) {

@@ -53,7 +53,7 @@ impl Pipeline {
         // meanwhile does not change what this event is evaluated against.
         let rt = self.shared.get();
         let matched = rt.config.rules.evaluate(env, arrival.name());
-        let mut event = {
+        let event = {
             let silences = self.silences.get();
             let planned = plan(&rt.config, &matched, env, raw, &arrival, &silences);
             let deliveries = planned.iter().map(NewDelivery::from).collect();
@@ -77,21 +77,6 @@ impl Pipeline {
                 position_missing: env.lacks_position(),
             }
         };
-        // Fast lane: when the worker has room for this event's unordered deliveries, they are claimed in
-        // the intake transaction and handed over directly, saving a store round trip each. Without room
-        // they wait in the outbox as usual.
-        let unordered = event
-            .deliveries
-            .iter()
-            .filter(|d| d.order_key.is_none() && d.dead.is_none())
-            .count();
-        let permits = (unordered > 0)
-            .then(|| self.fast.try_reserve_many(unordered).ok())
-            .flatten();
-        if permits.is_some() {
-            let lease = rt.config.storage.lease;
-            event.claim_until = Some(arrival.received_at_ms + lease.as_millis() as i64);
-        }
         // For the log lines of held-back deliveries (only built when noise control is in play).
         let keys: Vec<(String, String)> = if event.deliveries.iter().any(|d| d.gates.any()) {
             event
@@ -102,13 +87,9 @@ impl Pipeline {
         } else {
             Vec::new()
         };
-        let accepted = self.store.accept(event).await?;
-        if let Accepted::New {
-            deliveries,
-            claimed,
-            quieted,
-        } = &accepted
-        {
+        let claim_until = arrival.received_at_ms + rt.config.storage.lease.as_millis() as i64;
+        let accepted = self.commit(event, claim_until).await?;
+        if let Accepted::New { quieted, .. } = &accepted {
             for q in quieted {
                 let Some((rule, channel)) = keys.get(q.index) else {
                     continue;
@@ -127,15 +108,51 @@ impl Pipeline {
             for r in &matched {
                 self.metrics.rule_matched(&r.name);
             }
-            if let Some(permits) = permits {
-                for (permit, c) in permits.zip(claimed.iter().cloned()) {
-                    permit.send(c);
-                }
-            }
-            if *deliveries > claimed.len() {
-                self.wake.notify_one();
-            }
         }
         Ok(accepted)
+    }
+
+    /// Stores the event and hands what it claimed to the worker, in a task of its own that the caller
+    /// awaits. A caller may go away at any await (a client that hangs up, a source stopping): the task
+    /// goes on, so deliveries committed as claimed are always handed over, never left in flight until
+    /// their lease (`claim_until`, when used) runs out. At shutdown the worker takes what such tasks
+    /// still hand over before it stops (see [`crate::deliver::Dispatcher::run`]).
+    async fn commit(&self, mut event: NewEvent, claim_until: i64) -> Result<Accepted, StoreError> {
+        let (store, fast, wake) = (self.store.clone(), self.fast.clone(), self.wake.clone());
+        let task = tokio::spawn(async move {
+            // Fast lane: when the worker has room for this event's unordered deliveries, they are claimed
+            // in the intake transaction and handed over directly, saving a store round trip each.
+            // Without room (or once the worker stopped taking them) they wait in the outbox as usual.
+            let unordered = event
+                .deliveries
+                .iter()
+                .filter(|d| d.order_key.is_none() && d.dead.is_none())
+                .count();
+            let permits = (unordered > 0)
+                .then(|| fast.try_reserve_many(unordered).ok())
+                .flatten();
+            if permits.is_some() {
+                event.claim_until = Some(claim_until);
+            }
+            let accepted = store.accept(event).await?;
+            if let Accepted::New {
+                deliveries,
+                claimed,
+                ..
+            } = &accepted
+            {
+                if let Some(permits) = permits {
+                    for (permit, c) in permits.zip(claimed.iter().cloned()) {
+                        permit.send(c);
+                    }
+                }
+                if *deliveries > claimed.len() {
+                    wake.notify_one();
+                }
+            }
+            Ok(accepted)
+        });
+        task.await
+            .map_err(|e| StoreError::Db(format!("the intake task failed: {e}")))?
     }
 }

@@ -661,6 +661,8 @@ async fn finish_all(store: &dyn Store, outcomes: Vec<(ClaimRef, Outcome)>, now: 
 
 async fn dedup_ordering_retry_and_dead(b: Backend) {
     let store = b.open().await;
+    // What `/readyz` asks: the store answers.
+    store.ping().await.unwrap();
     let first = store
         .accept(event(
             1,

@@ -436,6 +436,13 @@ pub trait Store: Send + Sync {
     /// Number of deliveries by state.
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError>;
 
+    /// Answers once the store has run a no-op the way it runs writes (SQLite: through the writer's
+    /// queue; PostgreSQL: on a pooled connection): what `/readyz` asks, cheap whatever the outbox holds.
+    /// The default asks for [`Store::counts`].
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.counts().await.map(|_| ())
+    }
+
     /// The items of a digest delivery, oldest first, as [`Notification`] JSON.
     async fn digest_items(&self, digest_id: i64) -> Result<Vec<String>, StoreError>;
 

@@ -1155,6 +1155,10 @@ impl Store for PgStore {
             .collect())
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.query("SELECT 1", &[]).await.map(|_| ())
+    }
+
     async fn digest_items(&self, digest_id: i64) -> Result<Vec<String>, StoreError> {
         let rows = self
             .query(

@@ -3,14 +3,22 @@
 //! One writer thread owns the connection. Every operation is a job sent to it; the thread takes all jobs
 //! waiting (up to [`MAX_BATCH`]) and runs them in one transaction, each in its own savepoint so one
 //! failing job does not undo the others: group commit, so durability costs one fsync per batch, not per
-//! event. Answers are sent only after the commit succeeded.
+//! event. Answers are sent only after the commit succeeded. A job that panics fails alone (its savepoint
+//! is rolled back, the writer goes on); a writer whose connection is left in a state it cannot vouch for
+//! ends the process with a clear error, so that its supervisor restarts it.
+//!
+//! The figures `/metrics` shows (deliveries by status, the oldest due one) are read on a read-only
+//! connection of their own: WAL lets it read beside the writer, so a scrape neither waits in the writer's
+//! queue nor holds up intake.
 
 use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
@@ -157,6 +165,8 @@ struct Job {
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     path: PathBuf,
+    /// Read-only, for the outbox figures (see the module docs). One at a time: reads are short.
+    reader: Arc<Mutex<Connection>>,
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -181,12 +191,22 @@ impl SqliteStore {
         let mut conn = Connection::open(&path).map_err(|e| open_err(e.to_string()))?;
         configure(&conn).map_err(|e| open_err(e.to_string()))?;
         migrate(&mut conn).map_err(|e| open_err(e.to_string()))?;
+        let reader = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c))
+        .map_err(|e| open_err(format!("cannot open a reading connection: {e}")))?;
         let (tx, rx) = mpsc::channel(queue.max(16));
         std::thread::Builder::new()
             .name("trackrelay-sqlite".into())
             .spawn(move || writer(conn, rx))
             .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
-        Ok(SqliteStore { jobs: tx, path })
+        Ok(SqliteStore {
+            jobs: tx,
+            path,
+            reader: Arc::new(Mutex::new(reader)),
+        })
     }
 
     /// The database file.
@@ -216,6 +236,22 @@ impl SqliteStore {
         Ok(*any
             .downcast::<R>()
             .expect("a job's answer has the type its caller asked for"))
+    }
+
+    /// Runs `f` on the reading connection, on a blocking thread (not the writer's, not the runtime's).
+    async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            // A read that panicked left nothing half-done: the connection only reads.
+            let c = reader.lock().unwrap_or_else(|e| e.into_inner());
+            f(&c)
+        })
+        .await
+        .map_err(|e| StoreError::Db(format!("a read failed: {e}")))?
     }
 }
 
@@ -270,8 +306,37 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, batch);
+        // Jobs' own panics are caught in `in_savepoint`; one here is in the transaction's handling.
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| run_batch(&mut conn, batch))) {
+            fatal(&format!(
+                "the writer panicked outside a job: {}",
+                panic_message(&*panic)
+            ));
+        }
+        if !conn.is_autocommit() {
+            fatal("a transaction was left open");
+        }
     }
+}
+
+/// The writer cannot vouch for its connection any more. Going on would answer every write with an error
+/// (the relay 503) for as long as the process lives: exit instead, so that the supervisor restarts the
+/// relay on a fresh connection (SQLite's journal rolls back whatever was not committed).
+fn fatal(why: &str) -> ! {
+    tracing::error!(
+        error = why,
+        "the SQLite writer cannot go on; exiting so that the relay is restarted"
+    );
+    std::process::exit(70)
+}
+
+/// The text a panic was raised with.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
@@ -286,9 +351,25 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
         }
     };
     let mut answers = Vec::with_capacity(batch.len());
-    for job in batch {
-        let result = in_savepoint(&tx, job.run);
-        answers.push((job.reply, result));
+    let mut jobs = batch.into_iter();
+    for job in jobs.by_ref() {
+        match in_savepoint(&tx, job.run) {
+            Ok(result) => answers.push((job.reply, result)),
+            Err(e) => {
+                // A job's writes could not be undone alone: undo the whole batch (dropping the
+                // transaction rolls it back) and fail every job in it; none was answered yet.
+                tracing::error!(error = %e, "a failed job could not be rolled back; the batch is rolled back");
+                let fail = || Err(StoreError::Db(format!("batch rolled back: {e}")));
+                let _ = job.reply.send(fail());
+                for (reply, _) in answers {
+                    let _ = reply.send(fail());
+                }
+                for j in jobs {
+                    let _ = j.reply.send(fail());
+                }
+                return;
+            }
+        }
     }
     match tx.commit() {
         Ok(()) => {
@@ -306,24 +387,37 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
 }
 
 /// Runs one job in a savepoint, so a failing job leaves no half of its writes in the shared transaction.
+/// A job that panics fails like one that returned an error: the panic is caught here, and the writer
+/// goes on with the next job. The outer error says the savepoint itself failed: the transaction then
+/// holds writes that cannot be undone alone.
 /// The statements are cached: this runs for every job, thousands of times a second.
 fn in_savepoint(
     c: &Connection,
     run: Box<dyn FnOnce(&Connection) -> AnyResult + Send>,
-) -> AnyResult {
+) -> Result<AnyResult, StoreError> {
     let exec = |sql: &str| {
         c.prepare_cached(sql)
             .and_then(|mut s| s.execute([]))
             .map(|_| ())
             .map_err(db)
     };
-    exec("SAVEPOINT job")?;
-    let r = run(c);
+    if let Err(e) = exec("SAVEPOINT job") {
+        return Ok(Err(e));
+    }
+    // Unwinding drops the job's statements (a cached one is reset on its way back to the cache), so
+    // the connection is as the job left it: the rollback below undoes its writes.
+    let r = catch_unwind(AssertUnwindSafe(|| run(c))).unwrap_or_else(|panic| {
+        let msg = panic_message(&*panic);
+        tracing::error!(panic = msg, "a store operation panicked; it failed alone");
+        Err(StoreError::Db(format!(
+            "internal error: the store operation panicked ({msg})"
+        )))
+    });
     if r.is_err() {
         exec("ROLLBACK TO job")?;
     }
     exec("RELEASE job")?;
-    r
+    Ok(r)
 }
 
 /// Stores the event and its deliveries, or nothing when it was stored before; a copy that completes an
@@ -812,7 +906,7 @@ impl Store for SqliteStore {
     }
 
     async fn oldest_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError> {
-        self.call(true, move |c| min_next_at(c, "next_at <= ?1", now_ms))
+        self.read(move |c| min_next_at(c, "next_at <= ?1", now_ms))
             .await
     }
 
@@ -907,7 +1001,7 @@ impl Store for SqliteStore {
     }
 
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
-        self.call(true, |c| {
+        self.read(|c| {
             let mut stmt = c
                 .prepare_cached("SELECT status, COUNT(*) FROM deliveries GROUP BY status")
                 .map_err(db)?;
@@ -922,6 +1016,10 @@ impl Store for SqliteStore {
                 .collect())
         })
         .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.call(true, |_| Ok(())).await
     }
 
     async fn digest_items(&self, digest_id: i64) -> Result<Vec<String>, StoreError> {
@@ -1008,6 +1106,109 @@ mod tests {
     //! The storage contract itself (dedup, ordering, retries, leases, recovery, retention, noise state)
     //! is tested once for both backends in `tests/store_suite.rs`; here only what is SQLite's own.
     use super::*;
+    use std::sync::Arc;
+
+    /// Holds the writer thread with a job that waits until the returned sender is dropped or sent to;
+    /// returns once the writer is inside that job.
+    async fn hold_writer(store: &Arc<SqliteStore>) -> std::sync::mpsc::Sender<()> {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (inside, entered) = oneshot::channel();
+        let s = store.clone();
+        tokio::spawn(async move {
+            s.call(true, move |_| {
+                let _ = inside.send(());
+                let _ = held.recv();
+                Ok(())
+            })
+            .await
+        });
+        entered.await.unwrap();
+        release
+    }
+
+    /// Waits until `n` jobs are queued for the writer.
+    async fn queued(store: &SqliteStore, n: usize) {
+        while store.jobs.max_capacity() - store.jobs.capacity() < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A job that panics fails alone, with an error that says so: its writes are rolled back, the job
+    /// batched with it is committed, and the writer goes on taking jobs (before, the panic ended the
+    /// writer thread and every later call failed with "storage is shut down").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_job_fails_alone_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path(), 16).unwrap());
+        let insert = |c: &Connection, id: i64| {
+            c.execute(
+                "INSERT INTO events (source, event_id, device_id, event_type, received_at, payload)
+                 VALUES ('t', ?1, 1, 'alarm', 0, '')",
+                params![id],
+            )
+            .map_err(db)
+        };
+        // The two jobs queue up behind a held writer, so they run in one transaction.
+        let release = hold_writer(&store).await;
+        let s = store.clone();
+        let panicking = tokio::spawn(async move {
+            s.call(true, move |c| -> Result<(), StoreError> {
+                insert(c, 1)?;
+                panic!("injected fault");
+            })
+            .await
+        });
+        queued(&store, 1).await;
+        let s = store.clone();
+        let mate = tokio::spawn(async move { s.call(true, move |c| insert(c, 2)).await });
+        queued(&store, 2).await;
+        drop(release);
+        let err = panicking.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Db(m) if m.contains("panicked") && m.contains("injected fault")),
+            "{err:?}"
+        );
+        mate.await.unwrap().unwrap();
+        // The next job runs, and sees the mate's row but not the half of the panicking job.
+        let ids = store
+            .call(true, |c| {
+                let mut stmt = c
+                    .prepare("SELECT event_id FROM events ORDER BY id")
+                    .map_err(db)?;
+                let ids = stmt
+                    .query_map([], |r| r.get::<_, i64>(0))
+                    .map_err(db)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(db)?;
+                Ok(ids)
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids, vec![2]);
+        store.call(true, move |c| insert(c, 3)).await.unwrap();
+    }
+
+    /// `/metrics` reads (counts by status, the oldest due delivery) do not queue behind the writer:
+    /// they answer while the writer is busy with another job.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn outbox_figures_are_read_beside_a_busy_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path(), 16).unwrap());
+        let release = hold_writer(&store).await;
+        // Generous: a read that waits for the writer never answers while it is held.
+        let wait = Duration::from_secs(10);
+        let counts = tokio::time::timeout(wait, store.counts()).await;
+        let oldest = tokio::time::timeout(wait, store.oldest_due(0)).await;
+        drop(release);
+        assert_eq!(
+            counts.expect("counts waited for the writer").unwrap(),
+            vec![]
+        );
+        assert_eq!(
+            oldest.expect("oldest_due waited for the writer").unwrap(),
+            None
+        );
+    }
 
     #[tokio::test]
     async fn a_newer_schema_is_refused_clearly() {
