@@ -371,7 +371,11 @@ impl<'a> Decider<'a> {
     }
 
     fn put(&mut self, key: &str, state: State, ttl_ms: i64) {
-        let expires_at = state.expires_at(ttl_ms.max(0) + STATE_GRACE_MS);
+        // A late event's state is kept as long after its arrival as a live one's would be: dated by the
+        // event's own time alone it could already be past its expiry, and once pruned the next copy of
+        // the same old event (a backfill overlap, a retry) would find no cooldown and notify again.
+        let late_by = (self.now - self.at).max(0);
+        let expires_at = state.expires_at(ttl_ms.max(0) + STATE_GRACE_MS) + late_by;
         self.states
             .insert(key.to_string(), StateRow { state, expires_at });
         if !self.dirty.iter().any(|k| k == key) {

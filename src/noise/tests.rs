@@ -291,6 +291,23 @@ fn combined_on_one_rule() {
 }
 
 #[test]
+fn a_late_events_state_lasts_as_long_as_a_live_ones() {
+    // An event from a day ago (a backfill), judged at its own time: its cooldown state must not be due
+    // for pruning at once, or the next copy of that old event would notify again.
+    let mut w = World::default();
+    let now = 100 * 24 * 60 * M;
+    let judged = now - 24 * 60 * M;
+    let g = cooldown("7", 10 * M, false);
+    let mut d = Decider::new(now, &mut w.states).judging_at(judged);
+    assert!(sent_at(&d.decide(&g)).is_some());
+    let row = &w.states["cooldown/theft/7"];
+    assert!(row.expires_at >= now + 10 * M + STATE_GRACE_MS, "{row:?}");
+    // The next copy of the same old event, later: still within its cooldown.
+    let mut d = Decider::new(now + 5 * S, &mut w.states).judging_at(judged);
+    assert!(matches!(d.decide(&g), Verdict::Suppress(r) if r.contains("cooldown")));
+}
+
+#[test]
 fn state_expires_after_it_matters() {
     let mut w = World::default();
     w.one(0, &cooldown("42", 10 * M, false));
