@@ -17,12 +17,13 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::channel::SendError;
+use crate::clock::now_ms;
 use crate::config::Secret;
 use crate::event::Envelope;
 use crate::noise::silence::{Matchers, NewSilence};
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
-use crate::store::{now_ms, Filter, Replay, Status, Store, StoreError};
+use crate::store::{Filter, Replay, Status, Store, StoreError};
 
 /// An HTTP error: status, a stable machine-readable code, and a message safe to show.
 #[derive(Debug)]

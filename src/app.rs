@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AdminState};
 use crate::channel::{self, Channels};
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::deliver::Dispatcher;
 use crate::metrics::Metrics;
@@ -22,7 +23,7 @@ use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
 use crate::source::http as ingest;
 use crate::source::traccar;
-use crate::store::{self, now_ms, Store};
+use crate::store::{self, Store};
 
 /// How often retention runs.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);

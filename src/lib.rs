@@ -13,6 +13,7 @@
 //!
 //! # Layout
 //!
+//! - [`clock`]: Unix milliseconds now and as RFC 3339 (uses no other module).
 //! - [`config`]: `trackrelay.yaml` and rule files -> validated [`config::Config`], all errors at once.
 //! - [`event`]: Traccar's models, tolerant of every version.
 //! - [`geo`]: WKT geofences, Traccar-exact containment, the zone enter/exit tracker with dwell.
@@ -38,6 +39,7 @@
 pub mod api;
 pub mod app;
 pub mod channel;
+pub mod clock;
 pub mod config;
 pub mod deliver;
 pub mod event;

@@ -12,10 +12,11 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::api::{token_matches, HttpError};
+use crate::clock::now_ms;
 use crate::event::Envelope;
 use crate::pipeline::Pipeline;
 use crate::plan::Arrival;
-use crate::store::{now_ms, Accepted};
+use crate::store::Accepted;
 
 /// Header values carried through (`X-PowTxn`, `X-Request-Id`) are cut to this length.
 const MAX_TRACE_HEADER: usize = 128;
