@@ -18,11 +18,11 @@ use subtle::ConstantTimeEq;
 
 use crate::channel::SendError;
 use crate::clock::now_ms;
-use crate::config::Secret;
 use crate::event::Envelope;
 use crate::noise::silence::{Matchers, NewSilence};
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
+use crate::secret::Secret;
 use crate::store::{Filter, Replay, Status, Store, StoreError};
 
 /// An HTTP error: status, a stable machine-readable code, and a message safe to show.

@@ -26,6 +26,7 @@
 //!   PostgreSQL backend (several instances, leases).
 //! - [`retry`]: the retry policy as data; [`deliver`]: the worker that sends and records outcomes.
 //! - [`channel`]: the `Channel` trait and its log, email, Telegram and webhook implementations.
+//! - [`secret`]: a token or password that debug output and logs show as `***` (uses no other module).
 //! - [`source`]: where events come from: the webhook ([`source::http`]) and the live Traccar source
 //!   ([`source::traccar`]: login, socket, events joined with their positions, backfill, zones);
 //!   [`pipeline`]: what every source calls.
@@ -54,5 +55,6 @@ pub mod reload;
 pub mod render;
 pub mod retry;
 pub mod rules;
+pub mod secret;
 pub mod source;
 pub mod store;

@@ -11,8 +11,8 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::{Channel, SendError, DEFAULT_TIMEOUT};
 use crate::config::raw::RawEmail;
-use crate::config::Secret;
 use crate::notification::{Content, Notification};
+use crate::secret::Secret;
 
 /// Default subject template.
 pub const DEFAULT_SUBJECT: &str = "{{ title }}: {{ device.name }}";
