@@ -187,10 +187,3 @@ impl Channel for EmailChannel {
         }
     }
 }
-
-/// Wraps a rendered, HTML-escaped body into a minimal mail page, keeping its line breaks.
-pub fn html_page(escaped_body: &str) -> String {
-    format!(
-        "<!DOCTYPE html>\n<html><body><div style=\"font-family:sans-serif;white-space:pre-wrap\">{escaped_body}</div></body></html>\n"
-    )
-}
