@@ -18,7 +18,8 @@
 //! - [`event`]: Traccar's models, tolerant of every version.
 //! - [`geo`]: WKT geofences, Traccar-exact containment, the zone enter/exit tracker with dwell.
 //! - [`rules`]: matchers, field paths, expressions; [`rules::RuleSet`] indexed by event type.
-//! - [`render`]: templates, per-channel escaping and the HTML mail page; [`plan`]: matched rules -> notifications.
+//! - [`render`]: templates, per-channel escaping and the HTML mail page; [`plan`]: matched rules ->
+//!   notifications.
 //! - [`noise`]: cooldown, dedup, debounce, digests, rate limits, schedules and silences (decided purely;
 //!   their state lives in the store).
 //! - [`notification`]: what is sent, with its idempotency key.
