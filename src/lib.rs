@@ -27,12 +27,14 @@
 //!   PostgreSQL backend (several instances, leases).
 //! - [`retry`]: the retry policy as data; [`deliver`]: the worker that sends and records outcomes.
 //! - [`channel`]: the `Channel` trait and its log, email, Telegram and webhook implementations.
-//! - [`secret`]: a token or password that debug output and logs show as `***` (uses no other module).
+//! - [`secret`]: a token or password that debug output and logs show as `***`, and the constant-time
+//!   check of a presented one (uses no other module).
 //! - [`source`]: where events come from: the webhook ([`source::http`]) and the live Traccar source
 //!   ([`source::traccar`]: login, socket, events joined with their positions, backfill, zones);
 //!   [`pipeline`]: what every source calls.
 //! - [`explain`]: what the rules and noise control would do with an event, without sending.
-//! - [`api`]: HTTP errors, token checks, health, metrics and the admin API; [`app`]: wiring and shutdown.
+//! - [`http_error`]: the one error type every HTTP endpoint answers with (JSON, no internals).
+//! - [`api`]: health, metrics and the admin API; [`app`]: wiring and shutdown.
 //! - [`metrics`]: Prometheus instruments; [`reload`]: hot reload on SIGHUP, file change or API call.
 //!
 //! The reference for users is in `docs/`; the facts about Traccar the live source relies on are in
@@ -47,6 +49,7 @@ pub mod deliver;
 pub mod event;
 pub mod explain;
 pub mod geo;
+pub mod http_error;
 pub mod metrics;
 pub mod noise;
 pub mod notification;

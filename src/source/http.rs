@@ -11,11 +11,12 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::api::{token_matches, HttpError};
 use crate::clock::now_ms;
 use crate::event::Envelope;
+use crate::http_error::HttpError;
 use crate::pipeline::Pipeline;
 use crate::plan::Arrival;
+use crate::secret::token_matches;
 use crate::store::Accepted;
 
 /// Header values carried through (`X-PowTxn`, `X-Request-Id`) are cut to this length.
