@@ -35,6 +35,7 @@
 //! - [`explain`]: what the rules and noise control would do with an event, without sending.
 //! - [`http_error`]: the one error type every HTTP endpoint answers with (JSON, no internals).
 //! - [`api`]: health, metrics and the admin API; [`app`]: wiring and shutdown.
+//! - [`runtime`]: the configuration in force with its channels, shared by the services, swapped on reload.
 //! - [`metrics`]: Prometheus instruments; [`reload`]: hot reload on SIGHUP, file change or API call.
 //!
 //! The reference for users is in `docs/`; the facts about Traccar the live source relies on are in
@@ -59,6 +60,7 @@ pub mod reload;
 pub mod render;
 pub mod retry;
 pub mod rules;
+pub mod runtime;
 pub mod secret;
 pub mod source;
 pub mod store;

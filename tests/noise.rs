@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use trackrelay::app::{Runtime, Shared};
 use trackrelay::event::Envelope;
 use trackrelay::noise::silence::{Matchers, NewSilence, SilenceCache};
 use trackrelay::pipeline::Pipeline;
 use trackrelay::plan::Arrival;
+use trackrelay::runtime::{Runtime, Shared};
 use trackrelay::store::sqlite::SqliteStore;
 use trackrelay::store::{Accepted, DeliveryRow, Filter, Status, Store};
 
