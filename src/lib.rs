@@ -22,6 +22,7 @@
 //!   notifications.
 //! - [`noise`]: cooldown, dedup, debounce, digests, rate limits, schedules and silences (decided purely;
 //!   their state lives in the store).
+//! - [`directory`]: devices, groups and geofences a live source knows, used to enrich webhook events.
 //! - [`notification`]: what is sent, with its idempotency key.
 //! - [`store`]: the durable store interface; its SQLite backend (one instance, group commit) and its
 //!   PostgreSQL backend (several instances, leases).
@@ -47,6 +48,7 @@ pub mod channel;
 pub mod clock;
 pub mod config;
 pub mod deliver;
+pub mod directory;
 pub mod event;
 pub mod explain;
 pub mod geo;

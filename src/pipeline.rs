@@ -29,7 +29,7 @@ pub struct Pipeline {
     /// Silences in force.
     pub silences: Arc<SilenceCache>,
     /// Devices, groups and geofences of the live Traccar sources, for enriching webhook events.
-    pub directories: Arc<crate::source::traccar::Directories>,
+    pub directories: Arc<crate::directory::Directories>,
 }
 
 /// The debounce probe of a geofence event.

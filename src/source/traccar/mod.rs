@@ -33,7 +33,6 @@ use crate::plan::Arrival;
 use crate::retry::RetryPolicy;
 use crate::store::{Accepted, StoreError};
 use cache::Cache;
-pub use cache::{Directories, Directory};
 use client::{Client, Session};
 pub use config::TraccarSource;
 use join::{Joiner, Missing};
