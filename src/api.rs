@@ -1,126 +1,28 @@
-//! HTTP around the pipeline: the one error type every endpoint answers with (JSON, no internals),
-//! constant-time token checks, `/healthz`, `/readyz`, `/metrics`, and the admin API (deliveries, dead
+//! HTTP around the pipeline: `/healthz`, `/readyz`, `/metrics`, and the admin API (deliveries, dead
 //! letters, replay, reload, rules, explain, channel tests), which answers only when an admin token is
-//! configured.
+//! configured. Errors are [`HttpError`]s (JSON, no internals); tokens are checked in constant time by
+//! [`token_matches`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{body::Bytes, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::channel::SendError;
-use crate::config::Secret;
+use crate::clock::now_ms;
 use crate::event::Envelope;
+use crate::http_error::HttpError;
 use crate::noise::silence::{Matchers, NewSilence};
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
-use crate::store::{now_ms, Filter, Replay, Status, Store, StoreError};
-
-/// An HTTP error: status, a stable machine-readable code, and a message safe to show.
-#[derive(Debug)]
-pub struct HttpError {
-    /// Status.
-    pub status: StatusCode,
-    /// Stable code (`invalid_event`, `unauthorized`, …).
-    pub code: &'static str,
-    /// Human explanation (never a secret, never an internal error).
-    pub message: String,
-    /// Seconds for `Retry-After` (503).
-    pub retry_after: Option<u64>,
-}
-
-impl HttpError {
-    /// A new error.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> HttpError {
-        HttpError {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    /// 401.
-    pub fn unauthorized() -> HttpError {
-        HttpError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong Authorization header",
-        )
-    }
-
-    /// Maps a store failure: overload and outages are 503 with `Retry-After`; details go to the log only.
-    pub fn from_store(e: &StoreError) -> HttpError {
-        match e {
-            StoreError::NotFound(what) => HttpError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("{what} not found"),
-            ),
-            StoreError::Busy => HttpError {
-                retry_after: Some(1),
-                ..HttpError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "overloaded",
-                    "the relay is at capacity; retry shortly",
-                )
-            },
-            StoreError::Unavailable(reason) => {
-                tracing::warn!(reason = %reason, "storage unreachable; intake answers 503");
-                HttpError {
-                    retry_after: Some(2),
-                    ..HttpError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "storage_unavailable",
-                        "storage is unavailable; retry later",
-                    )
-                }
-            }
-            other => {
-                tracing::error!(error = %other, "storage failure");
-                HttpError {
-                    retry_after: Some(5),
-                    ..HttpError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "storage_unavailable",
-                        "storage is unavailable; retry later",
-                    )
-                }
-            }
-        }
-    }
-}
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        let mut resp = (
-            self.status,
-            Json(json!({ "error": self.code, "message": self.message })),
-        )
-            .into_response();
-        if let Some(s) = self.retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        resp
-    }
-}
-
-/// Compares a presented credential with the expected one in constant time. Both are hashed first, so
-/// neither the content nor the length of the secret leaks through timing.
-pub fn token_matches(presented: Option<&[u8]>, expected: &Secret) -> bool {
-    let a = Sha256::digest(presented.unwrap_or_default());
-    let b = Sha256::digest(expected.expose().as_bytes());
-    presented.is_some() && bool::from(a.ct_eq(&b))
-}
+use crate::secret::token_matches;
+use crate::store::{Filter, Replay, Status, Store, StoreError};
 
 /// State of the operational and admin routes.
 #[derive(Clone)]
@@ -674,15 +576,5 @@ mod tests {
             assert_eq!(got, (vec![(Status::Pending, 1)], 0.5));
         }
         assert_eq!(reads.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn tokens_compare_exactly() {
-        let s = Secret("Bearer abc".into());
-        assert!(token_matches(Some(b"Bearer abc"), &s));
-        assert!(!token_matches(Some(b"Bearer abd"), &s));
-        assert!(!token_matches(Some(b"Bearer abc "), &s));
-        assert!(!token_matches(Some(b""), &s));
-        assert!(!token_matches(None, &s));
     }
 }

@@ -4,7 +4,7 @@
 //! flight and what was handed over, within the grace period; then close the store.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,47 +13,21 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AdminState};
-use crate::channel::{self, Channels};
+use crate::channel;
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::deliver::Dispatcher;
 use crate::metrics::Metrics;
 use crate::noise::silence::{SilenceCache, REFRESH as SILENCE_REFRESH};
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
+use crate::runtime::{release_freed_memory, Runtime, Shared};
 use crate::source::http as ingest;
 use crate::source::traccar;
-use crate::store::{self, now_ms, Store};
+use crate::store::{self, Store};
 
 /// How often retention runs.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
-
-/// A configuration with its live channels.
-pub struct Runtime {
-    /// The configuration.
-    pub config: Config,
-    /// Channels built from it.
-    pub channels: Channels,
-}
-
-/// The current [`Runtime`], replaced whole on reload.
-pub struct Shared(RwLock<Arc<Runtime>>);
-
-impl Shared {
-    /// Holds `rt`.
-    pub fn new(rt: Runtime) -> Shared {
-        Shared(RwLock::new(Arc::new(rt)))
-    }
-
-    /// The current runtime.
-    pub fn get(&self) -> Arc<Runtime> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Replaces the runtime; work in progress keeps the one it started with.
-    pub fn replace(&self, rt: Runtime) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rt);
-    }
-}
 
 /// A running relay.
 pub struct Running {
@@ -239,19 +213,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     running.stop().await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Hands memory freed after a burst of allocations (loading and compiling the configuration, opening the
-/// store) back to the operating system. glibc's malloc returns only the top of its heap by itself and
-/// keeps freed pages below it resident; with 1,000 rules that is about 0.8 MiB of a ~7 MiB heap for
-/// good. Called at start and after a reload; a no-op where the C library is not glibc.
-pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists, under its locks; it is safe to
-    // call from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 async fn shutdown_signal() {

@@ -11,13 +11,14 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{Runtime, Shared};
 use crate::channel::{ChannelKind, SendError};
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::noise::digest;
 use crate::notification::{Content, Notification};
 use crate::retry::{Decision, RetryPolicy};
-use crate::store::{now_ms, ClaimRef, Claimed, Outcome, Store, StoreError};
+use crate::runtime::{Runtime, Shared};
+use crate::store::{ClaimRef, Claimed, Outcome, Store, StoreError};
 
 /// A send taking longer than this (or than half the claim's lease, `storage.lease`, if that is shorter)
 /// is abandoned and retried, whatever the channel's own timeout: a claim never runs out while its

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::event::Envelope;
 use crate::noise::silence::SilenceSet;
@@ -12,7 +13,7 @@ use crate::noise::{Decider, StateRow, Verdict as NoiseVerdict};
 use crate::notification::Content;
 use crate::plan::{plan, Arrival};
 use crate::rules::Verdict;
-use crate::store::{rfc3339, Store};
+use crate::store::Store;
 
 /// The verdict of one rule.
 #[derive(Debug, Clone, Serialize)]
@@ -107,7 +108,7 @@ pub async fn explain(
         .collect();
     let arrival = Arrival {
         source,
-        received_at_ms: crate::store::now_ms(),
+        received_at_ms: crate::clock::now_ms(),
         ..Default::default()
     };
     let planned = plan(cfg, &matched, env, raw, &arrival, silences);

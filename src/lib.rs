@@ -13,23 +13,30 @@
 //!
 //! # Layout
 //!
+//! - [`clock`]: Unix milliseconds now and as RFC 3339 (uses no other module).
 //! - [`config`]: `trackrelay.yaml` and rule files -> validated [`config::Config`], all errors at once.
 //! - [`event`]: Traccar's models, tolerant of every version.
 //! - [`geo`]: WKT geofences, Traccar-exact containment, the zone enter/exit tracker with dwell.
 //! - [`rules`]: matchers, field paths, expressions; [`rules::RuleSet`] indexed by event type.
-//! - [`render`]: templates and per-channel escaping; [`plan`]: matched rules -> notifications.
+//! - [`render`]: templates, per-channel escaping and the HTML mail page; [`plan`]: matched rules ->
+//!   notifications.
 //! - [`noise`]: cooldown, dedup, debounce, digests, rate limits, schedules and silences (decided purely;
 //!   their state lives in the store).
+//! - [`directory`]: devices, groups and geofences a live source knows, used to enrich webhook events.
 //! - [`notification`]: what is sent, with its idempotency key.
 //! - [`store`]: the durable store interface; its SQLite backend (one instance, group commit) and its
 //!   PostgreSQL backend (several instances, leases).
 //! - [`retry`]: the retry policy as data; [`deliver`]: the worker that sends and records outcomes.
 //! - [`channel`]: the `Channel` trait and its log, email, Telegram and webhook implementations.
+//! - [`secret`]: a token or password that debug output and logs show as `***`, and the constant-time
+//!   check of a presented one (uses no other module).
 //! - [`source`]: where events come from: the webhook ([`source::http`]) and the live Traccar source
 //!   ([`source::traccar`]: login, socket, events joined with their positions, backfill, zones);
 //!   [`pipeline`]: what every source calls.
 //! - [`explain`]: what the rules and noise control would do with an event, without sending.
-//! - [`api`]: HTTP errors, token checks, health, metrics and the admin API; [`app`]: wiring and shutdown.
+//! - [`http_error`]: the one error type every HTTP endpoint answers with (JSON, no internals).
+//! - [`api`]: health, metrics and the admin API; [`app`]: wiring and shutdown.
+//! - [`runtime`]: the configuration in force with its channels, shared by the services, swapped on reload.
 //! - [`metrics`]: Prometheus instruments; [`reload`]: hot reload on SIGHUP, file change or API call.
 //!
 //! The reference for users is in `docs/`; the facts about Traccar the live source relies on are in
@@ -38,11 +45,14 @@
 pub mod api;
 pub mod app;
 pub mod channel;
+pub mod clock;
 pub mod config;
 pub mod deliver;
+pub mod directory;
 pub mod event;
 pub mod explain;
 pub mod geo;
+pub mod http_error;
 pub mod metrics;
 pub mod noise;
 pub mod notification;
@@ -52,5 +62,7 @@ pub mod reload;
 pub mod render;
 pub mod retry;
 pub mod rules;
+pub mod runtime;
+pub mod secret;
 pub mod source;
 pub mod store;

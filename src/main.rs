@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use trackrelay::clock::now_ms;
 use trackrelay::config::Config;
 use trackrelay::event::Envelope;
 use trackrelay::noise::silence::{Matchers, NewSilence, SilenceSet};
-use trackrelay::store::{now_ms, Filter, Replay, Status, Store};
+use trackrelay::store::{Filter, Replay, Status, Store};
 
 /// Alert relay for GPS trackers: Traccar / BikeTrax events in, the right message out, once.
 ///

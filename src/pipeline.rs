@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
 
-use crate::app::Shared;
 use crate::event::Envelope;
 use crate::metrics::Metrics;
 use crate::noise::silence::SilenceCache;
 use crate::noise::{debounce_key, judged_at, DebounceProbe};
 use crate::plan::{plan, Arrival};
+use crate::runtime::Shared;
 use crate::store::{Accepted, Claimed, NewDelivery, NewEvent, Status, Store, StoreError};
 
 /// Shared by every source.
@@ -29,7 +29,7 @@ pub struct Pipeline {
     /// Silences in force.
     pub silences: Arc<SilenceCache>,
     /// Devices, groups and geofences of the live Traccar sources, for enriching webhook events.
-    pub directories: Arc<crate::source::traccar::Directories>,
+    pub directories: Arc<crate::directory::Directories>,
 }
 
 /// The debounce probe of a geofence event.

@@ -3,14 +3,14 @@
 
 use minijinja::context;
 
-use crate::channel::{email, ChannelConfig, ChannelKind};
+use crate::channel::{ChannelConfig, ChannelKind};
 use crate::config::Config;
 use crate::event::Envelope;
 use crate::noise::schedule::WhenMuted;
 use crate::noise::silence::{SilenceSet, Subject};
 use crate::noise::{CooldownGate, DebounceGate, Gates, GroupGate, KeyedWindow, RateGate};
 use crate::notification::{idempotency_key, Content, Notification, Origin};
-use crate::render::Renderer;
+use crate::render::{html_page, Renderer};
 use crate::rules::{Rule, Target};
 
 /// Facts about how an event arrived.
@@ -103,9 +103,8 @@ pub fn plan(
                     let subject = target.subject.as_deref().map(&render).unwrap_or_default();
                     // Subjects are one line: a template's stray newline would end the header.
                     let subject = subject.split_whitespace().collect::<Vec<_>>().join(" ");
-                    let html = email::html_page(
-                        &target.body_html.as_deref().map(&render).unwrap_or_default(),
-                    );
+                    let html =
+                        html_page(&target.body_html.as_deref().map(&render).unwrap_or_default());
                     parts.push((
                         "msg",
                         Content::Email {

@@ -10,10 +10,10 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{Runtime, Shared};
 use crate::channel;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::runtime::{Runtime, Shared};
 
 /// File events closer together than this are one change (editors write files in several steps).
 pub const DEBOUNCE: Duration = Duration::from_millis(500);
@@ -91,7 +91,7 @@ impl Reloader {
                 };
                 self.shared.replace(rt);
                 drop(old);
-                crate::app::release_freed_memory();
+                crate::runtime::release_freed_memory();
                 self.metrics.reload(true, now);
                 *last_error = None;
                 tracing::info!(

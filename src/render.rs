@@ -69,6 +69,13 @@ pub fn escape_html(s: &str) -> String {
     out
 }
 
+/// Wraps a rendered, HTML-escaped body into a minimal mail page, keeping its line breaks.
+pub fn html_page(escaped_body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html><body><div style=\"font-family:sans-serif;white-space:pre-wrap\">{escaped_body}</div></body></html>\n"
+    )
+}
+
 /// Compiles templates into a [`Renderer`].
 pub struct RendererBuilder {
     env: Environment<'static>,

@@ -14,9 +14,10 @@ use tokio::net::TcpStream;
 
 use common::{hook_config, payload, Relay};
 use support::sink::{Mode, Sink};
+use trackrelay::clock::now_ms;
 use trackrelay::event::Envelope;
 use trackrelay::plan::Arrival;
-use trackrelay::store::{now_ms, Filter, Status};
+use trackrelay::store::{Filter, Status};
 
 /// Far below the lease of a claim (`storage.lease`, 5 minutes by default), far above a send on loopback.
 const PROMPTLY: Duration = Duration::from_secs(10);

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use trackrelay::app::{Runtime, Shared};
 use trackrelay::event::Envelope;
 use trackrelay::noise::silence::{Matchers, NewSilence, SilenceCache};
 use trackrelay::pipeline::Pipeline;
 use trackrelay::plan::Arrival;
+use trackrelay::runtime::{Runtime, Shared};
 use trackrelay::store::sqlite::SqliteStore;
 use trackrelay::store::{Accepted, DeliveryRow, Filter, Status, Store};
 
@@ -117,7 +117,7 @@ impl Bench {
     /// after a reconnect, or a sender's retry, when `happened` is well before `at`.
     async fn ingest_late(&self, body: &str, happened: i64, at: i64) -> Accepted {
         let mut v: Value = serde_json::from_str(body).unwrap();
-        v["event"]["eventTime"] = json!(trackrelay::store::rfc3339(happened));
+        v["event"]["eventTime"] = json!(trackrelay::clock::rfc3339(happened));
         let body = v.to_string();
         let env = Envelope::from_json(body.as_bytes()).unwrap();
         self.pipeline
@@ -499,7 +499,7 @@ async fn rate_limit_per_recipient_waits_and_can_fold() {
 #[tokio::test]
 async fn silences_mute_until_their_end_and_are_recorded() {
     let mut b = Bench::new(THEFT);
-    let now = trackrelay::store::now_ms();
+    let now = trackrelay::clock::now_ms();
     let s = b
         .store
         .add_silence(

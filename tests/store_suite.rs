@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use trackrelay::clock::{now_ms, rfc3339};
 use trackrelay::noise::{CooldownGate, DebounceGate, Gates, GroupGate};
 use trackrelay::notification::{Content, Notification, Origin};
 use trackrelay::plan::Planned;

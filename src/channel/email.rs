@@ -11,8 +11,8 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::{Channel, SendError, DEFAULT_TIMEOUT};
 use crate::config::raw::RawEmail;
-use crate::config::Secret;
 use crate::notification::{Content, Notification};
+use crate::secret::Secret;
 
 /// Default subject template.
 pub const DEFAULT_SUBJECT: &str = "{{ title }}: {{ device.name }}";
@@ -186,11 +186,4 @@ impl Channel for EmailChannel {
             Err(e) => Err(SendError::transient(format!("SMTP: {e}"))),
         }
     }
-}
-
-/// Wraps a rendered, HTML-escaped body into a minimal mail page, keeping its line breaks.
-pub fn html_page(escaped_body: &str) -> String {
-    format!(
-        "<!DOCTYPE html>\n<html><body><div style=\"font-family:sans-serif;white-space:pre-wrap\">{escaped_body}</div></body></html>\n"
-    )
 }

@@ -239,7 +239,7 @@ pub struct BuildError {
 /// the channel's default recipient.
 pub fn test_notification(cfg: &ChannelConfig, to: Option<&str>) -> Result<Notification, String> {
     use crate::notification::{Content, Origin, ParseMode};
-    use crate::render::{escape_html, escape_markdown_v2};
+    use crate::render::{escape_html, escape_markdown_v2, html_page};
     let recipient = match (to, cfg.default_to.first()) {
         (Some(t), _) => t.to_string(),
         (None, Some(d)) => d.clone(),
@@ -256,7 +256,7 @@ pub fn test_notification(cfg: &ChannelConfig, to: Option<&str>) -> Result<Notifi
         ChannelKind::Log => Content::Log { text },
         ChannelKind::Email(_) => Content::Email {
             subject: "trackrelay test message".into(),
-            html: email::html_page(&escape_html(&text)),
+            html: html_page(&escape_html(&text)),
             text,
         },
         ChannelKind::Telegram(t) => Content::TelegramText {

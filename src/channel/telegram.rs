@@ -11,9 +11,9 @@ use teloxide_core::{ApiError, Bot, RequestError};
 
 use super::{http_client, http_failure, Channel, SendError, DEFAULT_TIMEOUT};
 use crate::config::raw::RawTelegram;
-use crate::config::Secret;
 use crate::notification::{Content, Notification, ParseMode};
 use crate::render::Escape;
+use crate::secret::Secret;
 
 /// Telegram's limit on one message, in characters after entity parsing.
 pub const MAX_MESSAGE_CHARS: usize = 4096;

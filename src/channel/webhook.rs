@@ -11,8 +11,8 @@ use sha2::Sha256;
 
 use super::{http_client, http_failure, parse_retry_after, Channel, SendError, DEFAULT_TIMEOUT};
 use crate::config::raw::RawWebhook;
-use crate::config::Secret;
 use crate::notification::{Content, Notification};
+use crate::secret::Secret;
 
 /// Header carrying `sha256=<hex HMAC of the body>`.
 pub const SIGNATURE_HEADER: &str = "x-trackrelay-signature";

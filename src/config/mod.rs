@@ -16,6 +16,7 @@ use chrono_tz::Tz;
 use crate::channel::ChannelConfig;
 use crate::render::Renderer;
 use crate::rules::RuleSet;
+use crate::secret::Secret;
 
 /// The configuration `trackrelay serve` runs on when no file is given: log channel only.
 pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
@@ -39,23 +40,6 @@ pub const DEFAULT_DEAD_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600)
 pub const DEFAULT_WORKERS: usize = 64;
 /// Shutdown waits this long for in-flight sends; unfinished ones are resent after restart.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// A secret: shown as `***` in debug output and never logged.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl Secret {
-    /// The secret's value.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
 
 /// Intake settings.
 #[derive(Debug, Clone)]

@@ -48,7 +48,7 @@ pub fn build(template: &Content, title: &str, items: &[Notification]) -> Content
             Content::Email {
                 subject: title.to_string(),
                 text: text_part,
-                html: crate::channel::email::html_page(&html_part),
+                html: crate::render::html_page(&html_part),
             }
         }
         Content::TelegramText { parse_mode, .. } => {
@@ -245,7 +245,7 @@ mod tests {
         let items = vec![item(Content::Email {
             subject: "s".into(),
             text: "bike offline".into(),
-            html: crate::channel::email::html_page("<p>bike offline</p>"),
+            html: crate::render::html_page("<p>bike offline</p>"),
         })];
         let Content::Email {
             subject,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::rfc3339;
+use crate::clock::rfc3339;
 
 /// A rule's cooldown.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,7 +5,7 @@
 use globset::{Glob, GlobMatcher};
 use serde::{Deserialize, Serialize};
 
-use crate::store::rfc3339;
+use crate::clock::rfc3339;
 
 /// What a silence mutes; every matcher given must match, at least one must be given.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -373,7 +373,7 @@ impl SilenceCache {
         store: &dyn crate::store::Store,
     ) -> Result<(), crate::store::StoreError> {
         let all = store.silences().await?;
-        let set = SilenceSet::new(all, crate::store::now_ms());
+        let set = SilenceSet::new(all, crate::clock::now_ms());
         self.report(set.unreadable());
         *self.set.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(set);
         Ok(())

@@ -11,11 +11,13 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::api::{token_matches, HttpError};
+use crate::clock::now_ms;
 use crate::event::Envelope;
+use crate::http_error::HttpError;
 use crate::pipeline::Pipeline;
 use crate::plan::Arrival;
-use crate::store::{now_ms, Accepted};
+use crate::secret::token_matches;
+use crate::store::Accepted;
 
 /// Header values carried through (`X-PowTxn`, `X-Request-Id`) are cut to this length.
 const MAX_TRACE_HEADER: usize = 128;
@@ -203,8 +205,8 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::app::{Runtime, Shared};
     use crate::config::Config;
+    use crate::runtime::{Runtime, Shared};
     use crate::store::*;
 
     /// A store that is always full or always down: what intake answers when the outbox cannot keep up.

@@ -26,6 +26,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use super::*;
+use crate::clock::rfc3339;
 
 /// Pause between attempts to reach the database at start.
 const STARTUP_RETRY: Duration = Duration::from_millis(500);

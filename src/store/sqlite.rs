@@ -22,6 +22,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
+use crate::clock::rfc3339;
 
 /// Jobs per transaction at most: bounds the latency one commit adds to the jobs in it.
 pub const MAX_BATCH: usize = 2048;

@@ -214,7 +214,7 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::secret::Secret;
     use crate::source::traccar::config::RawTraccarSource;
 
     fn source(url: &str) -> TraccarSource {

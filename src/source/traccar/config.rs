@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Secret;
 use crate::geo::{Shape, Zone};
+use crate::secret::Secret;
 
 /// Our own WebSocket ping: well inside Traccar's 55 s keepalive, so proxies never see an idle socket.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);

@@ -26,13 +26,13 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::event::Envelope;
 use crate::pipeline::Pipeline;
 use crate::plan::Arrival;
 use crate::retry::RetryPolicy;
-use crate::store::{now_ms, Accepted, StoreError};
+use crate::store::{Accepted, StoreError};
 use cache::Cache;
-pub use cache::{Directories, Directory};
 use client::{Client, Session};
 pub use config::TraccarSource;
 use join::{Joiner, Missing};
