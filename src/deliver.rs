@@ -1,6 +1,6 @@
 //! The delivery worker: claims due deliveries from the outbox, sends each through its channel, and
 //! records the outcome: done, retry at a time the [`RetryPolicy`] decides, or dead letter. Retries,
-//! logging and the send deadline are written here once, around [`Channel::send`].
+//! logging and the send deadline are written here once, around [`Channel::send`](crate::channel::Channel::send).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -54,7 +54,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Runs until `shutdown`, then drains within the grace period: claims nothing more from the store,
-    /// but sends the deliveries intake claimed and handed over (see [`Dispatcher::drain`]) and waits for
+    /// but sends the deliveries intake claimed and handed over (see `Dispatcher::drain`) and waits for
     /// sends in flight. Sends still unfinished then stay claimed in the store and are sent again after
     /// restart. Stop intake first, so that what it commits until then is handed over and sent.
     ///

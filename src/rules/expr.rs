@@ -2,7 +2,7 @@
 //! resolved to [`Field`]s once, and evaluated against a tiny context holding only those variables.
 //!
 //! Most rule expressions are comparisons of numbers and booleans joined with `&&`, `||` and `!`. Those
-//! are also compiled into a [`Fast`] program that evaluates without allocating; it gives up (and
+//! are also compiled into a `Fast` program that evaluates without allocating; it gives up (and
 //! evalexpr evaluates the expression) whenever a value or an operation is outside what it models, so the
 //! result, and every error, is evalexpr's own.
 
