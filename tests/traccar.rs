@@ -529,9 +529,12 @@ async fn theft_relay(dir: &Path, server: &Traccar, sink: &Sink, extra: &str) -> 
     .await
 }
 
-fn metric(text: &str, name_and_labels: &str) -> f64 {
+/// `trackrelay_source_event_positions_total` of the source `home` for `via` (0 when absent).
+async fn positions_via(relay: &Relay, via: &str) -> f64 {
+    let series = format!(r#"trackrelay_source_event_positions_total{{source="home",via="{via}"}}"#);
+    let text = relay.metrics().await;
     text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
         .unwrap_or(0.0)
 }
 
@@ -559,15 +562,7 @@ async fn the_theft_rule_fires_for_an_alarm_pushed_before_its_position() {
     assert_eq!(messages(&sink), ["11001 at 5001"]);
     // Joined on the socket: the REST API was not needed.
     assert!(server.position_queries().is_empty());
-    let m = relay.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"trackrelay_source_event_positions_total{source="home",via="socket"}"#
-        ),
-        3.0,
-        "{m}"
-    );
+    assert_eq!(positions_via(&relay, "socket").await, 3.0);
     relay.stop().await;
 }
 
@@ -624,15 +619,7 @@ async fn an_event_whose_position_cannot_be_had_goes_on_without_it_and_says_so() 
     assert_eq!(messages(&sink), ["13001 at nowhere", "13002 at nowhere"]);
     let s = wait_status(&relay, "the count", |s| s["events_without_position"] == 1).await;
     assert_eq!(s["connected"], true);
-    let m = relay.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"trackrelay_source_event_positions_total{source="home",via="missing"}"#
-        ),
-        1.0,
-        "{m}"
-    );
+    assert_eq!(positions_via(&relay, "missing").await, 1.0);
     relay.stop().await;
 }
 
