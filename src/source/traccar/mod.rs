@@ -239,6 +239,9 @@ impl Connection {
             }
         };
         self.refresh(&session).await.map_err(|e| (e, false))?;
+        self.check_notifications(&session)
+            .await
+            .map_err(|e| (e, false))?;
         let request = self
             .client
             .socket_request(&session)
@@ -292,6 +295,7 @@ impl Connection {
                 }
                 _ = refresh.tick() => {
                     self.refresh(&session).await.map_err(|e| (e, true))?;
+                    self.check_notifications(&session).await.map_err(|e| (e, true))?;
                 }
                 msg = ws.next() => {
                     let msg = match msg {
@@ -326,11 +330,12 @@ impl Connection {
         self.cache.replace(devices, groups, geofences);
         let n = self.cache.device_ids().len();
         self.statuses.update(&self.cfg.name, |st| st.devices = n);
-        self.check_notifications(s).await
+        Ok(())
     }
 
     /// Compares the server's `web` notifications with what the rules can match on this source, and says
-    /// in the log (when it changes) and in the status what Traccar will never push.
+    /// in the log (when it changes) and in the status what Traccar will never push. At connect and every
+    /// `refresh_interval`, not on each `devices` frame (a fleet sends many).
     async fn check_notifications(&mut self, s: &Session) -> Result<(), SourceError> {
         let missing = match self.client.notifications(s).await {
             Ok(list) => {
