@@ -35,7 +35,8 @@
 //!   [`pipeline`]: what every source calls.
 //! - [`explain`]: what the rules and noise control would do with an event, without sending.
 //! - [`http_error`]: the one error type every HTTP endpoint answers with (JSON, no internals).
-//! - [`api`]: health, metrics and the admin API; [`app`]: wiring and shutdown.
+//! - [`api`]: health, metrics and the admin API; [`app`]: wiring (it opens the store the
+//!   configuration names) and shutdown.
 //! - [`runtime`]: the configuration in force with its channels, shared by the services, swapped on reload.
 //! - [`metrics`]: Prometheus instruments; [`reload`]: hot reload on SIGHUP, file change or API call.
 //!
