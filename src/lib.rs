@@ -38,6 +38,7 @@
 //! - [`api`]: health, metrics and the admin API; [`app`]: wiring (it opens the store the
 //!   configuration names) and shutdown.
 //! - [`runtime`]: the configuration in force with its channels, shared by the services, swapped on reload.
+//! - [`silence_cache`]: the silences in force, re-read from the store every two seconds.
 //! - [`metrics`]: Prometheus instruments; [`reload`]: hot reload on SIGHUP, file change or API call.
 //!
 //! The reference for users is in `docs/`; the facts about Traccar the live source relies on are in
@@ -65,5 +66,6 @@ pub mod retry;
 pub mod rules;
 pub mod runtime;
 pub mod secret;
+pub mod silence_cache;
 pub mod source;
 pub mod store;

@@ -7,10 +7,10 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::event::Envelope;
 use crate::metrics::Metrics;
-use crate::noise::silence::SilenceCache;
 use crate::noise::{debounce_key, judged_at, DebounceProbe};
 use crate::plan::{plan, Arrival};
 use crate::runtime::Shared;
+use crate::silence_cache::SilenceCache;
 use crate::store::{Accepted, Claimed, NewDelivery, NewEvent, Status, Store, StoreError};
 
 /// Shared by every source.
