@@ -15,6 +15,8 @@
 //!
 //! - [`clock`]: Unix milliseconds now and as RFC 3339 (uses no other module).
 //! - [`config`]: `trackrelay.yaml` and rule files -> validated [`config::Config`], all errors at once.
+//! - [`config_raw`]: the sections of the configuration as written (plain serde data, read by retry, rules
+//!   and channels for their own settings).
 //! - [`event`]: Traccar's models, tolerant of every version.
 //! - [`geo`]: WKT geofences, Traccar-exact containment, the zone enter/exit tracker with dwell.
 //! - [`rules`]: matchers, field paths, expressions; [`rules::RuleSet`] indexed by event type.
@@ -49,6 +51,7 @@ pub mod app;
 pub mod channel;
 pub mod clock;
 pub mod config;
+pub mod config_raw;
 pub mod deliver;
 pub mod directory;
 pub mod event;
