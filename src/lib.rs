@@ -35,6 +35,8 @@
 //! - [`source`]: where events come from: the webhook ([`source::http`]) and the live Traccar source
 //!   ([`source::traccar`]: login, socket, events joined with their positions, backfill, zones);
 //!   [`pipeline`]: what every source calls.
+//! - [`traccar_config`]: a live Traccar source's settings, as written and compiled (plain data, used by
+//!   [`config`] and [`source::traccar`]).
 //! - [`explain`]: what the rules and noise control would do with an event, without sending.
 //! - [`http_error`]: the one error type every HTTP endpoint answers with (JSON, no internals).
 //! - [`api`]: health, metrics and the admin API; [`app`]: wiring (it opens the store the
@@ -72,3 +74,4 @@ pub mod secret;
 pub mod silence_cache;
 pub mod source;
 pub mod store;
+pub mod traccar_config;

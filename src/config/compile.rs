@@ -219,11 +219,11 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
 /// The live Traccar sources. With one source the dedup namespace defaults to the webhook's, so the
 /// socket and the webhook of the same server share event ids; with several, each defaults to its name.
 fn compile_traccar(
-    raws: Vec<crate::source::traccar::config::RawTraccarSource>,
+    raws: Vec<crate::traccar_config::RawTraccarSource>,
     file: &SourceFile,
     webhook_source: &str,
     errors: &mut Vec<ConfigError>,
-) -> Vec<crate::source::traccar::TraccarSource> {
+) -> Vec<crate::traccar_config::TraccarSource> {
     let single = raws.len() == 1;
     let mut out = Vec::new();
     let mut names = HashSet::new();
@@ -240,7 +240,7 @@ fn compile_traccar(
             raw.name.as_str()
         }
         .to_string();
-        match crate::source::traccar::TraccarSource::compile(raw, &default_dedup) {
+        match crate::traccar_config::TraccarSource::compile(raw, &default_dedup) {
             Ok(s) => out.push(s),
             Err(es) => errors.extend(es.into_iter().map(|m| file.error(line, &ctx, m))),
         }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::config_raw::{
     RawAdmin, RawChannel, RawDefaults, RawDelivery, RawIngest, RawRuleSource, RawStorage,
 };
-use crate::source::traccar::config::RawTraccarSource;
+use crate::traccar_config::RawTraccarSource;
 
 /// `trackrelay.yaml`.
 #[derive(Debug, Deserialize)]
