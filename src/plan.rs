@@ -12,7 +12,6 @@ use crate::noise::{CooldownGate, DebounceGate, Gates, GroupGate, KeyedWindow, Ra
 use crate::notification::{idempotency_key, Content, Notification, Origin};
 use crate::render::{html_page, Renderer};
 use crate::rules::{Rule, Target};
-use crate::store::NewDelivery;
 
 /// Facts about how an event arrived.
 #[derive(Debug, Clone, Default)]
@@ -433,23 +432,6 @@ fn default_webhook_body(
         event: parsed.unwrap_or(&fallback),
     })
     .expect("the body always serialises")
-}
-
-/// A planned notification as the store enqueues it.
-impl From<&Planned> for NewDelivery {
-    fn from(p: &Planned) -> NewDelivery {
-        let n = &p.notification;
-        NewDelivery {
-            key: n.key.clone(),
-            channel: n.channel.clone(),
-            recipient: n.recipient.clone(),
-            rule: n.origin.rule.clone(),
-            order_key: p.order_key.clone(),
-            dead: p.dead.clone(),
-            content: serde_json::to_string(n).expect("a notification always serialises"),
-            gates: p.gates.clone(),
-        }
-    }
 }
 
 #[cfg(test)]

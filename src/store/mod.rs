@@ -1,7 +1,8 @@
 //! Durable storage behind one interface: accepted events (deduplicated by source and event id), the
 //! outbox of deliveries and their state. SQLite ([`sqlite`]) is the embedded default, for one instance;
 //! PostgreSQL ([`postgres`]) is shared by several instances (claims carry a lease that another
-//! instance may take over once it runs out). [`crate::app::open_store`] picks the backend the configuration names.
+//! instance may take over once it runs out). The composition root ([`crate::app::open_store`]) picks
+//! the backend the configuration names.
 
 pub mod postgres;
 pub mod sqlite;
