@@ -15,19 +15,51 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AdminState};
 use crate::channel;
 use crate::clock::now_ms;
-use crate::config::Config;
+use crate::config::{Config, Storage};
 use crate::deliver::Dispatcher;
 use crate::metrics::Metrics;
-use crate::noise::silence::{SilenceCache, REFRESH as SILENCE_REFRESH};
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
 use crate::runtime::{release_freed_memory, Runtime, Shared};
+use crate::silence_cache::{SilenceCache, REFRESH as SILENCE_REFRESH};
 use crate::source::http as ingest;
 use crate::source::traccar;
 use crate::store::{self, Store};
 
 /// How often retention runs.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// How long [`open_store`] waits at start for a PostgreSQL database that cannot be reached (restarting, or
+/// starting together with the relay).
+pub const PG_STARTUP_WAIT: Duration = Duration::from_secs(30);
+
+/// Opens the store the configuration names: PostgreSQL when `storage.url` is set, else the SQLite file
+/// under `storage.data_dir`. `queue` bounds SQLite's write queue.
+pub async fn open_store(
+    storage: &Storage,
+    queue: usize,
+) -> Result<Arc<dyn Store>, store::StoreError> {
+    match &storage.postgres {
+        Some(pg) => {
+            let store = store::postgres::PgStore::connect(&store::postgres::PgOptions {
+                url: pg.url.expose().to_string(),
+                pool: pg.pool,
+                statement_timeout: pg.statement_timeout,
+                connect_timeout: pg.connect_timeout,
+                startup_wait: PG_STARTUP_WAIT,
+                restart_grace: storage.lease,
+            })
+            .await?;
+            tracing::info!(database = %store.redacted_url(), "store opened (PostgreSQL)");
+            Ok(Arc::new(store))
+        }
+        None => {
+            let store = store::sqlite::SqliteStore::open(&storage.data_dir, queue)?;
+            tracing::info!(database = %store.path().display(), "store opened");
+            Ok(Arc::new(store))
+        }
+    }
+}
 
 /// A running relay.
 pub struct Running {
@@ -50,7 +82,7 @@ pub struct Running {
 
 /// Opens the store, builds the channels, binds the listener and starts every task.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let store = store::open(&config.storage, config.ingest.queue).await?;
+    let store = open_store(&config.storage, config.ingest.queue).await?;
     let recovered = store.recover(now_ms()).await?;
     if recovered > 0 {
         tracing::info!(

@@ -15,6 +15,8 @@
 //!
 //! - [`clock`]: Unix milliseconds now and as RFC 3339 (uses no other module).
 //! - [`config`]: `trackrelay.yaml` and rule files -> validated [`config::Config`], all errors at once.
+//! - [`config_raw`]: the sections of the configuration as written (plain serde data, read by retry, rules
+//!   and channels for their own settings).
 //! - [`event`]: Traccar's models, tolerant of every version.
 //! - [`geo`]: WKT geofences, Traccar-exact containment, the zone enter/exit tracker with dwell.
 //! - [`rules`]: matchers, field paths, expressions; [`rules::RuleSet`] indexed by event type.
@@ -33,10 +35,14 @@
 //! - [`source`]: where events come from: the webhook ([`source::http`]) and the live Traccar source
 //!   ([`source::traccar`]: login, socket, events joined with their positions, backfill, zones);
 //!   [`pipeline`]: what every source calls.
+//! - [`traccar_config`]: a live Traccar source's settings, as written and compiled (plain data, used by
+//!   [`config`] and [`source::traccar`]).
 //! - [`explain`]: what the rules and noise control would do with an event, without sending.
 //! - [`http_error`]: the one error type every HTTP endpoint answers with (JSON, no internals).
-//! - [`api`]: health, metrics and the admin API; [`app`]: wiring and shutdown.
+//! - [`api`]: health, metrics and the admin API; [`app`]: wiring (it opens the store the
+//!   configuration names) and shutdown.
 //! - [`runtime`]: the configuration in force with its channels, shared by the services, swapped on reload.
+//! - [`silence_cache`]: the silences in force, re-read from the store every two seconds.
 //! - [`metrics`]: Prometheus instruments; [`reload`]: hot reload on SIGHUP, file change or API call.
 //!
 //! The reference for users is in `docs/`; the facts about Traccar the live source relies on are in
@@ -47,6 +53,7 @@ pub mod app;
 pub mod channel;
 pub mod clock;
 pub mod config;
+pub mod config_raw;
 pub mod deliver;
 pub mod directory;
 pub mod event;
@@ -64,5 +71,7 @@ pub mod retry;
 pub mod rules;
 pub mod runtime;
 pub mod secret;
+pub mod silence_cache;
 pub mod source;
 pub mod store;
+pub mod traccar_config;

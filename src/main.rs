@@ -313,7 +313,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     .join(trackrelay::store::sqlite::DB_FILE)
                     .exists();
             let store = if exists {
-                Some(trackrelay::store::open(&cfg.storage, 16).await?)
+                Some(trackrelay::app::open_store(&cfg.storage, 16).await?)
             } else {
                 None
             };
@@ -448,7 +448,7 @@ async fn open_store(
 ) -> anyhow::Result<std::sync::Arc<dyn trackrelay::store::Store>> {
     Ok(match data_dir {
         Some(d) => std::sync::Arc::new(trackrelay::store::sqlite::SqliteStore::open(&d, 16)?),
-        None => trackrelay::store::open(&load(config)?.storage, 16).await?,
+        None => trackrelay::app::open_store(&load(config)?.storage, 16).await?,
     })
 }
 

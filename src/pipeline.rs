@@ -7,10 +7,10 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::event::Envelope;
 use crate::metrics::Metrics;
-use crate::noise::silence::SilenceCache;
 use crate::noise::{debounce_key, judged_at, DebounceProbe};
-use crate::plan::{plan, Arrival};
+use crate::plan::{plan, Arrival, Planned};
 use crate::runtime::Shared;
+use crate::silence_cache::SilenceCache;
 use crate::store::{Accepted, Claimed, NewDelivery, NewEvent, Status, Store, StoreError};
 
 /// Shared by every source.
@@ -154,5 +154,23 @@ impl Pipeline {
         });
         task.await
             .map_err(|e| StoreError::Db(format!("the intake task failed: {e}")))?
+    }
+}
+
+/// A planned notification as the store enqueues it (here, where planning meets the store, so that
+/// neither of them imports the other).
+impl From<&Planned> for NewDelivery {
+    fn from(p: &Planned) -> NewDelivery {
+        let n = &p.notification;
+        NewDelivery {
+            key: n.key.clone(),
+            channel: n.channel.clone(),
+            recipient: n.recipient.clone(),
+            rule: n.origin.rule.clone(),
+            order_key: p.order_key.clone(),
+            dead: p.dead.clone(),
+            content: serde_json::to_string(n).expect("a notification always serialises"),
+            gates: p.gates.clone(),
+        }
     }
 }

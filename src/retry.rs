@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::config::raw::RawRetry;
+use crate::config_raw::RawRetry;
 
 /// Attempts in all before a transiently failing delivery is dead: with the default backoff (2 s doubling
 /// to 15 min) 100 attempts span about a day, so [`DEFAULT_MAX_AGE`] is what usually ends them.

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use trackrelay::event::Envelope;
-use trackrelay::noise::silence::{Matchers, NewSilence, SilenceCache};
+use trackrelay::noise::silence::{Matchers, NewSilence};
 use trackrelay::pipeline::Pipeline;
 use trackrelay::plan::Arrival;
 use trackrelay::runtime::{Runtime, Shared};
+use trackrelay::silence_cache::SilenceCache;
 use trackrelay::store::sqlite::SqliteStore;
 use trackrelay::store::{Accepted, DeliveryRow, Filter, Status, Store};
 

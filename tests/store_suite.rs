@@ -366,7 +366,8 @@ async fn silences_are_shared(b: Backend) {
 
 async fn an_unreadable_silence_mutes_nothing_and_is_reported(b: Backend) {
     use trackrelay::metrics::Metrics;
-    use trackrelay::noise::silence::{Matchers, NewSilence, SilenceCache, SilenceSet, Subject};
+    use trackrelay::noise::silence::{Matchers, NewSilence, SilenceSet, Subject};
+    use trackrelay::silence_cache::SilenceCache;
     let store = b.open().await;
     let far = 10_000_000_000_000_i64;
     let good = store

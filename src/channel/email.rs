@@ -10,7 +10,7 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::{Channel, SendError, DEFAULT_TIMEOUT};
-use crate::config::raw::RawEmail;
+use crate::config_raw::RawEmail;
 use crate::notification::{Content, Notification};
 use crate::secret::Secret;
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::raw::RawChannel;
+use crate::config_raw::RawChannel;
 use crate::notification::Notification;
 use crate::render::Escape;
 use crate::retry::RetryPolicy;

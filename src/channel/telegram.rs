@@ -10,7 +10,7 @@ use teloxide_core::types::{ChatId, MessageId, Recipient, ThreadId};
 use teloxide_core::{ApiError, Bot, RequestError};
 
 use super::{http_client, http_failure, Channel, SendError, DEFAULT_TIMEOUT};
-use crate::config::raw::RawTelegram;
+use crate::config_raw::RawTelegram;
 use crate::notification::{Content, Notification, ParseMode};
 use crate::render::Escape;
 use crate::secret::Secret;

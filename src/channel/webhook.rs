@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode, Url};
 use sha2::Sha256;
 
 use super::{http_client, http_failure, parse_retry_after, Channel, SendError, DEFAULT_TIMEOUT};
-use crate::config::raw::RawWebhook;
+use crate::config_raw::RawWebhook;
 use crate::notification::{Content, Notification};
 use crate::secret::Secret;
 

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 
 use chrono_tz::Tz;
 
-use super::raw::{
-    RawConfig, RawCooldown, RawDefaults, RawNotify, RawRule, RawRuleFile, RawRuleSource,
-    RawSchedule,
-};
+use super::raw::RawConfig;
 use super::*;
 use crate::channel::{ChannelConfig, ChannelKind};
+use crate::config_raw::{
+    RawCooldown, RawDefaults, RawNotify, RawRule, RawRuleFile, RawRuleSource, RawSchedule,
+};
 use crate::noise::schedule::{Schedule, WhenMuted, Window};
 use crate::noise::{Cooldown, Group, RuleNoise};
 use crate::render::{Escape, RendererBuilder};
@@ -219,11 +219,11 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
 /// The live Traccar sources. With one source the dedup namespace defaults to the webhook's, so the
 /// socket and the webhook of the same server share event ids; with several, each defaults to its name.
 fn compile_traccar(
-    raws: Vec<crate::source::traccar::config::RawTraccarSource>,
+    raws: Vec<crate::traccar_config::RawTraccarSource>,
     file: &SourceFile,
     webhook_source: &str,
     errors: &mut Vec<ConfigError>,
-) -> Vec<crate::source::traccar::TraccarSource> {
+) -> Vec<crate::traccar_config::TraccarSource> {
     let single = raws.len() == 1;
     let mut out = Vec::new();
     let mut names = HashSet::new();
@@ -240,7 +240,7 @@ fn compile_traccar(
             raw.name.as_str()
         }
         .to_string();
-        match crate::source::traccar::TraccarSource::compile(raw, &default_dedup) {
+        match crate::traccar_config::TraccarSource::compile(raw, &default_dedup) {
             Ok(s) => out.push(s),
             Err(es) => errors.extend(es.into_iter().map(|m| file.error(line, &ctx, m))),
         }
@@ -395,18 +395,19 @@ fn compile_schedule(s: &RawSchedule, default_tz: Tz) -> Result<Schedule, Vec<Str
             default_tz
         }),
     };
-    let mut windows = |list: &Option<super::raw::OneOrMany<String>>, what: &str| -> Vec<Window> {
-        list.clone()
-            .map(|l| l.into_vec())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|w| {
-                Window::parse(w)
-                    .map_err(|e| errors.push(format!("{what}: {e}")))
-                    .ok()
-            })
-            .collect()
-    };
+    let mut windows =
+        |list: &Option<crate::config_raw::OneOrMany<String>>, what: &str| -> Vec<Window> {
+            list.clone()
+                .map(|l| l.into_vec())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|w| {
+                    Window::parse(w)
+                        .map_err(|e| errors.push(format!("{what}: {e}")))
+                        .ok()
+                })
+                .collect()
+        };
     let active = windows(&s.active, "active");
     let quiet = windows(&s.quiet, "quiet");
     let when_muted = match s.when_muted.as_deref() {
@@ -539,7 +540,7 @@ fn relative_to(dir: &Path, p: PathBuf) -> PathBuf {
 /// `storage:`: the SQLite folder, or a PostgreSQL URL (checked here; its password never appears in an
 /// error), and the settings of either.
 fn compile_storage(
-    raw: super::raw::RawStorage,
+    raw: crate::config_raw::RawStorage,
     file: &SourceFile,
     dir: &Path,
     errors: &mut Vec<ConfigError>,

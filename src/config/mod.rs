@@ -137,7 +137,7 @@ pub struct Config {
     /// Rule files read.
     pub rule_files: Vec<PathBuf>,
     /// Live Traccar sources (started once; a reload does not change them).
-    pub traccar: Vec<crate::source::traccar::TraccarSource>,
+    pub traccar: Vec<crate::traccar_config::TraccarSource>,
 }
 
 /// One configuration problem.

@@ -6,7 +6,7 @@ use regex::Regex;
 
 use super::expr::Expr;
 use super::field::{Field, Scope, Slots, Slotted, Val};
-use crate::config::raw::{IdOrName, RawMatch};
+use crate::config_raw::{IdOrName, RawMatch};
 use crate::event::Envelope;
 
 /// A literal in a comparison.

@@ -208,7 +208,7 @@ impl RuleSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::raw::RawMatch;
+    use crate::config_raw::RawMatch;
 
     fn rule(name: &str, yaml: &str, stop: bool) -> Rule {
         let raw: RawMatch = serde_yaml::from_str(yaml).unwrap();

@@ -1,7 +1,8 @@
 //! Durable storage behind one interface: accepted events (deduplicated by source and event id), the
 //! outbox of deliveries and their state. SQLite ([`sqlite`]) is the embedded default, for one instance;
 //! PostgreSQL ([`postgres`]) is shared by several instances (claims carry a lease that another
-//! instance may take over once it runs out). [`open`] picks the backend the configuration names.
+//! instance may take over once it runs out). The composition root ([`crate::app::open_store`]) picks
+//! the backend the configuration names.
 
 pub mod postgres;
 pub mod sqlite;
@@ -17,7 +18,6 @@ use serde::Serialize;
 use crate::noise::silence::{NewSilence, Silence};
 use crate::noise::{Decider, Gates, State, StateRow, Verdict};
 use crate::notification::{Content, Notification, ParseMode};
-use crate::plan::Planned;
 
 /// An event to accept, with the deliveries its rules produced.
 #[derive(Debug, Clone)]
@@ -99,22 +99,6 @@ pub struct NewDelivery {
     pub content: String,
     /// Noise control: what the store decides before enqueueing (see [`crate::noise`]).
     pub gates: Gates,
-}
-
-impl From<&Planned> for NewDelivery {
-    fn from(p: &Planned) -> NewDelivery {
-        let n = &p.notification;
-        NewDelivery {
-            key: n.key.clone(),
-            channel: n.channel.clone(),
-            recipient: n.recipient.clone(),
-            rule: n.origin.rule.clone(),
-            order_key: p.order_key.clone(),
-            dead: p.dead.clone(),
-            content: serde_json::to_string(n).expect("a notification always serialises"),
-            gates: p.gates.clone(),
-        }
-    }
 }
 
 /// What accepting did.
@@ -581,38 +565,6 @@ pub fn digest_content(
         origin: n.origin,
     };
     Ok((digest_key, serde_json::to_string(&d)?))
-}
-
-/// How long [`open`] waits at start for a PostgreSQL database that cannot be reached (restarting, or
-/// starting together with the relay).
-pub const PG_STARTUP_WAIT: Duration = Duration::from_secs(30);
-
-/// Opens the store the configuration names: PostgreSQL when `storage.url` is set, else the SQLite file
-/// under `storage.data_dir`. `queue` bounds SQLite's write queue.
-pub async fn open(
-    storage: &crate::config::Storage,
-    queue: usize,
-) -> Result<Arc<dyn Store>, StoreError> {
-    match &storage.postgres {
-        Some(pg) => {
-            let store = postgres::PgStore::connect(&postgres::PgOptions {
-                url: pg.url.expose().to_string(),
-                pool: pg.pool,
-                statement_timeout: pg.statement_timeout,
-                connect_timeout: pg.connect_timeout,
-                startup_wait: PG_STARTUP_WAIT,
-                restart_grace: storage.lease,
-            })
-            .await?;
-            tracing::info!(database = %store.redacted_url(), "store opened (PostgreSQL)");
-            Ok(Arc::new(store))
-        }
-        None => {
-            let store = sqlite::SqliteStore::open(&storage.data_dir, queue)?;
-            tracing::info!(database = %store.path().display(), "store opened");
-            Ok(Arc::new(store))
-        }
-    }
 }
 
 #[cfg(test)]

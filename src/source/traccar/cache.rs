@@ -10,10 +10,10 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::config::TraccarSource;
 use crate::directory::Directory;
 use crate::event::{Attributes, Device, Envelope, Event, Geofence, Group, Position};
 use crate::geo::{Crossing, Shape, Zone, ZoneTracker};
+use crate::traccar_config::TraccarSource;
 
 /// One `/api/socket` frame. `{}` (keepalive) is a frame with nothing in it; unknown keys (`logs`) are
 /// ignored.
@@ -241,7 +241,7 @@ mod tests {
     }
 
     fn cache(from_server: bool) -> Cache {
-        let raw: super::super::config::RawTraccarSource = serde_yaml::from_str(&format!(
+        let raw: crate::traccar_config::RawTraccarSource = serde_yaml::from_str(&format!(
             "{{ name: s, url: 'http://x', token: t, geofences_from_server: {from_server}, geofence_dwell: 10s }}"
         ))
         .unwrap();

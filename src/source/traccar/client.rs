@@ -10,10 +10,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use super::config::{Auth, TraccarSource};
 use super::notifications::Notification;
 use super::SourceError;
 use crate::event::{Device, Event, Geofence, Group, Position};
+use crate::traccar_config::{Auth, TraccarSource};
 
 /// Position ids asked for in one `GET /api/positions` (keeps the URL well under common limits).
 const POSITIONS_PER_REQUEST: usize = 100;
@@ -215,7 +215,7 @@ impl Client {
 mod tests {
     use super::*;
     use crate::secret::Secret;
-    use crate::source::traccar::config::RawTraccarSource;
+    use crate::traccar_config::RawTraccarSource;
 
     fn source(url: &str) -> TraccarSource {
         let raw: RawTraccarSource =

@@ -11,7 +11,6 @@
 
 mod cache;
 mod client;
-pub mod config;
 pub mod join;
 pub mod notifications;
 
@@ -32,9 +31,9 @@ use crate::pipeline::Pipeline;
 use crate::plan::Arrival;
 use crate::retry::RetryPolicy;
 use crate::store::{Accepted, StoreError};
+use crate::traccar_config::TraccarSource;
 use cache::Cache;
 use client::{Client, Session};
-pub use config::TraccarSource;
 use join::{Joiner, Missing};
 
 /// Events older than the last frame by this much are fetched again after a reconnect: covers clock skew

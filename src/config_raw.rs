@@ -1,0 +1,438 @@
+//! The configuration as written, part by part: serde types that mirror the sections of `trackrelay.yaml`
+//! and rule files one to one, with `deny_unknown_fields` so a typo is an error, not a silently ignored
+//! key. Plain data that the modules reading their own settings (retry, rules, channels) take from here;
+//! the file as a whole is [`crate::config::raw::RawConfig`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// One value or a list of them (`type: alarm` or `type: [alarm, sos]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// A single value.
+    One(T),
+    /// A list.
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    /// The values as a list.
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// Intake settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIngest {
+    /// Path of the webhook endpoint (default `/events`).
+    pub path: Option<String>,
+    /// Exact `Authorization` header value required (e.g. `Bearer s3cret`); none = open.
+    pub authorization: Option<String>,
+    /// Largest accepted body in bytes (default 1 MiB).
+    pub max_body_bytes: Option<usize>,
+    /// Name under which webhook events are deduplicated (default `traccar`).
+    pub source: Option<String>,
+    /// Events waiting for the store at most; beyond it intake answers 503.
+    pub queue: Option<usize>,
+}
+
+/// Admin API settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Bearer token for `/api/...`; the admin API is off without it.
+    pub token: Option<String>,
+}
+
+/// Storage settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    /// Folder of the SQLite database (default `./data`).
+    pub data_dir: Option<PathBuf>,
+    /// How long delivered events and deliveries are kept.
+    #[serde(default, with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// How long dead letters are kept.
+    #[serde(default, with = "humantime_serde")]
+    pub dead_retention: Option<Duration>,
+    /// `postgres://user:password@host:port/database`: a PostgreSQL database shared by several instances
+    /// instead of the SQLite file.
+    pub url: Option<String>,
+    /// PostgreSQL connections per instance at most.
+    pub pool: Option<usize>,
+    /// PostgreSQL statements running longer are cancelled.
+    #[serde(default, with = "humantime_serde")]
+    pub statement_timeout: Option<Duration>,
+    /// Connecting to PostgreSQL gives up after this.
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// How long a claimed delivery belongs to the instance sending it.
+    #[serde(default, with = "humantime_serde")]
+    pub lease: Option<Duration>,
+    /// Whether events no rule matched are stored with their body, not just their identity.
+    pub keep_unmatched_payloads: Option<bool>,
+}
+
+/// Delivery settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelivery {
+    /// Sends in flight at once.
+    pub workers: Option<usize>,
+    /// How long shutdown waits for in-flight sends.
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_grace: Option<Duration>,
+    /// Default retry policy of every channel.
+    #[serde(default)]
+    pub retry: RawRetry,
+}
+
+/// Retry policy overrides.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Attempts in all, the first included.
+    pub max_attempts: Option<u32>,
+    /// Give up when the delivery is older than this.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// First backoff.
+    #[serde(default, with = "humantime_serde")]
+    pub initial_backoff: Option<Duration>,
+    /// Longest backoff.
+    #[serde(default, with = "humantime_serde")]
+    pub max_backoff: Option<Duration>,
+    /// Longest `Retry-After` honoured.
+    #[serde(default, with = "humantime_serde")]
+    pub max_retry_after: Option<Duration>,
+}
+
+/// A channel, by `type`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RawChannel {
+    /// Print to standard output.
+    Log {
+        /// Default message template.
+        template: Option<String>,
+        /// Retry overrides (a log channel does not fail, but the key is accepted everywhere).
+        #[serde(default)]
+        retry: RawRetry,
+        /// Rate limit per recipient.
+        rate_limit: Option<RawRateLimit>,
+    },
+    /// Email over SMTP.
+    Email(RawEmail),
+    /// Telegram Bot API.
+    Telegram(RawTelegram),
+    /// Generic HTTP webhook.
+    Webhook(RawWebhook),
+}
+
+/// Email channel.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmail {
+    /// SMTP host.
+    pub host: String,
+    /// SMTP port (default by security: 587, 465 or 25).
+    pub port: Option<u16>,
+    /// `starttls` (default), `tls` or `none`.
+    pub security: Option<String>,
+    /// SMTP user.
+    pub username: Option<String>,
+    /// SMTP password.
+    pub password: Option<String>,
+    /// Sender (`Name <addr>`).
+    pub from: String,
+    /// Default recipients.
+    #[serde(default)]
+    pub to: Option<OneOrMany<String>>,
+    /// Default subject template.
+    pub subject: Option<String>,
+    /// Default body template.
+    pub template: Option<String>,
+    /// Connect + send timeout.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Retry overrides.
+    #[serde(default)]
+    pub retry: RawRetry,
+    /// Rate limit per recipient.
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// Telegram channel.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelegram {
+    /// Bot token from @BotFather.
+    pub bot_token: String,
+    /// Default chat (numeric id or `@channel`).
+    #[serde(default, deserialize_with = "string_or_number")]
+    pub chat_id: Option<String>,
+    /// Forum topic.
+    pub thread_id: Option<i32>,
+    /// `html` (default), `markdownv2` or `plain`.
+    pub parse_mode: Option<String>,
+    /// Also send the position as a map pin.
+    pub location: Option<bool>,
+    /// Bot API base URL (tests, or a self-hosted Bot API server).
+    pub api_url: Option<String>,
+    /// Default message template.
+    pub template: Option<String>,
+    /// Request timeout.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Retry overrides.
+    #[serde(default)]
+    pub retry: RawRetry,
+    /// Rate limit per recipient.
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// Webhook channel.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// Target URL.
+    pub url: String,
+    /// HTTP method (default POST).
+    pub method: Option<String>,
+    /// Extra headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Body template; JSON-escaped when the content type is JSON. Default: the event plus the message.
+    pub body: Option<String>,
+    /// Content type (default `application/json`).
+    pub content_type: Option<String>,
+    /// Default message template (`{{ message }}` in the body).
+    pub template: Option<String>,
+    /// Secret for the `X-Trackrelay-Signature` HMAC-SHA256 header.
+    pub secret: Option<String>,
+    /// Request timeout.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Keep deliveries to this webhook in order (one at a time). Default false.
+    pub ordered: Option<bool>,
+    /// Retry overrides.
+    #[serde(default)]
+    pub retry: RawRetry,
+    /// Rate limit per recipient.
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// An entry of `rules:` in the config: a path (a file, or a folder of `*.yaml`) or an inline rule.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawRuleSource {
+    /// A file or folder of rule files.
+    Path(String),
+    /// A rule written inline.
+    Inline(Box<RawRule>),
+}
+
+/// A rule file: `rules: [...]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuleFile {
+    /// The rules of the file.
+    pub rules: Vec<RawRule>,
+}
+
+/// One rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Conditions; all must hold. Empty = every event.
+    #[serde(default, rename = "match")]
+    pub matcher: RawMatch,
+    /// Stop evaluating later rules when this one matches.
+    #[serde(default)]
+    pub stop: bool,
+    /// `false` switches the rule off without deleting it.
+    pub enabled: Option<bool>,
+    /// Where matches go.
+    pub notify: Vec<RawNotify>,
+    /// After a notification, suppress the same key for a while.
+    pub cooldown: Option<RawCooldown>,
+    /// Identical events (rule, device, type, alarm, geofence) within this window notify once.
+    #[serde(default, with = "humantime_serde")]
+    pub dedup: Option<Duration>,
+    /// Hold geofence enter/exit this long; the opposite transition meanwhile cancels both.
+    #[serde(default, with = "humantime_serde")]
+    pub debounce: Option<Duration>,
+    /// Collect matches into digests.
+    pub group: Option<RawGroup>,
+    /// Active hours / quiet hours.
+    pub schedule: Option<RawSchedule>,
+}
+
+/// Noise settings every rule gets unless it sets its own (`defaults:` in the main file).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    /// Default cooldown.
+    pub cooldown: Option<RawCooldown>,
+    /// Default dedup window.
+    #[serde(default, with = "humantime_serde")]
+    pub dedup: Option<Duration>,
+    /// Default geofence debounce.
+    #[serde(default, with = "humantime_serde")]
+    pub debounce: Option<Duration>,
+    /// Default schedule.
+    pub schedule: Option<RawSchedule>,
+}
+
+/// `cooldown: 10m` or `cooldown: { for: 10m, key: "...", summary: true }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawCooldown {
+    /// Just the period.
+    Period(#[serde(with = "humantime_serde")] Duration),
+    /// Period, key and summary.
+    Full(RawCooldownFull),
+}
+
+/// The long form of a cooldown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCooldownFull {
+    /// Period.
+    #[serde(rename = "for", with = "humantime_serde")]
+    pub period: Duration,
+    /// Key template (default: rule and device).
+    pub key: Option<String>,
+    /// Add "N more suppressed" to the next notification.
+    #[serde(default)]
+    pub summary: bool,
+}
+
+/// Grouping into digests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    /// Group key template (default: the rule).
+    pub by: Option<String>,
+    /// Wait for more before the first digest of a group (default 30s).
+    #[serde(default, with = "humantime_serde")]
+    pub wait: Option<Duration>,
+    /// Between digests of one group (default 5m).
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Title template (`{{ count }}`, `{{ rule }}`, `{{ devices }}`).
+    pub title: Option<String>,
+}
+
+/// Active hours / quiet hours.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    /// IANA time zone (default: the config's `timezone`).
+    pub timezone: Option<String>,
+    /// Notify only inside these windows (`"mon-fri 22:00-06:00"`).
+    pub active: Option<OneOrMany<String>>,
+    /// Never notify inside these windows.
+    pub quiet: Option<OneOrMany<String>>,
+    /// `drop` (default) or `defer` (send when the muted time ends).
+    pub when_muted: Option<String>,
+}
+
+/// A channel's rate limit, per recipient.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Messages at most ...
+    pub max: u32,
+    /// ... per this period.
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+    /// `wait` (default) or `digest`.
+    pub over: Option<crate::noise::Over>,
+}
+
+/// A rule's conditions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Event types.
+    #[serde(rename = "type")]
+    pub types: Option<OneOrMany<String>>,
+    /// Alarm values of `alarm` events.
+    pub alarm: Option<OneOrMany<String>>,
+    /// Geofences by id (number) or name (glob).
+    pub geofence: Option<OneOrMany<IdOrName>>,
+    /// Devices by id (number) or name (glob).
+    pub device: Option<OneOrMany<IdOrName>>,
+    /// Devices by unique id (glob).
+    pub unique_id: Option<OneOrMany<String>>,
+    /// Devices by group id.
+    pub group: Option<OneOrMany<i64>>,
+    /// Device status (`online`, `offline`, `unknown`).
+    pub status: Option<OneOrMany<String>>,
+    /// Source names.
+    pub source: Option<OneOrMany<String>>,
+    /// Field comparisons: `path: value`, `path: [values]` or `path: {op: value}`.
+    #[serde(rename = "where")]
+    pub fields: Option<serde_yaml::Mapping>,
+    /// An evalexpr expression.
+    pub expr: Option<String>,
+    /// Must not match.
+    pub not: Option<Box<RawMatch>>,
+    /// At least one must match.
+    pub any: Option<Vec<RawMatch>>,
+}
+
+/// A number (id) or a string (name glob).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum IdOrName {
+    /// Numeric id.
+    Id(i64),
+    /// Name glob (`Lena*`).
+    Name(String),
+}
+
+/// One destination of a rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// Channel name.
+    pub channel: String,
+    /// Recipient override(s), templates (`{{ device.attributes.telegramChatId }}`).
+    pub to: Option<OneOrMany<String>>,
+    /// Subject template (email).
+    pub subject: Option<String>,
+    /// Message template.
+    pub template: Option<String>,
+    /// Send the position as a map pin too (Telegram).
+    pub location: Option<bool>,
+}
+
+/// Chat ids are numbers to YAML unless quoted; take both.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Num(i64),
+        Text(String),
+    }
+    Ok(Option::<Id>::deserialize(d)?.map(|v| match v {
+        Id::Num(n) => n.to_string(),
+        Id::Text(s) => s,
+    }))
+}
