@@ -362,7 +362,17 @@ pub struct RawRateLimit {
     #[serde(with = "humantime_serde")]
     pub per: Duration,
     /// `wait` (default) or `digest`.
-    pub over: Option<crate::noise::Over>,
+    pub over: Option<Over>,
+}
+
+/// What happens over a rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Over {
+    /// The delivery waits for the next free slot (nothing is dropped).
+    Wait,
+    /// The delivery joins a digest sent at the next free slot.
+    Digest,
 }
 
 /// A rule's conditions.

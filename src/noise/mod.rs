@@ -65,15 +65,8 @@ impl RuleNoise {
     }
 }
 
-/// What happens over a rate limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Over {
-    /// The delivery waits for the next free slot (nothing is dropped).
-    Wait,
-    /// The delivery joins a digest sent at the next free slot.
-    Digest,
-}
+/// What happens over a rate limit: a setting as written, defined with the other raw settings.
+pub use crate::config_raw::Over;
 
 /// A channel's rate limit, per recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
