@@ -813,3 +813,32 @@ async fn the_webhook_copy_with_its_position_is_not_lost_to_a_socket_copy_without
     assert_eq!(messages(&sink), ["16001 at 10001", "16002 at 10002"]);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn events_waiting_for_their_position_are_handed_on_when_the_relay_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server().await;
+    let sink = Sink::start().await;
+    // A wait far longer than the test: only the hand-on at shutdown can send it.
+    let relay = theft_relay(dir.path(), &server, &sink, "    position_wait: 60s\n").await;
+    wait_status(&relay, "connected", |s| s["connected"] == true).await;
+    server.set_hold_positions(true);
+    server.push(
+        alarm_of(17001, 12, "movement"),
+        armed_position(11001, 12, true),
+    );
+    wait_status(&relay, "the event frame", |s| {
+        s["events"] == 0 && !s["last_frame"].is_null()
+    })
+    .await;
+    sink.assert_stays_at(0, Duration::from_millis(300)).await;
+    // Stopping: the source reads the waiting event's position over REST and hands the event on before
+    // intake closes; the worker then sends it before the relay has stopped.
+    relay.stop().await;
+    assert_eq!(messages(&sink), ["17001 at 11001"]);
+    assert!(
+        server.position_queries().iter().any(|q| q == "id=11001"),
+        "{:?}",
+        server.position_queries()
+    );
+}
