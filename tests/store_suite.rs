@@ -114,6 +114,9 @@ suite!(
     a_late_outcome_of_an_expired_claim_changes_nothing,
     an_intake_claim_is_numbered_like_any_claim,
     a_copy_with_its_position_completes_one_stored_without,
+    a_deferral_records_its_reason_or_none,
+    a_replay_forgets_why_a_delivery_waited,
+    stale_outcomes_come_back_in_the_order_given,
 );
 
 /// A delivery of rule `r` with noise gates.
@@ -1293,4 +1296,130 @@ async fn a_copy_with_its_position_completes_one_stored_without(b: Backend) {
     assert!(with_status(store.as_ref(), Status::Suppressed)
         .await
         .is_empty());
+}
+
+/// A delivery noise control defers is stored pending with why it waits, and listed as quieted; a
+/// deferral that gives no reason records none (not an empty one), on both ways of accepting.
+async fn a_deferral_records_its_reason_or_none(b: Backend) {
+    let store = b.open().await;
+    let deferred = |key: &str, why: Option<&str>, stateful: bool| {
+        let mut gates = if stateful {
+            cooldown_gate()
+        } else {
+            Gates::default()
+        };
+        gates.not_before = Some(5000);
+        gates.deferred_by = why.map(str::to_string);
+        gated(key, gates)
+    };
+    for (id, stateful) in [(1, false), (2, true)] {
+        let e = event(
+            id,
+            1000,
+            vec![
+                deferred(&format!("why{id}"), Some("quiet hours: deferred"), stateful),
+                deferred(&format!("none{id}"), None, stateful),
+            ],
+        );
+        let Accepted::New { quieted, .. } = store.accept(e).await.unwrap() else {
+            panic!("not stored")
+        };
+        let pending = |index, reason: &str| Quieted {
+            index,
+            status: Status::Pending,
+            reason: reason.into(),
+        };
+        assert_eq!(
+            quieted,
+            [pending(0, "quiet hours: deferred"), pending(1, "")]
+        );
+    }
+    let mut rows = with_status(store.as_ref(), Status::Pending).await;
+    rows.sort_by(|a, b| a.key.cmp(&b.key));
+    let seen: Vec<(&str, Option<&str>, Option<&str>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.key.as_str(),
+                r.reason.as_deref(),
+                r.next_attempt_at.as_deref(),
+            )
+        })
+        .collect();
+    let at = rfc3339(5000);
+    assert_eq!(
+        seen,
+        [
+            ("none1", None, Some(at.as_str())),
+            ("none2", None, Some(at.as_str())),
+            ("why1", Some("quiet hours: deferred"), Some(at.as_str())),
+            ("why2", Some("quiet hours: deferred"), Some(at.as_str())),
+        ]
+    );
+}
+
+/// A replay sends a delivery afresh, by id and with every dead letter alike: why noise control once
+/// made it wait is not kept (a replayed delivery listed as "quiet hours: deferred" would not be).
+async fn a_replay_forgets_why_a_delivery_waited(b: Backend) {
+    let store = b.open().await;
+    let deferred = |key: &str| {
+        gated(
+            key,
+            Gates {
+                not_before: Some(5000),
+                deferred_by: Some("quiet hours: deferred".into()),
+                ..Default::default()
+            },
+        )
+    };
+    store
+        .accept(event(1, 1000, vec![deferred("a"), deferred("b")]))
+        .await
+        .unwrap();
+    let sent = store.claim(5000, 10, LEASE).await.unwrap();
+    assert_eq!(keys(&sent), ["a", "b"]);
+    let dead = || Outcome::Dead {
+        error: "refused".into(),
+    };
+    finish_all(
+        &*store,
+        sent.iter().map(|c| (c.claim_ref(), dead())).collect(),
+        5001,
+    )
+    .await;
+    assert_eq!(store.replay(Replay::Id(sent[0].id), 6000).await.unwrap(), 1);
+    assert_eq!(store.replay(Replay::AllDead, 6000).await.unwrap(), 1);
+    let rows = with_status(store.as_ref(), Status::Pending).await;
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!(
+            (r.reason.as_deref(), r.next_attempt_at.as_deref()),
+            (None, Some(rfc3339(6000).as_str())),
+            "{r:?}"
+        );
+    }
+}
+
+/// `finish` returns the stale outcomes in the order it was given them.
+async fn stale_outcomes_come_back_in_the_order_given(b: Backend) {
+    let store = b.open().await;
+    store
+        .accept(event(
+            1,
+            1000,
+            vec![delivery("a", None), delivery("b", None)],
+        ))
+        .await
+        .unwrap();
+    let first = store.claim(1000, 10, LEASE).await.unwrap();
+    // Their lease runs out: claimed again, the first claims are stale.
+    let again = store.claim(61_000, 10, LEASE).await.unwrap();
+    assert_eq!(keys(&again), ["a", "b"]);
+    let late: Vec<(ClaimRef, Outcome)> = first
+        .iter()
+        .rev()
+        .map(|c| (c.claim_ref(), Outcome::Delivered))
+        .collect();
+    let stale = store.finish(late, 61_001).await.unwrap();
+    assert_eq!(stale, [first[1].claim_ref(), first[0].claim_ref()]);
 }
