@@ -69,7 +69,9 @@ pub struct NewEvent {
 /// A delivery to enqueue, its notification already serialised (by the caller, off the writer's thread).
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
-    /// Idempotency key.
+    /// Idempotency key: unique per event (a second delivery of the event under it is not stored). Keys
+    /// hash their event's source and id, so those of different events never meet; both backends'
+    /// schemas check the key per event, not across the table (SQLite's schema 4, PostgreSQL's 5).
     pub key: String,
     /// Channel.
     pub channel: String,

@@ -114,6 +114,16 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE deliveries ADD COLUMN claims BIGINT NOT NULL DEFAULT 0;",
     // 4: whether an event went through the rules without the position it refers to (as SQLite's 6).
     "ALTER TABLE events ADD COLUMN position_missing BIGINT NOT NULL DEFAULT 0;",
+    // 5 (as SQLite's migration 4): the idempotency key is unique per event, as on SQLite, not across
+    // the table. Every key hashes its event's source and id (a digest's, those of the event that
+    // opened it), and an event is stored once, so keys of different events never meet: nothing that
+    // was refused before is let in, and what the store checks is what intake needs (a delivery once
+    // per event, also when a copy completes an event: see `completing`). The table-wide index put each
+    // insert on a random page of an index that grows with the table (in the WAL as a full page after
+    // each checkpoint); (event_ref, key) grows at its end and also serves what `deliveries_event` did.
+    "CREATE UNIQUE INDEX deliveries_event_key ON deliveries (event_ref, key);
+    ALTER TABLE deliveries DROP CONSTRAINT deliveries_key_key;
+    DROP INDEX deliveries_event;",
 ];
 
 /// How to reach the database.
@@ -435,7 +445,7 @@ const ACCEPT: &str = "WITH ev AS (
             WITH ORDINALITY AS x(key, channel, recipient, order_key, rule, status, dead, content, next_at,
                                  reason, n)
         ORDER BY x.n
-        ON CONFLICT (key) DO NOTHING
+        ON CONFLICT (event_ref, key) DO NOTHING
         RETURNING id, key, status)
     SELECT ins.id, ins.key FROM ev LEFT JOIN ins ON ins.status = 'inflight' ORDER BY ins.id";
 
@@ -485,7 +495,7 @@ const INSERT_DELIVERY: &str = "INSERT INTO deliveries (key, event_ref, channel, 
         content, lease_until, hold_key, group_key, digest_ref, reason, claims)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
         CASE WHEN $10 = 'inflight' THEN 1 ELSE 0 END)
-    ON CONFLICT (key) DO NOTHING RETURNING id";
+    ON CONFLICT (event_ref, key) DO NOTHING RETURNING id";
 
 impl PgStore {
     /// Accepting an event whose deliveries consult noise state, or a copy that may complete an event

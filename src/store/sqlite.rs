@@ -111,7 +111,7 @@ const MIGRATIONS: &[&str] = &[
     // grown (5x the rest of the insert). (event_ref, key) grows at its end like the table. Deliveries of
     // different events never share a key (the key hashes the event's source and id, and an event is
     // stored once), so nothing that was refused before is let in. SQLite cannot drop a constraint: the
-    // table is rebuilt, once, at the upgrade.
+    // table is rebuilt, once, at the upgrade. PostgreSQL's schema checks the same since its migration 5.
     "CREATE TABLE deliveries_v4 (
         id INTEGER PRIMARY KEY,
         key TEXT NOT NULL,
