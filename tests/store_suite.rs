@@ -114,6 +114,10 @@ suite!(
     a_late_outcome_of_an_expired_claim_changes_nothing,
     an_intake_claim_is_numbered_like_any_claim,
     a_copy_with_its_position_completes_one_stored_without,
+    an_idempotency_key_is_unique_per_event,
+    a_deferral_records_its_reason_or_none,
+    a_replay_forgets_why_a_delivery_waited,
+    stale_outcomes_come_back_in_the_order_given,
 );
 
 /// A delivery of rule `r` with noise gates.
@@ -1211,7 +1215,7 @@ async fn postgres_migrations_are_safe_when_instances_start_together() {
         r.unwrap().unwrap_or_else(|e| panic!("{e}"));
     }
     let store = PgStore::connect(&opts).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 4);
+    assert_eq!(store.schema_version().await.unwrap(), 5);
     support::pg::execute(&url, "INSERT INTO trackrelay_schema (version) VALUES (99)").await;
     let err = PgStore::connect(&opts).await.err().expect("refused");
     assert!(err.to_string().contains("schema version 99"), "{err}");
@@ -1293,4 +1297,227 @@ async fn a_copy_with_its_position_completes_one_stored_without(b: Backend) {
     assert!(with_status(store.as_ref(), Status::Suppressed)
         .await
         .is_empty());
+}
+
+/// A delivery's idempotency key is unique per event (on both backends since SQLite's schema 4 and
+/// PostgreSQL's 5), on both ways of accepting (one statement, and the transaction consulting noise
+/// state): a key comes once per event, and another event's delivery under the same key is its own.
+/// (Real keys hash their event's source and id, so keys of different events never meet.)
+async fn an_idempotency_key_is_unique_per_event(b: Backend) {
+    let store = b.open().await;
+    for (id, gates) in [
+        (1, Gates::default()),
+        (2, cooldown_gate()),
+        (3, Gates::default()),
+    ] {
+        let twice = vec![gated("same", gates.clone()), gated("same", gates)];
+        let accepted = store.accept(event(id, 1000, twice)).await.unwrap();
+        assert!(
+            matches!(accepted, Accepted::New { deliveries: 2, .. }),
+            "{accepted:?}"
+        );
+    }
+    assert_eq!(all_keys(store.as_ref()).await, ["same", "same", "same"]);
+    let due = store.claim(1000, 10, LEASE).await.unwrap();
+    assert_eq!(keys(&due), ["same", "same", "same"]);
+}
+
+/// A delivery noise control defers is stored pending with why it waits, and listed as quieted; a
+/// deferral that gives no reason records none (not an empty one), on both ways of accepting.
+async fn a_deferral_records_its_reason_or_none(b: Backend) {
+    let store = b.open().await;
+    let deferred = |key: &str, why: Option<&str>, stateful: bool| {
+        let mut gates = if stateful {
+            cooldown_gate()
+        } else {
+            Gates::default()
+        };
+        gates.not_before = Some(5000);
+        gates.deferred_by = why.map(str::to_string);
+        gated(key, gates)
+    };
+    for (id, stateful) in [(1, false), (2, true)] {
+        let e = event(
+            id,
+            1000,
+            vec![
+                deferred(&format!("why{id}"), Some("quiet hours: deferred"), stateful),
+                deferred(&format!("none{id}"), None, stateful),
+            ],
+        );
+        let Accepted::New { quieted, .. } = store.accept(e).await.unwrap() else {
+            panic!("not stored")
+        };
+        let pending = |index, reason: &str| Quieted {
+            index,
+            status: Status::Pending,
+            reason: reason.into(),
+        };
+        assert_eq!(
+            quieted,
+            [pending(0, "quiet hours: deferred"), pending(1, "")]
+        );
+    }
+    let mut rows = with_status(store.as_ref(), Status::Pending).await;
+    rows.sort_by(|a, b| a.key.cmp(&b.key));
+    let seen: Vec<(&str, Option<&str>, Option<&str>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.key.as_str(),
+                r.reason.as_deref(),
+                r.next_attempt_at.as_deref(),
+            )
+        })
+        .collect();
+    let at = rfc3339(5000);
+    assert_eq!(
+        seen,
+        [
+            ("none1", None, Some(at.as_str())),
+            ("none2", None, Some(at.as_str())),
+            ("why1", Some("quiet hours: deferred"), Some(at.as_str())),
+            ("why2", Some("quiet hours: deferred"), Some(at.as_str())),
+        ]
+    );
+}
+
+/// A replay sends a delivery afresh, by id and with every dead letter alike: why noise control once
+/// made it wait is not kept (a replayed delivery listed as "quiet hours: deferred" would not be).
+async fn a_replay_forgets_why_a_delivery_waited(b: Backend) {
+    let store = b.open().await;
+    let deferred = |key: &str| {
+        gated(
+            key,
+            Gates {
+                not_before: Some(5000),
+                deferred_by: Some("quiet hours: deferred".into()),
+                ..Default::default()
+            },
+        )
+    };
+    store
+        .accept(event(1, 1000, vec![deferred("a"), deferred("b")]))
+        .await
+        .unwrap();
+    let sent = store.claim(5000, 10, LEASE).await.unwrap();
+    assert_eq!(keys(&sent), ["a", "b"]);
+    let dead = || Outcome::Dead {
+        error: "refused".into(),
+    };
+    finish_all(
+        &*store,
+        sent.iter().map(|c| (c.claim_ref(), dead())).collect(),
+        5001,
+    )
+    .await;
+    assert_eq!(store.replay(Replay::Id(sent[0].id), 6000).await.unwrap(), 1);
+    assert_eq!(store.replay(Replay::AllDead, 6000).await.unwrap(), 1);
+    let rows = with_status(store.as_ref(), Status::Pending).await;
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!(
+            (r.reason.as_deref(), r.next_attempt_at.as_deref()),
+            (None, Some(rfc3339(6000).as_str())),
+            "{r:?}"
+        );
+    }
+}
+
+/// `finish` returns the stale outcomes in the order it was given them.
+async fn stale_outcomes_come_back_in_the_order_given(b: Backend) {
+    let store = b.open().await;
+    store
+        .accept(event(
+            1,
+            1000,
+            vec![delivery("a", None), delivery("b", None)],
+        ))
+        .await
+        .unwrap();
+    let first = store.claim(1000, 10, LEASE).await.unwrap();
+    // Their lease runs out: claimed again, the first claims are stale.
+    let again = store.claim(61_000, 10, LEASE).await.unwrap();
+    assert_eq!(keys(&again), ["a", "b"]);
+    let late: Vec<(ClaimRef, Outcome)> = first
+        .iter()
+        .rev()
+        .map(|c| (c.claim_ref(), Outcome::Delivered))
+        .collect();
+    let stale = store.finish(late, 61_001).await.unwrap();
+    assert_eq!(stale, [first[1].claim_ref(), first[0].claim_ref()]);
+}
+
+/// PostgreSQL only: a database of schema 4 (idempotency keys unique across the table) upgrades to
+/// keys unique per event, as SQLite's are, keeping its outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_database_of_schema_4_upgrades_to_keys_unique_per_event() {
+    let Some(admin) = support::pg::admin_url() else {
+        return;
+    };
+    let url = support::pg::fresh_database(&admin, "upgrade4").await;
+    let b = Backend::Postgres(url.clone());
+    b.open()
+        .await
+        .accept(event(1, 1000, vec![delivery("k", None)]))
+        .await
+        .unwrap();
+    // Back to what schema 4 had: the key unique across the table, an index on the event alone.
+    support::pg::execute(
+        &url,
+        "DROP INDEX deliveries_event_key;
+         ALTER TABLE deliveries ADD CONSTRAINT deliveries_key_key UNIQUE (key);
+         CREATE INDEX deliveries_event ON deliveries (event_ref);
+         DELETE FROM trackrelay_schema WHERE version = 5;",
+    )
+    .await;
+    let store = b.open().await;
+    // The outbox is kept.
+    assert_eq!(keys(&store.claim(1000, 10, LEASE).await.unwrap()), ["k"]);
+    // The key is unique per event now: another event's delivery under it is stored, once.
+    store
+        .accept(event(
+            2,
+            1000,
+            vec![delivery("k", None), delivery("k", None)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(all_keys(store.as_ref()).await, ["k", "k"]);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    let version: i32 = client
+        .query_one("SELECT MAX(version) FROM trackrelay_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 5);
+    let mut indexes: Vec<String> = client
+        .query(
+            "SELECT indexname::TEXT FROM pg_indexes WHERE tablename = 'deliveries'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    indexes.sort();
+    assert_eq!(
+        indexes,
+        [
+            "deliveries_digest",
+            "deliveries_due",
+            "deliveries_event_key",
+            "deliveries_group",
+            "deliveries_hold",
+            "deliveries_lease",
+            "deliveries_order",
+            "deliveries_pkey",
+        ]
+    );
+    drop(client);
+    let _ = task.await;
 }

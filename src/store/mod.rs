@@ -3,9 +3,20 @@
 //! PostgreSQL ([`postgres`]) is shared by several instances (claims carry a lease that another
 //! instance may take over once it runs out). The composition root ([`crate::app::open_store`]) picks
 //! the backend the configuration names.
+//!
+//! What does not depend on the database is written once, above both backends: noise control inside the
+//! accept transaction (`decide`), each delivery's row from its verdict (`rows`), and the other
+//! operations' shared parts (`common`: outcomes, listing, replay, retention, silences). Each backend
+//! keeps its SQL.
 
+mod common;
+mod decide;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
+
+pub use decide::{decide_noise, digest_content, noise_keys, with_note, NoiseOutcome};
+pub use rows::{completing, POSITION_COMPLETED, POSITION_HAD, POSITION_MISSING};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,8 +27,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::noise::silence::{NewSilence, Silence};
-use crate::noise::{Decider, Gates, State, StateRow, Verdict};
-use crate::notification::{Content, Notification, ParseMode};
+use crate::noise::{Gates, State, StateRow};
+use crate::notification::Notification;
 
 /// An event to accept, with the deliveries its rules produced.
 #[derive(Debug, Clone)]
@@ -55,35 +66,12 @@ pub struct NewEvent {
     pub position_missing: bool,
 }
 
-/// `events.position_missing`: the stored copy had its position (or referred to none).
-pub const POSITION_HAD: i64 = 0;
-/// `events.position_missing`: the stored copy went through the rules without its position.
-pub const POSITION_MISSING: i64 = 1;
-/// `events.position_missing`: a later copy with the position completed the event.
-pub const POSITION_COMPLETED: i64 = 2;
-
-/// What a copy that completes an event stored without its position adds: its deliveries whose
-/// idempotency keys are not among `stored` (those the first copy already produced, whatever became of
-/// them), with no debounce probe (the first copy's transition was already counted). Noise control then
-/// judges only the notifications that are new, so a rule that matched both copies notifies once and
-/// counts once, and a rule on `position.*` that only the complete copy satisfies still fires.
-pub fn completing(e: &NewEvent, stored: &std::collections::HashSet<String>) -> NewEvent {
-    NewEvent {
-        deliveries: e
-            .deliveries
-            .iter()
-            .filter(|d| !stored.contains(&d.key))
-            .cloned()
-            .collect(),
-        debounce: None,
-        ..e.clone()
-    }
-}
-
 /// A delivery to enqueue, its notification already serialised (by the caller, off the writer's thread).
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
-    /// Idempotency key.
+    /// Idempotency key: unique per event (a second delivery of the event under it is not stored). Keys
+    /// hash their event's source and id, so those of different events never meet; both backends'
+    /// schemas check the key per event, not across the table (SQLite's schema 4, PostgreSQL's 5).
     pub key: String,
     /// Channel.
     pub channel: String,
@@ -194,19 +182,6 @@ pub enum Outcome {
         /// Why.
         error: String,
     },
-}
-
-impl Outcome {
-    /// The row's new (status, next attempt, last error), as both backends record it.
-    fn columns(&self) -> (Status, Option<i64>, Option<&str>) {
-        match self {
-            Outcome::Delivered => (Status::Done, None, None),
-            Outcome::Retry { at_ms, error } => {
-                (Status::Pending, Some(*at_ms), Some(error.as_str()))
-            }
-            Outcome::Dead { error } => (Status::Dead, None, Some(error.as_str())),
-        }
-    }
 }
 
 /// State of a delivery.
@@ -441,178 +416,4 @@ pub trait Store: Send + Sync {
 
     /// Ends a silence now (it stops applying at once); returns it as it is now.
     async fn expire_silence(&self, id: i64, now_ms: i64) -> Result<Silence, StoreError>;
-}
-
-/// Runs noise control for an event's deliveries inside a backend's accept transaction: `load` reads
-/// (and, on a shared database, locks) the state rows of the given keys. Returns a verdict per delivery
-/// and the decider's effects (rows to write back, held deliveries to cancel). Shared by every backend so
-/// that they decide alike.
-pub fn decide_noise<E>(
-    e: &NewEvent,
-    load: impl FnOnce(&[&str]) -> Result<HashMap<String, StateRow>, E>,
-) -> Result<NoiseOutcome, E> {
-    let keys = noise_keys(e);
-    let mut states = if keys.is_empty() {
-        HashMap::new()
-    } else {
-        load(&keys)?
-    };
-    let mut decider = Decider::new(e.received_at_ms, &mut states).judging_at(e.judged_at_ms);
-    if let Some(p) = &e.debounce {
-        decider.probe(p);
-    }
-    let verdicts = e
-        .deliveries
-        .iter()
-        .map(|d| decider.decide(&d.gates))
-        .collect();
-    let cancels = std::mem::take(&mut decider.cancels);
-    let dirty = std::mem::take(&mut decider.dirty);
-    let writes = dirty
-        .into_iter()
-        .filter_map(|k| states.remove(&k).map(|row| (k, row)))
-        .collect();
-    Ok(NoiseOutcome {
-        verdicts,
-        cancels,
-        writes,
-    })
-}
-
-/// The noise state keys an event's gates read and write, sorted (the order a shared database locks
-/// them in, so two instances never wait for each other in a cycle) and without repeats.
-pub fn noise_keys(e: &NewEvent) -> Vec<&str> {
-    let mut keys: Vec<&str> = e
-        .deliveries
-        .iter()
-        .filter(|d| d.gates.is_stateful())
-        .flat_map(|d| d.gates.keys())
-        .chain(e.debounce.as_ref().map(|p| p.key.as_str()))
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    keys
-}
-
-/// What [`decide_noise`] decided.
-#[derive(Debug)]
-pub struct NoiseOutcome {
-    /// One per delivery, in order.
-    pub verdicts: Vec<Verdict>,
-    /// Held deliveries to suppress: (hold key, reason).
-    pub cancels: Vec<(String, String)>,
-    /// State rows to write.
-    pub writes: Vec<(String, StateRow)>,
-}
-
-/// Adds a line to a stored notification's text ("3 more suppressed"); contents without text (a map pin,
-/// a webhook's JSON body) are left as they are.
-pub fn with_note(content: &str, note: &str) -> String {
-    let Ok(mut n) = serde_json::from_str::<Notification>(content) else {
-        return content.to_string();
-    };
-    match &mut n.content {
-        Content::Log { text } => {
-            text.push('\n');
-            text.push_str(note);
-        }
-        Content::TelegramText { text, parse_mode } => {
-            text.push('\n');
-            text.push_str(&match parse_mode {
-                ParseMode::Html => crate::render::escape_html(note),
-                ParseMode::MarkdownV2 => crate::render::escape_markdown_v2(note),
-                ParseMode::Plain => note.to_string(),
-            });
-        }
-        Content::Email { text, html, .. } => {
-            text.push_str("\n\n");
-            text.push_str(note);
-            if let Some(i) = html.rfind("</body>") {
-                html.insert_str(i, &format!("<p>{}</p>", crate::render::escape_html(note)));
-            }
-        }
-        _ => return content.to_string(),
-    }
-    serde_json::to_string(&n).expect("a notification always serialises")
-}
-
-/// The stored content of a new digest delivery for `key`, shaped like its first item (`item`, stored
-/// JSON): same channel, recipient and origin. Returns (idempotency key, content JSON).
-pub fn digest_content(
-    item: &str,
-    key: &str,
-    due: i64,
-    title: Option<&str>,
-) -> Result<(String, String), serde_json::Error> {
-    let n: Notification = serde_json::from_str(item)?;
-    let digest_key = crate::notification::idempotency_key(&[
-        "digest",
-        key,
-        &due.to_string(),
-        &n.origin.event_id.to_string(),
-        &n.origin.source,
-    ]);
-    let d = Notification {
-        key: digest_key.clone(),
-        channel: n.channel,
-        recipient: n.recipient,
-        content: Content::Digest {
-            group: key.to_string(),
-            rule: n.origin.rule.clone(),
-            title_template: title.map(str::to_string),
-            like: Box::new(n.content),
-        },
-        origin: n.origin,
-    };
-    Ok((digest_key, serde_json::to_string(&d)?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::notification::Origin;
-
-    #[test]
-    fn notes_are_escaped_for_the_parse_mode() {
-        let n = |parse_mode| {
-            serde_json::to_string(&Notification {
-                key: "k".into(),
-                channel: "c".into(),
-                recipient: "r".into(),
-                content: Content::TelegramText {
-                    text: "*Alarm*".into(),
-                    parse_mode,
-                },
-                origin: Origin::default(),
-            })
-            .unwrap()
-        };
-        let text = |json: String| match serde_json::from_str::<Notification>(&json).unwrap().content
-        {
-            Content::TelegramText { text, .. } => text,
-            _ => unreachable!(),
-        };
-        let note = "(2 more suppressed since 2026-01-14T12:01:00.000Z)";
-        assert_eq!(
-            text(with_note(&n(ParseMode::MarkdownV2), note)),
-            "*Alarm*\n\\(2 more suppressed since 2026\\-01\\-14T12:01:00\\.000Z\\)"
-        );
-        assert_eq!(
-            text(with_note(&n(ParseMode::Html), "<3 & more")),
-            "*Alarm*\n&lt;3 &amp; more"
-        );
-        // Contents without text are left alone.
-        let pin = serde_json::to_string(&Notification {
-            key: "k".into(),
-            channel: "c".into(),
-            recipient: "r".into(),
-            content: Content::TelegramLocation {
-                latitude: 1.0,
-                longitude: 2.0,
-            },
-            origin: Origin::default(),
-        })
-        .unwrap();
-        assert_eq!(with_note(&pin, note), pin);
-    }
 }

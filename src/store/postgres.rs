@@ -21,17 +21,22 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
+    Transaction,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
+use super::common::{
+    listed_status, matchers_json, next_attempt, oldest_first, prune_in_chunks, Cutoffs, FINISHED,
+    LIST_COLUMNS, PRUNE_CHUNK, REPLAYABLE, REPLAY_RESET, SILENCE_COLUMNS,
+};
+use super::decide::{state_json, state_row, stored_state};
+use super::rows::{plan_rows, EventRow, Group, RowPlan};
 use super::*;
 use crate::clock::rfc3339;
 
 /// Pause between attempts to reach the database at start.
 const STARTUP_RETRY: Duration = Duration::from_millis(500);
-/// Rows deleted per retention statement: short enough not to hold up intake.
-const PRUNE_CHUNK: i64 = 5000;
 /// Key of the advisory lock migrations run under ("trackrly").
 const MIGRATION_LOCK: i64 = 0x7472_6163_6b72_6c79;
 /// Migrations may wait for another instance's migrations this long (the statement timeout is lifted).
@@ -109,6 +114,16 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE deliveries ADD COLUMN claims BIGINT NOT NULL DEFAULT 0;",
     // 4: whether an event went through the rules without the position it refers to (as SQLite's 6).
     "ALTER TABLE events ADD COLUMN position_missing BIGINT NOT NULL DEFAULT 0;",
+    // 5 (as SQLite's migration 4): the idempotency key is unique per event, as on SQLite, not across
+    // the table. Every key hashes its event's source and id (a digest's, those of the event that
+    // opened it), and an event is stored once, so keys of different events never meet: nothing that
+    // was refused before is let in, and what the store checks is what intake needs (a delivery once
+    // per event, also when a copy completes an event: see `completing`). The table-wide index put each
+    // insert on a random page of an index that grows with the table (in the WAL as a full page after
+    // each checkpoint); (event_ref, key) grows at its end and also serves what `deliveries_event` did.
+    "CREATE UNIQUE INDEX deliveries_event_key ON deliveries (event_ref, key);
+    ALTER TABLE deliveries DROP CONSTRAINT deliveries_key_key;
+    DROP INDEX deliveries_event;",
 ];
 
 /// How to reach the database.
@@ -430,7 +445,7 @@ const ACCEPT: &str = "WITH ev AS (
             WITH ORDINALITY AS x(key, channel, recipient, order_key, rule, status, dead, content, next_at,
                                  reason, n)
         ORDER BY x.n
-        ON CONFLICT (key) DO NOTHING
+        ON CONFLICT (event_ref, key) DO NOTHING
         RETURNING id, key, status)
     SELECT ins.id, ins.key FROM ev LEFT JOIN ins ON ins.status = 'inflight' ORDER BY ins.id";
 
@@ -474,336 +489,319 @@ const FINISH: &str = "UPDATE deliveries d SET status = x.status, updated_at = $1
     WHERE d.id = x.id AND d.status = 'inflight' AND d.claims = x.claims AND d.attempts = x.attempts
     RETURNING d.id, x.claims";
 
-const LIST: &str =
-    "SELECT id, key, status, channel, recipient, rule, event_id, event_type, device_id,
-        attempts, created_at, updated_at, next_at, last_error, txn, reason
-    FROM deliveries
-    WHERE ($1::TEXT IS NULL OR status = $1) AND ($2::TEXT IS NULL OR channel = $2)
-      AND ($3::BIGINT IS NULL OR device_id = $3)
-    ORDER BY id DESC LIMIT $4";
-
-const REPLAY_SET: &str = "UPDATE deliveries SET status = 'pending', attempts = 0, next_at = $1,
-    created_at = $1, updated_at = $1, last_error = NULL, lease_until = NULL, reason = NULL,
-    hold_key = NULL";
-
-/// How one delivery row is written, from its noise verdict (shared by both accept paths).
-struct RowPlan {
-    status: Status,
-    next_at: i64,
-    /// Deferred deliveries do not hold up later ones to the same recipient: no ordering key.
-    deferred: bool,
-    hold_key: Option<String>,
-    group: Option<(String, i64, Option<String>)>,
-    reason: Option<String>,
-    note: Option<String>,
-    claim: Option<i64>,
-}
-
-impl RowPlan {
-    fn new(d: &NewDelivery, v: Verdict, now: i64, claim_until: Option<i64>) -> RowPlan {
-        let mut p = RowPlan {
-            status: Status::Pending,
-            next_at: now,
-            deferred: false,
-            hold_key: None,
-            group: None,
-            reason: None,
-            note: None,
-            claim: None,
-        };
-        match (&d.dead, v) {
-            (Some(_), _) => p.status = Status::Dead,
-            (
-                None,
-                Verdict::Send {
-                    at,
-                    hold_key,
-                    note,
-                    waits_for,
-                },
-            ) => {
-                p.next_at = at;
-                p.hold_key = hold_key;
-                p.note = note;
-                if at > now {
-                    p.deferred = true;
-                    p.reason = Some(waits_for.unwrap_or_default());
-                } else if d.order_key.is_none() && claim_until.is_some() {
-                    p.claim = claim_until;
-                    p.status = Status::Inflight;
-                }
-            }
-            (None, Verdict::Suppress(reason)) => {
-                p.status = Status::Suppressed;
-                p.reason = Some(reason);
-            }
-            (
-                None,
-                Verdict::Group {
-                    key,
-                    due,
-                    title,
-                    reason,
-                },
-            ) => {
-                p.status = Status::Grouped;
-                p.group = Some((key, due, title));
-                p.reason = Some(reason);
-            }
-        }
-        p
-    }
-
-    fn order_key<'a>(&self, d: &'a NewDelivery) -> Option<&'a str> {
-        if self.deferred {
-            None
-        } else {
-            d.order_key.as_deref()
-        }
-    }
-
-    fn quieted(self, index: usize) -> Option<Quieted> {
-        let status = match self.status {
-            Status::Suppressed | Status::Grouped => self.status,
-            Status::Pending if self.deferred => Status::Pending,
-            _ => return None,
-        };
-        Some(Quieted {
-            index,
-            status,
-            reason: self.reason.unwrap_or_default(),
-        })
-    }
-}
-
+/// One delivery row (see [`RowPlan`]); a key the event already has is skipped.
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (key, event_ref, channel, recipient, order_key, rule,
         event_id, event_type, device_id, status, attempts, created_at, updated_at, next_at, last_error, txn,
         content, lease_until, hold_key, group_key, digest_ref, reason, claims)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
         CASE WHEN $10 = 'inflight' THEN 1 ELSE 0 END)
-    ON CONFLICT (key) DO NOTHING RETURNING id";
+    ON CONFLICT (event_ref, key) DO NOTHING RETURNING id";
 
 impl PgStore {
-    /// Accepting an event whose deliveries consult noise state, in one transaction: the state rows'
-    /// keys are locked first (advisory transaction locks, in sorted order), so two instances given
-    /// alarms of one key at the same moment decide one after the other, on the same state.
+    /// Accepting an event whose deliveries consult noise state, or a copy that may complete an event
+    /// stored without its position, in one transaction (see [`insert_deliveries`]).
     async fn accept_with_state(&self, e: &NewEvent) -> Result<Accepted, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
-        let marker = if e.position_missing {
-            POSITION_MISSING
-        } else {
-            POSITION_HAD
-        };
-        // As on SQLite: a conflict updates only a row stored without its position, for a copy with it.
-        let ev = tx
-            .query_opt(
-                "INSERT INTO events (source, event_id, device_id, event_type, received_at, txn, payload,
-                     position_missing)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (source, event_id) DO UPDATE SET position_missing = 2,
-                     payload = CASE WHEN EXCLUDED.payload <> '' THEN EXCLUDED.payload ELSE events.payload END
-                 WHERE events.position_missing = 1 AND EXCLUDED.position_missing = 0
-                 RETURNING id, position_missing",
-                &[&e.source, &e.event_id, &e.device_id, &e.event_type, &e.received_at_ms, &e.txn, &e.payload, &marker],
-            )
-            .await
-            .map_err(pg)?;
-        let Some(ev) = ev else {
-            return Ok(Accepted::Duplicate);
-        };
-        let event_ref: i64 = ev.get(0);
         let completed;
-        let e = if ev.get::<_, i64>(1) == POSITION_COMPLETED {
-            let stored = tx
-                .query(
-                    "SELECT key FROM deliveries WHERE event_ref = $1",
-                    &[&event_ref],
-                )
-                .await
-                .map_err(pg)?
-                .iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect();
-            completed = completing(e, &stored);
-            &completed
-        } else {
-            e
+        let (e, event_ref) = match EventRow::from_returned(insert_event_row(&tx, e).await?) {
+            EventRow::Duplicate => return Ok(Accepted::Duplicate),
+            EventRow::New(event_ref) => (e, event_ref),
+            EventRow::Completes(event_ref) => {
+                completed = completing(e, &stored_keys(&tx, event_ref).await?);
+                (&completed, event_ref)
+            }
         };
-        let now = e.received_at_ms;
-        let keys: Vec<String> = noise_keys(e).into_iter().map(str::to_string).collect();
-        let lock = tx
-            .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .await
-            .map_err(pg)?;
-        for k in &keys {
-            tx.execute(&lock, &[k]).await.map_err(pg)?;
-        }
-        let mut loaded = HashMap::new();
-        for r in tx
-            .query(
-                "SELECT key, state, expires_at FROM noise_state WHERE key = ANY($1)",
-                &[&keys],
-            )
-            .await
-            .map_err(pg)?
-        {
-            let state = serde_json::from_str(r.get(1)).unwrap_or_default();
-            loaded.insert(
-                r.get::<_, String>(0),
-                StateRow {
-                    state,
-                    expires_at: r.get(2),
-                },
-            );
-        }
-        let noise = decide_noise(e, |_| Ok::<_, StoreError>(loaded))?;
-        if !noise.writes.is_empty() {
-            let (mut ks, mut states, mut exp) = (Vec::new(), Vec::new(), Vec::new());
-            for (k, row) in &noise.writes {
-                ks.push(k.as_str());
-                states.push(serde_json::to_string(&row.state).expect("state serialises"));
-                exp.push(row.expires_at);
-            }
-            tx.execute(
-                "INSERT INTO noise_state (key, state, expires_at)
-                 SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[])
-                 ON CONFLICT (key) DO UPDATE SET state = excluded.state, expires_at = excluded.expires_at",
-                &[&ks, &states, &exp],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        for (hold_key, reason) in &noise.cancels {
-            tx.execute(
-                "UPDATE deliveries SET status = 'suppressed', reason = $2, updated_at = $3
-                 WHERE hold_key = $1 AND status = 'pending'",
-                &[hold_key, reason, &now],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        let insert = tx.prepare_cached(INSERT_DELIVERY).await.map_err(pg)?;
-        let mut claimed = Vec::new();
-        let mut quieted = Vec::new();
-        for (index, (d, v)) in e.deliveries.iter().zip(noise.verdicts).enumerate() {
-            let p = RowPlan::new(d, v, now, e.claim_until);
-            let content = match &p.note {
-                Some(note) => with_note(&d.content, note),
-                None => d.content.clone(),
-            };
-            let digest_ref = match &p.group {
-                Some((key, due, title)) => Some(
-                    self.open_digest(&tx, d, key, *due, title.as_deref(), event_ref, e)
-                        .await?,
-                ),
-                None => None,
-            };
-            let group_key = p.group.as_ref().map(|g| g.0.as_str());
-            let attempts: i32 = if p.claim.is_some() { 1 } else { 0 };
-            let rows = tx
-                .query(
-                    &insert,
-                    &[
-                        &d.key,
-                        &event_ref,
-                        &d.channel,
-                        &d.recipient,
-                        &p.order_key(d),
-                        &d.rule,
-                        &e.event_id,
-                        &e.event_type,
-                        &e.device_id,
-                        &p.status.as_str(),
-                        &attempts,
-                        &now,
-                        &p.next_at,
-                        &d.dead,
-                        &e.txn,
-                        &content,
-                        &p.claim,
-                        &p.hold_key,
-                        &group_key,
-                        &digest_ref,
-                        &p.reason,
-                    ],
-                )
-                .await
-                .map_err(pg)?;
-            if let (Some(r), Some(_)) = (rows.first(), p.claim) {
-                claimed.push(Claimed {
-                    id: r.get(0),
-                    content,
-                    attempts: 1,
-                    created_at_ms: now,
-                    claim: 1,
-                });
-            }
-            quieted.extend(p.quieted(index));
-        }
+        let accepted = insert_deliveries(&tx, e, event_ref).await?;
         tx.commit().await.map_err(pg)?;
-        Ok(Accepted::New {
-            deliveries: e.deliveries.len(),
-            claimed,
-            quieted,
-        })
+        Ok(accepted)
     }
 
-    /// The digest of `key` still waiting to be sent (locked: a claim skips it until this transaction
-    /// ends), or a new one due at `due`.
-    #[allow(clippy::too_many_arguments)]
-    async fn open_digest(
+    /// The event and its deliveries in the one statement [`ACCEPT`] (no noise state to consult); its
+    /// rows.
+    async fn accept_at_once(
         &self,
-        tx: &tokio_postgres::Transaction<'_>,
-        item: &NewDelivery,
-        key: &str,
-        due: i64,
-        title: Option<&str>,
-        event_ref: i64,
         e: &NewEvent,
-    ) -> Result<i64, StoreError> {
-        if let Some(r) = tx
-            .query_opt(
-                "SELECT id FROM deliveries WHERE group_key = $1 AND status = 'pending'
-                 ORDER BY id LIMIT 1 FOR UPDATE",
-                &[&key],
-            )
-            .await
-            .map_err(pg)?
-        {
-            return Ok(r.get(0));
+        rows: &[RowPlan<'_>],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let mut text: [Vec<Option<&str>>; 9] = Default::default();
+        let mut next_at = Vec::with_capacity(rows.len());
+        for row in rows {
+            // Only noise state holds a delivery for a debounce or folds it into a digest.
+            debug_assert!(row.hold_key.is_none() && row.group.is_none());
+            let d = row.d;
+            let columns = [
+                Some(d.key.as_str()),
+                Some(d.channel.as_str()),
+                Some(d.recipient.as_str()),
+                row.order_key,
+                Some(d.rule.as_str()),
+                Some(row.status.as_str()),
+                d.dead.as_deref(),
+                Some(&*row.content),
+                row.reason.as_deref(),
+            ];
+            for (column, v) in text.iter_mut().zip(columns) {
+                column.push(v);
+            }
+            next_at.push(row.next_at);
         }
-        let (digest_key, content) =
-            digest_content(&item.content, key, due, title).map_err(|err| StoreError::Corrupt {
-                id: 0,
-                reason: format!("digest item unreadable: {err}"),
-            })?;
-        let r = tx
-            .query_one(
-                "INSERT INTO deliveries (key, event_ref, channel, recipient, rule, event_id, event_type,
-                     device_id, status, attempts, created_at, updated_at, next_at, txn, content, group_key)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9, $10, $11, $12, $13)
-                 RETURNING id",
+        let [keys, channels, recipients, orders, rules, statuses, dead, contents, reasons] = &text;
+        self.query(
+            ACCEPT,
+            &[
+                &e.source,
+                &e.event_id,
+                &e.device_id,
+                &e.event_type,
+                &e.received_at_ms,
+                &e.txn,
+                &e.payload,
+                &e.claim_until,
+                keys,
+                channels,
+                recipients,
+                orders,
+                rules,
+                statuses,
+                dead,
+                contents,
+                &next_at,
+                reasons,
+                &e.position_marker(),
+            ],
+        )
+        .await
+    }
+}
+
+/// The deliveries [`ACCEPT`] claimed at intake, from the rows it returned (id and key of each).
+fn claimed_at_once(
+    returned: &[tokio_postgres::Row],
+    rows: &[RowPlan<'_>],
+    now: i64,
+) -> Vec<Claimed> {
+    returned
+        .iter()
+        .filter_map(|r| {
+            let (Some(id), Some(key)) = (r.get::<_, Option<i64>>(0), r.get::<_, Option<&str>>(1))
+            else {
+                return None;
+            };
+            let row = rows.iter().find(|row| row.d.key == key)?;
+            Some(row.claimed(id, now))
+        })
+        .collect()
+}
+
+/// The event row's insert (see [`EventRow`]): as on SQLite, a conflict updates only a row stored
+/// without its position, and only for a copy that has it.
+async fn insert_event_row(
+    tx: &Transaction<'_>,
+    e: &NewEvent,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let row = tx
+        .query_opt(
+            "INSERT INTO events (source, event_id, device_id, event_type, received_at, txn, payload,
+                 position_missing)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (source, event_id) DO UPDATE SET position_missing = 2,
+                 payload = CASE WHEN EXCLUDED.payload <> '' THEN EXCLUDED.payload ELSE events.payload END
+             WHERE events.position_missing = 1 AND EXCLUDED.position_missing = 0
+             RETURNING id, position_missing",
+            &[&e.source, &e.event_id, &e.device_id, &e.event_type, &e.received_at_ms, &e.txn, &e.payload,
+                &e.position_marker()],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// The idempotency keys of the deliveries stored for the event row `event_ref`.
+async fn stored_keys(tx: &Transaction<'_>, event_ref: i64) -> Result<HashSet<String>, StoreError> {
+    let rows = tx
+        .query(
+            "SELECT key FROM deliveries WHERE event_ref = $1",
+            &[&event_ref],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Decides noise control for the deliveries of `e` and enqueues them for the event row `event_ref`.
+/// The state rows' keys are locked first (see [`lock_and_load_states`]), so two instances given alarms
+/// of one key at the same moment decide one after the other, on the same state.
+async fn insert_deliveries(
+    tx: &Transaction<'_>,
+    e: &NewEvent,
+    event_ref: i64,
+) -> Result<Accepted, StoreError> {
+    let loaded = lock_and_load_states(tx, e).await?;
+    let noise = decide_noise(e, |_| Ok::<_, StoreError>(loaded))?;
+    save_states(tx, &noise.writes).await?;
+    cancel_holds(tx, &noise.cancels, e.received_at_ms).await?;
+    let (rows, quieted) = plan_rows(e, noise.verdicts);
+    let insert = tx.prepare_cached(INSERT_DELIVERY).await.map_err(pg)?;
+    let mut claimed = Vec::new();
+    for row in &rows {
+        let digest_ref = match &row.group {
+            Some(g) => Some(open_digest(tx, row.d, g, event_ref, e).await?),
+            None => None,
+        };
+        let inserted = tx
+            .query(
+                &insert,
                 &[
-                    &digest_key,
+                    &row.d.key,
                     &event_ref,
-                    &item.channel,
-                    &item.recipient,
-                    &item.rule,
+                    &row.d.channel,
+                    &row.d.recipient,
+                    &row.order_key,
+                    &row.d.rule,
                     &e.event_id,
                     &e.event_type,
                     &e.device_id,
+                    &row.status.as_str(),
+                    &row.intake_claims(),
                     &e.received_at_ms,
-                    &due,
+                    &row.next_at,
+                    &row.d.dead,
                     &e.txn,
-                    &content,
-                    &key,
+                    &&*row.content,
+                    &row.claim,
+                    &row.hold_key,
+                    &row.group_key(),
+                    &digest_ref,
+                    &row.reason,
                 ],
             )
             .await
             .map_err(pg)?;
-        Ok(r.get(0))
+        if let (Some(r), Some(_)) = (inserted.first(), row.claim) {
+            claimed.push(row.claimed(r.get(0), e.received_at_ms));
+        }
     }
+    Ok(Accepted::New {
+        deliveries: e.deliveries.len(),
+        claimed,
+        quieted,
+    })
+}
+
+/// Locks the noise state rows `e` reads (advisory transaction locks, in sorted order, so that two
+/// instances never wait for each other in a cycle) and reads them.
+async fn lock_and_load_states(
+    tx: &Transaction<'_>,
+    e: &NewEvent,
+) -> Result<HashMap<String, StateRow>, StoreError> {
+    let keys: Vec<String> = noise_keys(e).into_iter().map(str::to_string).collect();
+    let lock = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .await
+        .map_err(pg)?;
+    for k in &keys {
+        tx.execute(&lock, &[k]).await.map_err(pg)?;
+    }
+    let rows = tx
+        .query(
+            "SELECT key, state, expires_at FROM noise_state WHERE key = ANY($1)",
+            &[&keys],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), state_row(r.get(1), r.get(2))))
+        .collect())
+}
+
+/// Writes the noise state rows the decider changed, in one statement.
+async fn save_states(
+    tx: &Transaction<'_>,
+    writes: &[(String, StateRow)],
+) -> Result<(), StoreError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = writes.iter().map(|(k, _)| k.as_str()).collect();
+    let states: Vec<String> = writes.iter().map(|(_, row)| state_json(row)).collect();
+    let expiries: Vec<i64> = writes.iter().map(|(_, row)| row.expires_at).collect();
+    tx.execute(
+        "INSERT INTO noise_state (key, state, expires_at)
+         SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[])
+         ON CONFLICT (key) DO UPDATE SET state = excluded.state, expires_at = excluded.expires_at",
+        &[&keys, &states, &expiries],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// Suppresses the held deliveries noise control cancelled: (hold key, reason).
+async fn cancel_holds(
+    tx: &Transaction<'_>,
+    cancels: &[(String, String)],
+    now: i64,
+) -> Result<(), StoreError> {
+    for (hold_key, reason) in cancels {
+        tx.execute(
+            "UPDATE deliveries SET status = 'suppressed', reason = $2, updated_at = $3
+             WHERE hold_key = $1 AND status = 'pending'",
+            &[hold_key, reason, &now],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    Ok(())
+}
+
+/// The digest of `g` still waiting to be sent (locked: a claim skips it until this transaction
+/// ends), or a new one due at `g.due` shaped like `item`; returns its row id.
+async fn open_digest(
+    tx: &Transaction<'_>,
+    item: &NewDelivery,
+    g: &Group,
+    event_ref: i64,
+    e: &NewEvent,
+) -> Result<i64, StoreError> {
+    if let Some(r) = tx
+        .query_opt(
+            "SELECT id FROM deliveries WHERE group_key = $1 AND status = 'pending'
+             ORDER BY id LIMIT 1 FOR UPDATE",
+            &[&g.key],
+        )
+        .await
+        .map_err(pg)?
+    {
+        return Ok(r.get(0));
+    }
+    let (digest_key, content) = g.digest(item)?;
+    let r = tx
+        .query_one(
+            "INSERT INTO deliveries (key, event_ref, channel, recipient, rule, event_id, event_type,
+                 device_id, status, attempts, created_at, updated_at, next_at, txn, content, group_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9, $10, $11, $12, $13)
+             RETURNING id",
+            &[
+                &digest_key,
+                &event_ref,
+                &item.channel,
+                &item.recipient,
+                &item.rule,
+                &e.event_id,
+                &e.event_type,
+                &e.device_id,
+                &e.received_at_ms,
+                &g.due,
+                &e.txn,
+                &content,
+                &g.key,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(r.get(0))
 }
 
 /// A silence row; matchers this version cannot use mark it unreadable (it then mutes nothing).
@@ -819,7 +817,47 @@ fn read_silence(r: &tokio_postgres::Row) -> Silence {
     )
 }
 
-const SILENCE_COLUMNS: &str = "id, matchers, starts_at, ends_at, author, comment, created_at";
+impl PgStore {
+    /// One retention step: at most [`PRUNE_CHUNK`] rows of each table.
+    async fn prune_chunk(&self, cut: Cutoffs) -> Result<Pruned, StoreError> {
+        let deliveries = self
+            .execute(
+                &format!(
+                    "DELETE FROM deliveries WHERE id IN (
+                         SELECT id FROM deliveries
+                         WHERE ({FINISHED} AND updated_at < $1) OR (status = 'dead' AND updated_at < $2)
+                         LIMIT $3 FOR UPDATE SKIP LOCKED)"
+                ),
+                &[&cut.done, &cut.dead, &PRUNE_CHUNK],
+            )
+            .await?;
+        let events = self
+            .execute(
+                "DELETE FROM events WHERE id IN (
+                     SELECT id FROM events WHERE received_at < $1
+                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_ref = events.id)
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                &[&cut.done, &PRUNE_CHUNK],
+            )
+            .await?;
+        let state = self
+            .execute(
+                "DELETE FROM noise_state WHERE key IN (
+                     SELECT key FROM noise_state WHERE expires_at < $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                &[&cut.now, &PRUNE_CHUNK],
+            )
+            .await?
+            + self
+                .execute("DELETE FROM silences WHERE ends_at < $1", &[&cut.dead])
+                .await?;
+        Ok(Pruned {
+            deliveries,
+            events,
+            state,
+        })
+    }
+}
 
 #[async_trait]
 impl Store for PgStore {
@@ -829,65 +867,9 @@ impl Store for PgStore {
         }
         // No state to consult: one statement. Silences and schedules were decided while planning.
         let noise = decide_noise(&e, |_| Ok::<_, StoreError>(HashMap::new()))?;
-        let now = e.received_at_ms;
-        let plans: Vec<RowPlan> = e
-            .deliveries
-            .iter()
-            .zip(noise.verdicts)
-            .map(|(d, v)| RowPlan::new(d, v, now, e.claim_until))
-            .collect();
-        let n = e.deliveries.len();
-        let mut cols: [Vec<Option<&str>>; 9] = Default::default();
-        let mut next_at = Vec::with_capacity(n);
-        for (d, p) in e.deliveries.iter().zip(&plans) {
-            let row = [
-                Some(d.key.as_str()),
-                Some(d.channel.as_str()),
-                Some(d.recipient.as_str()),
-                p.order_key(d),
-                Some(d.rule.as_str()),
-                Some(p.status.as_str()),
-                d.dead.as_deref(),
-                Some(d.content.as_str()),
-                p.reason.as_deref(),
-            ];
-            for (col, v) in cols.iter_mut().zip(row) {
-                col.push(v);
-            }
-            next_at.push(p.next_at);
-        }
-        let [keys, channels, recipients, orders, rules, statuses, dead, contents, reasons] = &cols;
-        let rows = self
-            .query(
-                ACCEPT,
-                &[
-                    &e.source,
-                    &e.event_id,
-                    &e.device_id,
-                    &e.event_type,
-                    &e.received_at_ms,
-                    &e.txn,
-                    &e.payload,
-                    &e.claim_until,
-                    keys,
-                    channels,
-                    recipients,
-                    orders,
-                    rules,
-                    statuses,
-                    dead,
-                    contents,
-                    &next_at,
-                    reasons,
-                    &if e.position_missing {
-                        POSITION_MISSING
-                    } else {
-                        POSITION_HAD
-                    },
-                ],
-            )
-            .await?;
-        if rows.is_empty() {
+        let (rows, quieted) = plan_rows(&e, noise.verdicts);
+        let returned = self.accept_at_once(&e, &rows).await?;
+        if returned.is_empty() {
             // Stored before. A copy with its position may complete one stored without: that path
             // tells (and is a duplicate otherwise).
             return if e.position_missing {
@@ -896,30 +878,10 @@ impl Store for PgStore {
                 self.accept_with_state(&e).await
             };
         }
-        let mut claimed = Vec::new();
-        for r in &rows {
-            let (Some(id), Some(key)) = (r.get::<_, Option<i64>>(0), r.get::<_, Option<&str>>(1))
-            else {
-                continue;
-            };
-            if let Some(d) = e.deliveries.iter().find(|d| d.key == key) {
-                claimed.push(Claimed {
-                    id,
-                    content: d.content.clone(),
-                    attempts: 1,
-                    created_at_ms: e.received_at_ms,
-                    claim: 1,
-                });
-            }
-        }
         Ok(Accepted::New {
-            deliveries: n,
-            claimed,
-            quieted: plans
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, p)| p.quieted(i))
-                .collect(),
+            deliveries: e.deliveries.len(),
+            claimed: claimed_at_once(&returned, &rows, e.received_at_ms),
+            quieted,
         })
     }
 
@@ -941,7 +903,7 @@ impl Store for PgStore {
                 ],
             )
             .await?;
-        let mut out: Vec<Claimed> = rows
+        let claimed = rows
             .iter()
             .map(|r| Claimed {
                 id: r.get(0),
@@ -951,21 +913,20 @@ impl Store for PgStore {
                 claim: r.get(4),
             })
             .collect();
-        // RETURNING has no order; send oldest first.
-        out.sort_unstable_by_key(|c| c.id);
-        Ok(out)
+        Ok(oldest_first(claimed))
     }
 
     async fn finish(
         &self,
-        mut outcomes: Vec<(ClaimRef, Outcome)>,
+        outcomes: Vec<(ClaimRef, Outcome)>,
         now_ms: i64,
     ) -> Result<Vec<ClaimRef>, StoreError> {
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
         // Rows are locked in id order by every writer: no deadlock between instances.
-        outcomes.sort_by_key(|(at, _)| at.id);
+        let mut by_id: Vec<&(ClaimRef, Outcome)> = outcomes.iter().collect();
+        by_id.sort_by_key(|(at, _)| at.id);
         let n = outcomes.len();
         let (mut ids, mut statuses, mut next, mut errors) = (
             Vec::with_capacity(n),
@@ -974,7 +935,7 @@ impl Store for PgStore {
             Vec::with_capacity(n),
         );
         let (mut claims, mut attempts) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for (at, outcome) in &outcomes {
+        for (at, outcome) in by_id {
             let (status, next_at, error) = outcome.columns();
             ids.push(at.id);
             statuses.push(status.as_str());
@@ -992,9 +953,10 @@ impl Store for PgStore {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
+        // The stale ones, in the order given (as SQLite returns them).
         Ok(outcomes
-            .into_iter()
-            .map(|(at, _)| at)
+            .iter()
+            .map(|(at, _)| *at)
             .filter(|at| !recorded.contains(&(at.id, at.claim)))
             .collect())
     }
@@ -1034,22 +996,26 @@ impl Store for PgStore {
     }
 
     async fn list(&self, f: Filter) -> Result<Vec<DeliveryRow>, StoreError> {
-        let limit = if f.limit == 0 { 100 } else { f.limit } as i64;
         let rows = self
             .query(
-                LIST,
+                &format!(
+                    "SELECT {LIST_COLUMNS} FROM deliveries
+                     WHERE ($1::TEXT IS NULL OR status = $1) AND ($2::TEXT IS NULL OR channel = $2)
+                       AND ($3::BIGINT IS NULL OR device_id = $3)
+                     ORDER BY id DESC LIMIT $4"
+                ),
                 &[
                     &f.status.map(Status::as_str),
                     &f.channel,
                     &f.device_id,
-                    &limit,
+                    &f.row_limit(),
                 ],
             )
             .await?;
         Ok(rows
             .iter()
             .map(|r| {
-                let st = Status::parse(r.get(2)).unwrap_or(Status::Dead);
+                let st = listed_status(r.get(2));
                 DeliveryRow {
                     id: r.get(0),
                     key: r.get(1),
@@ -1063,7 +1029,7 @@ impl Store for PgStore {
                     attempts: r.get::<_, i32>(9) as u32,
                     created_at: rfc3339(r.get(10)),
                     updated_at: rfc3339(r.get(11)),
-                    next_attempt_at: (st == Status::Pending).then(|| rfc3339(r.get(12))),
+                    next_attempt_at: next_attempt(st, r.get(12)),
                     last_error: r.get(13),
                     txn: r.get(14),
                     reason: r.get(15),
@@ -1073,18 +1039,19 @@ impl Store for PgStore {
     }
 
     async fn replay(&self, which: Replay, now_ms: i64) -> Result<u64, StoreError> {
+        let set = format!(
+            "UPDATE deliveries SET {REPLAY_RESET}, next_at = $1, created_at = $1, updated_at = $1"
+        );
         match which {
             Replay::Id(id) => {
                 self.execute(
-                    &format!(
-                        "{REPLAY_SET} WHERE id = $2 AND status IN ('dead', 'done', 'suppressed')"
-                    ),
+                    &format!("{set} WHERE id = $2 AND {REPLAYABLE}"),
                     &[&now_ms, &id],
                 )
                 .await
             }
             Replay::AllDead => {
-                self.execute(&format!("{REPLAY_SET} WHERE status = 'dead'"), &[&now_ms])
+                self.execute(&format!("{set} WHERE status = 'dead'"), &[&now_ms])
                     .await
             }
         }
@@ -1096,51 +1063,11 @@ impl Store for PgStore {
         retention: Duration,
         dead_retention: Duration,
     ) -> Result<Pruned, StoreError> {
-        let cut = now_ms - retention.as_millis() as i64;
-        let dead_cut = now_ms - dead_retention.as_millis() as i64;
-        let mut total = Pruned::default();
         // In chunks; rows another instance is pruning at the same time are skipped, not waited for.
-        loop {
-            let deliveries = self
-                .execute(
-                    "DELETE FROM deliveries WHERE id IN (
-                         SELECT id FROM deliveries
-                         WHERE (status IN ('done', 'suppressed', 'grouped') AND updated_at < $1)
-                            OR (status = 'dead' AND updated_at < $2)
-                         LIMIT $3 FOR UPDATE SKIP LOCKED)",
-                    &[&cut, &dead_cut, &PRUNE_CHUNK],
-                )
-                .await?;
-            let events = self
-                .execute(
-                    "DELETE FROM events WHERE id IN (
-                         SELECT id FROM events WHERE received_at < $1
-                         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_ref = events.id)
-                         LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                    &[&cut, &PRUNE_CHUNK],
-                )
-                .await?;
-            let state = self
-                .execute(
-                    "DELETE FROM noise_state WHERE key IN (
-                         SELECT key FROM noise_state WHERE expires_at < $1
-                         LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                    &[&now_ms, &PRUNE_CHUNK],
-                )
-                .await?
-                + self
-                    .execute("DELETE FROM silences WHERE ends_at < $1", &[&dead_cut])
-                    .await?;
-            total.deliveries += deliveries;
-            total.events += events;
-            total.state += state;
-            if deliveries < PRUNE_CHUNK as u64
-                && events < PRUNE_CHUNK as u64
-                && state < PRUNE_CHUNK as u64
-            {
-                return Ok(total);
-            }
-        }
+        prune_in_chunks(now_ms, retention, dead_retention, |cut| {
+            self.prune_chunk(cut)
+        })
+        .await
     }
 
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
@@ -1179,17 +1106,12 @@ impl Store for PgStore {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| {
-                (
-                    r.get::<_, String>(0),
-                    serde_json::from_str(r.get(1)).unwrap_or_default(),
-                )
-            })
+            .map(|r| (r.get::<_, String>(0), stored_state(r.get(1))))
             .collect())
     }
 
     async fn add_silence(&self, s: NewSilence, now_ms: i64) -> Result<Silence, StoreError> {
-        let matchers = serde_json::to_string(&s.matchers).expect("matchers serialise");
+        let matchers = matchers_json(&s);
         let rows = self
             .query(
                 &format!(

@@ -12,6 +12,7 @@
 //! queue nor holds up intake.
 
 use std::any::Any;
+use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -21,13 +22,17 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use super::common::{
+    listed_status, matchers_json, next_attempt, oldest_first, prune_in_chunks, Cutoffs, FINISHED,
+    LIST_COLUMNS, PRUNE_CHUNK, REPLAYABLE, REPLAY_RESET, SILENCE_COLUMNS,
+};
+use super::decide::{state_json, state_row};
+use super::rows::{plan_rows, EventRow, Group};
 use super::*;
 use crate::clock::rfc3339;
 
 /// Jobs per transaction at most: bounds the latency one commit adds to the jobs in it.
 pub const MAX_BATCH: usize = 2048;
-/// Rows deleted per retention job: short enough not to hold up intake.
-const PRUNE_CHUNK: i64 = 5000;
 /// File name of the database under the data directory.
 pub const DB_FILE: &str = "trackrelay.db";
 /// Another process (the CLI next to a running server) may hold the write lock briefly.
@@ -106,7 +111,7 @@ const MIGRATIONS: &[&str] = &[
     // grown (5x the rest of the insert). (event_ref, key) grows at its end like the table. Deliveries of
     // different events never share a key (the key hashes the event's source and id, and an event is
     // stored once), so nothing that was refused before is let in. SQLite cannot drop a constraint: the
-    // table is rebuilt, once, at the upgrade.
+    // table is rebuilt, once, at the upgrade. PostgreSQL's schema checks the same since its migration 5.
     "CREATE TABLE deliveries_v4 (
         id INTEGER PRIMARY KEY,
         key TEXT NOT NULL,
@@ -424,186 +429,90 @@ fn in_savepoint(
 /// Stores the event and its deliveries, or nothing when it was stored before; a copy that completes an
 /// event stored without its position adds the deliveries the first copy did not produce ([`completing`]).
 fn insert_event(c: &Connection, e: &NewEvent) -> Result<Accepted, StoreError> {
-    let marker = if e.position_missing {
-        POSITION_MISSING
-    } else {
-        POSITION_HAD
-    };
-    // A conflict updates only a row stored without its position, and only for a copy that has it;
-    // otherwise no row comes back: a duplicate.
-    let row = c
-        .prepare_cached(
-            "INSERT INTO events (source, event_id, device_id, event_type, received_at, txn, payload,
-                 position_missing)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (source, event_id) DO UPDATE SET position_missing = 2,
-                 payload = CASE WHEN excluded.payload <> '' THEN excluded.payload ELSE events.payload END
-             WHERE events.position_missing = 1 AND excluded.position_missing = 0
-             RETURNING id, position_missing",
-        )
-        .and_then(|mut s| {
-            s.query_row(
-                params![e.source, e.event_id, e.device_id, e.event_type, e.received_at_ms, e.txn, e.payload, marker],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-            )
-            .optional()
-        })
-        .map_err(db)?;
-    match row {
-        None => Ok(Accepted::Duplicate),
-        Some((event_ref, POSITION_COMPLETED)) => {
-            let stored: std::collections::HashSet<String> = c
-                .prepare_cached("SELECT key FROM deliveries WHERE event_ref = ?1")
-                .and_then(|mut s| {
-                    s.query_map([event_ref], |r| r.get(0))?
-                        .collect::<rusqlite::Result<_>>()
-                })
-                .map_err(db)?;
+    match EventRow::from_returned(insert_event_row(c, e)?) {
+        EventRow::Duplicate => Ok(Accepted::Duplicate),
+        EventRow::New(event_ref) => insert_deliveries(c, e, event_ref),
+        EventRow::Completes(event_ref) => {
+            let stored = stored_keys(c, event_ref)?;
             insert_deliveries(c, &completing(e, &stored), event_ref)
         }
-        Some((event_ref, _)) => insert_deliveries(c, e, event_ref),
     }
+}
+
+/// The event row's insert (see [`EventRow`]): a conflict updates only a row stored without its
+/// position, and only for a copy that has it; otherwise no row comes back: a duplicate.
+fn insert_event_row(c: &Connection, e: &NewEvent) -> Result<Option<(i64, i64)>, StoreError> {
+    c.prepare_cached(
+        "INSERT INTO events (source, event_id, device_id, event_type, received_at, txn, payload,
+             position_missing)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (source, event_id) DO UPDATE SET position_missing = 2,
+             payload = CASE WHEN excluded.payload <> '' THEN excluded.payload ELSE events.payload END
+         WHERE events.position_missing = 1 AND excluded.position_missing = 0
+         RETURNING id, position_missing",
+    )
+    .and_then(|mut s| {
+        s.query_row(
+            params![e.source, e.event_id, e.device_id, e.event_type, e.received_at_ms, e.txn, e.payload,
+                e.position_marker()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+    })
+    .map_err(db)
+}
+
+/// The idempotency keys of the deliveries stored for the event row `event_ref`.
+fn stored_keys(c: &Connection, event_ref: i64) -> Result<HashSet<String>, StoreError> {
+    c.prepare_cached("SELECT key FROM deliveries WHERE event_ref = ?1")
+        .and_then(|mut s| {
+            s.query_map([event_ref], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(db)
 }
 
 /// Decides noise control for the deliveries of `e` and enqueues them for the event row `event_ref`.
 fn insert_deliveries(c: &Connection, e: &NewEvent, event_ref: i64) -> Result<Accepted, StoreError> {
-    let now = e.received_at_ms;
     let noise = decide_noise(e, |keys| load_states(c, keys))?;
     save_states(c, &noise.writes)?;
-    for (hold_key, reason) in &noise.cancels {
-        c.prepare_cached(
-            "UPDATE deliveries SET status = 'suppressed', reason = ?2, updated_at = ?3
-             WHERE hold_key = ?1 AND status = 'pending'",
-        )
-        .and_then(|mut s| s.execute(params![hold_key, reason, now]))
-        .map_err(db)?;
-    }
-    let mut stmt = c
-        .prepare_cached(
-            "INSERT INTO deliveries (key, event_ref, channel, recipient, order_key, rule, event_id, event_type,
-                 device_id, status, attempts, created_at, updated_at, next_at, last_error, txn, content, lease_until,
-                 hold_key, group_key, digest_ref, reason, claims)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, COALESCE(?15, 0), ?11, ?11, ?17, ?12, ?13, ?14, ?16,
-                 ?18, ?19, ?20, ?21, COALESCE(?15, 0))
-             ON CONFLICT (event_ref, key) DO NOTHING",
-        )
-        .map_err(db)?;
+    cancel_holds(c, &noise.cancels, e.received_at_ms)?;
+    let (rows, quieted) = plan_rows(e, noise.verdicts);
+    let mut insert = c.prepare_cached(INSERT_DELIVERY).map_err(db)?;
     let mut claimed = Vec::new();
-    let mut quieted = Vec::new();
-    for (index, (d, verdict)) in e.deliveries.iter().zip(noise.verdicts).enumerate() {
-        let mut row = Row {
-            status: Status::Pending,
-            next_at: now,
-            order_key: d.order_key.as_deref(),
-            hold_key: None,
-            group_key: None,
-            digest_ref: None,
-            reason: None,
-            content: std::borrow::Cow::Borrowed(d.content.as_str()),
-            claim: None,
+    for row in &rows {
+        let digest_ref = match &row.group {
+            Some(g) => Some(open_digest(c, row.d, g, event_ref, e)?),
+            None => None,
         };
-        match (&d.dead, verdict) {
-            (Some(_), _) => row.status = Status::Dead,
-            (
-                None,
-                Verdict::Send {
-                    at,
-                    hold_key,
-                    note,
-                    waits_for,
-                },
-            ) => {
-                row.next_at = at;
-                row.hold_key = hold_key;
-                if let Some(note) = note {
-                    row.content = std::borrow::Cow::Owned(with_note(&d.content, &note));
-                }
-                if at > now {
-                    // Deferred deliveries do not hold up later ones to the same recipient.
-                    row.order_key = None;
-                    quieted.push(Quieted {
-                        index,
-                        status: Status::Pending,
-                        reason: waits_for.clone().unwrap_or_default(),
-                    });
-                    row.reason = waits_for;
-                } else if d.order_key.is_none() {
-                    row.claim = e.claim_until;
-                }
-            }
-            (None, Verdict::Suppress(reason)) => {
-                row.status = Status::Suppressed;
-                quieted.push(Quieted {
-                    index,
-                    status: Status::Suppressed,
-                    reason: reason.clone(),
-                });
-                row.reason = Some(reason);
-            }
-            (
-                None,
-                Verdict::Group {
-                    key,
-                    due,
-                    title,
-                    reason,
-                },
-            ) => {
-                row.status = Status::Grouped;
-                row.digest_ref = Some(open_digest(
-                    c,
-                    d,
-                    &key,
-                    due,
-                    title.as_deref(),
-                    event_ref,
-                    e,
-                )?);
-                row.group_key = Some(key);
-                quieted.push(Quieted {
-                    index,
-                    status: Status::Grouped,
-                    reason: reason.clone(),
-                });
-                row.reason = Some(reason);
-            }
-        }
-        if row.claim.is_some() {
-            row.status = Status::Inflight;
-        }
-        let n = stmt
+        let inserted = insert
             .execute(params![
-                d.key,
+                row.d.key,
                 event_ref,
-                d.channel,
-                d.recipient,
+                row.d.channel,
+                row.d.recipient,
                 row.order_key,
-                d.rule,
+                row.d.rule,
                 e.event_id,
                 e.event_type,
                 e.device_id,
                 row.status.as_str(),
-                now,
-                d.dead,
+                e.received_at_ms,
+                row.d.dead,
                 e.txn,
                 row.content,
-                row.claim.map(|_| 1),
+                row.intake_claims(),
                 row.claim,
                 row.next_at,
                 row.hold_key,
-                row.group_key,
-                row.digest_ref,
+                row.group_key(),
+                digest_ref,
                 row.reason,
             ])
-            .map_err(db)?;
-        if n == 1 && row.claim.is_some() {
-            claimed.push(Claimed {
-                id: c.last_insert_rowid(),
-                content: row.content.into_owned(),
-                attempts: 1,
-                created_at_ms: now,
-                claim: 1,
-            });
+            .map_err(db)?
+            == 1;
+        if inserted && row.claim.is_some() {
+            claimed.push(row.claimed(c.last_insert_rowid(), e.received_at_ms));
         }
     }
     Ok(Accepted::New {
@@ -613,26 +522,33 @@ fn insert_deliveries(c: &Connection, e: &NewEvent, event_ref: i64) -> Result<Acc
     })
 }
 
-/// One delivery row being written.
-struct Row<'a> {
-    status: Status,
-    next_at: i64,
-    order_key: Option<&'a str>,
-    hold_key: Option<String>,
-    group_key: Option<String>,
-    digest_ref: Option<i64>,
-    reason: Option<String>,
-    content: std::borrow::Cow<'a, str>,
-    claim: Option<i64>,
+/// One delivery row (see [`RowPlan`]); a key the event already has is skipped.
+const INSERT_DELIVERY: &str = "INSERT INTO deliveries (key, event_ref, channel, recipient, order_key,
+        rule, event_id, event_type, device_id, status, attempts, created_at, updated_at, next_at,
+        last_error, txn, content, lease_until, hold_key, group_key, digest_ref, reason, claims)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?15, ?11, ?11, ?17, ?12, ?13, ?14, ?16, ?18, ?19,
+        ?20, ?21, ?15)
+    ON CONFLICT (event_ref, key) DO NOTHING";
+
+/// Suppresses the held deliveries noise control cancelled: (hold key, reason).
+fn cancel_holds(c: &Connection, cancels: &[(String, String)], now: i64) -> Result<(), StoreError> {
+    for (hold_key, reason) in cancels {
+        c.prepare_cached(
+            "UPDATE deliveries SET status = 'suppressed', reason = ?2, updated_at = ?3
+             WHERE hold_key = ?1 AND status = 'pending'",
+        )
+        .and_then(|mut s| s.execute(params![hold_key, reason, now]))
+        .map_err(db)?;
+    }
+    Ok(())
 }
 
-/// The digest of `key` still waiting to be sent, or a new one due at `due`; returns its row id.
+/// The digest of `g` still waiting to be sent, or a new one due at `g.due` shaped like `item`;
+/// returns its row id.
 fn open_digest(
     c: &Connection,
     item: &NewDelivery,
-    key: &str,
-    due: i64,
-    title: Option<&str>,
+    g: &Group,
     event_ref: i64,
     e: &NewEvent,
 ) -> Result<i64, StoreError> {
@@ -640,16 +556,12 @@ fn open_digest(
         .prepare_cached(
             "SELECT id FROM deliveries WHERE group_key = ?1 AND status = 'pending' ORDER BY id LIMIT 1",
         )
-        .and_then(|mut s| s.query_row(params![key], |r| r.get(0)).optional())
+        .and_then(|mut s| s.query_row(params![g.key], |r| r.get(0)).optional())
         .map_err(db)?;
     if let Some(id) = open {
         return Ok(id);
     }
-    let (digest_key, content) =
-        digest_content(&item.content, key, due, title).map_err(|err| StoreError::Corrupt {
-            id: 0,
-            reason: format!("digest item unreadable: {err}"),
-        })?;
+    let (digest_key, content) = g.digest(item)?;
     c.prepare_cached(
         "INSERT INTO deliveries (key, event_ref, channel, recipient, rule, event_id, event_type, device_id,
              status, attempts, created_at, updated_at, next_at, txn, content, group_key)
@@ -666,10 +578,10 @@ fn open_digest(
             e.event_type,
             e.device_id,
             e.received_at_ms,
-            due,
+            g.due,
             e.txn,
             content,
-            key
+            g.key
         ])
     })
     .map_err(db)?;
@@ -687,9 +599,7 @@ fn load_states(c: &Connection, keys: &[&str]) -> Result<HashMap<String, StateRow
             .optional()
             .map_err(db)?;
         if let Some((json, expires_at)) = row {
-            // A row this version cannot read counts as fresh state rather than stopping intake.
-            let state = serde_json::from_str(&json).unwrap_or_default();
-            out.insert(k.to_string(), StateRow { state, expires_at });
+            out.insert(k.to_string(), state_row(&json, expires_at));
         }
     }
     Ok(out)
@@ -706,8 +616,8 @@ fn save_states(c: &Connection, writes: &[(String, StateRow)]) -> Result<(), Stor
         )
         .map_err(db)?;
     for (k, row) in writes {
-        let json = serde_json::to_string(&row.state).expect("state serialises");
-        stmt.execute(params![k, json, row.expires_at]).map_err(db)?;
+        stmt.execute(params![k, state_json(row), row.expires_at])
+            .map_err(db)?;
     }
     Ok(())
 }
@@ -725,8 +635,6 @@ fn read_silence(r: &rusqlite::Row<'_>) -> rusqlite::Result<Silence> {
         r.get(6)?,
     ))
 }
-
-const SILENCE_COLUMNS: &str = "id, matchers, starts_at, ends_at, author, comment, created_at";
 
 fn claim(
     c: &Connection,
@@ -761,7 +669,7 @@ fn claim(
         )
         .map_err(db)?;
     let lease_until = now + lease.as_millis() as i64;
-    let mut out = stmt
+    let claimed = stmt
         .query_map(params![now, limit as i64, lease_until], |r| {
             Ok(Claimed {
                 id: r.get(0)?,
@@ -774,9 +682,7 @@ fn claim(
         .map_err(db)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(db)?;
-    // RETURNING has no order; send oldest first.
-    out.sort_unstable_by_key(|c| c.id);
-    Ok(out)
+    Ok(oldest_first(claimed))
 }
 
 /// Records each outcome if its row is still the claim it came from; returns the stale ones.
@@ -827,21 +733,22 @@ fn min_next_at(c: &Connection, cond: &'static str, now: i64) -> Result<Option<i6
 
 fn list(c: &Connection, f: &Filter) -> Result<Vec<DeliveryRow>, StoreError> {
     let mut stmt = c
-        .prepare_cached(
-            "SELECT id, key, status, channel, recipient, rule, event_id, event_type, device_id, attempts,
-                    created_at, updated_at, next_at, last_error, txn, reason
-             FROM deliveries
+        .prepare_cached(&format!(
+            "SELECT {LIST_COLUMNS} FROM deliveries
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR channel = ?2) AND (?3 IS NULL OR device_id = ?3)
-             ORDER BY id DESC LIMIT ?4",
-        )
+             ORDER BY id DESC LIMIT ?4"
+        ))
         .map_err(db)?;
-    let limit = if f.limit == 0 { 100 } else { f.limit } as i64;
     let rows = stmt
         .query_map(
-            params![f.status.map(Status::as_str), f.channel, f.device_id, limit],
+            params![
+                f.status.map(Status::as_str),
+                f.channel,
+                f.device_id,
+                f.row_limit()
+            ],
             |r| {
-                let status: String = r.get(2)?;
-                let st = Status::parse(&status).unwrap_or(Status::Dead);
+                let st = listed_status(&r.get::<_, String>(2)?);
                 Ok(DeliveryRow {
                     id: r.get(0)?,
                     key: r.get(1)?,
@@ -855,9 +762,7 @@ fn list(c: &Connection, f: &Filter) -> Result<Vec<DeliveryRow>, StoreError> {
                     attempts: r.get::<_, i64>(9)? as u32,
                     created_at: rfc3339(r.get(10)?),
                     updated_at: rfc3339(r.get(11)?),
-                    next_attempt_at: (st == Status::Pending)
-                        .then(|| r.get(12).map(rfc3339))
-                        .transpose()?,
+                    next_attempt_at: next_attempt(st, r.get(12)?),
                     last_error: r.get(13)?,
                     txn: r.get(14)?,
                     reason: r.get(15)?,
@@ -866,6 +771,45 @@ fn list(c: &Connection, f: &Filter) -> Result<Vec<DeliveryRow>, StoreError> {
         )
         .map_err(db)?;
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+}
+
+/// One retention step: at most [`PRUNE_CHUNK`] rows of each table.
+fn prune_chunk(c: &Connection, cut: Cutoffs) -> Result<Pruned, StoreError> {
+    let deliveries = c
+        .execute(
+            &format!(
+                "DELETE FROM deliveries WHERE id IN (
+                     SELECT id FROM deliveries WHERE {FINISHED} AND updated_at < ?1
+                     UNION ALL
+                     SELECT id FROM deliveries WHERE status = 'dead' AND updated_at < ?2
+                     LIMIT ?3)"
+            ),
+            params![cut.done, cut.dead, PRUNE_CHUNK],
+        )
+        .map_err(db)?;
+    let events = c
+        .execute(
+            "DELETE FROM events WHERE id IN (
+                 SELECT id FROM events WHERE received_at < ?1
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_ref = events.id)
+                 LIMIT ?2)",
+            params![cut.done, PRUNE_CHUNK],
+        )
+        .map_err(db)?;
+    let state = c
+        .execute(
+            "DELETE FROM noise_state WHERE key IN (
+                 SELECT key FROM noise_state WHERE expires_at < ?1 LIMIT ?2)",
+            params![cut.now, PRUNE_CHUNK],
+        )
+        .map_err(db)?
+        + c.execute("DELETE FROM silences WHERE ends_at < ?1", params![cut.dead])
+            .map_err(db)?;
+    Ok(Pruned {
+        deliveries: deliveries as u64,
+        events: events as u64,
+        state: state as u64,
+    })
 }
 
 #[async_trait]
@@ -930,14 +874,17 @@ impl Store for SqliteStore {
 
     async fn replay(&self, which: Replay, now_ms: i64) -> Result<u64, StoreError> {
         self.call(true, move |c| {
-            let set = "UPDATE deliveries SET status = 'pending', attempts = 0, next_at = ?1, created_at = ?1,
-                       updated_at = ?1, last_error = NULL";
+            let set = format!(
+                "UPDATE deliveries SET {REPLAY_RESET}, next_at = ?1, created_at = ?1, updated_at = ?1"
+            );
             let n = match which {
                 Replay::Id(id) => c.execute(
-                    &format!("{set}, reason = NULL, hold_key = NULL WHERE id = ?2 AND status IN ('dead', 'done', 'suppressed')"),
+                    &format!("{set} WHERE id = ?2 AND {REPLAYABLE}"),
                     params![now_ms, id],
                 ),
-                Replay::AllDead => c.execute(&format!("{set} WHERE status = 'dead'"), params![now_ms]),
+                Replay::AllDead => {
+                    c.execute(&format!("{set} WHERE status = 'dead'"), params![now_ms])
+                }
             };
             n.map(|n| n as u64).map_err(db)
         })
@@ -950,55 +897,11 @@ impl Store for SqliteStore {
         retention: Duration,
         dead_retention: Duration,
     ) -> Result<Pruned, StoreError> {
-        let cut = now_ms - retention.as_millis() as i64;
-        let dead_cut = now_ms - dead_retention.as_millis() as i64;
-        let mut total = Pruned::default();
         // In chunks, each its own job: intake and deliveries go on between them.
-        loop {
-            let (deliveries, events, state) = self
-                .call(true, move |c| {
-                    let deliveries = c
-                        .execute(
-                            "DELETE FROM deliveries WHERE id IN (
-                                 SELECT id FROM deliveries WHERE status IN ('done', 'suppressed', 'grouped')
-                                     AND updated_at < ?1
-                                 UNION ALL
-                                 SELECT id FROM deliveries WHERE status = 'dead' AND updated_at < ?2
-                                 LIMIT ?3)",
-                            params![cut, dead_cut, PRUNE_CHUNK],
-                        )
-                        .map_err(db)?;
-                    let events = c
-                        .execute(
-                            "DELETE FROM events WHERE id IN (
-                                 SELECT id FROM events WHERE received_at < ?1
-                                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_ref = events.id)
-                                 LIMIT ?2)",
-                            params![cut, PRUNE_CHUNK],
-                        )
-                        .map_err(db)?;
-                    let state = c
-                        .execute(
-                            "DELETE FROM noise_state WHERE key IN (
-                                 SELECT key FROM noise_state WHERE expires_at < ?1 LIMIT ?2)",
-                            params![now_ms, PRUNE_CHUNK],
-                        )
-                        .map_err(db)?
-                        + c.execute("DELETE FROM silences WHERE ends_at < ?1", params![dead_cut])
-                            .map_err(db)?;
-                    Ok((deliveries as u64, events as u64, state as u64))
-                })
-                .await?;
-            total.deliveries += deliveries;
-            total.events += events;
-            total.state += state;
-            if deliveries < PRUNE_CHUNK as u64
-                && events < PRUNE_CHUNK as u64
-                && state < PRUNE_CHUNK as u64
-            {
-                return Ok(total);
-            }
-        }
+        prune_in_chunks(now_ms, retention, dead_retention, |cut| {
+            self.call(true, move |c| prune_chunk(c, cut))
+        })
+        .await
     }
 
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
@@ -1051,7 +954,7 @@ impl Store for SqliteStore {
 
     async fn add_silence(&self, s: NewSilence, now_ms: i64) -> Result<Silence, StoreError> {
         self.call(true, move |c| {
-            let matchers = serde_json::to_string(&s.matchers).expect("matchers serialise");
+            let matchers = matchers_json(&s);
             c.query_row(
                 &format!(
                     "INSERT INTO silences (matchers, starts_at, ends_at, author, comment, created_at)
