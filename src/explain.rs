@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::clock::rfc3339;
-use crate::config::Config;
 use crate::event::Envelope;
 use crate::noise::silence::SilenceSet;
 use crate::noise::{Decider, StateRow, Verdict as NoiseVerdict};
 use crate::notification::Content;
 use crate::plan::{plan, Arrival};
 use crate::rules::Verdict;
+use crate::settings::Config;
 use crate::store::Store;
 
 /// The verdict of one rule.

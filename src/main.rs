@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use trackrelay::clock::now_ms;
-use trackrelay::config::Config;
 use trackrelay::event::Envelope;
 use trackrelay::noise::silence::{Matchers, NewSilence, SilenceSet};
+use trackrelay::settings::Config;
 use trackrelay::store::{Filter, Replay, Status, Store};
 
 /// Alert relay for GPS trackers: Traccar / BikeTrax events in, the right message out, once.

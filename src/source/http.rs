@@ -205,8 +205,8 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::config::Config;
     use crate::runtime::{Runtime, Shared};
+    use crate::settings::Config;
     use crate::store::*;
 
     /// A store that is always full or always down: what intake answers when the outbox cannot keep up.
