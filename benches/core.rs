@@ -5,9 +5,9 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use trackrelay::config::Config;
 use trackrelay::event::Envelope;
 use trackrelay::plan::{plan, Arrival};
+use trackrelay::settings::Config;
 
 const PAYLOADS: &[&str] = &[
     "alarm_vibration.json",

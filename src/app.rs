@@ -15,12 +15,12 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AdminState};
 use crate::channel;
 use crate::clock::now_ms;
-use crate::config::{Config, Storage};
 use crate::deliver::Dispatcher;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
 use crate::runtime::{release_freed_memory, Runtime, Shared};
+use crate::settings::{Config, Storage};
 use crate::silence_cache::{SilenceCache, REFRESH as SILENCE_REFRESH};
 use crate::source::http as ingest;
 use crate::source::traccar;
@@ -83,6 +83,49 @@ pub struct Running {
 /// Opens the store, builds the channels, binds the listener and starts every task.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let store = open_store(&config.storage, config.ingest.queue).await?;
+    recover(store.as_ref()).await?;
+    let channels = channel::build_all(&config.channels)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let path = config.ingest.path.clone();
+    let rules = config.rules.rules().len();
+    let grace = config.delivery.shutdown_grace;
+
+    let (services, dispatcher) = wire(config, channels, store.clone()).await?;
+    let app = ingest::router(&path, services.pipeline.clone()).merge(api::router(AdminState {
+        pipeline: services.pipeline.clone(),
+        reloader: services.reloader.clone(),
+        sources: services.statuses.clone(),
+        outbox: Default::default(),
+    }));
+    // `intake` stops intake; `delivery` stops the worker, after intake (see `Running::stop`).
+    let (intake, delivery) = (CancellationToken::new(), CancellationToken::new());
+    let worker = tokio::spawn(dispatcher.run(delivery.clone()));
+    let tasks = spawn_intake_tasks(&services, &store, &intake);
+    let sd = intake.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { sd.cancelled().await })
+            .await
+    });
+    tracing::info!(%addr, path, rules, "trackrelay listening");
+    Ok(Running {
+        addr,
+        store,
+        pipeline: services.pipeline,
+        intake,
+        delivery,
+        server,
+        tasks,
+        worker,
+        grace,
+    })
+}
+
+/// Makes deliveries a previous run left in flight due again.
+async fn recover(store: &dyn Store) -> anyhow::Result<()> {
     let recovered = store.recover(now_ms()).await?;
     if recovered > 0 {
         tracing::info!(
@@ -90,21 +133,38 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             "deliveries left in flight by a previous run are due again"
         );
     }
-    let channels = channel::build_all(&config.channels)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    Ok(())
+}
 
-    let (workers_n, grace) = (config.delivery.workers, config.delivery.shutdown_grace);
-    let path = config.ingest.path.clone();
+/// The services of one relay, built and wired together, not yet running (but for the delivery worker,
+/// which [`wire`] returns beside them).
+struct Services {
+    /// The intake path every source calls.
+    pipeline: Pipeline,
+    /// Hot reload.
+    reloader: Arc<Reloader>,
+    /// The live sources' states, for the admin API.
+    statuses: Arc<traccar::Statuses>,
+    /// The silences in force.
+    silences: Arc<SilenceCache>,
+    /// The runtime in force.
+    shared: Arc<Shared>,
+}
+
+/// Builds the services on `config` and `store`: the shared runtime, the instruments, the silences (read
+/// once now), the pipeline, the reloader, and the delivery worker with its fast lane from intake.
+async fn wire(
+    config: Config,
+    channels: channel::Channels,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<(Services, Dispatcher)> {
+    let (workers, grace) = (config.delivery.workers, config.delivery.shutdown_grace);
     let config_path = config.path.clone();
-    let rules = config.rules.rules().len();
     let shared = Arc::new(Shared::new(Runtime { config, channels }));
     let metrics = Arc::new(Metrics::new());
     let wake = Arc::new(Notify::new());
     // The fast lane holds at most one worker pool's worth of deliveries claimed at intake.
-    let (fast_tx, fast_rx) = tokio::sync::mpsc::channel(workers_n);
+    let (fast_tx, fast_rx) = tokio::sync::mpsc::channel(workers);
     let silences = Arc::new(SilenceCache::new(metrics.clone()));
     silences
         .refresh(store.as_ref())
@@ -121,92 +181,98 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let reloader = Arc::new(Reloader::new(config_path, shared.clone(), metrics.clone()));
     let statuses = Arc::new(traccar::Statuses::default());
-    let admin = AdminState {
-        pipeline: pipeline.clone(),
-        reloader: reloader.clone(),
-        sources: statuses.clone(),
-        outbox: Default::default(),
-    };
-    let live_sources = shared.get().config.traccar.clone();
-    let app = ingest::router(&path, pipeline.clone()).merge(api::router(admin));
-
-    // `shutdown` stops intake; `delivery` stops the worker, after intake (see `Running::stop`).
-    let (shutdown, delivery) = (CancellationToken::new(), CancellationToken::new());
     let dispatcher = Dispatcher {
-        store: store.clone(),
+        store,
         shared: shared.clone(),
         wake,
-        workers: workers_n,
+        workers,
         grace,
         fast: fast_rx,
         metrics,
     };
-    let worker = tokio::spawn(dispatcher.run(delivery.clone()));
-    let mut workers = Vec::new();
-    // Live Traccar sources: one task each, stopped with intake.
-    for src in live_sources {
+    let services = Services {
+        pipeline,
+        reloader,
+        statuses,
+        silences,
+        shared,
+    };
+    Ok((services, dispatcher))
+}
+
+/// Starts the tasks that stop with intake: one per live Traccar source, the reload watcher, the silence
+/// refresh and retention.
+fn spawn_intake_tasks(
+    services: &Services,
+    store: &Arc<dyn Store>,
+    shutdown: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for src in services.shared.get().config.traccar.clone() {
         tracing::info!(source = %src.name, url = %src.url, "following a Traccar server");
-        workers.push(tokio::spawn(traccar::run(
+        tasks.push(tokio::spawn(traccar::run(
             src,
-            pipeline.clone(),
-            statuses.clone(),
+            services.pipeline.clone(),
+            services.statuses.clone(),
             shutdown.clone(),
         )));
     }
-    workers.push(tokio::spawn(reloader.watch(shutdown.clone())));
-    let (s, sd) = (store.clone(), shutdown.clone());
-    workers.push(tokio::spawn(async move {
-        // Silences made by the CLI or another instance apply within one refresh.
-        loop {
-            tokio::select! {
-                _ = sd.cancelled() => break,
-                _ = tokio::time::sleep(SILENCE_REFRESH) => {}
-            }
-            if let Err(e) = silences.refresh(s.as_ref()).await {
-                tracing::warn!(error = %e, "cannot re-read the silences; the last ones read still apply");
-            }
+    tasks.push(tokio::spawn(
+        services.reloader.clone().watch(shutdown.clone()),
+    ));
+    tasks.push(tokio::spawn(refresh_silences(
+        services.silences.clone(),
+        store.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(prune(
+        services.shared.clone(),
+        store.clone(),
+        shutdown.clone(),
+    )));
+    tasks
+}
+
+/// Re-reads the silences every [`SILENCE_REFRESH`] until `shutdown`: silences made by the CLI or another
+/// instance apply within one refresh.
+async fn refresh_silences(
+    silences: Arc<SilenceCache>,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(SILENCE_REFRESH) => {}
         }
-    }));
-    let (s, sd) = (store.clone(), shutdown.clone());
-    workers.push(tokio::spawn(async move {
-        loop {
-            let st = shared.get().config.storage.clone();
-            match s.prune(now_ms(), st.retention, st.dead_retention).await {
-                Ok(p) if p.deliveries + p.events + p.state > 0 => {
-                    tracing::info!(
-                        deliveries = p.deliveries,
-                        events = p.events,
-                        state = p.state,
-                        "retention: pruned"
-                    )
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "retention failed"),
-            }
-            tokio::select! {
-                _ = sd.cancelled() => break,
-                _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
-            }
+        if let Err(e) = silences.refresh(store.as_ref()).await {
+            tracing::warn!(error = %e, "cannot re-read the silences; the last ones read still apply");
         }
-    }));
-    let sd = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { sd.cancelled().await })
-            .await
-    });
-    tracing::info!(%addr, path, rules, "trackrelay listening");
-    Ok(Running {
-        addr,
-        store,
-        pipeline,
-        intake: shutdown,
-        delivery,
-        server,
-        tasks: workers,
-        worker,
-        grace,
-    })
+    }
+}
+
+/// Retention: prunes at once, then every [`PRUNE_INTERVAL`] until `shutdown`, with the retention of the
+/// configuration in force.
+async fn prune(shared: Arc<Shared>, store: Arc<dyn Store>, shutdown: CancellationToken) {
+    loop {
+        let st = shared.get().config.storage.clone();
+        match store.prune(now_ms(), st.retention, st.dead_retention).await {
+            Ok(p) if p.deliveries + p.events + p.state > 0 => {
+                tracing::info!(
+                    deliveries = p.deliveries,
+                    events = p.events,
+                    state = p.state,
+                    "retention: pruned"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "retention failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
+        }
+    }
 }
 
 impl Running {

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::clock::rfc3339;
-use crate::config::Config;
 use crate::event::Envelope;
 use crate::noise::silence::SilenceSet;
 use crate::noise::{Decider, StateRow, Verdict as NoiseVerdict};
 use crate::notification::Content;
-use crate::plan::{plan, Arrival};
-use crate::rules::Verdict;
+use crate::plan::{plan, Arrival, Planned};
+use crate::rules::{Rule, Verdict};
+use crate::settings::Config;
 use crate::store::Store;
 
 /// The verdict of one rule.
@@ -78,10 +78,40 @@ pub async fn explain(
     store: Option<&dyn Store>,
 ) -> Explanation {
     let source = cfg.ingest.source.clone();
+    let (rules, matched) = rule_verdicts(cfg, env, &source);
+    let arrival = Arrival {
+        source,
+        received_at_ms: crate::clock::now_ms(),
+        ..Default::default()
+    };
+    let planned = plan(cfg, &matched, env, raw, &arrival, silences);
+    let (state_known, mut states) = match store {
+        Some(store) => stored_states(store, &planned).await,
+        None => (false, HashMap::new()),
+    };
+    let now = arrival.received_at_ms;
+    let mut decider = Decider::new(now, &mut states).judging_at(crate::noise::judged_at(env, now));
+    let notifications = planned
+        .into_iter()
+        .map(|p| would_send(&mut decider, p, now))
+        .collect();
+    Explanation {
+        rules,
+        notifications,
+        state_known,
+    }
+}
+
+/// Every rule's verdict on `env`, and the rules that matched.
+fn rule_verdicts<'a>(
+    cfg: &'a Config,
+    env: &Envelope,
+    source: &str,
+) -> (Vec<RuleVerdict>, Vec<&'a Rule>) {
     let mut matched = Vec::new();
     let rules = cfg
         .rules
-        .explain(env, &source)
+        .explain(env, source)
         .into_iter()
         .map(|(rule, verdict)| {
             let origin = rule.origin.to_string();
@@ -106,70 +136,62 @@ pub async fn explain(
             }
         })
         .collect();
-    let arrival = Arrival {
-        source,
-        received_at_ms: crate::clock::now_ms(),
-        ..Default::default()
-    };
-    let planned = plan(cfg, &matched, env, raw, &arrival, silences);
+    (rules, matched)
+}
+
+/// The stored noise state of every gate of `planned`, and whether it could be read (when it cannot,
+/// each check is judged as if the event were the first of its kind).
+async fn stored_states(
+    store: &dyn Store,
+    planned: &[Planned],
+) -> (bool, HashMap<String, StateRow>) {
     let mut keys: Vec<String> = planned
         .iter()
         .flat_map(|p| p.gates.keys().map(str::to_string))
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    let mut state_known = false;
-    let mut states: HashMap<String, StateRow> = HashMap::new();
-    if let Some(store) = store {
-        match store.noise_states(keys).await {
-            Ok(found) => {
-                state_known = true;
-                states = found
-                    .into_iter()
-                    .map(|(k, state)| {
-                        (
-                            k,
-                            StateRow {
-                                state,
-                                expires_at: 0,
-                            },
-                        )
-                    })
-                    .collect();
-            }
-            Err(e) => tracing::warn!(error = %e, "explain: cannot read the noise state"),
+    match store.noise_states(keys).await {
+        Ok(found) => {
+            let states = found
+                .into_iter()
+                .map(|(k, state)| {
+                    (
+                        k,
+                        StateRow {
+                            state,
+                            expires_at: 0,
+                        },
+                    )
+                })
+                .collect();
+            (true, states)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "explain: cannot read the noise state");
+            (false, HashMap::new())
         }
     }
-    let now = arrival.received_at_ms;
-    let mut decider = Decider::new(now, &mut states).judging_at(crate::noise::judged_at(env, now));
-    let notifications = planned
-        .into_iter()
-        .map(|p| {
-            let (decision, reason, send_at) = match decider.decide(&p.gates) {
-                NoiseVerdict::Send { at, waits_for, .. } if at > now => {
-                    ("defer", waits_for, Some(rfc3339(at)))
-                }
-                NoiseVerdict::Send { .. } => ("send", None, None),
-                NoiseVerdict::Suppress(r) => ("suppress", Some(r), None),
-                NoiseVerdict::Group { due, reason, .. } => {
-                    ("group", Some(reason), Some(rfc3339(due)))
-                }
-            };
-            WouldSend {
-                rule: p.notification.origin.rule.clone(),
-                channel: p.notification.channel.clone(),
-                recipient: p.notification.recipient.clone(),
-                content: p.notification.content,
-                dead: p.dead,
-                decision,
-                reason,
-                send_at,
-            }
-        })
-        .collect();
-    Explanation {
-        rules,
-        notifications,
-        state_known,
+}
+
+/// What noise control would do with `p` now, as the message that would be sent.
+fn would_send(decider: &mut Decider<'_>, p: Planned, now: i64) -> WouldSend {
+    let (decision, reason, send_at) = match decider.decide(&p.gates) {
+        NoiseVerdict::Send { at, waits_for, .. } if at > now => {
+            ("defer", waits_for, Some(rfc3339(at)))
+        }
+        NoiseVerdict::Send { .. } => ("send", None, None),
+        NoiseVerdict::Suppress(r) => ("suppress", Some(r), None),
+        NoiseVerdict::Group { due, reason, .. } => ("group", Some(reason), Some(rfc3339(due))),
+    };
+    WouldSend {
+        rule: p.notification.origin.rule.clone(),
+        channel: p.notification.channel.clone(),
+        recipient: p.notification.recipient.clone(),
+        content: p.notification.content,
+        dead: p.dead,
+        decision,
+        reason,
+        send_at,
     }
 }

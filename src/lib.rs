@@ -14,7 +14,9 @@
 //! # Layout
 //!
 //! - [`clock`]: Unix milliseconds now and as RFC 3339 (uses no other module).
-//! - [`config`]: `trackrelay.yaml` and rule files -> validated [`config::Config`], all errors at once.
+//! - [`config`]: `trackrelay.yaml` and rule files -> validated [`settings::Config`], all errors at once.
+//! - [`settings`]: the compiled configuration as data ([`settings::Config`] and its sections, with their
+//!   defaults), read by the services, the planner and the sources.
 //! - [`config_raw`]: the sections of the configuration as written (plain serde data, read by retry, rules
 //!   and channels for their own settings).
 //! - [`event`]: Traccar's models, tolerant of every version.
@@ -71,6 +73,7 @@ pub mod retry;
 pub mod rules;
 pub mod runtime;
 pub mod secret;
+pub mod settings;
 pub mod silence_cache;
 pub mod source;
 pub mod store;

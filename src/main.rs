@@ -3,12 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use trackrelay::clock::now_ms;
-use trackrelay::config::Config;
 use trackrelay::event::Envelope;
 use trackrelay::noise::silence::{Matchers, NewSilence, SilenceSet};
+use trackrelay::settings::Config;
 use trackrelay::store::{Filter, Replay, Status, Store};
 
 /// Alert relay for GPS trackers: Traccar / BikeTrax events in, the right message out, once.
@@ -274,60 +275,12 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             config,
             config_flag,
             online,
-        } => match Config::load(config.or(config_flag).as_deref()) {
-            Ok(cfg) => {
-                let n: usize = cfg.rules.rules().len();
-                println!(
-                    "ok: {} channel(s), {n} rule(s) from {} file(s){}",
-                    cfg.channels.len(),
-                    cfg.rule_files.len(),
-                    cfg.path
-                        .as_ref()
-                        .map(|p| format!(" ({})", p.display()))
-                        .unwrap_or_default()
-                );
-                if online {
-                    return Ok(check_online(&cfg).await);
-                }
-            }
-            Err(e) => {
-                eprint!("{e}");
-                return Ok(ExitCode::FAILURE);
-            }
-        },
+        } => return Ok(check(config.or(config_flag).as_deref(), online).await),
         Command::Explain {
             event,
             config,
             config_flag,
-        } => {
-            let cfg = load(config.or(config_flag).as_deref())?;
-            let raw = std::fs::read_to_string(&event)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", event.display()))?;
-            let env = Envelope::from_json(raw.as_bytes())
-                .map_err(|e| anyhow::anyhow!("{}: {e}", event.display()))?;
-            // The stored state (cooldowns, silences) is read when the database exists; nothing is written.
-            let exists = cfg.storage.postgres.is_some()
-                || cfg
-                    .storage
-                    .data_dir
-                    .join(trackrelay::store::sqlite::DB_FILE)
-                    .exists();
-            let store = if exists {
-                Some(trackrelay::app::open_store(&cfg.storage, 16).await?)
-            } else {
-                None
-            };
-            let silences = match &store {
-                Some(s) => SilenceSet::new(s.silences().await?, now_ms()),
-                None => SilenceSet::default(),
-            };
-            for (id, reason) in silences.unreadable() {
-                eprintln!("warning: silence #{id} cannot be read ({reason}): it mutes nothing");
-            }
-            let x =
-                trackrelay::explain::explain(&cfg, &env, &raw, &silences, store.as_deref()).await;
-            explain(&env, &x);
-        }
+        } => explain_event(&event, config.or(config_flag).as_deref()).await?,
         Command::Silence {
             config,
             data_dir,
@@ -346,48 +299,13 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let store = open_store(config.as_deref(), data_dir).await?;
-            let status = status
-                .map(|s| {
-                    Status::parse(&s).ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "--status is one of pending, inflight, done, dead, suppressed, grouped"
-                        )
-                    })
-                })
-                .transpose()?;
-            let rows = store
-                .list(Filter {
-                    status,
-                    channel,
-                    device_id: device,
-                    limit,
-                })
-                .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!(
-                    "{:>6}  {:<10}  {:<20}  {:<14}  {:>8}  {:>5}  {:<20}  REASON / ERROR",
-                    "ID", "STATUS", "RULE", "CHANNEL", "EVENT", "TRIES", "UPDATED"
-                );
-                for r in rows {
-                    let why = match (r.reason, r.last_error) {
-                        (Some(reason), Some(e)) => format!("{reason}; {e}"),
-                        (a, b) => a.or(b).unwrap_or_default(),
-                    };
-                    println!(
-                        "{:>6}  {:<10}  {:<20}  {:<14}  {:>8}  {:>5}  {:<20}  {}",
-                        r.id,
-                        r.status.as_str(),
-                        r.rule,
-                        r.channel,
-                        r.event_id,
-                        r.attempts,
-                        &r.updated_at[..r.updated_at.len().min(19)],
-                        why
-                    );
-                }
-            }
+            let filter = Filter {
+                status: parse_status(status)?,
+                channel,
+                device_id: device,
+                limit,
+            };
+            deliveries(store.as_ref(), filter, json).await?;
         }
         Command::Replay {
             config,
@@ -396,48 +314,164 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             all_dead,
         } => {
             let store = open_store(config.as_deref(), data_dir).await?;
-            let which = if all_dead {
-                Replay::AllDead
-            } else {
-                Replay::Id(id.expect("clap requires an id without --all-dead"))
-            };
-            let n = store.replay(which, now_ms()).await?;
-            println!(
-                "{n} deliver{} due again",
-                if n == 1 { "y is" } else { "ies are" }
-            );
-            if n == 0 && !all_dead {
-                return Ok(ExitCode::FAILURE);
-            }
+            return replay(store.as_ref(), id, all_dead).await;
         }
         Command::SendTest {
             channel,
             to,
             config,
-        } => {
-            let cfg = load(config.as_deref())?;
-            let Some(c) = cfg.channels.get(&channel) else {
-                let known: Vec<_> = cfg.channels.keys().cloned().collect();
-                anyhow::bail!("no channel '{channel}' (configured: {})", known.join(", "));
-            };
-            let n = trackrelay::channel::test_notification(c, to.as_deref())
-                .map_err(anyhow::Error::msg)?;
-            let channels = trackrelay::channel::build_all(&cfg.channels)?;
-            match channels[&channel].send(&n).await {
-                Ok(()) => println!(
-                    "sent a test message through '{channel}'{}",
-                    if n.recipient.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" to {}", n.recipient)
-                    }
-                ),
-                Err(e) => anyhow::bail!("'{channel}' failed: {e}"),
-            }
-        }
+        } => send_test(&channel, to.as_deref(), config.as_deref()).await?,
         Command::Version => println!("trackrelay {}", env!("CARGO_PKG_VERSION")),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `check`: loads the config and says what it holds, or every error; `--online` goes on to the servers.
+async fn check(path: Option<&Path>, online: bool) -> ExitCode {
+    match Config::load(path) {
+        Ok(cfg) => {
+            let n: usize = cfg.rules.rules().len();
+            println!(
+                "ok: {} channel(s), {n} rule(s) from {} file(s){}",
+                cfg.channels.len(),
+                cfg.rule_files.len(),
+                cfg.path
+                    .as_ref()
+                    .map(|p| format!(" ({})", p.display()))
+                    .unwrap_or_default()
+            );
+            if online {
+                return check_online(&cfg).await;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `explain`: what the rules and noise control make of the event in `event`, printed.
+async fn explain_event(event: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+    let cfg = load(config)?;
+    let raw = std::fs::read_to_string(event)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", event.display()))?;
+    let env = Envelope::from_json(raw.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", event.display()))?;
+    let store = existing_store(&cfg).await?;
+    let silences = match &store {
+        Some(s) => SilenceSet::new(s.silences().await?, now_ms()),
+        None => SilenceSet::default(),
+    };
+    for (id, reason) in silences.unreadable() {
+        eprintln!("warning: silence #{id} cannot be read ({reason}): it mutes nothing");
+    }
+    let x = trackrelay::explain::explain(&cfg, &env, &raw, &silences, store.as_deref()).await;
+    explain(&env, &x);
+    Ok(())
+}
+
+/// The configured store when its database exists (the stored state, cooldowns and silences, is read
+/// from it; nothing is written), else `None`: `explain` creates no database.
+async fn existing_store(cfg: &Config) -> anyhow::Result<Option<Arc<dyn Store>>> {
+    let exists = cfg.storage.postgres.is_some()
+        || cfg
+            .storage
+            .data_dir
+            .join(trackrelay::store::sqlite::DB_FILE)
+            .exists();
+    Ok(if exists {
+        Some(trackrelay::app::open_store(&cfg.storage, 16).await?)
+    } else {
+        None
+    })
+}
+
+/// `--status` of `deliveries`, checked.
+fn parse_status(status: Option<String>) -> anyhow::Result<Option<Status>> {
+    status
+        .map(|s| {
+            Status::parse(&s).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--status is one of pending, inflight, done, dead, suppressed, grouped"
+                )
+            })
+        })
+        .transpose()
+}
+
+/// `deliveries`: the deliveries `filter` selects, as JSON or a table.
+async fn deliveries(store: &dyn Store, filter: Filter, json: bool) -> anyhow::Result<()> {
+    let rows = store.list(filter).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:>6}  {:<10}  {:<20}  {:<14}  {:>8}  {:>5}  {:<20}  REASON / ERROR",
+        "ID", "STATUS", "RULE", "CHANNEL", "EVENT", "TRIES", "UPDATED"
+    );
+    for r in rows {
+        let why = match (r.reason, r.last_error) {
+            (Some(reason), Some(e)) => format!("{reason}; {e}"),
+            (a, b) => a.or(b).unwrap_or_default(),
+        };
+        println!(
+            "{:>6}  {:<10}  {:<20}  {:<14}  {:>8}  {:>5}  {:<20}  {}",
+            r.id,
+            r.status.as_str(),
+            r.rule,
+            r.channel,
+            r.event_id,
+            r.attempts,
+            &r.updated_at[..r.updated_at.len().min(19)],
+            why
+        );
+    }
+    Ok(())
+}
+
+/// `replay`: delivery `id` (or every dead letter) due again; fails when a given id replays nothing.
+async fn replay(store: &dyn Store, id: Option<i64>, all_dead: bool) -> anyhow::Result<ExitCode> {
+    let which = if all_dead {
+        Replay::AllDead
+    } else {
+        Replay::Id(id.expect("clap requires an id without --all-dead"))
+    };
+    let n = store.replay(which, now_ms()).await?;
+    println!(
+        "{n} deliver{} due again",
+        if n == 1 { "y is" } else { "ies are" }
+    );
+    Ok(if n == 0 && !all_dead {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `send-test`: a test message through `channel` of the config, now.
+async fn send_test(channel: &str, to: Option<&str>, config: Option<&Path>) -> anyhow::Result<()> {
+    let cfg = load(config)?;
+    let Some(c) = cfg.channels.get(channel) else {
+        let known: Vec<_> = cfg.channels.keys().cloned().collect();
+        anyhow::bail!("no channel '{channel}' (configured: {})", known.join(", "));
+    };
+    let n = trackrelay::channel::test_notification(c, to).map_err(anyhow::Error::msg)?;
+    let channels = trackrelay::channel::build_all(&cfg.channels)?;
+    match channels[channel].send(&n).await {
+        Ok(()) => println!(
+            "sent a test message through '{channel}'{}",
+            if n.recipient.is_empty() {
+                String::new()
+            } else {
+                format!(" to {}", n.recipient)
+            }
+        ),
+        Err(e) => anyhow::bail!("'{channel}' failed: {e}"),
+    }
+    Ok(())
 }
 
 /// The store of the CLI's commands: the SQLite file under `data_dir` when given, else the config's store
@@ -445,13 +479,14 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
 async fn open_store(
     config: Option<&Path>,
     data_dir: Option<PathBuf>,
-) -> anyhow::Result<std::sync::Arc<dyn trackrelay::store::Store>> {
+) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match data_dir {
-        Some(d) => std::sync::Arc::new(trackrelay::store::sqlite::SqliteStore::open(&d, 16)?),
+        Some(d) => Arc::new(trackrelay::store::sqlite::SqliteStore::open(&d, 16)?),
         None => trackrelay::app::open_store(&load(config)?.storage, 16).await?,
     })
 }
 
+/// `silence add | list | expire`.
 async fn silence(store: &dyn Store, action: SilenceAction) -> anyhow::Result<ExitCode> {
     let now = now_ms();
     match action {
@@ -474,26 +509,14 @@ async fn silence(store: &dyn Store, action: SilenceAction) -> anyhow::Result<Exi
                 channel,
             };
             matchers.validate().map_err(anyhow::Error::msg)?;
-            let ends_at_ms = match (duration, until) {
-                (Some(d), _) => now + d.as_millis() as i64,
-                (None, Some(t)) => t.timestamp_millis(),
-                (None, None) => anyhow::bail!("give --for DURATION or --until TIME"),
+            let silence = NewSilence {
+                matchers,
+                starts_at_ms: now,
+                ends_at_ms: silence_end(now, duration, until)?,
+                author,
+                comment,
             };
-            if ends_at_ms <= now {
-                anyhow::bail!("the silence would end in the past");
-            }
-            let s = store
-                .add_silence(
-                    NewSilence {
-                        matchers,
-                        starts_at_ms: now,
-                        ends_at_ms,
-                        author,
-                        comment,
-                    },
-                    now,
-                )
-                .await?;
+            let s = store.add_silence(silence, now).await?;
             println!(
                 "silence #{} ({}) until {}",
                 s.id,
@@ -501,40 +524,61 @@ async fn silence(store: &dyn Store, action: SilenceAction) -> anyhow::Result<Exi
                 s.view(now).ends_at
             );
         }
-        SilenceAction::List { all, json } => {
-            let list: Vec<_> = store
-                .silences()
-                .await?
-                .into_iter()
-                .filter(|s| all || s.ends_at_ms > now)
-                .map(|s| s.view(now))
-                .collect();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                println!(
-                    "{:>5}  {:<10}  {:<25}  {:<12}  {:<40}  COMMENT",
-                    "ID", "STATE", "ENDS", "AUTHOR", "MATCHERS"
-                );
-                for s in list {
-                    // An unreadable silence mutes nothing: say why instead of showing no matchers.
-                    let matchers = match (&s.matchers, &s.error) {
-                        (Some(m), _) => m.describe(),
-                        (None, e) => format!("({})", e.as_deref().unwrap_or_default()),
-                    };
-                    println!(
-                        "{:>5}  {:<10}  {:<25}  {:<12}  {:<40}  {}",
-                        s.id, s.state, s.ends_at, s.author, matchers, s.comment
-                    );
-                }
-            }
-        }
+        SilenceAction::List { all, json } => list_silences(store, now, all, json).await?,
         SilenceAction::Expire { id } => {
             let s = store.expire_silence(id, now).await?;
             println!("silence #{} ends {}", s.id, s.view(now).ends_at);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// When a new silence ends (Unix ms): `--for` from `now`, or `--until`; never in the past.
+fn silence_end(
+    now: i64,
+    duration: Option<std::time::Duration>,
+    until: Option<chrono::DateTime<chrono::FixedOffset>>,
+) -> anyhow::Result<i64> {
+    let ends_at_ms = match (duration, until) {
+        (Some(d), _) => now + d.as_millis() as i64,
+        (None, Some(t)) => t.timestamp_millis(),
+        (None, None) => anyhow::bail!("give --for DURATION or --until TIME"),
+    };
+    if ends_at_ms <= now {
+        anyhow::bail!("the silence would end in the past");
+    }
+    Ok(ends_at_ms)
+}
+
+/// `silence list`: the silences in force and to come (`all`: expired ones too), as JSON or a table.
+async fn list_silences(store: &dyn Store, now: i64, all: bool, json: bool) -> anyhow::Result<()> {
+    let list: Vec<_> = store
+        .silences()
+        .await?
+        .into_iter()
+        .filter(|s| all || s.ends_at_ms > now)
+        .map(|s| s.view(now))
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:>5}  {:<10}  {:<25}  {:<12}  {:<40}  COMMENT",
+        "ID", "STATE", "ENDS", "AUTHOR", "MATCHERS"
+    );
+    for s in list {
+        // An unreadable silence mutes nothing: say why instead of showing no matchers.
+        let matchers = match (&s.matchers, &s.error) {
+            (Some(m), _) => m.describe(),
+            (None, e) => format!("({})", e.as_deref().unwrap_or_default()),
+        };
+        println!(
+            "{:>5}  {:<10}  {:<25}  {:<12}  {:<40}  {}",
+            s.id, s.state, s.ends_at, s.author, matchers, s.comment
+        );
+    }
+    Ok(())
 }
 
 fn explain(env: &Envelope, x: &trackrelay::explain::Explanation) {

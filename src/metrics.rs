@@ -85,9 +85,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// A fresh registry with every instrument registered.
+    /// A fresh registry with every instrument registered (in the order `/metrics` shows them).
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("trackrelay");
         let m = Metrics {
             events: Family::default(),
             matches: Family::default(),
@@ -103,69 +102,90 @@ impl Metrics {
             silences_unreadable: Gauge::default(),
             registry: Registry::default(),
         };
+        let mut registry = Registry::with_prefix("trackrelay");
+        m.register_flow(&mut registry);
+        m.register_reloads(&mut registry);
+        m.register_diagnostics(&mut registry);
+        m.reload_ok.set(1);
+        Metrics { registry, ..m }
+    }
+
+    /// The flow: events in, rule matches, notifications out with their latency, the outbox.
+    fn register_flow(&self, registry: &mut Registry) {
         registry.register(
             "events_received",
             "Events received, by source, type and result",
-            m.events.clone(),
+            self.events.clone(),
         );
-        registry.register("rule_matches", "Rule matches, by rule", m.matches.clone());
+        registry.register(
+            "rule_matches",
+            "Rule matches, by rule",
+            self.matches.clone(),
+        );
         registry.register(
             "notifications",
             "Delivery attempts by channel and outcome (sent, retried, dead), and deliveries noise control held back (suppressed, grouped, deferred)",
-            m.notifications.clone(),
+            self.notifications.clone(),
         );
         registry.register(
             "delivery_latency_seconds",
             "From event received to notification accepted by the peer, by channel",
-            m.latency.clone(),
+            self.latency.clone(),
         );
         registry.register(
             "outbox_deliveries",
             "Deliveries in the store, by status",
-            m.outbox.clone(),
+            self.outbox.clone(),
         );
         registry.register(
             "outbox_oldest_due_age_seconds",
             "How long the oldest due delivery has been waiting (0 when none)",
-            m.oldest_due.clone(),
+            self.oldest_due.clone(),
         );
+    }
+
+    /// Configuration reloads.
+    fn register_reloads(&self, registry: &mut Registry) {
         registry.register(
             "config_reloads",
             "Configuration reloads, by result",
-            m.reloads.clone(),
+            self.reloads.clone(),
         );
         registry.register(
             "config_last_reload_timestamp_seconds",
             "Unix time of the last reload attempt",
-            m.reload_time.clone(),
+            self.reload_time.clone(),
         );
         registry.register(
             "config_last_reload_success",
             "1 if the last reload attempt succeeded",
-            m.reload_ok.clone(),
+            self.reload_ok.clone(),
         );
+    }
+
+    /// How live-source events got their positions, outcomes too late to record, unreadable silences,
+    /// and the build.
+    fn register_diagnostics(&self, registry: &mut Registry) {
         registry.register(
             "source_event_positions",
             "Live-source events that refer to a position, by source and how it was joined: socket (its positions frame), rest (read from the server), missing (could not be had; the event went on without it)",
-            m.positions.clone(),
+            self.positions.clone(),
         );
         registry.register(
             "delivery_outcomes_stale",
             "Delivery outcomes not recorded because the delivery had been claimed again meanwhile (its lease ran out)",
-            m.stale_outcomes.clone(),
+            self.stale_outcomes.clone(),
         );
         registry.register(
             "silences_unreadable",
             "Silences not ended whose matchers cannot be read (another version's, or invalid): they mute nothing",
-            m.silences_unreadable.clone(),
+            self.silences_unreadable.clone(),
         );
         registry.register(
             "build",
             "Build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
         );
-        m.reload_ok.set(1);
-        Metrics { registry, ..m }
     }
 
     /// An event was received; `result` is `accepted`, `duplicate`, `invalid`, `unauthorized` or `unavailable`.

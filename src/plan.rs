@@ -4,7 +4,6 @@
 use minijinja::context;
 
 use crate::channel::{ChannelConfig, ChannelKind};
-use crate::config::Config;
 use crate::event::Envelope;
 use crate::noise::schedule::WhenMuted;
 use crate::noise::silence::{SilenceSet, Subject};
@@ -12,6 +11,7 @@ use crate::noise::{CooldownGate, DebounceGate, Gates, GroupGate, KeyedWindow, Ra
 use crate::notification::{idempotency_key, Content, Notification, Origin};
 use crate::render::{html_page, Renderer};
 use crate::rules::{Rule, Target};
+use crate::settings::Config;
 
 /// Facts about how an event arrived.
 #[derive(Debug, Clone, Default)]

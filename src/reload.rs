@@ -11,9 +11,9 @@ use notify::{RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 
 use crate::channel;
-use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, Shared};
+use crate::settings::Config;
 
 /// File events closer together than this are one change (editors write files in several steps).
 pub const DEBOUNCE: Duration = Duration::from_millis(500);

@@ -8,7 +8,7 @@
 use std::sync::{Arc, RwLock};
 
 use crate::channel::Channels;
-use crate::config::Config;
+use crate::settings::Config;
 
 /// A configuration with its live channels.
 pub struct Runtime {

@@ -152,75 +152,11 @@ impl TraccarSource {
         if raw.name.trim().is_empty() {
             errors.push("name is empty".to_string());
         }
-        let url = match reqwest::Url::parse(&raw.url) {
-            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
-                errors.push(
-                    "url: no credentials in the URL; use `token` or `email` + `password`".into(),
-                );
-                None
-            }
-            Ok(mut u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-                if !u.path().ends_with('/') {
-                    u.set_path(&format!("{}/", u.path()));
-                }
-                u.set_query(None);
-                Some(u)
-            }
-            Ok(_) => {
-                errors.push(format!(
-                    "url: `{}` must be http:// or https:// with a host",
-                    raw.url
-                ));
-                None
-            }
-            Err(e) => {
-                errors.push(format!("url: `{}`: {e}", raw.url));
-                None
-            }
-        };
-        let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
-        let auth = match (
-            nonempty(raw.token),
-            nonempty(raw.email),
-            nonempty(raw.password),
-        ) {
-            (Some(t), None, None) => Some(Auth::Token(Secret(t))),
-            (None, Some(email), Some(p)) => Some(Auth::Password {
-                email,
-                password: Secret(p),
-            }),
-            (Some(_), _, _) => {
-                errors.push("set either `token` or `email` + `password`, not both".into());
-                None
-            }
-            (None, Some(_), None) => {
-                errors
-                    .push("`email` needs a `password` (e.g. password: ${TRACCAR_PASSWORD})".into());
-                None
-            }
-            (None, None, Some(_)) => {
-                errors.push("`password` needs an `email`".into());
-                None
-            }
-            (None, None, None) => {
-                errors
-                    .push("credentials: set `token` or `email` + `password` (from ${ENV})".into());
-                None
-            }
-        };
-        let mut zones = Vec::new();
-        for (name, z) in raw.zones {
-            match Shape::parse(&z.area, z.distance) {
-                Ok(shape) => zones.push(Zone {
-                    id: 0,
-                    name,
-                    area: z.area,
-                    shape,
-                    dwell: z.dwell.unwrap_or_default(),
-                }),
-                Err(e) => errors.push(format!("zone '{name}': {e}")),
-            }
-        }
+        let url = base_url(&raw.url).map_err(|e| errors.push(e)).ok();
+        let auth = credentials(raw.token, raw.email, raw.password)
+            .map_err(|e| errors.push(e))
+            .ok();
+        let zones = zones(raw.zones, &mut errors);
         let ping_interval = raw.ping_interval.unwrap_or(DEFAULT_PING_INTERVAL);
         let silence_timeout = raw.silence_timeout.unwrap_or(DEFAULT_SILENCE_TIMEOUT);
         if ping_interval.is_zero() || silence_timeout <= ping_interval {
@@ -251,4 +187,66 @@ impl TraccarSource {
             geofence_dwell: raw.geofence_dwell.unwrap_or_default(),
         })
     }
+}
+
+/// The server's base URL: http(s) with a host and no credentials, ending in `/`, without a query.
+fn base_url(text: &str) -> Result<reqwest::Url, String> {
+    match reqwest::Url::parse(text) {
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+            Err("url: no credentials in the URL; use `token` or `email` + `password`".into())
+        }
+        Ok(mut u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            if !u.path().ends_with('/') {
+                u.set_path(&format!("{}/", u.path()));
+            }
+            u.set_query(None);
+            Ok(u)
+        }
+        Ok(_) => Err(format!(
+            "url: `{text}` must be http:// or https:// with a host"
+        )),
+        Err(e) => Err(format!("url: `{text}`: {e}")),
+    }
+}
+
+/// How the source logs in: a token, or an email with its password (empty values count as unset).
+fn credentials(
+    token: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+) -> Result<Auth, String> {
+    let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    match (nonempty(token), nonempty(email), nonempty(password)) {
+        (Some(t), None, None) => Ok(Auth::Token(Secret(t))),
+        (None, Some(email), Some(p)) => Ok(Auth::Password {
+            email,
+            password: Secret(p),
+        }),
+        (Some(_), _, _) => Err("set either `token` or `email` + `password`, not both".into()),
+        (None, Some(_), None) => {
+            Err("`email` needs a `password` (e.g. password: ${TRACCAR_PASSWORD})".into())
+        }
+        (None, None, Some(_)) => Err("`password` needs an `email`".into()),
+        (None, None, None) => {
+            Err("credentials: set `token` or `email` + `password` (from ${ENV})".into())
+        }
+    }
+}
+
+/// The relay's own zones, parsed; a zone whose area does not parse is an error in `errors`.
+fn zones(raw: BTreeMap<String, RawZone>, errors: &mut Vec<String>) -> Vec<Zone> {
+    let mut zones = Vec::new();
+    for (name, z) in raw {
+        match Shape::parse(&z.area, z.distance) {
+            Ok(shape) => zones.push(Zone {
+                id: 0,
+                name,
+                area: z.area,
+                shape,
+                dwell: z.dwell.unwrap_or_default(),
+            }),
+            Err(e) => errors.push(format!("zone '{name}': {e}")),
+        }
+    }
+    zones
 }

@@ -614,7 +614,7 @@ async fn bad_noise_settings_are_rejected_with_file_and_line() {
     );
     std::fs::write(dir.path().join("c.yaml"), yaml).unwrap();
     let err =
-        trackrelay::config::Config::load_with_env(Some(&dir.path().join("c.yaml")), &|_| None)
+        trackrelay::settings::Config::load_with_env(Some(&dir.path().join("c.yaml")), &|_| None)
             .unwrap_err()
             .to_string();
     assert!(

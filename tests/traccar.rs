@@ -473,7 +473,7 @@ async fn config_errors_name_the_source_and_line() {
         "traccar:\n  - name: a\n    url: ftp://x\n    email: me@x\n  - name: b\n    url: http://x\n    token: t\n    zones: { z: { area: 'CIRCLE (1 2)' } }\n  - name: c\n    url: https://me:pw@x\n    token: t\n",
     )
     .unwrap();
-    let err = trackrelay::config::Config::load_with_env(Some(&path), &|_| None)
+    let err = trackrelay::settings::Config::load_with_env(Some(&path), &|_| None)
         .unwrap_err()
         .to_string();
     for want in [

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono_tz::Tz;
 
@@ -18,6 +19,8 @@ use crate::noise::{Cooldown, Group, RuleNoise};
 use crate::render::{Escape, RendererBuilder};
 use crate::retry::RetryPolicy;
 use crate::rules::{Matcher, Origin, Rule, RuleSet, Target};
+use crate::secret::Secret;
+use crate::settings::*;
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 

@@ -23,105 +23,137 @@ pub fn default_title(count: usize, rule: &str) -> String {
 /// oldest first. `template` is the shape of the digest's own content (its channel's kind).
 pub fn build(template: &Content, title: &str, items: &[Notification]) -> Content {
     let listed = &items[..items.len().min(MAX_LISTED)];
-    let more = items.len() - listed.len();
-    let more_line = (more > 0).then(|| format!("… and {more} more"));
-    let texts = |f: &dyn Fn(&Content) -> Option<String>| -> Vec<String> {
-        listed.iter().filter_map(|n| f(&n.content)).collect()
+    let items = Listed {
+        listed,
+        more: items.len() - listed.len(),
     };
     match template {
-        Content::Email { .. } => {
-            let text = texts(&|c| match c {
-                Content::Email { text, .. } => Some(text.clone()),
-                other => plain(other),
-            });
-            let html = texts(&|c| match c {
-                Content::Email { html, .. } => Some(body_of(html).to_string()),
-                other => plain(other).map(|t| escape_html(&t)),
-            });
-            let mut text_part = format!("{title}\n\n{}", text.join("\n\n"));
-            let mut html_part =
-                format!("<h3>{}</h3>\n{}", escape_html(title), html.join("\n<hr>\n"));
-            if let Some(m) = &more_line {
-                text_part.push_str(&format!("\n\n{m}"));
-                html_part.push_str(&format!("\n<p>{}</p>", escape_html(m)));
-            }
-            Content::Email {
-                subject: title.to_string(),
-                text: text_part,
-                html: crate::render::html_page(&html_part),
-            }
-        }
-        Content::TelegramText { parse_mode, .. } => {
-            let escape = |s: &str| match parse_mode {
-                ParseMode::Html => escape_html(s),
-                ParseMode::MarkdownV2 => escape_markdown_v2(s),
-                ParseMode::Plain => s.to_string(),
-            };
-            let head = match parse_mode {
-                ParseMode::Html => format!("<b>{}</b>", escape(title)),
-                ParseMode::MarkdownV2 => format!("*{}*", escape(title)),
-                ParseMode::Plain => title.to_string(),
-            };
-            // Items were rendered for this parse mode already.
-            let mut lines = texts(&|c| match c {
-                Content::TelegramText { text, .. } => Some(text.clone()),
-                _ => None,
-            });
-            if let Some(m) = &more_line {
-                lines.push(escape(m));
-            }
-            Content::TelegramText {
-                text: format!("{head}\n\n{}", lines.join("\n")),
-                parse_mode: *parse_mode,
-            }
-        }
-        Content::Webhook { content_type, .. } => {
-            let mut lines = texts(&|c| match c {
-                Content::Webhook {
-                    message: Some(m), ..
-                } => Some(m.clone()),
-                other => plain(other),
-            });
-            lines.extend(more_line.clone());
-            let message = format!("{title}\n{}", lines.join("\n"));
-            let body = if content_type.contains("json") {
-                let items: Vec<serde_json::Value> = listed
-                    .iter()
-                    .filter_map(|n| match &n.content {
-                        Content::Webhook { body, .. } => Some(
-                            serde_json::from_str(body)
-                                .unwrap_or_else(|_| serde_json::Value::String(body.clone())),
-                        ),
-                        _ => None,
-                    })
-                    .collect();
-                serde_json::json!({
-                    "digest": true,
-                    "title": title,
-                    "message": message,
-                    "count": items.len() + more,
-                    "omitted": more,
-                    "items": items,
-                })
-                .to_string()
-            } else {
-                message.clone()
-            };
-            // A channel with a body template renders it around `message` instead (see the worker).
-            Content::Webhook {
-                body,
-                content_type: content_type.clone(),
-                message: Some(message),
-            }
-        }
+        Content::Email { .. } => email(title, &items),
+        Content::TelegramText { parse_mode, .. } => telegram(*parse_mode, title, &items),
+        Content::Webhook { content_type, .. } => webhook(content_type, title, &items),
         _ => {
-            let mut lines = texts(&plain);
-            lines.extend(more_line);
+            let mut lines = items.texts(&plain);
+            lines.extend(items.more_line());
             Content::Log {
                 text: format!("{title}: {}", lines.join(" | ")),
             }
         }
     }
+}
+
+/// The items a digest lists, and how many more it only counts.
+struct Listed<'a> {
+    listed: &'a [Notification],
+    more: usize,
+}
+
+impl Listed<'_> {
+    /// The text `f` takes from each listed item's content, where it gives one.
+    fn texts(&self, f: &dyn Fn(&Content) -> Option<String>) -> Vec<String> {
+        self.listed.iter().filter_map(|n| f(&n.content)).collect()
+    }
+
+    /// `… and N more`, when items are left out.
+    fn more_line(&self) -> Option<String> {
+        (self.more > 0).then(|| format!("… and {} more", self.more))
+    }
+}
+
+/// An email digest: the items' texts and their HTML bodies, one after the other, in one page.
+fn email(title: &str, items: &Listed<'_>) -> Content {
+    let text = items.texts(&|c| match c {
+        Content::Email { text, .. } => Some(text.clone()),
+        other => plain(other),
+    });
+    let html = items.texts(&|c| match c {
+        Content::Email { html, .. } => Some(body_of(html).to_string()),
+        other => plain(other).map(|t| escape_html(&t)),
+    });
+    let mut text_part = format!("{title}\n\n{}", text.join("\n\n"));
+    let mut html_part = format!("<h3>{}</h3>\n{}", escape_html(title), html.join("\n<hr>\n"));
+    if let Some(m) = items.more_line() {
+        text_part.push_str(&format!("\n\n{m}"));
+        html_part.push_str(&format!("\n<p>{}</p>", escape_html(&m)));
+    }
+    Content::Email {
+        subject: title.to_string(),
+        text: text_part,
+        html: crate::render::html_page(&html_part),
+    }
+}
+
+/// A Telegram digest: the title in bold, then the items' texts (rendered for `parse_mode` already).
+fn telegram(parse_mode: ParseMode, title: &str, items: &Listed<'_>) -> Content {
+    let escape = |s: &str| match parse_mode {
+        ParseMode::Html => escape_html(s),
+        ParseMode::MarkdownV2 => escape_markdown_v2(s),
+        ParseMode::Plain => s.to_string(),
+    };
+    let head = match parse_mode {
+        ParseMode::Html => format!("<b>{}</b>", escape(title)),
+        ParseMode::MarkdownV2 => format!("*{}*", escape(title)),
+        ParseMode::Plain => title.to_string(),
+    };
+    // Items were rendered for this parse mode already.
+    let mut lines = items.texts(&|c| match c {
+        Content::TelegramText { text, .. } => Some(text.clone()),
+        _ => None,
+    });
+    if let Some(m) = items.more_line() {
+        lines.push(escape(&m));
+    }
+    Content::TelegramText {
+        text: format!("{head}\n\n{}", lines.join("\n")),
+        parse_mode,
+    }
+}
+
+/// A webhook digest: a message of the items' messages; for JSON, a body listing the items' bodies.
+fn webhook(content_type: &str, title: &str, items: &Listed<'_>) -> Content {
+    let mut lines = items.texts(&|c| match c {
+        Content::Webhook {
+            message: Some(m), ..
+        } => Some(m.clone()),
+        other => plain(other),
+    });
+    lines.extend(items.more_line());
+    let message = format!("{title}\n{}", lines.join("\n"));
+    let body = if content_type.contains("json") {
+        json_body(title, &message, items)
+    } else {
+        message.clone()
+    };
+    // A channel with a body template renders it around `message` instead (see the worker).
+    Content::Webhook {
+        body,
+        content_type: content_type.to_string(),
+        message: Some(message),
+    }
+}
+
+/// The JSON body of a webhook digest: title, message, counts and the items' bodies (as JSON where
+/// they are, else as strings).
+fn json_body(title: &str, message: &str, items: &Listed<'_>) -> String {
+    let bodies: Vec<serde_json::Value> = items
+        .listed
+        .iter()
+        .filter_map(|n| match &n.content {
+            Content::Webhook { body, .. } => Some(
+                serde_json::from_str(body)
+                    .unwrap_or_else(|_| serde_json::Value::String(body.clone())),
+            ),
+            _ => None,
+        })
+        .collect();
+    serde_json::json!({
+        "digest": true,
+        "title": title,
+        "message": message,
+        "count": bodies.len() + items.more,
+        "omitted": items.more,
+        "items": bodies,
+    })
+    .to_string()
 }
 
 /// The text of a content, where it has one.

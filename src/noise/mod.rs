@@ -334,6 +334,14 @@ pub struct Decider<'a> {
     pub dirty: Vec<String>,
 }
 
+/// A delivery on its way to [`Verdict::Send`], as the gates set when it goes and why.
+struct Sending {
+    at: i64,
+    hold_key: Option<String>,
+    note: Option<String>,
+    waits_for: Option<String>,
+}
+
 /// How long state outlives its own times, so a digest interval or a cooldown summary can still see it.
 const STATE_GRACE_MS: i64 = 24 * 3600 * 1000;
 
@@ -394,41 +402,22 @@ impl<'a> Decider<'a> {
         }
     }
 
-    /// Decides one delivery.
+    /// Decides one delivery: suppressed, grouped into a digest, or sent (now or later).
     pub fn decide(&mut self, g: &Gates) -> Verdict {
         if let Some(reason) = &g.suppress {
             return Verdict::Suppress(reason.clone());
         }
-        let mut at = g.not_before.unwrap_or(self.now).max(self.now);
-        let mut waits_for = g.deferred_by.clone();
-        if let Some(d) = &g.dedup {
-            if let Err(reason) = self.memoized(&d.key.clone(), |s| s.dedup(d)) {
-                return Verdict::Suppress(reason);
-            }
-        }
-        let mut note = None;
-        if let Some(c) = &g.cooldown {
-            match self.memoized(&c.key.clone(), |s| s.cooldown(c)) {
-                Err(reason) => return Verdict::Suppress(reason),
-                Ok(n) => note = n,
-            }
-        }
-        let mut hold_key = None;
-        if let Some(b) = &g.debounce {
-            match self.memoized(&b.key.clone(), |s| s.debounce(b)) {
-                Err(reason) => return Verdict::Suppress(reason),
-                Ok(_) => {
-                    at = at.max(self.now + b.delay_ms);
-                    hold_key = Some(self::hold_key(&b.key, self.at));
-                    waits_for = Some(format!(
-                        "debounce: held {} in case of a return across the border",
-                        human_ms(b.delay_ms)
-                    ));
-                }
-            }
+        let mut send = Sending {
+            at: g.not_before.unwrap_or(self.now).max(self.now),
+            hold_key: None,
+            note: None,
+            waits_for: g.deferred_by.clone(),
+        };
+        if let Err(verdict) = self.windows(g, &mut send) {
+            return verdict;
         }
         if let Some(gr) = &g.group {
-            let due = self.group_due(&gr.key, gr.wait_ms, gr.interval_ms, at);
+            let due = self.group_due(&gr.key, gr.wait_ms, gr.interval_ms, send.at);
             return Verdict::Group {
                 key: gr.key.clone(),
                 due,
@@ -437,46 +426,79 @@ impl<'a> Decider<'a> {
             };
         }
         if let Some(r) = &g.rate {
-            let (slot, over) = self.rate(r, at);
-            if over {
-                match r.over {
-                    Over::Wait => {
-                        waits_for = Some(format!(
-                            "rate limit: {} per {} to this recipient",
-                            r.max,
-                            human_ms(r.per_ms)
-                        ));
-                        at = slot;
-                    }
-                    Over::Digest if r.no_digest => {
-                        return Verdict::Suppress(format!(
-                            "over the rate limit ({} per {}): map pins are left out of digests",
-                            r.max,
-                            human_ms(r.per_ms)
-                        ));
-                    }
-                    Over::Digest => {
-                        let due = self.group_due(&r.digest_key, 0, 0, slot);
-                        return Verdict::Group {
-                            key: r.digest_key.clone(),
-                            due,
-                            title: None,
-                            reason: format!(
-                                "over the rate limit ({} per {}): in the digest due {}",
-                                r.max,
-                                human_ms(r.per_ms),
-                                rfc3339(due)
-                            ),
-                        };
-                    }
-                }
+            if let Err(verdict) = self.rate_limit(r, &mut send) {
+                return verdict;
             }
         }
         Verdict::Send {
-            at,
-            hold_key,
-            note,
-            waits_for,
+            at: send.at,
+            hold_key: send.hold_key,
+            note: send.note,
+            waits_for: send.waits_for,
+        }
+    }
+
+    /// The dedup, cooldown and debounce windows, each decided once per key and event: the delivery is
+    /// suppressed, or goes on with a cooldown's note or held for the debounce.
+    fn windows(&mut self, g: &Gates, send: &mut Sending) -> Result<(), Verdict> {
+        if let Some(d) = &g.dedup {
+            self.memoized(&d.key, |s| s.dedup(d))
+                .map_err(Verdict::Suppress)?;
+        }
+        if let Some(c) = &g.cooldown {
+            send.note = self
+                .memoized(&c.key, |s| s.cooldown(c))
+                .map_err(Verdict::Suppress)?;
+        }
+        if let Some(b) = &g.debounce {
+            self.memoized(&b.key, |s| s.debounce(b))
+                .map_err(Verdict::Suppress)?;
+            send.at = send.at.max(self.now + b.delay_ms);
+            send.hold_key = Some(hold_key(&b.key, self.at));
+            send.waits_for = Some(format!(
+                "debounce: held {} in case of a return across the border",
+                human_ms(b.delay_ms)
+            ));
+        }
+        Ok(())
+    }
+
+    /// A rate limit over its count: the delivery waits for the next slot, or goes into a digest (map
+    /// pins, which digests leave out, are suppressed).
+    fn rate_limit(&mut self, r: &RateGate, send: &mut Sending) -> Result<(), Verdict> {
+        let (slot, over) = self.rate(r, send.at);
+        if !over {
+            return Ok(());
+        }
+        match r.over {
+            Over::Wait => {
+                send.waits_for = Some(format!(
+                    "rate limit: {} per {} to this recipient",
+                    r.max,
+                    human_ms(r.per_ms)
+                ));
+                send.at = slot;
+                Ok(())
+            }
+            Over::Digest if r.no_digest => Err(Verdict::Suppress(format!(
+                "over the rate limit ({} per {}): map pins are left out of digests",
+                r.max,
+                human_ms(r.per_ms)
+            ))),
+            Over::Digest => {
+                let due = self.group_due(&r.digest_key, 0, 0, slot);
+                Err(Verdict::Group {
+                    key: r.digest_key.clone(),
+                    due,
+                    title: None,
+                    reason: format!(
+                        "over the rate limit ({} per {}): in the digest due {}",
+                        r.max,
+                        human_ms(r.per_ms),
+                        rfc3339(due)
+                    ),
+                })
+            }
         }
     }
 

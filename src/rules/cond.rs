@@ -6,7 +6,7 @@ use regex::Regex;
 
 use super::expr::Expr;
 use super::field::{Field, Scope, Slots, Slotted, Val};
-use crate::config_raw::{IdOrName, RawMatch};
+use crate::config_raw::{IdOrName, OneOrMany, RawMatch};
 use crate::event::Envelope;
 
 /// A literal in a comparison.
@@ -204,83 +204,94 @@ pub struct Failed {
 }
 
 impl Matcher {
-    /// Compiles a `match:` block; errors name the key they are about.
-    pub fn compile(raw: RawMatch) -> Result<Matcher, String> {
-        let mut conds = Vec::new();
-        let mut push = |cond: Cond, text: String| {
-            conds.push(Described {
-                cond,
-                text,
-                memo: Described::NO_MEMO,
-            })
-        };
-        if let Some(t) = raw.types {
-            let t = t.into_vec();
-            push(Cond::Type(t.clone()), format!("type in [{}]", t.join(", ")));
+    /// Compiles a `match:` block; errors name the key they are about. The conditions are tested in
+    /// the order of the keys here.
+    pub fn compile(mut raw: RawMatch) -> Result<Matcher, String> {
+        let mut m = Matcher::default();
+        m.words("type", raw.types.take(), Cond::Type);
+        m.words("alarm", raw.alarm.take(), Cond::Alarm);
+        m.device_conds(&mut raw)?;
+        m.words("status", raw.status.take(), Cond::Status);
+        m.words("source", raw.source.take(), Cond::Source);
+        if let Some(fields) = raw.fields.take() {
+            m.field_conds(fields)?;
         }
-        if let Some(a) = raw.alarm {
-            let a = a.into_vec();
-            push(
-                Cond::Alarm(a.clone()),
-                format!("alarm in [{}]", a.join(", ")),
-            );
+        m.composed(raw)?;
+        Ok(m)
+    }
+
+    /// Adds a condition, not memoized (yet).
+    fn push(&mut self, cond: Cond, text: String) {
+        self.conds.push(Described {
+            cond,
+            text,
+            memo: Described::NO_MEMO,
+        })
+    }
+
+    /// `key: [a, b]` of plain words (`type`, `alarm`, `status`, `source`): the value is one of them.
+    fn words(&mut self, key: &str, list: Option<OneOrMany<String>>, cond: fn(Vec<String>) -> Cond) {
+        if let Some(w) = list {
+            let w = w.into_vec();
+            let text = format!("{key} in [{}]", w.join(", "));
+            self.push(cond(w), text);
         }
-        if let Some(g) = raw.geofence {
+    }
+
+    /// Which geofence, device (id, name or unique id) and group the event is about.
+    fn device_conds(&mut self, raw: &mut RawMatch) -> Result<(), String> {
+        if let Some(g) = raw.geofence.take() {
             let (c, text) = ids_or_globs(g.into_vec()).map_err(|e| format!("geofence: {e}"))?;
-            push(Cond::Geofence(c), format!("geofence in [{text}]"));
+            self.push(Cond::Geofence(c), format!("geofence in [{text}]"));
         }
-        if let Some(d) = raw.device {
+        if let Some(d) = raw.device.take() {
             let (c, text) = ids_or_globs(d.into_vec()).map_err(|e| format!("device: {e}"))?;
-            push(Cond::Device(c), format!("device in [{text}]"));
+            self.push(Cond::Device(c), format!("device in [{text}]"));
         }
-        if let Some(u) = raw.unique_id {
+        if let Some(u) = raw.unique_id.take() {
             let u = u.into_vec();
             let globs = u.iter().map(|p| glob(p)).collect::<Result<_, _>>();
             let globs = globs.map_err(|e| format!("unique_id: {e}"))?;
-            push(
+            self.push(
                 Cond::UniqueId(globs),
                 format!("unique_id in [{}]", u.join(", ")),
             );
         }
-        if let Some(g) = raw.group {
+        if let Some(g) = raw.group.take() {
             let g = g.into_vec();
             let text = g.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
-            push(Cond::Group(g), format!("group in [{text}]"));
+            self.push(Cond::Group(g), format!("group in [{text}]"));
         }
-        if let Some(s) = raw.status {
-            let s = s.into_vec();
-            push(
-                Cond::Status(s.clone()),
-                format!("status in [{}]", s.join(", ")),
-            );
-        }
-        if let Some(s) = raw.source {
-            let s = s.into_vec();
-            push(
-                Cond::Source(s.clone()),
-                format!("source in [{}]", s.join(", ")),
-            );
-        }
-        for (key, value) in raw.fields.unwrap_or_default() {
+        Ok(())
+    }
+
+    /// `where:`: field paths with their operators, one condition per operator.
+    fn field_conds(&mut self, fields: serde_yaml::Mapping) -> Result<(), String> {
+        for (key, value) in fields {
             let serde_yaml::Value::String(path) = key else {
                 return Err("where: keys must be field paths".into());
             };
             let field = Field::parse(&path).map_err(|e| format!("where: {e}"))?;
             for (op, text) in ops(&value).map_err(|e| format!("where `{path}`: {e}"))? {
-                push(
+                self.push(
                     Cond::Field(Slotted::new(field.clone()), op),
                     format!("{path} {text}"),
                 );
             }
         }
+        Ok(())
+    }
+
+    /// `expr:`, `not:` and `any:`: an expression, and matchers within the matcher.
+    fn composed(&mut self, raw: RawMatch) -> Result<(), String> {
         if let Some(x) = raw.expr {
             let expr = Expr::compile(&x).map_err(|e| format!("expr: {e}"))?;
-            push(Cond::Expr(expr), format!("expr `{x}`"));
+            self.push(Cond::Expr(expr), format!("expr `{x}`"));
         }
         if let Some(n) = raw.not {
             let inner = Matcher::compile(*n).map_err(|e| format!("not: {e}"))?;
             let text = format!("not ({})", inner.describe());
-            push(Cond::Not(inner), text);
+            self.push(Cond::Not(inner), text);
         }
         if let Some(any) = raw.any {
             let inner = any
@@ -292,9 +303,9 @@ impl Matcher {
                 .iter()
                 .map(|m| format!("({})", m.describe()))
                 .collect::<Vec<_>>();
-            push(Cond::Any(inner), format!("any of {}", text.join(" or ")));
+            self.push(Cond::Any(inner), format!("any of {}", text.join(" or ")));
         }
-        Ok(Matcher { conds })
+        Ok(())
     }
 
     /// All conditions in words, joined with `and`.

@@ -16,7 +16,7 @@ use crate::event::Envelope;
 use crate::http_error::HttpError;
 use crate::pipeline::Pipeline;
 use crate::plan::Arrival;
-use crate::secret::token_matches;
+use crate::secret::{token_matches, Secret};
 use crate::store::Accepted;
 
 /// Header values carried through (`X-PowTxn`, `X-Request-Id`) are cut to this length.
@@ -100,6 +100,8 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<
     Ok(buf)
 }
 
+/// `POST /events`: checks the call, decodes the event, hands it to the pipeline and answers once it is
+/// committed.
 async fn ingest(
     State(p): State<Pipeline>,
     headers: HeaderMap,
@@ -114,42 +116,12 @@ async fn ingest(
         p.metrics.event(&source, "-", result);
         e
     };
-    if let Some(expected) = &authorization {
-        let presented = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-        if !token_matches(presented, expected) {
-            tracing::warn!("webhook call with a missing or wrong Authorization header");
-            return Err(reject(HttpError::unauthorized(), "unauthorized"));
-        }
-    }
+    authorized(&headers, authorization.as_ref()).map_err(|e| reject(e, "unauthorized"))?;
     acceptable_content_type(&headers).map_err(|e| reject(e, "invalid"))?;
     let bytes = read_body(body, &headers, max_body)
         .await
         .map_err(|e| reject(e, "invalid"))?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        let e = HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "empty_body",
-            "the body is empty; expected a Traccar event as JSON",
-        );
-        return Err(reject(e, "invalid"));
-    }
-    let raw = std::str::from_utf8(&bytes).map_err(|e| {
-        reject(
-            HttpError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_utf8",
-                format!("the body is not UTF-8: {e}"),
-            ),
-            "invalid",
-        )
-    })?;
-    let mut env = Envelope::from_json(raw.as_bytes()).map_err(|e| {
-        tracing::warn!(error = %e, "rejected an undecodable webhook body");
-        reject(
-            HttpError::new(StatusCode::BAD_REQUEST, "invalid_event", e.to_string()),
-            "invalid",
-        )
-    })?;
+    let (raw, mut env) = decode(&bytes).map_err(|e| reject(e, "invalid"))?;
     // A live Traccar source of the same namespace knows the group (and anything else the body lacks).
     p.directories.fill(&source, &mut env);
     let arrival = Arrival {
@@ -160,16 +132,65 @@ async fn ingest(
         received_at_ms: now_ms(),
     };
     let txn = arrival.txn.clone();
-    let event_type = env.event.event_type.as_str();
     let accepted = p.ingest(raw, &env, arrival).await.map_err(|e| {
-        p.metrics.event(&source, event_type, "unavailable");
+        p.metrics
+            .event(&source, env.event.event_type.as_str(), "unavailable");
         HttpError::from_store(&e)
     })?;
+    let body = answer(&p, &source, &env, txn.as_deref().unwrap_or(""), accepted);
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// Whether the call presents the `Authorization` value the configuration requires (if it requires one).
+fn authorized(headers: &HeaderMap, expected: Option<&Secret>) -> Result<(), HttpError> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let presented = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    if token_matches(presented, expected) {
+        Ok(())
+    } else {
+        tracing::warn!("webhook call with a missing or wrong Authorization header");
+        Err(HttpError::unauthorized())
+    }
+}
+
+/// The body as text and as an event: not blank, UTF-8, a Traccar or BikeTrax event.
+fn decode(bytes: &[u8]) -> Result<(&str, Envelope), HttpError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "empty_body",
+            "the body is empty; expected a Traccar event as JSON",
+        ));
+    }
+    let raw = std::str::from_utf8(bytes).map_err(|e| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_utf8",
+            format!("the body is not UTF-8: {e}"),
+        )
+    })?;
+    let env = Envelope::from_json(raw.as_bytes()).map_err(|e| {
+        tracing::warn!(error = %e, "rejected an undecodable webhook body");
+        HttpError::new(StatusCode::BAD_REQUEST, "invalid_event", e.to_string())
+    })?;
+    Ok((raw, env))
+}
+
+/// Counts and logs an accepted (or duplicate) event, and the answer to its sender.
+fn answer(
+    p: &Pipeline,
+    source: &str,
+    env: &Envelope,
+    txn: &str,
+    accepted: Accepted,
+) -> serde_json::Value {
+    let event_type = env.event.event_type.as_str();
     let device = env.device.as_ref().map(|d| d.name.as_str()).unwrap_or("");
-    let txn = txn.as_deref().unwrap_or("");
-    let body = match accepted {
+    match accepted {
         Accepted::New { deliveries, .. } => {
-            p.metrics.event(&source, event_type, "accepted");
+            p.metrics.event(source, event_type, "accepted");
             tracing::info!(
                 event_id = env.event.id,
                 event_type,
@@ -181,7 +202,7 @@ async fn ingest(
             json!({ "status": "accepted", "event_id": env.event.id, "deliveries": deliveries })
         }
         Accepted::Duplicate => {
-            p.metrics.event(&source, event_type, "duplicate");
+            p.metrics.event(source, event_type, "duplicate");
             tracing::info!(
                 event_id = env.event.id,
                 event_type,
@@ -191,8 +212,7 @@ async fn ingest(
             );
             json!({ "status": "duplicate", "event_id": env.event.id })
         }
-    };
-    Ok((StatusCode::OK, Json(body)).into_response())
+    }
 }
 
 #[cfg(test)]
@@ -205,8 +225,8 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::config::Config;
     use crate::runtime::{Runtime, Shared};
+    use crate::settings::Config;
     use crate::store::*;
 
     /// A store that is always full or always down: what intake answers when the outbox cannot keep up.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use trackrelay::app::{self, Running};
-use trackrelay::config::Config;
+use trackrelay::settings::Config;
 
 /// Where the shared example payloads are.
 pub fn payloads_dir() -> PathBuf {

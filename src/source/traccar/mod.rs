@@ -15,6 +15,7 @@ pub mod join;
 pub mod notifications;
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +36,10 @@ use crate::traccar_config::TraccarSource;
 use cache::Cache;
 use client::{Client, Session};
 use join::{Joiner, Missing};
+
+/// The live socket.
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Events older than the last frame by this much are fetched again after a reconnect: covers clock skew
 /// between relay and server and events stamped before they were pushed. Dedup drops the overlap.
@@ -133,36 +138,10 @@ pub async fn run(
     statuses: Arc<Statuses>,
     shutdown: CancellationToken,
 ) {
-    statuses.update(&cfg.name, |s| {
-        s.name = cfg.name.clone();
-        s.url = cfg.url.to_string();
-    });
-    let client = match Client::new(&cfg) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(source = %cfg.name, error = %e, "live source cannot start");
-            return;
-        }
+    let Some(mut conn) = Connection::new(cfg, pipeline, statuses) else {
+        return;
     };
-    let dir = pipeline.directories.register(&cfg.dedup_as);
-    let mut conn = Connection {
-        cache: Cache::new(&cfg, dir),
-        joiner: Joiner::new(cfg.position_wait),
-        cfg,
-        client,
-        pipeline,
-        statuses,
-        session: None,
-        last_frame: None,
-    };
-    let policy = RetryPolicy {
-        initial_backoff: conn.cfg.backoff_initial,
-        max_backoff: conn.cfg.backoff_max,
-        ..RetryPolicy::default()
-    };
-    let mut failures = 0u32;
-    // A session refused on the handshake right after a fresh login is not an expiry: back off.
-    let mut expired_in_row = 0u32;
+    let mut reconnect = Reconnect::new(&conn.cfg);
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -171,28 +150,9 @@ pub async fn run(
         conn.statuses
             .update(&conn.cfg.name, |s| s.connected = false);
         conn.flush().await;
-        let (delay, e) = match result {
-            // The session expired: log in again at once (a failing login then backs off).
-            Err((SourceError::Expired, was_up)) if was_up || expired_in_row == 0 => {
-                conn.session = None;
-                expired_in_row = 1;
-                tracing::info!(source = %conn.cfg.name, "session expired; logging in again");
-                (Duration::ZERO, SourceError::Expired)
-            }
-            Err((e, was_up)) => {
-                if matches!(e, SourceError::Expired) {
-                    conn.session = None;
-                }
-                if was_up {
-                    expired_in_row = 0;
-                }
-                failures = if was_up { 1 } else { failures + 1 };
-                let jitter = rand::random_range(-1.0..=1.0);
-                (policy.backoff(failures, jitter), e)
-            }
-            Ok(()) => break,
-        };
-        if matches!(e, SourceError::Auth(_)) {
+        let Err((e, was_up)) = result;
+        let delay = reconnect.wait_after(&conn.cfg.name, &e, was_up);
+        if matches!(e, SourceError::Expired | SourceError::Auth(_)) {
             conn.session = None;
         }
         tracing::warn!(source = %conn.cfg.name, error = %e, retry_in = ?delay, "live source disconnected");
@@ -210,6 +170,46 @@ pub async fn run(
     tracing::info!(source = %conn.cfg.name, "live source stopped");
 }
 
+/// How long to wait before the next connection, from how the last ones ended.
+struct Reconnect {
+    policy: RetryPolicy,
+    /// Connections in a row that failed before their socket was up.
+    failures: u32,
+    /// A session refused on the handshake right after a fresh login is not an expiry: back off.
+    expired_in_row: u32,
+}
+
+impl Reconnect {
+    fn new(cfg: &TraccarSource) -> Reconnect {
+        Reconnect {
+            policy: RetryPolicy {
+                initial_backoff: cfg.backoff_initial,
+                max_backoff: cfg.backoff_max,
+                ..RetryPolicy::default()
+            },
+            failures: 0,
+            expired_in_row: 0,
+        }
+    }
+
+    /// The wait after a connection of `source` that ended with `e` (`was_up`: its socket was open,
+    /// which resets the backoff).
+    fn wait_after(&mut self, source: &str, e: &SourceError, was_up: bool) -> Duration {
+        if matches!(e, SourceError::Expired) && (was_up || self.expired_in_row == 0) {
+            // The session expired: log in again at once (a failing login then backs off).
+            self.expired_in_row = 1;
+            tracing::info!(source, "session expired; logging in again");
+            return Duration::ZERO;
+        }
+        if was_up {
+            self.expired_in_row = 0;
+        }
+        self.failures = if was_up { 1 } else { self.failures + 1 };
+        let jitter = rand::random_range(-1.0..=1.0);
+        self.policy.backoff(self.failures, jitter)
+    }
+}
+
 /// The state of one source across reconnects.
 struct Connection {
     cfg: TraccarSource,
@@ -225,50 +225,92 @@ struct Connection {
 }
 
 impl Connection {
-    /// One connection from login to failure. The flag says whether the socket was up (frames were
-    /// read), which resets the backoff.
-    async fn session_once(&mut self) -> Result<(), (SourceError, bool)> {
-        let session = match &self.session {
-            Some(s) => s.clone(),
-            None => {
-                let s = self.client.login().await.map_err(|e| (e, false))?;
-                tracing::info!(source = %self.cfg.name, "logged in");
-                self.session = Some(s.clone());
-                s
+    /// A source's connection state, its status shown; `None` (logged) when its HTTP client cannot be
+    /// built.
+    fn new(cfg: TraccarSource, pipeline: Pipeline, statuses: Arc<Statuses>) -> Option<Connection> {
+        statuses.update(&cfg.name, |s| {
+            s.name = cfg.name.clone();
+            s.url = cfg.url.to_string();
+        });
+        let client = match Client::new(&cfg) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(source = %cfg.name, error = %e, "live source cannot start");
+                return None;
             }
         };
-        self.refresh(&session).await.map_err(|e| (e, false))?;
-        self.check_notifications(&session)
-            .await
-            .map_err(|e| (e, false))?;
-        let request = self
-            .client
-            .socket_request(&session)
-            .map_err(|e| (e, false))?;
-        let (mut ws, _) =
-            match tokio::time::timeout(self.cfg.timeout, tokio_tungstenite::connect_async(request))
-                .await
-            {
-                Err(_) => return Err((SourceError::Timeout("socket handshake".into()), false)),
-                Ok(Err(tungstenite::Error::Http(resp)))
-                    if resp.status() == tungstenite::http::StatusCode::UNAUTHORIZED =>
-                {
-                    return Err((SourceError::Expired, false))
-                }
-                Ok(Err(e)) => return Err((SourceError::Socket(socket_error(&e)), false)),
-                Ok(Ok(ws)) => ws,
-            };
+        let dir = pipeline.directories.register(&cfg.dedup_as);
+        Some(Connection {
+            cache: Cache::new(&cfg, dir),
+            joiner: Joiner::new(cfg.position_wait),
+            cfg,
+            client,
+            pipeline,
+            statuses,
+            session: None,
+            last_frame: None,
+        })
+    }
+
+    /// One connection from login to failure (it ends only with one). The flag says whether the socket
+    /// was up (frames were read), which resets the backoff.
+    async fn session_once(&mut self) -> Result<Infallible, (SourceError, bool)> {
+        let down = |e| (e, false);
+        let session = self.session().await.map_err(down)?;
+        let mut ws = self.open_socket(&session).await.map_err(down)?;
         let connected_at = Utc::now();
         tracing::info!(source = %self.cfg.name, "socket open");
         self.statuses.update(&self.cfg.name, |s| {
             s.connected = true;
             s.devices = self.cache.device_ids().len();
         });
+        let up = |e| (e, true);
         if let Some(from) = self.last_frame {
             self.backfill(&session, from, connected_at)
                 .await
-                .map_err(|e| (e, true))?;
+                .map_err(up)?;
         }
+        self.follow(&mut ws, &session).await.map_err(up)
+    }
+
+    /// The session in force, or a new one (logged in now).
+    async fn session(&mut self) -> Result<Session, SourceError> {
+        if let Some(s) = &self.session {
+            return Ok(s.clone());
+        }
+        let s = self.client.login().await?;
+        tracing::info!(source = %self.cfg.name, "logged in");
+        self.session = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Reads what a connection starts from (devices, groups, geofences; the server's notifications),
+    /// then opens the socket. A 401 on the handshake is an expired session.
+    async fn open_socket(&mut self, session: &Session) -> Result<Socket, SourceError> {
+        self.refresh(session).await?;
+        self.check_notifications(session).await?;
+        let request = self.client.socket_request(session)?;
+        match tokio::time::timeout(self.cfg.timeout, tokio_tungstenite::connect_async(request))
+            .await
+        {
+            Err(_) => Err(SourceError::Timeout("socket handshake".into())),
+            Ok(Err(tungstenite::Error::Http(resp)))
+                if resp.status() == tungstenite::http::StatusCode::UNAUTHORIZED =>
+            {
+                Err(SourceError::Expired)
+            }
+            Ok(Err(e)) => Err(SourceError::Socket(socket_error(&e))),
+            Ok(Ok((ws, _))) => Ok(ws),
+        }
+    }
+
+    /// Reads frames until the socket fails, closes or stays silent too long; meanwhile pings, refreshes
+    /// the cache and reads overdue positions.
+    async fn follow(
+        &mut self,
+        ws: &mut Socket,
+        session: &Session,
+    ) -> Result<Infallible, SourceError> {
         let mut ping = tokio::time::interval_at(
             Instant::now() + self.cfg.ping_interval,
             self.cfg.ping_interval,
@@ -282,42 +324,48 @@ impl Connection {
             let join_at = self.joiner.next_deadline();
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Err((SourceError::Silent(self.cfg.silence_timeout), true));
+                    return Err(SourceError::Silent(self.cfg.silence_timeout));
                 }
                 _ = tokio::time::sleep_until(join_at.unwrap_or(deadline)), if join_at.is_some() => {
-                    self.join_overdue(&session).await.map_err(|e| (e, true))?;
+                    self.join_overdue(session).await?;
                 }
                 _ = ping.tick() => {
                     ws.send(Message::Ping(Default::default()))
                         .await
-                        .map_err(|e| (SourceError::Socket(socket_error(&e)), true))?;
+                        .map_err(|e| SourceError::Socket(socket_error(&e)))?;
                 }
                 _ = refresh.tick() => {
-                    self.refresh(&session).await.map_err(|e| (e, true))?;
-                    self.check_notifications(&session).await.map_err(|e| (e, true))?;
+                    self.refresh(session).await?;
+                    self.check_notifications(session).await?;
                 }
                 msg = ws.next() => {
                     let msg = match msg {
-                        None => return Err((SourceError::Closed, true)),
-                        Some(Err(e)) => return Err((SourceError::Socket(socket_error(&e)), true)),
+                        None => return Err(SourceError::Closed),
+                        Some(Err(e)) => return Err(SourceError::Socket(socket_error(&e))),
                         Some(Ok(m)) => m,
                     };
                     deadline = Instant::now() + self.cfg.silence_timeout;
-                    let now = Utc::now();
-                    self.last_frame = Some(now);
-                    self.statuses.update(&self.cfg.name, |s| s.last_frame = Some(now));
-                    match msg {
-                        Message::Text(t) => {
-                            let refresh_now = self.frame(t.as_str()).await.map_err(|e| (e, true))?;
-                            if refresh_now {
-                                self.refresh(&session).await.map_err(|e| (e, true))?;
-                            }
-                        }
-                        Message::Close(_) => return Err((SourceError::Closed, true)),
-                        _ => {}
-                    }
+                    self.message(msg, session).await?;
                 }
             }
+        }
+    }
+
+    /// One message read from the socket: the time of the last frame, then a text frame handled.
+    async fn message(&mut self, msg: Message, session: &Session) -> Result<(), SourceError> {
+        let now = Utc::now();
+        self.last_frame = Some(now);
+        self.statuses
+            .update(&self.cfg.name, |s| s.last_frame = Some(now));
+        match msg {
+            Message::Text(t) => {
+                if self.frame(t.as_str()).await? {
+                    self.refresh(session).await?;
+                }
+                Ok(())
+            }
+            Message::Close(_) => Err(SourceError::Closed),
+            _ => Ok(()),
         }
     }
 

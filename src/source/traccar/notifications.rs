@@ -140,7 +140,7 @@ mod tests {
         let path = dir.path().join("t.yaml");
         let text = format!("channels: {{ out: {{ type: log }} }}\nrules:\n{yaml}");
         std::fs::write(&path, text).unwrap();
-        crate::config::Config::load_with_env(Some(&path), &|_| None)
+        crate::settings::Config::load_with_env(Some(&path), &|_| None)
             .unwrap()
             .rules
     }
