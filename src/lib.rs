@@ -51,6 +51,7 @@
 pub mod api;
 pub mod app;
 pub mod channel;
+pub mod channel_config;
 pub mod clock;
 pub mod config;
 pub mod config_raw;

@@ -420,7 +420,8 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 let known: Vec<_> = cfg.channels.keys().cloned().collect();
                 anyhow::bail!("no channel '{channel}' (configured: {})", known.join(", "));
             };
-            let n = trackrelay::channel::test_notification(c, to.as_deref())
+            let n = c
+                .test_notification(to.as_deref())
                 .map_err(anyhow::Error::msg)?;
             let channels = trackrelay::channel::build_all(&cfg.channels)?;
             match channels[&channel].send(&n).await {

@@ -24,15 +24,16 @@ const LAYERS: &[(&str, u8)] = &[
     ("rules", 2),
     ("directory", 2),
     ("plan", 2),
+    ("channel_config", 2),
     ("store", 3),
     ("http_error", 3),
     ("metrics", 4),
-    ("channel", 4),
     ("runtime", 4),
     ("deliver", 4),
     ("silence_cache", 4),
     ("pipeline", 4),
     ("explain", 4),
+    ("channel", 5),
     ("source", 5),
     ("config", 6),
     ("reload", 6),
@@ -41,11 +42,10 @@ const LAYERS: &[(&str, u8)] = &[
 ];
 
 /// Upward imports that exist today and are still to be removed (issue 16): the compiled `Config` lives
-/// with its loading in `config`, and channel settings live with the senders in `channel`. The test fails on any other upward import, and on an entry here
-/// that the code no longer has, so this list only shrinks.
+/// with its loading in `config`. The test fails on any other upward import, and on an entry here that
+/// the code no longer has, so this list only shrinks.
 const KNOWN_UPWARD: &[(&str, &str)] = &[
     ("explain", "config"),
-    ("plan", "channel"),
     ("plan", "config"),
     ("runtime", "config"),
     ("source", "config"),
