@@ -16,7 +16,7 @@
 //! - [`clock`]: Unix milliseconds now and as RFC 3339 (uses no other module).
 //! - [`config`]: `trackrelay.yaml` and rule files -> validated [`config::Config`], all errors at once.
 //! - [`config_raw`]: the sections of the configuration as written (plain serde data, read by retry, rules
-//!   and channels for their own settings).
+//!   and noise for their own settings; a channel's own section lives with the channel).
 //! - [`event`]: Traccar's models, tolerant of every version.
 //! - [`geo`]: WKT geofences, Traccar-exact containment, the zone enter/exit tracker with dwell.
 //! - [`rules`]: matchers, field paths, expressions; [`rules::RuleSet`] indexed by event type.
@@ -29,7 +29,10 @@
 //! - [`store`]: the durable store interface; its SQLite backend (one instance, group commit) and its
 //!   PostgreSQL backend (several instances, leases).
 //! - [`retry`]: the retry policy as data; [`deliver`]: the worker that sends and records outcomes.
-//! - [`channel`]: the `Channel` trait and its log, email, Telegram and webhook implementations.
+//! - [`channel_config`]: what a channel is to the rest of the relay (pure): the `Channel` trait the
+//!   senders implement, the `ChannelKind` trait each kind's settings implement, and `ChannelConfig`.
+//! - [`channel`]: the kinds, one file each (log, email, Telegram, webhook: section as written, settings,
+//!   sender), and the list of them.
 //! - [`secret`]: a token or password that debug output and logs show as `***`, and the constant-time
 //!   check of a presented one (uses no other module).
 //! - [`source`]: where events come from: the webhook ([`source::http`]) and the live Traccar source
