@@ -65,7 +65,8 @@ pub type Channels = BTreeMap<String, Arc<dyn Channel>>;
 
 /// A kind of channel, as its validated settings: what the rest of the relay needs to know about it.
 /// Each kind implements it in its own file in [`crate::channel`], beside its sender; the defaults
-/// suit a kind with one destination, plain text and none of the optional parts.
+/// suit a kind with one destination, plain text and none of the optional parts. (`Any` lets a test
+/// look at a kind's own settings.)
 pub trait ChannelKind: Any + Debug + Send + Sync {
     /// The kind's name, as written in `type:` (for messages).
     fn name(&self) -> &'static str;
@@ -126,7 +127,8 @@ pub struct Message<'a> {
     pub text: String,
     /// The subject, on one line (kinds with a [`ChannelKind::subject`]).
     pub subject: Option<String>,
-    /// The message rendered HTML-escaped, as a page (kinds with an [`ChannelKind::html_part`]).
+    /// The message rendered again HTML-escaped: the body of the HTML part (kinds with an
+    /// [`ChannelKind::html_part`]).
     pub html: Option<String>,
     /// The request body made by the channel's [`ChannelKind::body_template`]; `None` when it has none
     /// or it failed (the kind then sends its default body).
