@@ -14,7 +14,7 @@ use axum::{body::Bytes, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::channel::SendError;
+use crate::channel_config::SendError;
 use crate::clock::now_ms;
 use crate::event::Envelope;
 use crate::http_error::HttpError;
@@ -492,7 +492,8 @@ async fn test_channel(
             format!("no channel '{name}'"),
         ));
     };
-    let n = crate::channel::test_notification(cfg, q.to.as_deref())
+    let n = cfg
+        .test_notification(q.to.as_deref())
         .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, "no_recipient", e))?;
     match ch.send(&n).await {
         Ok(()) => Ok(Json(json!({ "ok": true, "channel": name, "recipient": n.recipient })).into_response()),

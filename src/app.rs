@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AdminState};
 use crate::channel;
+use crate::channel_config::Channels;
 use crate::clock::now_ms;
 use crate::deliver::Dispatcher;
 use crate::metrics::Metrics;
@@ -155,7 +156,7 @@ struct Services {
 /// once now), the pipeline, the reloader, and the delivery worker with its fast lane from intake.
 async fn wire(
     config: Config,
-    channels: channel::Channels,
+    channels: Channels,
     store: Arc<dyn Store>,
 ) -> anyhow::Result<(Services, Dispatcher)> {
     let (workers, grace) = (config.delivery.workers, config.delivery.shutdown_grace);

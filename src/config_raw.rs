@@ -1,9 +1,9 @@
 //! The configuration as written, part by part: serde types that mirror the sections of `trackrelay.yaml`
 //! and rule files one to one, with `deny_unknown_fields` so a typo is an error, not a silently ignored
-//! key. Plain data that the modules reading their own settings (retry, rules, channels) take from here;
-//! the file as a whole is [`crate::config::raw::RawConfig`].
+//! key. Plain data that the modules reading their own settings (retry, rules, noise) take from here;
+//! the file as a whole is [`crate::config::raw::RawConfig`]. A channel's own section lives with the
+//! channel (see [`crate::channel::RawChannel`]); the keys every channel has (retry, rate limit) are here.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -115,121 +115,6 @@ pub struct RawRetry {
     /// Longest `Retry-After` honoured.
     #[serde(default, with = "humantime_serde")]
     pub max_retry_after: Option<Duration>,
-}
-
-/// A channel, by `type`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum RawChannel {
-    /// Print to standard output.
-    Log {
-        /// Default message template.
-        template: Option<String>,
-        /// Retry overrides (a log channel does not fail, but the key is accepted everywhere).
-        #[serde(default)]
-        retry: RawRetry,
-        /// Rate limit per recipient.
-        rate_limit: Option<RawRateLimit>,
-    },
-    /// Email over SMTP.
-    Email(RawEmail),
-    /// Telegram Bot API.
-    Telegram(RawTelegram),
-    /// Generic HTTP webhook.
-    Webhook(RawWebhook),
-}
-
-/// Email channel.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawEmail {
-    /// SMTP host.
-    pub host: String,
-    /// SMTP port (default by security: 587, 465 or 25).
-    pub port: Option<u16>,
-    /// `starttls` (default), `tls` or `none`.
-    pub security: Option<String>,
-    /// SMTP user.
-    pub username: Option<String>,
-    /// SMTP password.
-    pub password: Option<String>,
-    /// Sender (`Name <addr>`).
-    pub from: String,
-    /// Default recipients.
-    #[serde(default)]
-    pub to: Option<OneOrMany<String>>,
-    /// Default subject template.
-    pub subject: Option<String>,
-    /// Default body template.
-    pub template: Option<String>,
-    /// Connect + send timeout.
-    #[serde(default, with = "humantime_serde")]
-    pub timeout: Option<Duration>,
-    /// Retry overrides.
-    #[serde(default)]
-    pub retry: RawRetry,
-    /// Rate limit per recipient.
-    pub rate_limit: Option<RawRateLimit>,
-}
-
-/// Telegram channel.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTelegram {
-    /// Bot token from @BotFather.
-    pub bot_token: String,
-    /// Default chat (numeric id or `@channel`).
-    #[serde(default, deserialize_with = "string_or_number")]
-    pub chat_id: Option<String>,
-    /// Forum topic.
-    pub thread_id: Option<i32>,
-    /// `html` (default), `markdownv2` or `plain`.
-    pub parse_mode: Option<String>,
-    /// Also send the position as a map pin.
-    pub location: Option<bool>,
-    /// Bot API base URL (tests, or a self-hosted Bot API server).
-    pub api_url: Option<String>,
-    /// Default message template.
-    pub template: Option<String>,
-    /// Request timeout.
-    #[serde(default, with = "humantime_serde")]
-    pub timeout: Option<Duration>,
-    /// Retry overrides.
-    #[serde(default)]
-    pub retry: RawRetry,
-    /// Rate limit per recipient.
-    pub rate_limit: Option<RawRateLimit>,
-}
-
-/// Webhook channel.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawWebhook {
-    /// Target URL.
-    pub url: String,
-    /// HTTP method (default POST).
-    pub method: Option<String>,
-    /// Extra headers.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Body template; JSON-escaped when the content type is JSON. Default: the event plus the message.
-    pub body: Option<String>,
-    /// Content type (default `application/json`).
-    pub content_type: Option<String>,
-    /// Default message template (`{{ message }}` in the body).
-    pub template: Option<String>,
-    /// Secret for the `X-Trackrelay-Signature` HMAC-SHA256 header.
-    pub secret: Option<String>,
-    /// Request timeout.
-    #[serde(default, with = "humantime_serde")]
-    pub timeout: Option<Duration>,
-    /// Keep deliveries to this webhook in order (one at a time). Default false.
-    pub ordered: Option<bool>,
-    /// Retry overrides.
-    #[serde(default)]
-    pub retry: RawRetry,
-    /// Rate limit per recipient.
-    pub rate_limit: Option<RawRateLimit>,
 }
 
 /// An entry of `rules:` in the config: a path (a file, or a folder of `*.yaml`) or an inline rule.
@@ -431,18 +316,4 @@ pub struct RawNotify {
     pub template: Option<String>,
     /// Send the position as a map pin too (Telegram).
     pub location: Option<bool>,
-}
-
-/// Chat ids are numbers to YAML unless quoted; take both.
-fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Id {
-        Num(i64),
-        Text(String),
-    }
-    Ok(Option::<Id>::deserialize(d)?.map(|v| match v {
-        Id::Num(n) => n.to_string(),
-        Id::Text(s) => s,
-    }))
 }

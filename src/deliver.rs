@@ -1,6 +1,6 @@
 //! The delivery worker: claims due deliveries from the outbox, sends each through its channel, and
 //! records the outcome: done, retry at a time the [`RetryPolicy`] decides, or dead letter. Retries,
-//! logging and the send deadline are written here once, around [`Channel::send`](crate::channel::Channel::send).
+//! logging and the send deadline are written here once, around [`Channel::send`](crate::channel_config::Channel::send).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,9 +9,10 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::{ChannelKind, SendError};
+use crate::channel_config::SendError;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::noise::digest;
@@ -52,6 +53,19 @@ pub struct Dispatcher {
     pub metrics: Arc<Metrics>,
 }
 
+/// When the dispatcher asks the store for due deliveries.
+struct Polling {
+    /// Whether the store may hold deliveries to claim: at start, when woken (deliveries enqueued
+    /// without the fast lane, outcomes recorded), after a full claim, and when `check_at` passes (the
+    /// next retry or lease expiry falls due, or POLL). Deliveries handed over by the fast lane do not
+    /// make the store worth asking: under load that would be a store call per event for nothing.
+    dirty: bool,
+    /// When to look again though nothing woke the loop.
+    check_at: Instant,
+    /// When the store was last asked.
+    last_claim: Instant,
+}
+
 impl Dispatcher {
     /// Runs until `shutdown`, then drains within the grace period: claims nothing more from the store,
     /// but sends the deliveries intake claimed and handed over (see `Dispatcher::drain`) and waits for
@@ -68,14 +82,12 @@ impl Dispatcher {
         // its own sent deliveries again if their lease ran out during an outage.
         let stalled = Arc::new(AtomicUsize::new(0));
         let gather = (self.workers / 4).max(1);
-        let mut last_claim = tokio::time::Instant::now();
-        let mut last_record = tokio::time::Instant::now();
-        // Whether the store may hold deliveries to claim: at start, when woken (deliveries enqueued
-        // without the fast lane, outcomes recorded), after a full claim, and when `check_at` passes (the
-        // next retry or lease expiry falls due, or POLL). Deliveries handed over by the fast lane do not
-        // make the store worth asking: under load that would be a store call per event for nothing.
-        let mut dirty = true;
-        let mut check_at = tokio::time::Instant::now();
+        let mut last_record = Instant::now();
+        let mut polling = Polling {
+            dirty: true,
+            check_at: Instant::now(),
+            last_claim: Instant::now(),
+        };
         loop {
             while let Some(r) = tasks.try_join_next() {
                 finished.extend(r.ok());
@@ -86,7 +98,7 @@ impl Dispatcher {
                 && (finished.len() >= gather || tasks.is_empty() || last_record.elapsed() >= GATHER)
             {
                 self.record(&mut finished, &mut recording, &stalled);
-                last_record = tokio::time::Instant::now();
+                last_record = Instant::now();
             }
             while tasks.len() < self.workers {
                 match self.fast.try_recv() {
@@ -94,59 +106,32 @@ impl Dispatcher {
                     Err(_) => break,
                 }
             }
-            if tokio::time::Instant::now() >= check_at {
-                dirty = true;
+            if Instant::now() >= polling.check_at {
+                polling.dirty = true;
             }
             let free = self.workers.saturating_sub(tasks.len());
-            let claim_now = free >= gather || tasks.is_empty() || last_claim.elapsed() >= GATHER;
-            if dirty && free > 0 && claim_now && stalled.load(Ordering::Relaxed) == 0 {
-                last_claim = tokio::time::Instant::now();
-                let now = now_ms();
-                let lease = self.shared.get().config.storage.lease;
-                match self.store.claim(now, free, lease).await {
-                    Ok(batch) if batch.len() == free => {
-                        // There may be more: claim again at once.
-                        for d in batch {
-                            self.spawn(&mut tasks, d);
-                        }
-                        continue;
-                    }
-                    Ok(batch) => {
-                        for d in batch {
-                            self.spawn(&mut tasks, d);
-                        }
-                        // Everything claimable is claimed: look again when the next retry or lease
-                        // expiry falls due, at the latest after POLL (rows another process made due).
-                        dirty = false;
-                        let wait = match self.store.next_due(now).await {
-                            Ok(Some(at)) => {
-                                Duration::from_millis((at - now).max(0) as u64).min(POLL)
-                            }
-                            _ => POLL,
-                        };
-                        check_at = last_claim + wait;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot claim deliveries");
-                        dirty = false;
-                        check_at = last_claim + POLL;
-                    }
-                }
+            let claim_now =
+                free >= gather || tasks.is_empty() || polling.last_claim.elapsed() >= GATHER;
+            let may_claim =
+                polling.dirty && free > 0 && claim_now && stalled.load(Ordering::Relaxed) == 0;
+            if may_claim && self.claim(&mut tasks, free, &mut polling).await {
+                // A full batch: there may be more, claim again at once.
+                continue;
             }
             // Sleep until new work, a finished send (which may unblock the next delivery to its
             // recipient), or the next retry falls due.
-            let wait = if !finished.is_empty() || (dirty && free > 0 && !claim_now) {
+            let wait = if !finished.is_empty() || (polling.dirty && free > 0 && !claim_now) {
                 // Gathering: come back when the batch is due.
                 GATHER
-            } else if dirty {
+            } else if polling.dirty {
                 // No room or the store is stalled: a finished send or a wake-up brings the loop back.
                 POLL
             } else {
-                check_at.saturating_duration_since(tokio::time::Instant::now())
+                polling.check_at.saturating_duration_since(Instant::now())
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.wake.notified() => dirty = true,
+                _ = self.wake.notified() => polling.dirty = true,
                 Some(r) = tasks.join_next(), if !tasks.is_empty() => finished.extend(r.ok()),
                 Some(d) = self.fast.recv(), if tasks.len() < self.workers => self.spawn(&mut tasks, d),
                 _ = tokio::time::sleep(wait) => {}
@@ -155,6 +140,44 @@ impl Dispatcher {
         self.drain(&mut tasks, &mut finished).await;
         self.record(&mut finished, &mut recording, &stalled);
         while recording.join_next().await.is_some() {}
+    }
+
+    /// Claims up to `free` due deliveries from the store and starts sending them. Returns whether the
+    /// batch was full: there may be more, to claim again at once.
+    async fn claim(
+        &self,
+        tasks: &mut JoinSet<(ClaimRef, Outcome)>,
+        free: usize,
+        polling: &mut Polling,
+    ) -> bool {
+        polling.last_claim = Instant::now();
+        let now = now_ms();
+        let lease = self.shared.get().config.storage.lease;
+        match self.store.claim(now, free, lease).await {
+            Ok(batch) => {
+                let full = batch.len() == free;
+                for d in batch {
+                    self.spawn(tasks, d);
+                }
+                if full {
+                    return true;
+                }
+                // Everything claimable is claimed: look again when the next retry or lease expiry
+                // falls due, at the latest after POLL (rows another process made due).
+                polling.dirty = false;
+                let wait = match self.store.next_due(now).await {
+                    Ok(Some(at)) => Duration::from_millis((at - now).max(0) as u64).min(POLL),
+                    _ => POLL,
+                };
+                polling.check_at = polling.last_claim + wait;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot claim deliveries");
+                polling.dirty = false;
+                polling.check_at = polling.last_claim + POLL;
+            }
+        }
+        false
     }
 
     /// At shutdown, within the grace period: the fast lane is closed, and what it still holds, or is
@@ -172,7 +195,7 @@ impl Dispatcher {
         if !tasks.is_empty() {
             tracing::info!(in_flight = tasks.len(), grace = ?self.grace, "waiting for sends in flight");
         }
-        let deadline = tokio::time::Instant::now() + self.grace;
+        let deadline = Instant::now() + self.grace;
         while handing_over || !tasks.is_empty() {
             tokio::select! {
                 d = self.fast.recv(), if handing_over => match d {
@@ -216,7 +239,7 @@ impl Dispatcher {
         let metrics = self.metrics.clone();
         recording.spawn(async move {
             let n = batch.len();
-            let give_up = tokio::time::Instant::now() + RECORD_PATIENCE;
+            let give_up = Instant::now() + RECORD_PATIENCE;
             // Short pauses: the outcome has to land before the lease runs out.
             let mut pause = Duration::from_millis(50);
             let mut waited = false;
@@ -227,7 +250,7 @@ impl Dispatcher {
                         break;
                     }
                     Err(e @ (StoreError::Unavailable(_) | StoreError::Busy))
-                        if tokio::time::Instant::now() + pause < give_up =>
+                        if Instant::now() + pause < give_up =>
                     {
                         if !waited {
                             waited = true;
@@ -258,47 +281,12 @@ async fn deliver(
     store: &dyn Store,
     d: Claimed,
 ) -> (ClaimRef, Outcome) {
-    let n = match d.notification() {
-        Ok(n) => n,
-        Err(e) => {
-            return (
-                d.claim_ref(),
-                Outcome::Dead {
-                    error: format!("stored notification unreadable: {e}"),
-                },
-            )
-        }
-    };
     let rt = shared.get();
-    let n = match n.content {
-        Content::Digest { .. } => match expand_digest(&rt, store, d.id, n).await {
-            Ok(n) => n,
-            Err(e) => {
-                return (
-                    d.claim_ref(),
-                    Outcome::Retry {
-                        at_ms: now_ms() + 1000,
-                        error: format!("cannot read the digest's items: {e}"),
-                    },
-                )
-            }
-        },
-        _ => n,
+    let n = match to_send(&rt, store, &d).await {
+        Ok(n) => n,
+        Err(outcome) => return (d.claim_ref(), outcome),
     };
-    let deadline = SEND_DEADLINE.min(rt.config.storage.lease / 2);
-    let result = match rt.channels.get(&n.channel) {
-        Some(ch) => match tokio::time::timeout(deadline, ch.send(&n)).await {
-            Ok(r) => r,
-            Err(_) => Err(SendError::transient(format!(
-                "no answer within {}s",
-                deadline.as_secs_f64()
-            ))),
-        },
-        None => Err(SendError::permanent(format!(
-            "channel '{}' is no longer configured",
-            n.channel
-        ))),
-    };
+    let result = send(&rt, &n).await;
     let policy = rt
         .config
         .channels
@@ -313,14 +301,57 @@ async fn deliver(
         now,
         rand::rng().random_range(-1.0..=1.0),
     );
+    report(metrics, &n, &d, &outcome, now);
+    (d.claim_ref(), outcome)
+}
+
+/// The notification a claimed delivery sends: as stored, or for a digest, built from its items. When it
+/// cannot be had, the outcome to record instead.
+async fn to_send(rt: &Runtime, store: &dyn Store, d: &Claimed) -> Result<Notification, Outcome> {
+    let n = d.notification().map_err(|e| Outcome::Dead {
+        error: format!("stored notification unreadable: {e}"),
+    })?;
+    match n.content {
+        Content::Digest { .. } => {
+            expand_digest(rt, store, d.id, n)
+                .await
+                .map_err(|e| Outcome::Retry {
+                    at_ms: now_ms() + 1000,
+                    error: format!("cannot read the digest's items: {e}"),
+                })
+        }
+        _ => Ok(n),
+    }
+}
+
+/// Sends `n` through its channel, within the send deadline.
+async fn send(rt: &Runtime, n: &Notification) -> Result<(), SendError> {
+    let deadline = SEND_DEADLINE.min(rt.config.storage.lease / 2);
+    match rt.channels.get(&n.channel) {
+        Some(ch) => match tokio::time::timeout(deadline, ch.send(n)).await {
+            Ok(r) => r,
+            Err(_) => Err(SendError::transient(format!(
+                "no answer within {}s",
+                deadline.as_secs_f64()
+            ))),
+        },
+        None => Err(SendError::permanent(format!(
+            "channel '{}' is no longer configured",
+            n.channel
+        ))),
+    }
+}
+
+/// Counts and logs the outcome of one attempt.
+fn report(metrics: &Metrics, n: &Notification, d: &Claimed, outcome: &Outcome, now: i64) {
     let o = &n.origin;
-    let (label, latency) = match &outcome {
+    let (label, latency) = match outcome {
         Outcome::Delivered => ("sent", Some((now - o.received_at_ms) as f64 / 1000.0)),
         Outcome::Retry { .. } => ("retried", None),
         Outcome::Dead { .. } => ("dead", None),
     };
     metrics.notification(&n.channel, label, latency);
-    match &outcome {
+    match outcome {
         Outcome::Delivered => tracing::info!(
             event_id = o.event_id, device = %o.device_name, rule = %o.rule, channel = %n.channel,
             txn = o.txn.as_deref().unwrap_or(""), key = %n.key, attempt = d.attempts,
@@ -337,7 +368,6 @@ async fn deliver(
             error = %error, "send failed; moved to dead letter"
         ),
     }
-    (d.claim_ref(), outcome)
 }
 
 /// Outcomes the store did not record because their claim was over: the lease ran out and another
@@ -378,15 +408,38 @@ async fn expand_digest(
         .iter()
         .filter_map(|c| serde_json::from_str(c).ok())
         .collect();
+    let title = digest_title(rt, title_template.as_deref(), rule, group, &items);
+    let mut content = digest::build(like, &title, &items);
+    // A webhook with a body template (a chat's `{"text": ...}`) gets the digest as its message.
+    if let Content::Webhook {
+        body,
+        message: Some(message),
+        ..
+    } = &mut content
+    {
+        if let Some(b) = digest_body(rt, &n.channel, rule, message, items.len()) {
+            *body = b;
+        }
+    }
+    Ok(Notification { content, ..n })
+}
+
+/// A digest's title: the rule's title template on one line, or the default title.
+fn digest_title(
+    rt: &Runtime,
+    template: Option<&str>,
+    rule: &str,
+    group: &str,
+    items: &[Notification],
+) -> String {
     let mut devices: Vec<&str> = Vec::new();
-    for i in &items {
+    for i in items {
         let name = i.origin.device_name.as_str();
         if !name.is_empty() && !devices.contains(&name) {
             devices.push(name);
         }
     }
-    let title = title_template
-        .as_deref()
+    template
         .and_then(|t| {
             rt.config
                 .renderer
@@ -403,38 +456,29 @@ async fn expand_digest(
                 .ok()
         })
         .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| digest::default_title(items.len(), rule));
-    let mut content = digest::build(like, &title, &items);
-    // A webhook with a body template (a chat's `{"text": ...}`) gets the digest as its message.
-    if let (
-        Content::Webhook {
-            body,
-            message: Some(message),
-            ..
-        },
-        Some(ChannelKind::Webhook(w)),
-    ) = (
-        &mut content,
-        rt.config.channels.get(&n.channel).map(|c| &c.kind),
-    ) {
-        if let Some(tmpl) = &w.body {
-            let ctx = minijinja::context! {
-                message => message.as_str(), rule => rule, channel => n.channel.as_str(),
-                digest => true, count => items.len(),
-            };
-            match rt
-                .config
-                .renderer
-                .render(tmpl, &minijinja::context! {}, ctx)
-            {
-                Ok(b) => *body = b,
-                Err(e) => {
-                    tracing::warn!(channel = %n.channel, error = %e, "webhook body template failed for a digest; sending the default digest body")
-                }
-            }
-        }
-    }
-    Ok(Notification { content, ..n })
+        .unwrap_or_else(|| digest::default_title(items.len(), rule))
+}
+
+/// A digest's request body, made by the channel's body template (`None`: it has none, or it failed
+/// and the default digest body is sent).
+fn digest_body(
+    rt: &Runtime,
+    channel: &str,
+    rule: &str,
+    message: &str,
+    count: usize,
+) -> Option<String> {
+    let tmpl = rt.config.channels.get(channel)?.body.as_ref()?;
+    let ctx = minijinja::context! {
+        message => message, rule => rule, channel => channel, digest => true, count => count,
+    };
+    rt.config
+        .renderer
+        .render(tmpl, &minijinja::context! {}, ctx)
+        .map_err(|e| {
+            tracing::warn!(channel = %channel, error = %e, "webhook body template failed for a digest; sending the default digest body")
+        })
+        .ok()
 }
 
 /// The outcome of one attempt under `policy` (pure).

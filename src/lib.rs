@@ -18,7 +18,7 @@
 //! - [`settings`]: the compiled configuration as data ([`settings::Config`] and its sections, with their
 //!   defaults), read by the services, the planner and the sources.
 //! - [`config_raw`]: the sections of the configuration as written (plain serde data, read by retry, rules
-//!   and channels for their own settings).
+//!   and noise for their own settings; a channel's own section lives with the channel).
 //! - [`event`]: Traccar's models, tolerant of every version.
 //! - [`geo`]: WKT geofences, Traccar-exact containment, the zone enter/exit tracker with dwell.
 //! - [`rules`]: matchers, field paths, expressions; [`rules::RuleSet`] indexed by event type.
@@ -31,7 +31,10 @@
 //! - [`store`]: the durable store interface; its SQLite backend (one instance, group commit) and its
 //!   PostgreSQL backend (several instances, leases).
 //! - [`retry`]: the retry policy as data; [`deliver`]: the worker that sends and records outcomes.
-//! - [`channel`]: the `Channel` trait and its log, email, Telegram and webhook implementations.
+//! - [`channel_config`]: what a channel is to the rest of the relay (pure): the `Channel` trait the
+//!   senders implement, the `ChannelKind` trait each kind's settings implement, and `ChannelConfig`.
+//! - [`channel`]: the kinds, one file each (log, email, Telegram, webhook: section as written, settings,
+//!   sender), and the list of them.
 //! - [`secret`]: a token or password that debug output and logs show as `***`, and the constant-time
 //!   check of a presented one (uses no other module).
 //! - [`source`]: where events come from: the webhook ([`source::http`]) and the live Traccar source
@@ -53,6 +56,7 @@
 pub mod api;
 pub mod app;
 pub mod channel;
+pub mod channel_config;
 pub mod clock;
 pub mod config;
 pub mod config_raw;

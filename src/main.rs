@@ -458,7 +458,7 @@ async fn send_test(channel: &str, to: Option<&str>, config: Option<&Path>) -> an
         let known: Vec<_> = cfg.channels.keys().cloned().collect();
         anyhow::bail!("no channel '{channel}' (configured: {})", known.join(", "));
     };
-    let n = trackrelay::channel::test_notification(c, to).map_err(anyhow::Error::msg)?;
+    let n = c.test_notification(to).map_err(anyhow::Error::msg)?;
     let channels = trackrelay::channel::build_all(&cfg.channels)?;
     match channels[channel].send(&n).await {
         Ok(()) => println!(

@@ -3,13 +3,13 @@
 
 use minijinja::context;
 
-use crate::channel::{ChannelConfig, ChannelKind};
+use crate::channel_config::{ChannelConfig, Facts, Message};
 use crate::event::Envelope;
 use crate::noise::schedule::WhenMuted;
 use crate::noise::silence::{SilenceSet, Subject};
 use crate::noise::{CooldownGate, DebounceGate, Gates, GroupGate, KeyedWindow, RateGate};
 use crate::notification::{idempotency_key, Content, Notification, Origin};
-use crate::render::{html_page, Renderer};
+use crate::render::Renderer;
 use crate::rules::{Rule, Target};
 use crate::settings::Config;
 
@@ -65,291 +65,300 @@ pub fn plan(
         return vec![];
     }
     let r = &cfg.renderer;
-    let ctx = r.event_context(env, arrival.name(), arrival.txn.as_deref());
+    let p = Planner {
+        r,
+        env,
+        raw,
+        arrival,
+        silences,
+        ctx: r.event_context(env, arrival.name(), arrival.txn.as_deref()),
+    };
     let mut out = Vec::new();
     for rule in matched {
-        let rule_gates = rule_gates(r, rule, env, &ctx, arrival);
+        let rule_gates = p.rule_gates(rule);
         for (i, target) in rule.targets.iter().enumerate() {
-            let Some(ch) = cfg.channels.get(&target.channel) else {
-                continue;
-            };
-            let extra = context! { rule => rule.name.as_str(), channel => target.channel.as_str() };
-            let render = |name: &str| {
-                r.render(name, &ctx, extra.clone()).unwrap_or_else(|e| {
-                    tracing::warn!(rule = %rule.name, channel = %target.channel, error = %e, "template failed; sending the fallback message");
-                    fallback(env)
-                })
-            };
-            let origin = Origin {
-                source: arrival.source.clone(),
-                event_id: env.event.id,
-                event_type: env.event.event_type.clone(),
-                device_id: env.device_id(),
-                device_name: env
-                    .device
-                    .as_ref()
-                    .map(|d| d.name.clone())
-                    .unwrap_or_default(),
-                rule: rule.name.clone(),
-                txn: arrival.txn.clone(),
-                request_id: arrival.request_id.clone(),
-                received_at_ms: arrival.received_at_ms,
-            };
-            let body = render(&target.body);
-            let mut parts: Vec<(&str, Content)> = Vec::new();
-            match &ch.kind {
-                ChannelKind::Log => parts.push(("msg", Content::Log { text: body })),
-                ChannelKind::Email(_) => {
-                    let subject = target.subject.as_deref().map(&render).unwrap_or_default();
-                    // Subjects are one line: a template's stray newline would end the header.
-                    let subject = subject.split_whitespace().collect::<Vec<_>>().join(" ");
-                    let html =
-                        html_page(&target.body_html.as_deref().map(&render).unwrap_or_default());
-                    parts.push((
-                        "msg",
-                        Content::Email {
-                            subject,
-                            text: body,
-                            html,
-                        },
-                    ));
-                }
-                ChannelKind::Telegram(t) => {
-                    parts.push((
-                        "msg",
-                        Content::TelegramText {
-                            text: body,
-                            parse_mode: t.parse_mode,
-                        },
-                    ));
-                    if let (true, Some(p)) = (target.location, env.position.as_ref()) {
-                        parts.push((
-                            "loc",
-                            Content::TelegramLocation {
-                                latitude: p.latitude,
-                                longitude: p.longitude,
-                            },
-                        ));
-                    }
-                }
-                ChannelKind::Webhook(w) => {
-                    let message = body;
-                    let body = match &w.body {
-                        Some(tmpl) => r
-                            .render(tmpl, &ctx, context! { ..extra.clone(), ..context! { message => message.as_str() } })
-                            .unwrap_or_else(|e| {
-                                tracing::warn!(channel = %target.channel, error = %e, "webhook body template failed; sending the default body");
-                                default_webhook_body(&message, rule, &target.channel, raw, arrival)
-                            }),
-                        None => default_webhook_body(&message, rule, &target.channel, raw, arrival),
-                    };
-                    // Kept only where a digest may list it.
-                    let digested = rule.noise.group.is_some()
-                        || ch
-                            .rate_limit
-                            .is_some_and(|l| l.over == crate::noise::Over::Digest);
-                    parts.push((
-                        "msg",
-                        Content::Webhook {
-                            body,
-                            content_type: w.content_type.clone(),
-                            message: digested.then_some(message),
-                        },
-                    ));
-                }
-            }
-            for (recipient, dead) in recipients(r, target, &ctx, &extra, &ch.default_to) {
-                for (part, content) in &parts {
-                    let key = idempotency_key(&[
-                        &arrival.source,
-                        &env.event.id.to_string(),
-                        &rule.name,
-                        &i.to_string(),
-                        &target.channel,
-                        &recipient,
-                        part,
-                    ]);
-                    let notification = Notification {
-                        key,
-                        channel: target.channel.clone(),
-                        recipient: recipient.clone(),
-                        content: content.clone(),
-                        origin: origin.clone(),
-                    };
-                    let order_key = notification.order_key(ch.ordered());
-                    let gates = delivery_gates(
-                        &rule_gates,
-                        rule,
-                        ch,
-                        env,
-                        &notification,
-                        part,
-                        arrival,
-                        silences,
-                        &ctx,
-                        r,
-                    );
-                    out.push(Planned {
-                        notification,
-                        dead: dead.clone(),
-                        order_key,
-                        gates,
-                    });
-                }
+            if let Some(ch) = cfg.channels.get(&target.channel) {
+                p.plan_target(rule, &rule_gates, i, target, ch, &mut out);
             }
         }
     }
     out
 }
 
-/// The gates every delivery of `rule` for this event shares: schedule, dedup, cooldown, debounce.
-fn rule_gates(
-    r: &Renderer,
-    rule: &Rule,
-    env: &Envelope,
-    ctx: &minijinja::Value,
-    arrival: &Arrival,
-) -> Gates {
-    let noise = &rule.noise;
-    let mut g = Gates::default();
-    if noise.is_empty() {
-        return g;
-    }
-    // Quiet hours are those of when the event happened, also when it arrives late.
-    let now = crate::noise::judged_at(env, arrival.received_at_ms);
-    let extra = || context! { rule => rule.name.as_str() };
-    if let Some(s) = &noise.schedule {
-        if let Some(at) = chrono::DateTime::from_timestamp_millis(now) {
-            if s.muted_at(at) {
-                let reason = s.reason(at);
-                match (s.when_muted, s.next_open(at)) {
-                    (WhenMuted::Defer, Some(open)) => {
-                        g.not_before = Some(open.timestamp_millis());
-                        g.deferred_by = Some(format!("{reason}: deferred"));
-                    }
-                    (WhenMuted::Defer, None) => {
-                        g.suppress = Some(format!("{reason}, and the schedule never opens"))
-                    }
-                    (WhenMuted::Drop, _) => g.suppress = Some(reason),
-                }
+/// One event being planned: what the rendering and the gates of each of its targets read.
+struct Planner<'a> {
+    r: &'a Renderer,
+    env: &'a Envelope,
+    raw: &'a str,
+    arrival: &'a Arrival,
+    silences: &'a SilenceSet,
+    /// The event's template context.
+    ctx: minijinja::Value,
+}
+
+impl Planner<'_> {
+    /// The deliveries of the `i`th target of `rule`: each part its channel's kind makes of the rendered
+    /// message, to each recipient.
+    fn plan_target(
+        &self,
+        rule: &Rule,
+        rule_gates: &Gates,
+        i: usize,
+        target: &Target,
+        ch: &ChannelConfig,
+        out: &mut Vec<Planned>,
+    ) {
+        let extra = context! { rule => rule.name.as_str(), channel => target.channel.as_str() };
+        let parts = ch.kind.content(self.message(rule, target, ch, &extra));
+        let origin = self.origin(rule);
+        for (recipient, dead) in recipients(self.r, target, &self.ctx, &extra, &ch.default_to) {
+            for (part, content) in &parts {
+                let key = idempotency_key(&[
+                    &self.arrival.source,
+                    &self.env.event.id.to_string(),
+                    &rule.name,
+                    &i.to_string(),
+                    &target.channel,
+                    &recipient,
+                    part,
+                ]);
+                let notification = Notification {
+                    key,
+                    channel: target.channel.clone(),
+                    recipient: recipient.clone(),
+                    content: content.clone(),
+                    origin: origin.clone(),
+                };
+                let order_key = notification.order_key(ch.kind.ordered());
+                let gates = self.delivery_gates(rule_gates, rule, ch, &notification, part);
+                out.push(Planned {
+                    notification,
+                    dead: dead.clone(),
+                    order_key,
+                    gates,
+                });
             }
         }
     }
-    let device = env.device_id();
-    if let Some(w) = noise.dedup {
-        let alarms: Vec<&str> = env.alarms().collect();
-        g.dedup = Some(KeyedWindow {
-            key: format!(
-                "dedup/{}/{device}/{}/{}/{}",
-                rule.name,
-                env.event.event_type,
-                alarms.join(","),
-                env.event.geofence_id
-            ),
-            window_ms: w.as_millis() as i64,
-        });
-    }
-    if let Some(c) = &noise.cooldown {
-        let key = match &c.key {
-            None => device.to_string(),
-            Some(t) => r.render(t, ctx, extra()).unwrap_or_else(|e| {
-                tracing::warn!(rule = %rule.name, error = %e, "cooldown key template failed; using the device id");
-                device.to_string()
-            }),
+
+    /// A target's message, rendered: its template, and the subject, HTML part, body and map pin where
+    /// the target and its channel's kind have them. A template failing gives the fallback message; a
+    /// body template failing gives the kind's default body.
+    fn message<'m>(
+        &'m self,
+        rule: &'m Rule,
+        target: &'m Target,
+        ch: &ChannelConfig,
+        extra: &minijinja::Value,
+    ) -> Message<'m> {
+        let render = |name: &str| {
+            self.r.render(name, &self.ctx, extra.clone()).unwrap_or_else(|e| {
+                tracing::warn!(rule = %rule.name, channel = %target.channel, error = %e, "template failed; sending the fallback message");
+                fallback(self.env)
+            })
         };
-        g.cooldown = Some(CooldownGate {
-            key: format!("cooldown/{}/{key}", rule.name),
-            period_ms: c.period.as_millis() as i64,
-            summary: c.summary,
+        let text = render(&target.body);
+        // Subjects are one line: a template's stray newline would end the header.
+        let subject = target
+            .subject
+            .as_deref()
+            .map(|s| render(s).split_whitespace().collect::<Vec<_>>().join(" "));
+        let html = target.body_html.as_deref().map(render);
+        let body = ch.body.as_deref().and_then(|tmpl| {
+            self.r
+                .render(tmpl, &self.ctx, context! { ..extra.clone(), ..context! { message => text.as_str() } })
+                .map_err(|e| {
+                    tracing::warn!(channel = %target.channel, error = %e, "{} body template failed; sending the default body", ch.kind.name());
+                })
+                .ok()
         });
+        let pin = match (target.location, &self.env.position) {
+            (true, Some(p)) => Some((p.latitude, p.longitude)),
+            _ => None,
+        };
+        // Kept only where a digest may list it.
+        let digested = rule.noise.group.is_some()
+            || ch
+                .rate_limit
+                .is_some_and(|l| l.over == crate::noise::Over::Digest);
+        Message {
+            text,
+            subject,
+            html,
+            body,
+            pin,
+            digested,
+            facts: Facts {
+                rule: &rule.name,
+                channel: &target.channel,
+                source: self.arrival.name(),
+                txn: self.arrival.txn.as_deref(),
+                raw: self.raw,
+            },
+        }
     }
-    if let Some(d) = noise.debounce {
-        let t = env.event.event_type.as_str();
-        if t == "geofenceEnter" || t == "geofenceExit" {
-            g.debounce = Some(DebounceGate {
-                key: crate::noise::debounce_key(env),
-                transition: t.to_string(),
-                delay_ms: d.as_millis() as i64,
+
+    /// Where the notifications of `rule` for this event come from.
+    fn origin(&self, rule: &Rule) -> Origin {
+        let (env, arrival) = (self.env, self.arrival);
+        Origin {
+            source: arrival.source.clone(),
+            event_id: env.event.id,
+            event_type: env.event.event_type.clone(),
+            device_id: env.device_id(),
+            device_name: env
+                .device
+                .as_ref()
+                .map(|d| d.name.clone())
+                .unwrap_or_default(),
+            rule: rule.name.clone(),
+            txn: arrival.txn.clone(),
+            request_id: arrival.request_id.clone(),
+            received_at_ms: arrival.received_at_ms,
+        }
+    }
+
+    /// The gates every delivery of `rule` for this event shares: schedule, dedup, cooldown, debounce.
+    fn rule_gates(&self, rule: &Rule) -> Gates {
+        let (r, env, ctx, arrival) = (self.r, self.env, &self.ctx, self.arrival);
+        let noise = &rule.noise;
+        let mut g = Gates::default();
+        if noise.is_empty() {
+            return g;
+        }
+        // Quiet hours are those of when the event happened, also when it arrives late.
+        let now = crate::noise::judged_at(env, arrival.received_at_ms);
+        let extra = || context! { rule => rule.name.as_str() };
+        if let Some(s) = &noise.schedule {
+            if let Some(at) = chrono::DateTime::from_timestamp_millis(now) {
+                if s.muted_at(at) {
+                    let reason = s.reason(at);
+                    match (s.when_muted, s.next_open(at)) {
+                        (WhenMuted::Defer, Some(open)) => {
+                            g.not_before = Some(open.timestamp_millis());
+                            g.deferred_by = Some(format!("{reason}: deferred"));
+                        }
+                        (WhenMuted::Defer, None) => {
+                            g.suppress = Some(format!("{reason}, and the schedule never opens"))
+                        }
+                        (WhenMuted::Drop, _) => g.suppress = Some(reason),
+                    }
+                }
+            }
+        }
+        let device = env.device_id();
+        if let Some(w) = noise.dedup {
+            let alarms: Vec<&str> = env.alarms().collect();
+            g.dedup = Some(KeyedWindow {
+                key: format!(
+                    "dedup/{}/{device}/{}/{}/{}",
+                    rule.name,
+                    env.event.event_type,
+                    alarms.join(","),
+                    env.event.geofence_id
+                ),
+                window_ms: w.as_millis() as i64,
             });
         }
+        if let Some(c) = &noise.cooldown {
+            let key = match &c.key {
+                None => device.to_string(),
+                Some(t) => r.render(t, ctx, extra()).unwrap_or_else(|e| {
+                    tracing::warn!(rule = %rule.name, error = %e, "cooldown key template failed; using the device id");
+                    device.to_string()
+                }),
+            };
+            g.cooldown = Some(CooldownGate {
+                key: format!("cooldown/{}/{key}", rule.name),
+                period_ms: c.period.as_millis() as i64,
+                summary: c.summary,
+            });
+        }
+        if let Some(d) = noise.debounce {
+            let t = env.event.event_type.as_str();
+            if t == "geofenceEnter" || t == "geofenceExit" {
+                g.debounce = Some(DebounceGate {
+                    key: crate::noise::debounce_key(env),
+                    transition: t.to_string(),
+                    delay_ms: d.as_millis() as i64,
+                });
+            }
+        }
+        g
     }
-    g
-}
 
-/// The gates of one delivery: its rule's, plus silences, grouping and the channel's rate limit.
-#[allow(clippy::too_many_arguments)]
-fn delivery_gates(
-    rule_gates: &Gates,
-    rule: &Rule,
-    ch: &ChannelConfig,
-    env: &Envelope,
-    n: &Notification,
-    part: &str,
-    arrival: &Arrival,
-    silences: &SilenceSet,
-    ctx: &minijinja::Value,
-    r: &Renderer,
-) -> Gates {
-    let mut g = rule_gates.clone();
-    let pin = matches!(n.content, Content::TelegramLocation { .. });
-    if pin {
-        // Telegram refuses a pin that is no place with a 400: it is recorded instead of dead-lettered.
-        if let Some(Err(bad)) = env.map_point() {
-            g.suppress = Some(format!("no map pin: {bad}"));
-            return g;
-        }
-    }
-    if !silences.is_empty() {
-        let subject = Subject {
-            device_id: n.origin.device_id,
-            device_name: &n.origin.device_name,
-            group_id: env.device.as_ref().map(|d| d.group_id).unwrap_or(0),
-            rule: &rule.name,
-            event_type: &env.event.event_type,
-            channel: &n.channel,
-        };
-        if let Some(s) = silences.find(&subject, arrival.received_at_ms) {
-            g.suppress = Some(s.reason());
-            return g;
-        }
-    }
-    if let Some(gr) = &rule.noise.group {
+    /// The gates of one delivery: its rule's, plus silences, grouping and the channel's rate limit.
+    fn delivery_gates(
+        &self,
+        rule_gates: &Gates,
+        rule: &Rule,
+        ch: &ChannelConfig,
+        n: &Notification,
+        part: &str,
+    ) -> Gates {
+        let (r, env, ctx, arrival, silences) =
+            (self.r, self.env, &self.ctx, self.arrival, self.silences);
+        let mut g = rule_gates.clone();
+        let pin = matches!(n.content, Content::TelegramLocation { .. });
         if pin {
-            g.suppress = Some("map pins are left out of digests".into());
-            return g;
+            // Telegram refuses a pin that is no place with a 400: it is recorded instead of dead-lettered.
+            if let Some(Err(bad)) = env.map_point() {
+                g.suppress = Some(format!("no map pin: {bad}"));
+                return g;
+            }
         }
-        let by = match &gr.by {
-            None => String::new(),
-            Some(t) => r
-                .render(
-                    t,
-                    ctx,
-                    context! { rule => rule.name.as_str(), channel => n.channel.as_str() },
-                )
-                .unwrap_or_default(),
-        };
-        g.group = Some(GroupGate {
-            key: format!(
-                "group/{}/{by}/{}/{}/{part}",
-                rule.name, n.channel, n.recipient
-            ),
-            wait_ms: gr.wait.as_millis() as i64,
-            interval_ms: gr.interval.as_millis() as i64,
-            title: gr.title.clone(),
-        });
+        if !silences.is_empty() {
+            let subject = Subject {
+                device_id: n.origin.device_id,
+                device_name: &n.origin.device_name,
+                group_id: env.device.as_ref().map(|d| d.group_id).unwrap_or(0),
+                rule: &rule.name,
+                event_type: &env.event.event_type,
+                channel: &n.channel,
+            };
+            if let Some(s) = silences.find(&subject, arrival.received_at_ms) {
+                g.suppress = Some(s.reason());
+                return g;
+            }
+        }
+        if let Some(gr) = &rule.noise.group {
+            if pin {
+                g.suppress = Some("map pins are left out of digests".into());
+                return g;
+            }
+            let by = match &gr.by {
+                None => String::new(),
+                Some(t) => r
+                    .render(
+                        t,
+                        ctx,
+                        context! { rule => rule.name.as_str(), channel => n.channel.as_str() },
+                    )
+                    .unwrap_or_default(),
+            };
+            g.group = Some(GroupGate {
+                key: format!(
+                    "group/{}/{by}/{}/{}/{part}",
+                    rule.name, n.channel, n.recipient
+                ),
+                wait_ms: gr.wait.as_millis() as i64,
+                interval_ms: gr.interval.as_millis() as i64,
+                title: gr.title.clone(),
+            });
+        }
+        if let Some(rl) = &ch.rate_limit {
+            g.rate = Some(RateGate {
+                key: format!("rate/{}/{}", n.channel, n.recipient),
+                digest_key: format!("ratedigest/{}/{}/{part}", n.channel, n.recipient),
+                max: rl.max,
+                per_ms: rl.per.as_millis() as i64,
+                over: rl.over,
+                // A digest lists text: a pin over the limit is left out of it, as from a rule's group.
+                no_digest: pin,
+            });
+        }
+        g
     }
-    if let Some(rl) = &ch.rate_limit {
-        g.rate = Some(RateGate {
-            key: format!("rate/{}/{}", n.channel, n.recipient),
-            digest_key: format!("ratedigest/{}/{}/{part}", n.channel, n.recipient),
-            max: rl.max,
-            per_ms: rl.per.as_millis() as i64,
-            over: rl.over,
-            // A digest lists text: a pin over the limit is left out of it, as from a rule's group.
-            no_digest: pin,
-        });
-    }
-    g
 }
 
 /// The recipients of a target: rendered `to` templates (comma-separated lists split), or the channel's
@@ -401,37 +410,6 @@ fn fallback(env: &Envelope) -> String {
         .map(|d| d.name.as_str())
         .unwrap_or("unknown device");
     format!("{}: {device}", crate::render::title(env))
-}
-
-/// The default webhook body: the rendered message plus the event exactly as received.
-fn default_webhook_body(
-    message: &str,
-    rule: &Rule,
-    channel: &str,
-    raw: &str,
-    arrival: &Arrival,
-) -> String {
-    #[derive(serde::Serialize)]
-    struct Body<'a> {
-        message: &'a str,
-        rule: &'a str,
-        channel: &'a str,
-        source: &'a str,
-        txn: Option<&'a str>,
-        /// Embedded byte for byte: key order, numbers and spacing as the sender wrote them.
-        event: &'a serde_json::value::RawValue,
-    }
-    let fallback = serde_json::value::RawValue::from_string("null".into()).expect("null is JSON");
-    let parsed: Option<&serde_json::value::RawValue> = serde_json::from_str(raw).ok();
-    serde_json::to_string(&Body {
-        message,
-        rule: &rule.name,
-        channel,
-        source: arrival.name(),
-        txn: arrival.txn.as_deref(),
-        event: parsed.unwrap_or(&fallback),
-    })
-    .expect("the body always serialises")
 }
 
 #[cfg(test)]

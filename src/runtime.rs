@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use crate::channel::Channels;
+use crate::channel_config::Channels;
 use crate::settings::Config;
 
 /// A configuration with its live channels.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 
-use crate::channel::ChannelConfig;
+use crate::channel_config::ChannelConfig;
 use crate::render::Renderer;
 use crate::rules::RuleSet;
 use crate::secret::Secret;

@@ -1,17 +1,21 @@
 //! The `email` channel: SMTP through lettre (tokio, rustls), a plain text and an HTML part, the
 //! notification's idempotency key as `Message-ID`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use serde::Deserialize;
 
-use super::{Channel, SendError, DEFAULT_TIMEOUT};
-use crate::config_raw::RawEmail;
+use super::{Section, DEFAULT_TIMEOUT};
+use crate::channel_config::{Channel, ChannelKind, Common, Message, SendError};
+use crate::config_raw::{OneOrMany, RawRateLimit, RawRetry};
 use crate::notification::{Content, Notification};
+use crate::render::{escape_html, html_page};
 use crate::secret::Secret;
 
 /// Default subject template.
@@ -20,6 +24,49 @@ pub const DEFAULT_SUBJECT: &str = "{{ title }}: {{ device.name }}";
 pub const DEFAULT_TEMPLATE: &str = "{{ title }}\n\nDevice: {{ device.name }}\nTime: {{ time_local }}\
 {% if position %}\nSpeed: {{ speed_kmh }} km/h{% if position.address %}\nAddress: {{ position.address }}{% endif %}\
 {% if map_url %}\nMap: {{ map_url }}{% endif %}{% endif %}{% if geofence %}\nGeofence: {{ geofence.name }}{% endif %}";
+
+/// Email channel as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmail {
+    /// SMTP host.
+    pub host: String,
+    /// SMTP port (default by security: 587, 465 or 25).
+    pub port: Option<u16>,
+    /// `starttls` (default), `tls` or `none`.
+    pub security: Option<String>,
+    /// SMTP user.
+    pub username: Option<String>,
+    /// SMTP password.
+    pub password: Option<String>,
+    /// Sender (`Name <addr>`).
+    pub from: String,
+    /// Default recipients.
+    #[serde(default)]
+    pub to: Option<OneOrMany<String>>,
+    /// Default subject template.
+    pub subject: Option<String>,
+    /// Default body template.
+    pub template: Option<String>,
+    /// Connect + send timeout.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Retry overrides.
+    #[serde(default)]
+    pub retry: RawRetry,
+    /// Rate limit per recipient.
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+impl Section for RawEmail {
+    fn common(&self) -> Common {
+        Common::of(&self.template, &self.retry, &self.rate_limit)
+    }
+
+    fn compile(self) -> Result<Box<dyn ChannelKind>, Vec<String>> {
+        Ok(Box::new(EmailSettings::compile(&self)?))
+    }
+}
 
 /// How the SMTP connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +162,56 @@ impl EmailSettings {
     }
 }
 
+impl ChannelKind for EmailSettings {
+    fn name(&self) -> &'static str {
+        "email"
+    }
+
+    fn default_template(&self) -> &'static str {
+        DEFAULT_TEMPLATE
+    }
+
+    fn ordered(&self) -> bool {
+        // One mailbox reads alarms in the order they happened.
+        true
+    }
+
+    fn recipients(&self) -> Option<&[String]> {
+        Some(&self.to)
+    }
+
+    fn subject(&self) -> Option<&str> {
+        Some(&self.subject)
+    }
+
+    fn html_part(&self) -> bool {
+        true
+    }
+
+    fn content(&self, m: Message<'_>) -> Vec<(&'static str, Content)> {
+        vec![(
+            "msg",
+            Content::Email {
+                subject: m.subject.unwrap_or_default(),
+                text: m.text,
+                html: html_page(&m.html.unwrap_or_default()),
+            },
+        )]
+    }
+
+    fn test_content(&self, text: String) -> Content {
+        Content::Email {
+            subject: "trackrelay test message".into(),
+            html: html_page(&escape_html(&text)),
+            text,
+        }
+    }
+
+    fn connect(&self) -> Result<Arc<dyn Channel>, String> {
+        Ok(Arc::new(EmailChannel::new(self)?))
+    }
+}
+
 /// Sends mail over one pooled SMTP transport.
 pub struct EmailChannel {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -159,7 +256,7 @@ impl Channel for EmailChannel {
         let to: Mailbox = n.recipient.parse().map_err(|e| {
             SendError::permanent(format!("bad recipient address `{}`: {e}", n.recipient))
         })?;
-        let msg = Message::builder()
+        let msg = lettre::Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(subject.as_str())

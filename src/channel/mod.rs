@@ -1,7 +1,9 @@
-//! Channels: where notifications go. One narrow trait, [`Channel::send`], whose error says whether a
-//! retry can help; retries, logging and metrics are written once around it, in [`crate::deliver`].
+//! The channels (adapters): one file per kind with its section as written, its settings (a
+//! [`ChannelKind`]) and its sender (a [`Channel`](crate::channel_config::Channel)), and `kinds!` below,
+//! the list of kinds. Retries, logging and metrics are written once around the sends, in
+//! [`crate::deliver`].
 //!
-//! Adding a channel means one new file here (settings, defaults, `send`) and one arm in each match below.
+//! Adding a channel means one new file here and one line in that list (see `docs/development.md`).
 
 pub mod email;
 pub mod log;
@@ -9,214 +11,79 @@ pub mod telegram;
 pub mod webhook;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use serde::Deserialize;
 
-use crate::config_raw::RawChannel;
-use crate::notification::Notification;
-use crate::render::Escape;
+use crate::channel_config::{ChannelConfig, ChannelKind, Channels, Common};
 use crate::retry::RetryPolicy;
 
 /// Every channel waits at most this long for its peer by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Why a send failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum SendError {
-    /// Worth retrying: a timeout, a refused connection, a 5xx, a 429, an SMTP 4xx.
-    #[error("{reason}")]
-    Transient {
-        /// What happened (no secrets).
-        reason: String,
-        /// How long the peer asked us to wait.
-        retry_after: Option<Duration>,
-    },
-    /// Retrying cannot help: a 4xx, an unknown chat, an SMTP 5xx, a bad address.
-    #[error("{reason}")]
-    Permanent {
-        /// What happened (no secrets).
-        reason: String,
-    },
+/// A kind's section of `channels:` as written (serde, `deny_unknown_fields`).
+pub trait Section {
+    /// The keys every kind has.
+    fn common(&self) -> Common;
+    /// Validates the kind's own keys; every problem is returned.
+    fn compile(self) -> Result<Box<dyn ChannelKind>, Vec<String>>;
 }
 
-impl SendError {
-    /// A transient error without a requested delay.
-    pub fn transient(reason: impl Into<String>) -> SendError {
-        SendError::Transient {
-            reason: reason.into(),
-            retry_after: None,
+/// The list of channel kinds: `Variant(its section)`, the variant's name in lowercase being the `type:`
+/// that selects it. It makes [`RawChannel`], a channel as written.
+macro_rules! kinds {
+    ($($(#[$doc:meta])* $kind:ident($section:ty),)*) => {
+        /// A channel as written, by `type`.
+        #[derive(Debug, Deserialize)]
+        #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+        pub enum RawChannel {
+            $($(#[$doc])* $kind($section),)*
         }
-    }
 
-    /// A permanent error.
-    pub fn permanent(reason: impl Into<String>) -> SendError {
-        SendError::Permanent {
-            reason: reason.into(),
+        impl RawChannel {
+            fn common(&self) -> Common {
+                match self {
+                    $(RawChannel::$kind(s) => s.common(),)*
+                }
+            }
+
+            fn compile_kind(self) -> Result<Box<dyn ChannelKind>, Vec<String>> {
+                match self {
+                    $(RawChannel::$kind(s) => s.compile(),)*
+                }
+            }
         }
-    }
+    };
 }
 
-/// A destination that can send a rendered notification.
-#[async_trait]
-pub trait Channel: Send + Sync {
-    /// Sends one notification; `Ok` only once the peer has accepted it.
-    async fn send(&self, n: &Notification) -> Result<(), SendError>;
-}
-
-/// A channel's validated settings.
-#[derive(Debug)]
-pub enum ChannelKind {
-    /// Standard output.
-    Log,
-    /// SMTP.
-    Email(email::EmailSettings),
+kinds! {
+    /// Print to standard output.
+    Log(log::RawLog),
+    /// Email over SMTP.
+    Email(email::RawEmail),
     /// Telegram Bot API.
-    Telegram(telegram::TelegramSettings),
-    /// HTTP webhook.
-    Webhook(webhook::WebhookSettings),
+    Telegram(telegram::RawTelegram),
+    /// Generic HTTP webhook.
+    Webhook(webhook::RawWebhook),
 }
 
-/// A configured channel.
-#[derive(Debug)]
-pub struct ChannelConfig {
-    /// Its name.
-    pub name: String,
-    /// Kind and settings.
-    pub kind: ChannelKind,
-    /// Retry policy.
-    pub retry: RetryPolicy,
-    /// Default message template source.
-    pub template: String,
-    /// Default recipients (rendered literally), if any.
-    pub default_to: Vec<String>,
-    /// Rate limit per recipient.
-    pub rate_limit: Option<crate::noise::RateLimit>,
-}
-
-impl ChannelConfig {
-    /// Validates a raw channel; every problem is returned.
+impl RawChannel {
+    /// Validates the channel `name`; every problem is returned.
     pub fn compile(
+        self,
         name: &str,
-        raw: RawChannel,
         default_retry: &RetryPolicy,
     ) -> Result<ChannelConfig, Vec<String>> {
-        let rate_limit = match &raw {
-            RawChannel::Log { rate_limit, .. } => rate_limit.clone(),
-            RawChannel::Email(r) => r.rate_limit.clone(),
-            RawChannel::Telegram(r) => r.rate_limit.clone(),
-            RawChannel::Webhook(r) => r.rate_limit.clone(),
-        };
-        let rate_limit = match rate_limit {
-            None => None,
-            Some(r) if r.max == 0 || r.per.is_zero() || r.max > crate::noise::MAX_RATE => {
-                return Err(vec![format!(
-                    "rate_limit: `max` must be 1 to {} and `per` more than zero",
-                    crate::noise::MAX_RATE
-                )])
-            }
-            Some(r) => Some(crate::noise::RateLimit {
-                max: r.max,
-                per: r.per,
-                over: r.over.unwrap_or(crate::noise::Over::Wait),
-            }),
-        };
-        let (kind, template, default_to, retry) = match raw {
-            RawChannel::Log {
-                template, retry, ..
-            } => (
-                ChannelKind::Log,
-                template.unwrap_or_else(|| log::DEFAULT_TEMPLATE.into()),
-                vec![],
-                retry,
-            ),
-            RawChannel::Email(raw) => {
-                let retry = raw.retry.clone();
-                let s = email::EmailSettings::compile(&raw)?;
-                let to = s.to.clone();
-                let t = raw
-                    .template
-                    .unwrap_or_else(|| email::DEFAULT_TEMPLATE.into());
-                (ChannelKind::Email(s), t, to, retry)
-            }
-            RawChannel::Telegram(raw) => {
-                let retry = raw.retry.clone();
-                let s = telegram::TelegramSettings::compile(&raw)?;
-                let to = s.chat_id.iter().cloned().collect();
-                let t = raw
-                    .template
-                    .unwrap_or_else(|| s.parse_mode_default_template().into());
-                (ChannelKind::Telegram(s), t, to, retry)
-            }
-            RawChannel::Webhook(raw) => {
-                let retry = raw.retry.clone();
-                let t = raw
-                    .template
-                    .clone()
-                    .unwrap_or_else(|| log::DEFAULT_TEMPLATE.into());
-                let s = webhook::WebhookSettings::compile(raw)?;
-                (ChannelKind::Webhook(s), t, vec![], retry)
-            }
-        };
-        Ok(ChannelConfig {
-            name: name.to_string(),
-            kind,
-            retry: default_retry.with(&retry),
-            template,
-            default_to,
-            rate_limit,
-        })
-    }
-
-    /// How message bodies for this channel are escaped.
-    pub fn escape(&self) -> Escape {
-        match &self.kind {
-            ChannelKind::Telegram(t) => t.escape(),
-            _ => Escape::Text,
-        }
-    }
-
-    /// Whether deliveries to one recipient must be sent one at a time, in order.
-    pub fn ordered(&self) -> bool {
-        match &self.kind {
-            ChannelKind::Log => false,
-            // One mailbox and one chat read alarms in the order they happened.
-            ChannelKind::Email(_) | ChannelKind::Telegram(_) => true,
-            ChannelKind::Webhook(w) => w.ordered,
-        }
-    }
-
-    /// Whether rules may name recipients (`to:`) for this channel.
-    pub fn takes_recipients(&self) -> bool {
-        matches!(self.kind, ChannelKind::Email(_) | ChannelKind::Telegram(_))
-    }
-
-    /// The kind's name, for messages.
-    pub fn kind_name(&self) -> &'static str {
-        match self.kind {
-            ChannelKind::Log => "log",
-            ChannelKind::Email(_) => "email",
-            ChannelKind::Telegram(_) => "telegram",
-            ChannelKind::Webhook(_) => "webhook",
-        }
+        let common = self.common();
+        ChannelConfig::new(name, common, self.compile_kind(), default_retry)
     }
 }
-
-/// The live channels by name.
-pub type Channels = BTreeMap<String, Arc<dyn Channel>>;
 
 /// Builds the live channels of a configuration.
 pub fn build_all(configs: &BTreeMap<String, ChannelConfig>) -> Result<Channels, BuildError> {
     let mut out: Channels = BTreeMap::new();
     for (name, c) in configs {
-        let built: Result<Arc<dyn Channel>, String> = match &c.kind {
-            ChannelKind::Log => Ok(Arc::new(log::LogChannel)),
-            ChannelKind::Email(s) => email::EmailChannel::new(s).map(|c| Arc::new(c) as _),
-            ChannelKind::Telegram(s) => telegram::TelegramChannel::new(s).map(|c| Arc::new(c) as _),
-            ChannelKind::Webhook(s) => webhook::WebhookChannel::new(s).map(|c| Arc::new(c) as _),
-        };
-        let ch = built.map_err(|reason| BuildError {
+        let ch = c.kind.connect().map_err(|reason| BuildError {
             channel: name.clone(),
             reason,
         })?;
@@ -233,58 +100,6 @@ pub struct BuildError {
     pub channel: String,
     /// What failed.
     pub reason: String,
-}
-
-/// A test message for a channel (`trackrelay send-test`, `POST /api/channels/{name}/test`), to `to` or
-/// the channel's default recipient.
-pub fn test_notification(cfg: &ChannelConfig, to: Option<&str>) -> Result<Notification, String> {
-    use crate::notification::{Content, Origin, ParseMode};
-    use crate::render::{escape_html, escape_markdown_v2, html_page};
-    let recipient = match (to, cfg.default_to.first()) {
-        (Some(t), _) => t.to_string(),
-        (None, Some(d)) => d.clone(),
-        (None, None) if cfg.takes_recipients() => {
-            return Err(format!(
-                "channel '{}' has no default recipient; name one with `to`",
-                cfg.name
-            ))
-        }
-        (None, None) => String::new(),
-    };
-    let text = format!("trackrelay test message: channel '{}' works.", cfg.name);
-    let content = match &cfg.kind {
-        ChannelKind::Log => Content::Log { text },
-        ChannelKind::Email(_) => Content::Email {
-            subject: "trackrelay test message".into(),
-            html: html_page(&escape_html(&text)),
-            text,
-        },
-        ChannelKind::Telegram(t) => Content::TelegramText {
-            text: match t.parse_mode {
-                ParseMode::Html => escape_html(&text),
-                ParseMode::MarkdownV2 => escape_markdown_v2(&text),
-                ParseMode::Plain => text,
-            },
-            parse_mode: t.parse_mode,
-        },
-        ChannelKind::Webhook(w) => Content::Webhook {
-            body: serde_json::json!({ "message": text, "test": true }).to_string(),
-            content_type: w.content_type.clone(),
-            message: Some(text),
-        },
-    };
-    let nonce: u64 = rand::random();
-    Ok(Notification {
-        key: format!("tr-test-{nonce:016x}"),
-        channel: cfg.name.clone(),
-        recipient,
-        content,
-        origin: Origin {
-            source: "test".into(),
-            rule: "send-test".into(),
-            ..Default::default()
-        },
-    })
 }
 
 /// An HTTP client for a channel, with its timeout and a connect timeout of at most 10 s.

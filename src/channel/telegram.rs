@@ -1,18 +1,21 @@
 //! The `telegram` channel: Bot API `sendMessage` / `sendLocation` through teloxide-core. Errors are
 //! classified here and retried by the outbox, not by teloxide's own throttle (which would retry forever).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 use teloxide_core::payloads::{SendLocationSetters, SendMessageSetters};
 use teloxide_core::requests::{Request, Requester};
 use teloxide_core::types::{ChatId, MessageId, Recipient, ThreadId};
 use teloxide_core::{ApiError, Bot, RequestError};
 
-use super::{http_client, http_failure, Channel, SendError, DEFAULT_TIMEOUT};
-use crate::config_raw::RawTelegram;
+use super::{http_client, http_failure, Section, DEFAULT_TIMEOUT};
+use crate::channel_config::{Channel, ChannelKind, Common, Message, SendError};
+use crate::config_raw::{RawRateLimit, RawRetry};
 use crate::notification::{Content, Notification, ParseMode};
-use crate::render::Escape;
+use crate::render::{escape_html, escape_markdown_v2, Escape};
 use crate::secret::Secret;
 
 /// Telegram's limit on one message, in characters after entity parsing.
@@ -32,6 +35,59 @@ pub const DEFAULT_TEMPLATE_MDV2: &str = "*{{ title }}*\n{{ device.name }} · {{ 
 pub const DEFAULT_TEMPLATE_PLAIN: &str = "{{ title }}\n{{ device.name }} · {{ time_local }}\
 {% if position %}\n{{ speed_kmh }} km/h{% if position.address %} · {{ position.address }}{% endif %}\
 {% if map_url %}\n{{ map_url }}{% endif %}{% endif %}";
+
+/// Telegram channel as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelegram {
+    /// Bot token from @BotFather.
+    pub bot_token: String,
+    /// Default chat (numeric id or `@channel`).
+    #[serde(default, deserialize_with = "string_or_number")]
+    pub chat_id: Option<String>,
+    /// Forum topic.
+    pub thread_id: Option<i32>,
+    /// `html` (default), `markdownv2` or `plain`.
+    pub parse_mode: Option<String>,
+    /// Also send the position as a map pin.
+    pub location: Option<bool>,
+    /// Bot API base URL (tests, or a self-hosted Bot API server).
+    pub api_url: Option<String>,
+    /// Default message template.
+    pub template: Option<String>,
+    /// Request timeout.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Retry overrides.
+    #[serde(default)]
+    pub retry: RawRetry,
+    /// Rate limit per recipient.
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// Chat ids are numbers to YAML unless quoted; take both.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Num(i64),
+        Text(String),
+    }
+    Ok(Option::<Id>::deserialize(d)?.map(|v| match v {
+        Id::Num(n) => n.to_string(),
+        Id::Text(s) => s,
+    }))
+}
+
+impl Section for RawTelegram {
+    fn common(&self) -> Common {
+        Common::of(&self.template, &self.retry, &self.rate_limit)
+    }
+
+    fn compile(self) -> Result<Box<dyn ChannelKind>, Vec<String>> {
+        Ok(Box::new(TelegramSettings::compile(&self)?))
+    }
+}
 
 /// Validated Telegram settings.
 #[derive(Debug, Clone)]
@@ -103,9 +159,24 @@ impl TelegramSettings {
             _ => Err(errors),
         }
     }
+}
+
+impl ChannelKind for TelegramSettings {
+    fn name(&self) -> &'static str {
+        "telegram"
+    }
+
+    /// The default template for the parse mode.
+    fn default_template(&self) -> &'static str {
+        match self.parse_mode {
+            ParseMode::Html => DEFAULT_TEMPLATE_HTML,
+            ParseMode::MarkdownV2 => DEFAULT_TEMPLATE_MDV2,
+            ParseMode::Plain => DEFAULT_TEMPLATE_PLAIN,
+        }
+    }
 
     /// The escaping that goes with the parse mode.
-    pub fn escape(&self) -> Escape {
+    fn escape(&self) -> Escape {
         match self.parse_mode {
             ParseMode::Html => Escape::Html,
             ParseMode::MarkdownV2 => Escape::MarkdownV2,
@@ -113,13 +184,53 @@ impl TelegramSettings {
         }
     }
 
-    /// The default template for the parse mode.
-    pub fn parse_mode_default_template(&self) -> &'static str {
-        match self.parse_mode {
-            ParseMode::Html => DEFAULT_TEMPLATE_HTML,
-            ParseMode::MarkdownV2 => DEFAULT_TEMPLATE_MDV2,
-            ParseMode::Plain => DEFAULT_TEMPLATE_PLAIN,
+    fn ordered(&self) -> bool {
+        // One chat reads alarms in the order they happened.
+        true
+    }
+
+    fn recipients(&self) -> Option<&[String]> {
+        Some(self.chat_id.as_slice())
+    }
+
+    fn location(&self) -> Option<bool> {
+        Some(self.location)
+    }
+
+    /// The message, then the map pin if the target sends one.
+    fn content(&self, m: Message<'_>) -> Vec<(&'static str, Content)> {
+        let mut parts = vec![(
+            "msg",
+            Content::TelegramText {
+                text: m.text,
+                parse_mode: self.parse_mode,
+            },
+        )];
+        if let Some((latitude, longitude)) = m.pin {
+            parts.push((
+                "loc",
+                Content::TelegramLocation {
+                    latitude,
+                    longitude,
+                },
+            ));
         }
+        parts
+    }
+
+    fn test_content(&self, text: String) -> Content {
+        Content::TelegramText {
+            text: match self.parse_mode {
+                ParseMode::Html => escape_html(&text),
+                ParseMode::MarkdownV2 => escape_markdown_v2(&text),
+                ParseMode::Plain => text,
+            },
+            parse_mode: self.parse_mode,
+        }
+    }
+
+    fn connect(&self) -> Result<Arc<dyn Channel>, String> {
+        Ok(Arc::new(TelegramChannel::new(self)?))
     }
 }
 

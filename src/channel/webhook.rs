@@ -1,23 +1,69 @@
 //! The `webhook` channel: an HTTP request per notification (reqwest), with an `Idempotency-Key` that is
 //! stable across retries and an optional HMAC-SHA256 signature so the receiver can verify the sender.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
 use sha2::Sha256;
 
-use super::{http_client, http_failure, parse_retry_after, Channel, SendError, DEFAULT_TIMEOUT};
-use crate::config_raw::RawWebhook;
+use super::{http_client, http_failure, parse_retry_after, Section, DEFAULT_TIMEOUT};
+use crate::channel_config::{Channel, ChannelKind, Common, Facts, Message, SendError};
+use crate::config_raw::{RawRateLimit, RawRetry};
 use crate::notification::{Content, Notification};
+use crate::render::Escape;
 use crate::secret::Secret;
 
 /// Header carrying `sha256=<hex HMAC of the body>`.
 pub const SIGNATURE_HEADER: &str = "x-trackrelay-signature";
 /// Content type of the default body.
 pub const JSON: &str = "application/json";
+
+/// Webhook channel as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// Target URL.
+    pub url: String,
+    /// HTTP method (default POST).
+    pub method: Option<String>,
+    /// Extra headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Body template; JSON-escaped when the content type is JSON. Default: the event plus the message.
+    pub body: Option<String>,
+    /// Content type (default `application/json`).
+    pub content_type: Option<String>,
+    /// Default message template (`{{ message }}` in the body).
+    pub template: Option<String>,
+    /// Secret for the `X-Trackrelay-Signature` HMAC-SHA256 header.
+    pub secret: Option<String>,
+    /// Request timeout.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Keep deliveries to this webhook in order (one at a time). Default false.
+    pub ordered: Option<bool>,
+    /// Retry overrides.
+    #[serde(default)]
+    pub retry: RawRetry,
+    /// Rate limit per recipient.
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+impl Section for RawWebhook {
+    fn common(&self) -> Common {
+        Common::of(&self.template, &self.retry, &self.rate_limit)
+    }
+
+    fn compile(self) -> Result<Box<dyn ChannelKind>, Vec<String>> {
+        Ok(Box::new(WebhookSettings::compile(self)?))
+    }
+}
 
 /// Validated webhook settings.
 #[derive(Debug, Clone)]
@@ -102,6 +148,79 @@ impl WebhookSettings {
         let ct = self.content_type.to_ascii_lowercase();
         ct.starts_with(JSON) || ct.contains("+json")
     }
+}
+
+impl ChannelKind for WebhookSettings {
+    fn name(&self) -> &'static str {
+        "webhook"
+    }
+
+    fn default_template(&self) -> &'static str {
+        super::log::DEFAULT_TEMPLATE
+    }
+
+    fn ordered(&self) -> bool {
+        self.ordered
+    }
+
+    fn body_template(&self) -> Option<(&str, Escape)> {
+        let escape = if self.is_json() {
+            Escape::Json
+        } else {
+            Escape::Text
+        };
+        self.body.as_deref().map(|b| (b, escape))
+    }
+
+    /// The body template's body, or the default one; the message too where a digest may list it.
+    fn content(&self, m: Message<'_>) -> Vec<(&'static str, Content)> {
+        let body = m.body.unwrap_or_else(|| default_body(&m.text, &m.facts));
+        vec![(
+            "msg",
+            Content::Webhook {
+                body,
+                content_type: self.content_type.clone(),
+                message: m.digested.then_some(m.text),
+            },
+        )]
+    }
+
+    fn test_content(&self, text: String) -> Content {
+        Content::Webhook {
+            body: serde_json::json!({ "message": text, "test": true }).to_string(),
+            content_type: self.content_type.clone(),
+            message: Some(text),
+        }
+    }
+
+    fn connect(&self) -> Result<Arc<dyn Channel>, String> {
+        Ok(Arc::new(WebhookChannel::new(self)?))
+    }
+}
+
+/// The default body: the rendered message plus the event exactly as received.
+fn default_body(message: &str, f: &Facts<'_>) -> String {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        message: &'a str,
+        rule: &'a str,
+        channel: &'a str,
+        source: &'a str,
+        txn: Option<&'a str>,
+        /// Embedded byte for byte: key order, numbers and spacing as the sender wrote them.
+        event: &'a serde_json::value::RawValue,
+    }
+    let fallback = serde_json::value::RawValue::from_string("null".into()).expect("null is JSON");
+    let parsed: Option<&serde_json::value::RawValue> = serde_json::from_str(f.raw).ok();
+    serde_json::to_string(&Body {
+        message,
+        rule: f.rule,
+        channel: f.channel,
+        source: f.source,
+        txn: f.txn,
+        event: parsed.unwrap_or(&fallback),
+    })
+    .expect("the body always serialises")
 }
 
 /// Sends through one pooled HTTP client.

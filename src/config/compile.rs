@@ -10,7 +10,8 @@ use chrono_tz::Tz;
 
 use super::raw::RawConfig;
 use super::*;
-use crate::channel::{ChannelConfig, ChannelKind};
+use crate::channel::RawChannel;
+use crate::channel_config::ChannelConfig;
 use crate::config_raw::{
     RawCooldown, RawDefaults, RawNotify, RawRule, RawRuleFile, RawRuleSource, RawSchedule,
 };
@@ -31,47 +32,101 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
     let raw: RawConfig =
         serde_yaml::from_str(&text).map_err(|e| ConfigErrors(vec![yaml_error(&file, &e)]))?;
 
-    let listen_text = raw.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.into());
-    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|e| {
+    let listen = compile_listen(raw.listen.as_deref(), &file, &mut errors);
+    let timezone = compile_timezone(raw.timezone.as_deref(), &file, &mut errors);
+    let ingest = compile_ingest(&raw.ingest, &file, &mut errors);
+    let default_retry = RetryPolicy::default().with(&raw.delivery.retry);
+    let mut channels = compile_channels(raw.channels, &default_retry, &file, &mut errors);
+    let (units, rule_files) = rule_units(raw.rules, &file, dir, env, &mut errors);
+    let mut builder = RendererBuilder::new();
+    let rules = compile_rules(
+        units,
+        &channels,
+        &mut builder,
+        &raw.defaults,
+        timezone,
+        &mut errors,
+    );
+    compile_channel_templates(&mut channels, &mut builder, &file, &mut errors);
+    let traccar = compile_traccar(raw.traccar, &file, &ingest.source, &mut errors);
+    let storage = compile_storage(raw.storage, &file, dir, &mut errors);
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Config {
+        path: None,
+        listen,
+        timezone,
+        ingest,
+        admin_token: raw.admin.token.filter(|t| !t.is_empty()).map(Secret),
+        storage,
+        delivery: Delivery {
+            workers: raw.delivery.workers.unwrap_or(DEFAULT_WORKERS).max(1),
+            shutdown_grace: raw
+                .delivery
+                .shutdown_grace
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        },
+        channels,
+        rules: RuleSet::new(rules),
+        renderer: builder.build(timezone),
+        rule_files,
+        traccar,
+    })
+}
+
+/// `listen:`, the address the HTTP server binds.
+fn compile_listen(
+    raw: Option<&str>,
+    file: &SourceFile,
+    errors: &mut Vec<ConfigError>,
+) -> SocketAddr {
+    let text = raw.unwrap_or(DEFAULT_LISTEN);
+    text.parse::<SocketAddr>().unwrap_or_else(|e| {
         errors.push(file.error(
             file.find_line("listen", None, 1),
             "",
-            format!("listen: `{listen_text}`: {e}"),
+            format!("listen: `{text}`: {e}"),
         ));
         DEFAULT_LISTEN
             .parse()
             .expect("default listen address parses")
-    });
-    let tz_text = raw.timezone.clone().unwrap_or_else(|| "UTC".into());
-    let timezone = tz_text.parse::<Tz>().unwrap_or_else(|_| {
+    })
+}
+
+/// `timezone:`, the zone templates show times in.
+fn compile_timezone(raw: Option<&str>, file: &SourceFile, errors: &mut Vec<ConfigError>) -> Tz {
+    let text = raw.unwrap_or("UTC");
+    text.parse::<Tz>().unwrap_or_else(|_| {
         let line = file.find_line("timezone", None, 1);
         errors.push(file.error(
             line,
             "",
-            format!("timezone: `{tz_text}` is not an IANA time zone (e.g. Europe/Vienna)"),
+            format!("timezone: `{text}` is not an IANA time zone (e.g. Europe/Vienna)"),
         ));
         Tz::UTC
-    });
+    })
+}
 
+/// `ingest:`, the webhook intake.
+fn compile_ingest(
+    raw: &crate::config_raw::RawIngest,
+    file: &SourceFile,
+    errors: &mut Vec<ConfigError>,
+) -> Ingest {
     let ingest = Ingest {
         path: raw
-            .ingest
             .path
             .clone()
             .unwrap_or_else(|| DEFAULT_INGEST_PATH.into()),
         authorization: raw
-            .ingest
             .authorization
             .clone()
             .filter(|s| !s.is_empty())
             .map(Secret),
-        max_body_bytes: raw.ingest.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
-        source: raw
-            .ingest
-            .source
-            .clone()
-            .unwrap_or_else(|| DEFAULT_SOURCE.into()),
-        queue: raw.ingest.queue.unwrap_or(DEFAULT_INGEST_QUEUE).max(1),
+        max_body_bytes: raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
+        source: raw.source.clone().unwrap_or_else(|| DEFAULT_SOURCE.into()),
+        queue: raw.queue.unwrap_or(DEFAULT_INGEST_QUEUE).max(1),
     };
     if !ingest.path.starts_with('/') {
         errors.push(file.error(
@@ -80,12 +135,20 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
             "path must start with `/`",
         ));
     }
+    ingest
+}
 
-    let default_retry = RetryPolicy::default().with(&raw.delivery.retry);
+/// `channels:`, each checked by its kind.
+fn compile_channels(
+    raws: BTreeMap<String, RawChannel>,
+    default_retry: &RetryPolicy,
+    file: &SourceFile,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, ChannelConfig> {
     let mut channels = BTreeMap::new();
-    for (name, rc) in raw.channels {
+    for (name, rc) in raws {
         let line = file.find_line(&name, None, 1);
-        match ChannelConfig::compile(&name, rc, &default_retry) {
+        match rc.compile(&name, default_retry) {
             Ok(c) => {
                 channels.insert(name, c);
             }
@@ -95,12 +158,22 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
             }
         }
     }
+    channels
+}
 
-    // Rules: inline ones from this file, and those of the files and folders it names, in order.
+/// The rules, by the file they are written in: inline ones from this file, and those of the files and
+/// folders it names, in order; and the rule files read.
+fn rule_units(
+    sources: Vec<RawRuleSource>,
+    file: &SourceFile,
+    dir: &Path,
+    env: Env<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> (Vec<(SourceFile, Vec<RawRule>)>, Vec<PathBuf>) {
     let mut units: Vec<(SourceFile, Vec<RawRule>)> = Vec::new();
     let mut rule_files = Vec::new();
     let mut inline = Vec::new();
-    for src in raw.rules {
+    for src in sources {
         match src {
             RawRuleSource::Inline(r) => inline.push(*r),
             RawRuleSource::Path(p) => {
@@ -127,8 +200,18 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
     if !inline.is_empty() {
         units.push((file.clone(), inline));
     }
+    (units, rule_files)
+}
 
-    let mut builder = RendererBuilder::new();
+/// Every rule, its templates added to `builder`; the enabled ones are returned.
+fn compile_rules(
+    units: Vec<(SourceFile, Vec<RawRule>)>,
+    channels: &BTreeMap<String, ChannelConfig>,
+    builder: &mut RendererBuilder,
+    defaults: &RawDefaults,
+    timezone: Tz,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<Rule> {
     let mut rules = Vec::new();
     let mut seen = HashSet::new();
     for (src, raws) in units {
@@ -146,14 +229,7 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
                 line,
             };
             let enabled = raw_rule.enabled != Some(false);
-            match compile_rule(
-                raw_rule,
-                origin,
-                &channels,
-                &mut builder,
-                &raw.defaults,
-                timezone,
-            ) {
+            match compile_rule(raw_rule, origin, channels, builder, defaults, timezone) {
                 // A disabled rule is checked like any other, but never evaluated.
                 Ok(r) if enabled => rules.push(r),
                 Ok(_) => {}
@@ -161,62 +237,29 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
             }
         }
     }
-    let mut webhook_bodies = Vec::new();
-    for (name, c) in &channels {
-        if let ChannelKind::Webhook(w) = &c.kind {
-            if let Some(body) = &w.body {
-                let esc = if w.is_json() {
-                    Escape::Json
-                } else {
-                    Escape::Text
-                };
-                match builder.add(&format!("channel/{name}/body"), body, esc) {
-                    Ok(t) => webhook_bodies.push((name.clone(), t)),
-                    Err(e) => errors.push(file.error(
-                        file.find_line(name, None, 1),
-                        &format!("channel '{name}'"),
-                        format!("body: {e}"),
-                    )),
-                }
-            }
+    rules
+}
+
+/// The templates a channel's kind has of its own (a webhook's body), compiled as `channel/{name}/body`.
+fn compile_channel_templates(
+    channels: &mut BTreeMap<String, ChannelConfig>,
+    builder: &mut RendererBuilder,
+    file: &SourceFile,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (name, c) in channels.iter_mut() {
+        let Some((body, escape)) = c.kind.body_template() else {
+            continue;
+        };
+        match builder.add(&format!("channel/{name}/body"), body, escape) {
+            Ok(t) => c.body = Some(t),
+            Err(e) => errors.push(file.error(
+                file.find_line(name, None, 1),
+                &format!("channel '{name}'"),
+                format!("body: {e}"),
+            )),
         }
     }
-    for (name, t) in webhook_bodies {
-        if let Some(ChannelConfig {
-            kind: ChannelKind::Webhook(w),
-            ..
-        }) = channels.get_mut(&name)
-        {
-            w.body = Some(t);
-        }
-    }
-
-    let traccar = compile_traccar(raw.traccar, &file, &ingest.source, &mut errors);
-
-    let storage = compile_storage(raw.storage, &file, dir, &mut errors);
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
-    }
-    Ok(Config {
-        path: None,
-        listen,
-        timezone,
-        ingest,
-        admin_token: raw.admin.token.filter(|t| !t.is_empty()).map(Secret),
-        storage,
-        delivery: Delivery {
-            workers: raw.delivery.workers.unwrap_or(DEFAULT_WORKERS).max(1),
-            shutdown_grace: raw
-                .delivery
-                .shutdown_grace
-                .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
-        },
-        channels,
-        rules: RuleSet::new(rules),
-        renderer: builder.build(timezone),
-        rule_files,
-        traccar,
-    })
 }
 
 /// The live Traccar sources. With one source the dedup namespace defaults to the webhook's, so the
@@ -336,13 +379,12 @@ fn compile_noise(
     builder: &mut RendererBuilder,
     errors: &mut Vec<String>,
 ) -> RuleNoise {
-    let base = format!("rule/{}", raw.name);
-    let mut add = |what: &str, src: &str, errors: &mut Vec<String>| {
-        builder
-            .add(&format!("{base}/{what}"), src, Escape::Text)
-            .map_err(|e| errors.push(format!("{what}: {e}")))
-            .ok()
+    let mut t = Templates {
+        builder,
+        base: format!("rule/{}", raw.name),
     };
+    let mut add =
+        |what: &str, src: &str, errors: &mut Vec<String>| t.add(what, src, Escape::Text, errors);
     let nonzero = |d: Option<Duration>| d.filter(|d| !d.is_zero());
     let cooldown = match raw.cooldown.as_ref().or(defaults.cooldown.as_ref()) {
         None => None,
@@ -438,6 +480,7 @@ fn compile_schedule(s: &RawSchedule, default_tz: Tz) -> Result<Schedule, Vec<Str
     }
 }
 
+/// One entry of a rule's `notify:`, checked against its channel's kind.
 fn compile_target(
     rule: &str,
     i: usize,
@@ -445,58 +488,92 @@ fn compile_target(
     channels: &BTreeMap<String, ChannelConfig>,
     builder: &mut RendererBuilder,
 ) -> Result<Target, Vec<String>> {
-    let Some(ch) = channels.get(&n.channel) else {
+    let ch = channel_of(&n.channel, channels)?;
+    let mut errors = Vec::new();
+    let mut t = Templates {
+        builder,
+        base: format!("rule/{rule}/{i}"),
+    };
+    let body_src = n.template.as_deref().unwrap_or(&ch.template);
+    let body = t.add("template", body_src, ch.kind.escape(), &mut errors);
+    let body_html = if ch.kind.html_part() {
+        t.add("template", body_src, Escape::Html, &mut errors)
+    } else {
+        None
+    };
+    let subject = target_subject(&n, ch, &mut t, &mut errors);
+    let to = target_recipients(&n, ch, &mut t, &mut errors);
+    let location = target_location(&n, ch, &mut errors);
+    match body {
+        Some(body) if errors.is_empty() => Ok(Target {
+            channel: n.channel,
+            to,
+            subject,
+            body,
+            body_html,
+            location,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// The channel a target names.
+fn channel_of<'a>(
+    name: &str,
+    channels: &'a BTreeMap<String, ChannelConfig>,
+) -> Result<&'a ChannelConfig, Vec<String>> {
+    channels.get(name).ok_or_else(|| {
         let known: Vec<&str> = channels.keys().map(String::as_str).collect();
-        return Err(vec![format!(
-            "unknown channel '{}' (configured: {})",
-            n.channel,
+        vec![format!(
+            "unknown channel '{name}' (configured: {})",
             if known.is_empty() {
                 "none".into()
             } else {
                 known.join(", ")
             }
-        )]);
-    };
-    let mut errors = Vec::new();
-    let base = format!("rule/{rule}/{i}");
-    let mut add = |what: &str, src: &str, esc: Escape, errors: &mut Vec<String>| {
-        builder
-            .add(&format!("{base}/{what}"), src, esc)
-            .map_err(|e| errors.push(format!("{what}: {e}")))
-            .ok()
-    };
-    let body_src = n.template.as_deref().unwrap_or(&ch.template);
-    let body = add("template", body_src, ch.escape(), &mut errors);
-    let is_email = matches!(ch.kind, ChannelKind::Email(_));
-    let body_html = if is_email {
-        add("template", body_src, Escape::Html, &mut errors)
-    } else {
-        None
-    };
-    let subject = match (&n.subject, &ch.kind) {
-        (Some(s), ChannelKind::Email(_)) => add("subject", s, Escape::Text, &mut errors),
-        (None, ChannelKind::Email(e)) => add("subject", &e.subject, Escape::Text, &mut errors),
-        (Some(_), _) => {
+        )]
+    })
+}
+
+/// A target's subject template: its own or its channel's, for kinds with a subject.
+fn target_subject(
+    n: &RawNotify,
+    ch: &ChannelConfig,
+    t: &mut Templates<'_>,
+    errors: &mut Vec<String>,
+) -> Option<String> {
+    match (n.subject.as_deref(), ch.kind.subject()) {
+        (s, Some(default)) => t.add("subject", s.unwrap_or(default), Escape::Text, errors),
+        (Some(_), None) => {
             errors.push(format!(
                 "subject: only email channels have a subject ('{}' is {})",
                 n.channel,
-                ch.kind_name()
+                ch.kind.name()
             ));
             None
         }
-        (None, _) => None,
-    };
+        (None, None) => None,
+    }
+}
+
+/// A target's recipient templates (`to:`); none means the channel's defaults.
+fn target_recipients(
+    n: &RawNotify,
+    ch: &ChannelConfig,
+    t: &mut Templates<'_>,
+    errors: &mut Vec<String>,
+) -> Vec<String> {
     let mut to = Vec::new();
-    match n.to.map(|t| t.into_vec()) {
+    match n.to.clone().map(|t| t.into_vec()) {
         Some(_) if !ch.takes_recipients() => {
             errors.push(format!(
                 "to: a {} channel has no recipients to choose",
-                ch.kind_name()
+                ch.kind.name()
             ));
         }
         Some(list) => {
-            for (j, t) in list.iter().enumerate() {
-                if let Some(name) = add(&format!("to{j}"), t, Escape::Text, &mut errors) {
+            for (j, src) in list.iter().enumerate() {
+                if let Some(name) = t.add(&format!("to{j}"), src, Escape::Text, errors) {
                     to.push(name);
                 }
             }
@@ -509,25 +586,42 @@ fn compile_target(
         }
         None => {}
     }
-    let location = match (n.location, &ch.kind) {
-        (Some(l), ChannelKind::Telegram(_)) => l,
-        (None, ChannelKind::Telegram(t)) => t.location,
-        (Some(_), _) => {
+    to
+}
+
+/// Whether a target sends the position as a map pin too: its own choice or its channel's, for kinds
+/// that can.
+fn target_location(n: &RawNotify, ch: &ChannelConfig, errors: &mut Vec<String>) -> bool {
+    match (n.location, ch.kind.location()) {
+        (l, Some(default)) => l.unwrap_or(default),
+        (Some(_), None) => {
             errors.push("location: only telegram channels send locations".into());
             false
         }
-        (None, _) => false,
-    };
-    match body {
-        Some(body) if errors.is_empty() => Ok(Target {
-            channel: n.channel,
-            to,
-            subject,
-            body,
-            body_html,
-            location,
-        }),
-        _ => Err(errors),
+        (None, None) => false,
+    }
+}
+
+/// Adds templates under one name prefix (`rule/{name}`, `rule/{name}/{target}`); one that does not
+/// compile is an error `{what}: {reason}`.
+struct Templates<'a> {
+    builder: &'a mut RendererBuilder,
+    base: String,
+}
+
+impl Templates<'_> {
+    /// The template's name, or `None` with the error pushed.
+    fn add(
+        &mut self,
+        what: &str,
+        src: &str,
+        escape: Escape,
+        errors: &mut Vec<String>,
+    ) -> Option<String> {
+        self.builder
+            .add(&format!("{}/{what}", self.base), src, escape)
+            .map_err(|e| errors.push(format!("{what}: {e}")))
+            .ok()
     }
 }
 
@@ -688,9 +782,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.channels["tg"].default_to, ["-100123"]);
-        let ChannelKind::Webhook(w) = &cfg.channels["hook"].kind else {
-            panic!()
-        };
+        let hook: &dyn std::any::Any = cfg.channels["hook"].kind.as_ref();
+        let w = hook
+            .downcast_ref::<crate::channel::webhook::WebhookSettings>()
+            .unwrap();
         assert_eq!(w.content_type, "text/plain");
         assert!(w.headers.get("content-type").is_none() && w.headers.get("x-a").is_some());
     }

@@ -1,14 +1,13 @@
 //! The configuration file as written: [`RawConfig`] mirrors `trackrelay.yaml` one to one, with
 //! `deny_unknown_fields` so a typo is an error, not a silently ignored key. Its sections are the plain
-//! types of [`crate::config_raw`]; the live sources' section is [`RawTraccarSource`].
+//! types of [`crate::config_raw`]; a channel's is [`RawChannel`], a live source's [`RawTraccarSource`].
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config_raw::{
-    RawAdmin, RawChannel, RawDefaults, RawDelivery, RawIngest, RawRuleSource, RawStorage,
-};
+use crate::channel::RawChannel;
+use crate::config_raw::{RawAdmin, RawDefaults, RawDelivery, RawIngest, RawRuleSource, RawStorage};
 use crate::traccar_config::RawTraccarSource;
 
 /// `trackrelay.yaml`.
