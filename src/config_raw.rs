@@ -317,3 +317,36 @@ pub struct RawNotify {
     /// Send the position as a map pin too (Telegram).
     pub location: Option<bool>,
 }
+
+/// A rule's `incident:` section: an alarm opens an incident that repeats and escalates until a person
+/// acknowledges it. Validated by [`crate::incident::IncidentPolicy::from_raw`]; not yet a key of
+/// [`RawRule`] (a key that did nothing would mislead).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIncident {
+    /// Key template: events with the same key join one incident (default: rule and device).
+    pub key: Option<String>,
+    /// Notify again this often until acknowledged.
+    #[serde(default, with = "humantime_serde")]
+    pub repeat: Option<Duration>,
+    /// Repeats at most (needs `repeat`).
+    pub max_repeats: Option<u32>,
+    /// Steps that widen the circle, each so long after the incident opened.
+    pub escalate: Option<Vec<RawEscalation>>,
+    /// The incident closes by itself when no event joined it for this long.
+    #[serde(default, with = "humantime_serde")]
+    pub resolve_after: Option<Duration>,
+    /// An event matching these conditions closes the incident of its key.
+    pub resolve_on: Option<RawMatch>,
+}
+
+/// One escalation step of an incident.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEscalation {
+    /// How long after the incident opened, if nobody acknowledged it by then.
+    #[serde(with = "humantime_serde")]
+    pub after: Duration,
+    /// Who is notified as well from then on.
+    pub notify: Vec<RawNotify>,
+}

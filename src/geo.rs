@@ -124,6 +124,19 @@ pub fn distance(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     EARTH_RADIUS_M * c
 }
 
+/// Initial great-circle bearing from the first point to the second, in degrees clockwise from north
+/// (0 to 360); 0 when the points coincide.
+pub fn bearing(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let (p1, p2, dlon) = (
+        lat1.to_radians(),
+        lat2.to_radians(),
+        (lon2 - lon1).to_radians(),
+    );
+    let y = dlon.sin() * p2.cos();
+    let x = p1.cos() * p2.sin() - p1.sin() * p2.cos() * dlon.cos();
+    y.atan2(x).to_degrees().rem_euclid(360.0)
+}
+
 /// Distance in metres from a point to the segment `(lat1, lon1)-(lat2, lon2)`, as Traccar's
 /// `DistanceCalculator.distanceToLine` (Heron's formula on haversine sides). One deliberate difference:
 /// a point on the line, where rounding can make Heron's radicand slightly negative, is at 0 m, not NaN
@@ -448,6 +461,20 @@ mod tests {
         assert!(c.contains(47.26221 + 49.99 / per_deg, 11.41352));
         assert!(!c.contains(47.26221 + 50.01 / per_deg, 11.41352));
         assert!((distance(0.0, 0.0, 1.0, 0.0) - per_deg).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bearing_points_clockwise_from_north() {
+        let b = |lat2, lon2| bearing(47.0, 11.0, lat2, lon2);
+        assert!(b(47.01, 11.0).abs() < 1e-9, "north");
+        assert!((b(47.0, 11.01) - 90.0).abs() < 0.01, "east");
+        assert!((b(46.99, 11.0) - 180.0).abs() < 1e-9, "south");
+        assert!((b(47.0, 10.99) - 270.0).abs() < 0.01, "west");
+        assert!(
+            (b(47.01, 11.01) - 34.3).abs() < 0.1,
+            "north-east, narrowed by the latitude"
+        );
+        assert_eq!(bearing(47.0, 11.0, 47.0, 11.0), 0.0, "same point");
     }
 
     #[test]

@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("notification", 2),
     ("retry", 2),
     ("noise", 2),
+    ("incident", 2),
     ("rules", 2),
     ("directory", 2),
     ("plan", 2),
