@@ -1,5 +1,6 @@
 //! The zone tracker under criterion (issue 22): 1,000 zones (circles, 50-corner polygons, lines) over
-//! a country, positions of random devices of a fleet. Run: `cargo bench --bench zones`.
+//! a country, positions of random devices of a fleet. Run: `cargo bench --bench zones`
+//! (`ZONE_BENCH_DEVICES=N` for another fleet size).
 
 use std::hint::black_box;
 use std::time::Duration;
