@@ -20,7 +20,8 @@
 //! - [`config_raw`]: the sections of the configuration as written (plain serde data, read by retry, rules
 //!   and noise for their own settings; a channel's own section lives with the channel).
 //! - [`event`]: Traccar's models, tolerant of every version.
-//! - [`geo`]: WKT geofences, Traccar-exact containment, the zone enter/exit tracker with dwell.
+//! - [`geo`]: WKT geofences, Traccar-exact containment, a spatial index of the zones, the zone
+//!   enter/exit tracker with dwell.
 //! - [`rules`]: matchers, field paths, expressions; [`rules::RuleSet`] indexed by event type.
 //! - [`render`]: templates, per-channel escaping and the HTML mail page; [`plan`]: matched rules ->
 //!   notifications.

@@ -38,9 +38,8 @@ pub struct Cache {
     positions: HashMap<i64, Position>,
     /// The relay's zones from the configuration.
     own_zones: Vec<Zone>,
-    /// Own zones plus, when configured, the server's geofences.
-    zones: Vec<Zone>,
     from_server: Option<std::time::Duration>,
+    /// Own zones plus, when configured, the server's geofences, and where each device is in them.
     tracker: ZoneTracker,
 }
 
@@ -51,9 +50,8 @@ impl Cache {
             dir,
             positions: HashMap::new(),
             own_zones: cfg.zones.clone(),
-            zones: cfg.zones.clone(),
             from_server: cfg.geofences_from_server.then_some(cfg.geofence_dwell),
-            tracker: ZoneTracker::new(),
+            tracker: ZoneTracker::new(cfg.zones.clone()),
         }
     }
 
@@ -100,8 +98,7 @@ impl Cache {
                 }
             }
         }
-        self.tracker.retain(&zones);
-        self.zones = zones;
+        self.tracker.set_zones(zones);
         self.dir
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -139,7 +136,7 @@ impl Cache {
         // Like Traccar, only valid fixes move a device in or out of a zone.
         let crossings = if p.valid {
             self.tracker
-                .update(&self.zones, p.device_id, p.latitude, p.longitude, time)
+                .update(p.device_id, p.latitude, p.longitude, time)
         } else {
             vec![]
         };
@@ -147,7 +144,7 @@ impl Cache {
         crossings
             .into_iter()
             .map(|(i, c)| {
-                let zone = &self.zones[i];
+                let zone = &self.tracker.zones()[i];
                 let mut attributes = Attributes::new();
                 attributes.insert("origin".into(), json!("relay"));
                 attributes.insert("zone".into(), json!(zone.name));

@@ -1,6 +1,7 @@
 //! Geofences the relay evaluates itself: Traccar's WKT (latitude first), containment computed exactly as
-//! Traccar computes it, and [`ZoneTracker`], a pure state machine that turns a stream of positions into
-//! enter/exit crossings with an optional dwell time.
+//! Traccar computes it, [`ZoneIndex`] (an R-tree of the zones' bounding boxes) and [`ZoneTracker`], a
+//! pure state machine that turns a stream of positions into enter/exit crossings with an optional
+//! dwell time.
 //!
 //! Containment follows Traccar's `org.traccar.geofence` classes:
 //! - `CIRCLE (lat lon, r)`: haversine distance to the centre (R = 6378137 m) `<= r`;
@@ -9,11 +10,13 @@
 //! - `LINESTRING (lat lon, ...)`: distance to any segment `<= distance` (Traccar's `polylineDistance`,
 //!   default 25 m: the corridor is twice that wide), the segment distance by Traccar's Heron formula.
 
-use std::collections::HashMap;
-use std::fmt;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+mod index;
+mod tracker;
+
+pub use index::ZoneIndex;
+pub use tracker::{Crossing, ZoneTracker};
 
 /// Traccar's earth radius (equatorial, metres) for haversine distances.
 pub const EARTH_RADIUS_M: f64 = 6_378_137.0;
@@ -291,108 +294,6 @@ impl Zone {
     }
 }
 
-/// Entering or leaving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Crossing {
-    /// `geofenceEnter`.
-    Enter,
-    /// `geofenceExit`.
-    Exit,
-}
-
-impl Crossing {
-    /// The Traccar event type.
-    pub fn event_type(self) -> &'static str {
-        match self {
-            Crossing::Enter => "geofenceEnter",
-            Crossing::Exit => "geofenceExit",
-        }
-    }
-}
-
-impl fmt::Display for Crossing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.event_type())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Outside,
-    /// Inside since this time, the dwell not yet served.
-    Pending(DateTime<Utc>),
-    Inside,
-}
-
-/// Per device and zone: outside, pending enter (since), inside. Pure: positions and times go in,
-/// crossings come out.
-///
-/// The first position of a device for a zone only sets the state (inside or outside) without a
-/// crossing: after a restart a bike parked at home does not "enter" home again. A dwell time is only
-/// checked when a position arrives; a device that goes quiet inside a zone enters it with its next
-/// position.
-#[derive(Debug, Default)]
-pub struct ZoneTracker {
-    state: HashMap<(i64, String), State>,
-}
-
-impl ZoneTracker {
-    /// An empty tracker.
-    pub fn new() -> ZoneTracker {
-        ZoneTracker::default()
-    }
-
-    /// Feeds one position of `device` at `time`; returns the crossings it causes, in zone order.
-    /// Positions older than the last one seen are the caller's to drop.
-    pub fn update(
-        &mut self,
-        zones: &[Zone],
-        device: i64,
-        lat: f64,
-        lon: f64,
-        time: DateTime<Utc>,
-    ) -> Vec<(usize, Crossing)> {
-        let mut out = Vec::new();
-        for (i, z) in zones.iter().enumerate() {
-            let inside = z.shape.contains(lat, lon);
-            let key = (device, z.key());
-            let Some(st) = self.state.get_mut(&key) else {
-                let initial = if inside {
-                    State::Inside
-                } else {
-                    State::Outside
-                };
-                self.state.insert(key, initial);
-                continue;
-            };
-            let dwelt = |since: DateTime<Utc>| (time - since).to_std().is_ok_and(|d| d >= z.dwell);
-            let (next, crossing) = match (*st, inside) {
-                (State::Outside, true) if z.dwell.is_zero() => {
-                    (State::Inside, Some(Crossing::Enter))
-                }
-                (State::Outside, true) => (State::Pending(time), None),
-                (State::Pending(since), true) if dwelt(since) => {
-                    (State::Inside, Some(Crossing::Enter))
-                }
-                (State::Pending(_), false) => (State::Outside, None),
-                (State::Inside, false) => (State::Outside, Some(Crossing::Exit)),
-                (s, _) => (s, None),
-            };
-            *st = next;
-            if let Some(c) = crossing {
-                out.push((i, c));
-            }
-        }
-        out
-    }
-
-    /// Forgets zones that are no longer configured (after a geofence refresh).
-    pub fn retain(&mut self, zones: &[Zone]) {
-        let keys: std::collections::HashSet<String> = zones.iter().map(Zone::key).collect();
-        self.state.retain(|(_, k), _| keys.contains(k));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,106 +431,5 @@ mod tests {
             let e = Shape::parse(wkt, None).unwrap_err().to_string();
             assert!(e.contains(want), "{wkt}: {e}");
         }
-    }
-
-    fn zone(dwell: u64) -> Zone {
-        let area = "CIRCLE (47.26221 11.41352, 50)".to_string();
-        Zone {
-            id: 0,
-            name: "home".into(),
-            shape: Shape::parse(&area, None).unwrap(),
-            area,
-            dwell: Duration::from_secs(dwell),
-        }
-    }
-
-    fn t(s: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
-    }
-
-    const IN: (f64, f64) = (47.26221, 11.41352);
-    const OUT: (f64, f64) = (47.263421, 11.412008);
-
-    fn run(
-        tracker: &mut ZoneTracker,
-        zones: &[Zone],
-        steps: &[(i64, (f64, f64))],
-    ) -> Vec<Option<Crossing>> {
-        steps
-            .iter()
-            .map(|(s, p)| {
-                let c = tracker.update(zones, 12, p.0, p.1, t(*s));
-                assert!(c.len() <= 1);
-                c.first().map(|(_, c)| *c)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn crossings_without_dwell() {
-        let zones = [zone(0)];
-        let mut tr = ZoneTracker::new();
-        let got = run(
-            &mut tr,
-            &zones,
-            &[(0, OUT), (1, IN), (2, IN), (3, OUT), (4, OUT)],
-        );
-        assert_eq!(
-            got,
-            [
-                None,
-                Some(Crossing::Enter),
-                None,
-                Some(Crossing::Exit),
-                None
-            ]
-        );
-        // Another device has its own state: its first position sets it silently.
-        assert!(tr.update(&zones, 27, IN.0, IN.1, t(5)).is_empty());
-    }
-
-    #[test]
-    fn dwell_delays_the_enter_and_jitter_cancels_it() {
-        let zones = [zone(60)];
-        let mut tr = ZoneTracker::new();
-        let got = run(
-            &mut tr,
-            &zones,
-            &[
-                (0, OUT),
-                (10, IN),
-                (40, OUT),
-                (50, IN),
-                (100, IN),
-                (110, IN),
-                (200, IN),
-                (300, OUT),
-            ],
-        );
-        assert_eq!(
-            got,
-            [
-                None,
-                None,
-                None,
-                None,
-                None,
-                Some(Crossing::Enter),
-                None,
-                Some(Crossing::Exit)
-            ]
-        );
-    }
-
-    #[test]
-    fn first_position_inside_is_not_an_enter() {
-        let zones = [zone(0)];
-        let mut tr = ZoneTracker::new();
-        assert_eq!(
-            run(&mut tr, &zones, &[(0, IN), (1, IN), (2, OUT)]),
-            [None, None, Some(Crossing::Exit)]
-        );
-        tr.retain(&[]);
-        assert_eq!(run(&mut tr, &zones, &[(3, IN)]), [None]);
     }
 }
