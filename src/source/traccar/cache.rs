@@ -133,12 +133,11 @@ impl Cache {
                 return vec![];
             }
         }
-        // Like Traccar, only valid fixes move a device in or out of a zone.
-        let crossings = if p.valid {
-            self.tracker
-                .update(p.device_id, p.latitude, p.longitude, time)
-        } else {
-            vec![]
+        // Like Traccar, only valid fixes move a device in or out of a zone; and only coordinates that are
+        // a place on Earth (not 0,0, not beyond ±90/±180), which the zone index is built for.
+        let crossings = match (p.valid, p.map_point()) {
+            (true, Ok((lat, lon))) => self.tracker.update(p.device_id, lat, lon, time),
+            _ => vec![],
         };
         self.positions.insert(p.device_id, p.clone());
         crossings
@@ -323,6 +322,33 @@ mod tests {
         {
             assert!(c.position(at(i as i64 + 1, p.0, p.1, *t)).is_empty());
         }
+    }
+
+    #[test]
+    fn impossible_coordinates_move_nobody_in_or_out() {
+        // Zones around 0,0 and the north pole: a tracker without a fix reports 0,0, and a latitude
+        // beyond 90 is what `contains` would still place in a polar circle, though no index box holds it.
+        let raw: crate::traccar_config::RawTraccarSource = serde_yaml::from_str(
+            "{ name: s, url: 'http://x', token: t, zones: { \
+               null: { area: 'CIRCLE (0 0, 500)' }, pole: { area: 'CIRCLE (89.5 0, 200000)' } } }",
+        )
+        .unwrap();
+        let mut c = Cache::new(
+            &TraccarSource::compile(raw, "traccar").unwrap(),
+            Default::default(),
+        );
+        assert!(c.position(at(1, 45.0, 10.0, 0)).is_empty());
+        assert!(c.position(at(2, 0.0, 0.0, 1)).is_empty(), "0,0 is no fix");
+        assert!(
+            c.position(at(3, 90.5, 180.0, 2)).is_empty(),
+            "beyond the pole"
+        );
+        // The device stayed outside both: its next real position inside enters.
+        let envs = c.position(at(4, 0.001, 0.001, 3));
+        assert_eq!(envs.len(), 1);
+        assert_eq!(envs[0].event.event_type, "geofenceEnter");
+        let envs = c.position(at(5, 89.9, 0.0, 4));
+        assert_eq!(envs.len(), 2, "exit null, enter pole");
     }
 
     #[test]
