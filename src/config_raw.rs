@@ -165,6 +165,8 @@ pub struct RawRule {
     pub group: Option<RawGroup>,
     /// Active hours / quiet hours.
     pub schedule: Option<RawSchedule>,
+    /// Repeat and escalate until a person acknowledges (see [`RawIncident`]).
+    pub incident: Option<RawIncident>,
 }
 
 /// Noise settings every rule gets unless it sets its own (`defaults:` in the main file).
@@ -319,8 +321,7 @@ pub struct RawNotify {
 }
 
 /// A rule's `incident:` section: an alarm opens an incident that repeats and escalates until a person
-/// acknowledges it. Validated by [`crate::incident::IncidentPolicy::from_raw`]; not yet a key of
-/// [`RawRule`] (a key that did nothing would mislead).
+/// acknowledges it. Validated by [`crate::incident::IncidentPolicy::from_raw`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIncident {

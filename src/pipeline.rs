@@ -75,6 +75,7 @@ impl Pipeline {
                 claim_until: None,
                 debounce: rt.config.rules.debounces().then(|| probe(env)).flatten(),
                 position_missing: env.lacks_position(),
+                incidents: Vec::new(),
             }
         };
         // For the log lines of held-back deliveries (only built when noise control is in play).
@@ -171,6 +172,7 @@ impl From<&Planned> for NewDelivery {
             dead: p.dead.clone(),
             content: serde_json::to_string(n).expect("a notification always serialises"),
             gates: p.gates.clone(),
+            incident_ref: None,
         }
     }
 }

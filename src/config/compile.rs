@@ -19,7 +19,9 @@ use crate::noise::schedule::{Schedule, WhenMuted, Window};
 use crate::noise::{Cooldown, Group, RuleNoise};
 use crate::render::{Escape, RendererBuilder};
 use crate::retry::RetryPolicy;
-use crate::rules::{Matcher, Origin, Rule, RuleSet, Target};
+use crate::config_raw::RawIncident;
+use crate::incident::IncidentPolicy;
+use crate::rules::{Matcher, Origin, Rule, RuleIncident, RuleSet, Target};
 use crate::secret::Secret;
 use crate::settings::*;
 
@@ -50,6 +52,7 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
     compile_channel_templates(&mut channels, &mut builder, &file, &mut errors);
     let traccar = compile_traccar(raw.traccar, &file, &ingest.source, &mut errors);
     let storage = compile_storage(raw.storage, &file, dir, &mut errors);
+    let public_url = compile_public_url(raw.public_url.as_deref(), &file, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -72,7 +75,39 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
         renderer: builder.build(timezone),
         rule_files,
         traccar,
+        public_url,
     })
+}
+
+/// `public_url:`: an http(s) address without query or fragment, kept without its trailing slash.
+fn compile_public_url(
+    raw: Option<&str>,
+    file: &SourceFile,
+    errors: &mut Vec<ConfigError>,
+) -> Option<String> {
+    let text = raw?.trim();
+    let problem = match reqwest::Url::parse(text) {
+        Err(e) => Some(e.to_string()),
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+            Some("the address starts with http:// or https://".to_string())
+        }
+        Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+            Some("no query or fragment: links are added to its path".to_string())
+        }
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+            Some("no user or password: the address is shown in every message".to_string())
+        }
+        Ok(_) => None,
+    };
+    if let Some(p) = problem {
+        errors.push(file.error(
+            file.find_line("public_url", None, 1),
+            "",
+            format!("public_url: `{text}`: {p}"),
+        ));
+        return None;
+    }
+    Some(text.trim_end_matches('/').to_string())
 }
 
 /// `listen:`, the address the HTTP server binds.
@@ -350,12 +385,23 @@ fn compile_rule(
         errors.push("notify: list at least one channel".into());
     }
     let mut targets = Vec::new();
+    let notify_len = raw.notify.len();
     for (i, n) in raw.notify.into_iter().enumerate() {
         match compile_target(&raw.name, i, n, channels, builder) {
             Ok(t) => targets.push(t),
             Err(es) => errors.extend(es.into_iter().map(|e| format!("notify[{i}]: {e}"))),
         }
     }
+    let incident = raw.incident.map(|inc| {
+        if raw.group.is_some() {
+            errors.push(
+                "incident: a rule with an incident cannot also group into digests (`group`): each \
+                 repeat and escalation is a message of its own"
+                    .into(),
+            );
+        }
+        compile_incident(&raw.name, inc, notify_len, channels, builder, &mut errors)
+    });
     match matcher {
         Some(matcher) if errors.is_empty() => Ok(Rule {
             name: raw.name,
@@ -365,9 +411,68 @@ fn compile_rule(
             targets,
             origin,
             noise,
+            incident: incident.flatten(),
         }),
         _ => Err(errors),
     }
+}
+
+/// A rule's `incident:` section: its policy (bounds checked by the incident core), key template,
+/// `resolve_on` conditions and escalation targets (compiled like `notify` entries, numbered after
+/// them: `notify_len` is the rule's own count). Problems are pushed as `incident.…`.
+fn compile_incident(
+    rule: &str,
+    raw: RawIncident,
+    notify_len: usize,
+    channels: &BTreeMap<String, ChannelConfig>,
+    builder: &mut RendererBuilder,
+    errors: &mut Vec<String>,
+) -> Option<RuleIncident> {
+    let before = errors.len();
+    let policy = IncidentPolicy::from_raw(&raw)
+        .map_err(|es| errors.extend(es.into_iter().map(|e| format!("incident.{e}"))))
+        .ok();
+    let key = raw.key.as_deref().filter(|k| !k.trim().is_empty()).and_then(|k| {
+        Templates {
+            builder: &mut *builder,
+            base: format!("rule/{rule}/incident"),
+        }
+        .add("key", k, Escape::Text, errors)
+        .or_else(|| {
+            if let Some(e) = errors.last_mut() {
+                *e = format!("incident.{e}");
+            }
+            None
+        })
+    });
+    let resolve_on = raw.resolve_on.and_then(|m| {
+        Matcher::compile(m)
+            .map_err(|e| errors.push(format!("incident.resolve_on: {e}")))
+            .ok()
+    });
+    let mut escalation_targets = Vec::new();
+    let mut n = notify_len;
+    for (i, step) in raw.escalate.unwrap_or_default().into_iter().enumerate() {
+        for (j, target) in step.notify.into_iter().enumerate() {
+            match compile_target(rule, n, target, channels, builder) {
+                Ok(t) => escalation_targets.push(t),
+                Err(es) => errors.extend(
+                    es.into_iter()
+                        .map(|e| format!("incident.escalate[{i}].notify[{j}]: {e}")),
+                ),
+            }
+            n += 1;
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(RuleIncident {
+        policy: policy?,
+        key,
+        resolve_on,
+        escalation_targets,
+    })
 }
 
 /// A rule's noise settings, the config's `defaults:` filling what the rule leaves out. A zero duration

@@ -686,6 +686,7 @@ async fn insert_deliveries(
         deliveries: e.deliveries.len(),
         claimed,
         quieted,
+        incidents: Vec::new(),
     })
 }
 
@@ -882,6 +883,7 @@ impl Store for PgStore {
             deliveries: e.deliveries.len(),
             claimed: claimed_at_once(&returned, &rows, e.received_at_ms),
             quieted,
+            incidents: Vec::new(),
         })
     }
 
