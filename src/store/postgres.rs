@@ -1150,6 +1150,30 @@ impl Store for PgStore {
             .map(read_silence)
             .ok_or_else(|| StoreError::NotFound(format!("silence #{id}")))
     }
+    async fn incidents(&self, _f: IncidentFilter) -> Result<Vec<IncidentRow>, StoreError> {
+        Err(StoreError::Db("TEMP".into()))
+    }
+    async fn incident(&self, _id: i64) -> Result<Option<IncidentRow>, StoreError> {
+        Err(StoreError::Db("TEMP".into()))
+    }
+    async fn live_incident(&self, _k: &str) -> Result<Option<IncidentRow>, StoreError> {
+        Err(StoreError::Db("TEMP".into()))
+    }
+    async fn incident_by_token(&self, _h: &str) -> Result<Option<(IncidentRow, String)>, StoreError> {
+        Err(StoreError::Db("TEMP".into()))
+    }
+    async fn due_incidents(&self, _n: i64, _l: usize) -> Result<Vec<DueIncident>, StoreError> {
+        Err(StoreError::Db("TEMP".into()))
+    }
+    async fn next_incident_at(&self) -> Result<Option<i64>, StoreError> {
+        Err(StoreError::Db("TEMP".into()))
+    }
+    async fn write_incident(&self, _w: IncidentWrite) -> Result<bool, StoreError> {
+        Err(StoreError::Db("TEMP".into()))
+    }
+    async fn incident_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Err(StoreError::Db("TEMP".into()))
+    }
 }
 
 #[cfg(test)]

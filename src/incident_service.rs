@@ -1,0 +1,523 @@
+//! The incident service: runs the incidents' timers (repeats, escalations, expiry, the notices owed to
+//! the people notified) and takes acknowledgements and resolutions from every source (the link's page,
+//! the admin API, the CLI; chat buttons later), all through compare-and-set writes to the store: two
+//! instances, or a person and a timer, never both act on one revision of an incident.
+//!
+//! A step's message is rendered when it falls due, from the incident's latest event and its facts now
+//! ("14 events since 02:41, last seen 300 m north"), with the policy of the configuration in force.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use minijinja::context;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::channel_config::{Facts as MessageFacts, Message};
+use crate::clock::{now_ms, rfc3339};
+use crate::event::Envelope;
+use crate::incident::{
+    acknowledge as ack_state, escalated_targets, expired, facts, resolve as resolve_state, tick,
+    AckSource, IncidentPolicy, IncidentState, Resolution, Status, Step,
+};
+use crate::metrics::Metrics;
+use crate::notification::{idempotency_key, Notification, Origin};
+use crate::pipeline::links;
+use crate::plan::{plan_step, Arrival, IncidentExtras};
+use crate::rules::{Rule, RuleIncident, RuleSet, Target};
+use crate::runtime::Shared;
+use crate::settings::Config;
+use crate::silence_cache::SilenceCache;
+use crate::store::incidents::timer;
+use crate::store::{
+    DueIncident, IncidentRow, IncidentWrite, NewDelivery, NewToken, Notice, Store, StoreError,
+    StoredEvent,
+};
+
+/// Incidents whose timers one run takes at most; the next run follows at once when it was full.
+const BATCH: usize = 100;
+
+/// The longest the timer sleeps: incidents another instance (or the CLI) changed are seen this late at
+/// most.
+const POLL: Duration = Duration::from_secs(2);
+
+/// Compare-and-set attempts of one acknowledgement before giving up (each lost attempt means someone
+/// else wrote the incident in between: an event joined, a timer ran).
+const ATTEMPTS: usize = 5;
+
+/// The timer's parts.
+#[derive(Clone)]
+pub struct IncidentService {
+    /// Configuration and channels.
+    pub shared: Arc<Shared>,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Wakes the delivery worker when steps were enqueued.
+    pub wake_worker: Arc<Notify>,
+    /// Wakes the timer (an incident opened, was acknowledged or owes a notice).
+    pub wake: Arc<Notify>,
+    /// Silences in force (a step due while its device or rule is silenced is recorded suppressed).
+    pub silences: Arc<SilenceCache>,
+    /// Instruments.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Which incident an acknowledgement or resolution names.
+#[derive(Debug, Clone)]
+pub enum Which {
+    /// By row id (API, CLI).
+    Id(i64),
+    /// By the hash of a link's token (the page).
+    TokenHash(String),
+}
+
+/// What an acknowledgement or resolution found.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The incident as it is after the call.
+    pub row: IncidentRow,
+    /// The state.
+    pub state: IncidentState,
+    /// Whether this call changed it (false: it was acknowledged or resolved already).
+    pub changed: bool,
+}
+
+/// Why an acknowledgement or resolution was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum IncidentError {
+    /// No such incident (or token).
+    #[error("no such incident")]
+    NotFound,
+    /// The incident is closed.
+    #[error("the incident was resolved at {}", rfc3339(*.0))]
+    Resolved(i64),
+    /// Its stored state cannot be read by this version.
+    #[error("the incident cannot be read: {0}")]
+    Unreadable(String),
+    /// Others kept writing it.
+    #[error("the incident kept changing; try again")]
+    Busy,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl IncidentService {
+    /// Runs the timers until `shutdown`: at once, then whenever woken, at the next timer, or after
+    /// [`POLL`] at the latest.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let mut full = false;
+            match self.run_due(now_ms()).await {
+                Ok(n) => full = n >= BATCH,
+                Err(e) => tracing::error!(error = %e, "incident timers failed; trying again"),
+            }
+            if full {
+                continue;
+            }
+            let sleep = match self.store.next_incident_at().await {
+                Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(0, POLL.as_millis() as i64) as u64),
+                _ => POLL,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// Runs the timers due at `now`; returns how many incidents it took.
+    pub async fn run_due(&self, now: i64) -> Result<usize, StoreError> {
+        let due = self.store.due_incidents(now, BATCH).await?;
+        let n = due.len();
+        let mut sent = false;
+        for d in due {
+            match self.advance(d, now).await {
+                Ok(s) => sent |= s,
+                Err(e) => tracing::error!(error = %e, "an incident's timer failed; it runs again"),
+            }
+        }
+        if sent {
+            self.wake_worker.notify_one();
+        }
+        Ok(n)
+    }
+
+    /// Runs one incident's timer: the notice it owes, the steps due (or its expiry); writes it if no
+    /// one else did meanwhile. Returns whether it enqueued deliveries.
+    async fn advance(&self, d: DueIncident, now: i64) -> Result<bool, StoreError> {
+        let state = match &d.row.state {
+            Ok(s) => s.clone(),
+            Err(e) => {
+                tracing::debug!(incident = d.row.id, error = %e, "incident row unreadable by this version; left alone");
+                return Ok(false);
+            }
+        };
+        let rt = self.shared.get();
+        let cfg = &rt.config;
+        let rule = cfg
+            .rules
+            .get(&state.rule)
+            .and_then(|r| r.incident.as_ref().map(|i| (r, i)));
+        let mut next = state.clone();
+        let mut deliveries = Vec::new();
+        let mut tokens = Vec::new();
+        let mut notice = None;
+        if let Some(n) = d.row.notice {
+            deliveries.extend(self.notice(cfg, &d, &state, n, now));
+        }
+        match rule {
+            None if !state.status.is_resolved() => {
+                // Its rule is gone, or no longer has an incident: closed, and its people told.
+                next = resolve_state(&state, Resolution::RuleRemoved, now).0;
+                notice = Some(Notice::Resolved);
+                self.metrics.incident_resolved("rule_removed");
+            }
+            None => {}
+            Some((rule, inc)) => {
+                let t = tick(&state, &inc.policy, now);
+                if t.state.status.is_resolved() && !state.status.is_resolved() {
+                    self.metrics.incident_resolved("resolve_after");
+                }
+                for step in &t.send {
+                    let (planned, new_tokens) =
+                        self.step(cfg, rule, inc, &d, &t.state, *step, now);
+                    deliveries.extend(planned);
+                    tokens.extend(new_tokens);
+                    self.metrics.incident_step(match step {
+                        Step::Repeat(_) => "repeat",
+                        _ => "escalation",
+                    });
+                }
+                next = t.state;
+            }
+        }
+        let next_at = match (rule, notice) {
+            (_, Some(_)) => Some(now),
+            (Some((_, inc)), None) => timer(&next, &inc.policy, false, now),
+            (None, None) => None,
+        };
+        let any = !deliveries.is_empty();
+        let written = self
+            .store
+            .write_incident(IncidentWrite {
+                id: d.row.id,
+                revision: d.row.revision,
+                state: next,
+                next_at,
+                notice,
+                suppress_pending: None,
+                deliveries,
+                tokens,
+                now_ms: now,
+            })
+            .await?;
+        if !written {
+            tracing::debug!(incident = d.row.id, "incident changed meanwhile; its timer runs again");
+        }
+        Ok(written && any)
+    }
+
+    /// The deliveries of one step of `rule`'s incident: a repeat goes to the rule's targets and to
+    /// those of the escalation steps done (the circle only widens), an escalation to its step's.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &self,
+        cfg: &Config,
+        rule: &Rule,
+        inc: &RuleIncident,
+        d: &DueIncident,
+        state: &IncidentState,
+        step: Step,
+        now: i64,
+    ) -> (Vec<NewDelivery>, Vec<NewToken>) {
+        let own = rule.targets.len();
+        let escalation = |i: usize| inc.escalation_targets.get(i).map(|t| (own + i, t));
+        let targets: Vec<(usize, &Target)> = match step {
+            Step::Repeat(_) => rule
+                .targets
+                .iter()
+                .enumerate()
+                .chain(escalated_targets(state, &inc.policy).into_iter().filter_map(escalation))
+                .collect(),
+            Step::Escalate(i) => inc.policy.escalate[i]
+                .notify
+                .iter()
+                .filter_map(|&j| escalation(j))
+                .collect(),
+            Step::Expire => Vec::new(),
+        };
+        let (env, raw, arrival) = step_event(d, now);
+        let mut extras = IncidentExtras::default();
+        let f = facts(state, now);
+        let summary = f.summary(cfg.timezone, now);
+        let (tag, header) = match step {
+            Step::Repeat(n) => (
+                format!("repeat-{n}"),
+                format!(
+                    "Reminder {n}{}: not acknowledged yet; {summary}",
+                    inc.policy
+                        .repeat
+                        .map(|r| format!(" of {}", r.max))
+                        .unwrap_or_default()
+                ),
+            ),
+            Step::Escalate(i) => (
+                format!("escalate-{}", i + 1),
+                format!("Escalated (step {}): nobody has acknowledged; {summary}", i + 1),
+            ),
+            Step::Expire => ("expire".into(), String::new()),
+        };
+        extras.set_rule(
+            &rule.name,
+            context! { id => d.row.id, key => state.key.as_str(), step => tag.as_str(), facts => f, summary => summary.as_str() },
+            Some(header),
+        );
+        let tokens = match &cfg.public_url {
+            Some(base) => links(base, rule, targets.iter().copied(), &mut extras),
+            None => Vec::new(),
+        };
+        let silences = self.silences.get();
+        let planned = plan_step(
+            cfg, rule, &targets, &env, &raw, &arrival, &silences, &extras, &tag,
+        );
+        let deliveries = planned
+            .iter()
+            .map(|p| NewDelivery {
+                incident_ref: Some(d.row.id),
+                ..NewDelivery::from(p)
+            })
+            .collect();
+        (deliveries, tokens)
+    }
+
+    /// The message owed to an incident's circle: who acknowledged it, or how it was resolved.
+    fn notice(
+        &self,
+        cfg: &Config,
+        d: &DueIncident,
+        state: &IncidentState,
+        notice: Notice,
+        now: i64,
+    ) -> Vec<NewDelivery> {
+        let text = notice_text(d.row.id, state, cfg.timezone);
+        let subject = match notice {
+            Notice::Acknowledged => format!("Acknowledged: {}", state.key),
+            Notice::Resolved => format!("Resolved: {}", state.key),
+        };
+        let (_, raw, arrival) = step_event(d, now);
+        let origin = Origin {
+            source: arrival.source.clone(),
+            event_id: d.event.as_ref().map_or(0, |e| e.event_id),
+            event_type: d.event.as_ref().map_or_else(String::new, |e| e.event_type.clone()),
+            device_id: d.event.as_ref().map_or(0, |e| e.device_id),
+            device_name: String::new(),
+            rule: state.rule.clone(),
+            txn: arrival.txn.clone(),
+            request_id: None,
+            received_at_ms: now,
+        };
+        let mut out = Vec::new();
+        for (channel, recipient) in &d.circle {
+            let Some(ch) = cfg.channels.get(channel) else {
+                continue;
+            };
+            let parts = ch.kind.content(Message {
+                text: ch.kind.escape().apply(&text),
+                subject: ch.kind.subject().map(|_| subject.clone()),
+                html: Some(crate::render::escape_html(&text)),
+                body: None,
+                pin: None,
+                digested: false,
+                facts: MessageFacts {
+                    rule: &state.rule,
+                    channel,
+                    source: &arrival.source,
+                    txn: arrival.txn.as_deref(),
+                    raw: &raw,
+                },
+            });
+            for (part, content) in parts {
+                let n = Notification {
+                    key: idempotency_key(&[
+                        "incident",
+                        &d.row.id.to_string(),
+                        notice.as_str(),
+                        &d.row.revision.to_string(),
+                        channel,
+                        recipient,
+                        part,
+                    ]),
+                    channel: channel.clone(),
+                    recipient: recipient.clone(),
+                    content,
+                    origin: origin.clone(),
+                };
+                out.push(NewDelivery {
+                    key: n.key.clone(),
+                    channel: n.channel.clone(),
+                    recipient: n.recipient.clone(),
+                    rule: state.rule.clone(),
+                    order_key: n.order_key(ch.kind.ordered()),
+                    dead: None,
+                    content: serde_json::to_string(&n).expect("a notification always serialises"),
+                    gates: Default::default(),
+                    incident_ref: None,
+                });
+            }
+        }
+        self.metrics.incident_step("notice");
+        out
+    }
+}
+
+/// A notice's text: "Incident 12 (theft-42) acknowledged by phone via link at 02:47."
+pub fn notice_text(id: i64, state: &IncidentState, tz: chrono_tz::Tz) -> String {
+    let at = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| crate::render::local_time(t, tz, Some("%H:%M")))
+            .unwrap_or_default()
+    };
+    let what = format!("Incident {id} ({}, rule {})", state.key, state.rule);
+    match &state.status {
+        Status::Acknowledged(a) => format!(
+            "{what} acknowledged by {} via {} at {}. No more reminders.",
+            a.by,
+            source_name(a.via),
+            at(a.at_ms)
+        ),
+        Status::Resolved { how, at_ms, .. } => {
+            let how = match how {
+                Resolution::ResolveOn => "by the event its rule names (resolve_on)".to_string(),
+                Resolution::ResolveAfter => "after a quiet period (resolve_after)".to_string(),
+                Resolution::Manual { by, via } => format!("by {by} via {}", source_name(*via)),
+                Resolution::RuleRemoved => "because its rule no longer has an incident".to_string(),
+            };
+            format!("{what} resolved {how} at {}.", at(*at_ms))
+        }
+        Status::Open => format!("{what} is open."),
+    }
+}
+
+/// How an acknowledgement source is named in messages.
+pub fn source_name(s: AckSource) -> &'static str {
+    match s {
+        AckSource::Link => "link",
+        AckSource::Api => "API",
+        AckSource::Cli => "command line",
+        AckSource::Telegram => "Telegram",
+        AckSource::Ntfy => "ntfy",
+        AckSource::Pushover => "Pushover",
+    }
+}
+
+/// The event a step is rendered from: the incident's latest as stored (an empty one when retention
+/// removed it, so that a step still goes out), its body, and its arrival now.
+fn step_event(d: &DueIncident, now: i64) -> (Envelope, String, Arrival) {
+    let stored = d.event.clone().unwrap_or(StoredEvent {
+        source: String::new(),
+        event_id: 0,
+        device_id: 0,
+        event_type: String::new(),
+        txn: None,
+        payload: String::new(),
+    });
+    let env = Envelope::from_json(stored.payload.as_bytes()).unwrap_or_else(|_| {
+        serde_json::from_value(serde_json::json!({
+            "event": { "id": stored.event_id, "deviceId": stored.device_id, "type": stored.event_type }
+        }))
+        .expect("a minimal event parses")
+    });
+    let arrival = Arrival {
+        source: stored.source.clone(),
+        via: None,
+        txn: stored.txn.clone(),
+        request_id: None,
+        received_at_ms: now,
+    };
+    (env, stored.payload, arrival)
+}
+
+/// Acknowledges an incident (`by` who, through `via`) at `now`, or resolves it by hand when
+/// `resolve` is set. Checks expiry first with the rule's policy in `rules` (an incident past its
+/// `resolve_after` is closed, and the acknowledgement answered "resolved"). Idempotent: a second
+/// acknowledgement changes nothing and says who came first. The people notified are told by the
+/// timer (a notice).
+pub async fn acknowledge(
+    store: &dyn Store,
+    rules: &RuleSet,
+    which: &Which,
+    by: &str,
+    via: AckSource,
+    resolve: bool,
+    now: i64,
+) -> Result<Answer, IncidentError> {
+    for _ in 0..ATTEMPTS {
+        let row = match which {
+            Which::Id(id) => store.incident(*id).await?,
+            Which::TokenHash(h) => store.incident_by_token(h).await?.map(|(r, _)| r),
+        }
+        .ok_or(IncidentError::NotFound)?;
+        let state = row.state.clone().map_err(IncidentError::Unreadable)?;
+        let policy: Option<&IncidentPolicy> = rules
+            .get(&state.rule)
+            .and_then(|r| r.incident.as_ref())
+            .map(|i| &i.policy);
+        if let Status::Resolved { at_ms, .. } = state.status {
+            return Err(IncidentError::Resolved(at_ms));
+        }
+        if policy.is_some_and(|p| expired(&state, p, now)) {
+            // Its timer closes it (as of its expiry); it cannot be acknowledged any more.
+            let at = crate::incident::expires_at(&state, policy.expect("checked"));
+            return Err(IncidentError::Resolved(at));
+        }
+        let (next, changed, why) = if resolve {
+            let how = Resolution::Manual {
+                by: by.to_string(),
+                via,
+            };
+            let (s, changed) = resolve_state(&state, how, now);
+            (s, changed, format!("incident resolved by {by}"))
+        } else {
+            let (s, changed) =
+                ack_state(&state, by, via, now).map_err(|e| match e {
+                    crate::incident::AckError::Resolved { at_ms } => IncidentError::Resolved(at_ms),
+                })?;
+            (s, changed, format!("acknowledged by {by} via {}", source_name(via)))
+        };
+        if !changed {
+            return Ok(Answer {
+                row,
+                state,
+                changed: false,
+            });
+        }
+        let written = store
+            .write_incident(IncidentWrite {
+                id: row.id,
+                revision: row.revision,
+                state: next.clone(),
+                next_at: Some(now),
+                notice: Some(if resolve {
+                    Notice::Resolved
+                } else {
+                    Notice::Acknowledged
+                }),
+                suppress_pending: Some(why),
+                deliveries: Vec::new(),
+                tokens: Vec::new(),
+                now_ms: now,
+            })
+            .await?;
+        if written {
+            let row = store.incident(row.id).await?.ok_or(IncidentError::NotFound)?;
+            return Ok(Answer {
+                row,
+                state: next,
+                changed: true,
+            });
+        }
+    }
+    Err(IncidentError::Busy)
+}
