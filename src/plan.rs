@@ -592,7 +592,7 @@ mod tests {
             received_at_ms: 1_768_392_000_000,
             ..Default::default()
         };
-        plan(cfg, &matched, env, "{}", &arrival, &SilenceSet::default())
+        plan(cfg, &matched, env, "{}", &arrival, &SilenceSet::default(), &IncidentExtras::default())
     }
 
     fn text(p: &Planned) -> &str {

@@ -641,6 +641,7 @@ fn event(id: i64, at: i64, deliveries: Vec<NewDelivery>) -> NewEvent {
         claim_until: None,
         debounce: None,
         position_missing: false,
+        incidents: Vec::new(),
     }
 }
 
@@ -683,6 +684,7 @@ async fn dedup_ordering_retry_and_dead(b: Backend) {
             deliveries: 2,
             claimed: vec![],
             quieted: vec![],
+            incidents: vec![],
         }
     );
     store

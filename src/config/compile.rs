@@ -86,6 +86,9 @@ fn compile_public_url(
     errors: &mut Vec<ConfigError>,
 ) -> Option<String> {
     let text = raw?.trim();
+    if text.is_empty() {
+        return None;
+    }
     let problem = match reqwest::Url::parse(text) {
         Err(e) => Some(e.to_string()),
         Ok(u) if !matches!(u.scheme(), "http" | "https") => {

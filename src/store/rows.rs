@@ -263,6 +263,7 @@ mod tests {
             dead: dead.map(str::to_string),
             content: "{}".into(),
             gates: Gates::default(),
+            incident_ref: None,
         }
     }
 
@@ -298,6 +299,7 @@ mod tests {
             claim_until: Some(61_000),
             debounce: None,
             position_missing: false,
+            incidents: Vec::new(),
         };
         let verdicts = vec![
             send(1000, None),
