@@ -118,13 +118,25 @@ pub struct RawRetry {
 }
 
 /// An entry of `rules:` in the config: a path (a file, or a folder of `*.yaml`) or an inline rule.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum RawRuleSource {
     /// A file or folder of rule files.
     Path(String),
     /// A rule written inline.
     Inline(Box<RawRule>),
+}
+
+/// A string is a path; anything else is read as a rule, with the rule's own error (serde's untagged
+/// enums would only say that no variant matched, hiding a misspelt key).
+impl<'de> Deserialize<'de> for RawRuleSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(p) => Ok(RawRuleSource::Path(p)),
+            other => RawRule::deserialize(other)
+                .map(|r| RawRuleSource::Inline(Box::new(r)))
+                .map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// A rule file: `rules: [...]`.

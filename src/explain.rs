@@ -125,7 +125,9 @@ async fn incidents(
         };
         let verdict = on_event(state, &inc.policy, &facts, now);
         let (effect, detail, next) = match &verdict {
-            EventVerdict::Open { state, .. } => ("opens", "opens an incident".to_string(), Some(state)),
+            EventVerdict::Open { state, .. } => {
+                ("opens", "opens an incident".to_string(), Some(state))
+            }
             EventVerdict::Join(s) => (
                 "joins",
                 format!("joins incident {} ({} events)", id.unwrap_or(0), s.events),
@@ -136,7 +138,11 @@ async fn incidents(
                 format!("resolves incident {}", id.unwrap_or(0)),
                 None,
             ),
-            EventVerdict::NoIncident => ("nothing_to_resolve", "no incident to resolve".to_string(), None),
+            EventVerdict::NoIncident => (
+                "nothing_to_resolve",
+                "no incident to resolve".to_string(),
+                None,
+            ),
         };
         out.push(IncidentExplained {
             rule: rule.name.clone(),

@@ -116,7 +116,9 @@ impl IncidentService {
                 continue;
             }
             let sleep = match self.store.next_incident_at().await {
-                Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(0, POLL.as_millis() as i64) as u64),
+                Ok(Some(at)) => {
+                    Duration::from_millis((at - now_ms()).clamp(0, POLL.as_millis() as i64) as u64)
+                }
                 _ => POLL,
             };
             tokio::select! {
@@ -181,8 +183,7 @@ impl IncidentService {
                     self.metrics.incident_resolved("resolve_after");
                 }
                 for step in &t.send {
-                    let (planned, new_tokens) =
-                        self.step(cfg, rule, inc, &d, &t.state, *step, now);
+                    let (planned, new_tokens) = self.step(cfg, rule, inc, &d, &t.state, *step, now);
                     deliveries.extend(planned);
                     tokens.extend(new_tokens);
                     self.metrics.incident_step(match step {
@@ -214,7 +215,10 @@ impl IncidentService {
             })
             .await?;
         if !written {
-            tracing::debug!(incident = d.row.id, "incident changed meanwhile; its timer runs again");
+            tracing::debug!(
+                incident = d.row.id,
+                "incident changed meanwhile; its timer runs again"
+            );
         }
         Ok(written && any)
     }
@@ -239,7 +243,11 @@ impl IncidentService {
                 .targets
                 .iter()
                 .enumerate()
-                .chain(escalated_targets(state, &inc.policy).into_iter().filter_map(escalation))
+                .chain(
+                    escalated_targets(state, &inc.policy)
+                        .into_iter()
+                        .filter_map(escalation),
+                )
                 .collect(),
             Step::Escalate(i) => inc.policy.escalate[i]
                 .notify
@@ -265,7 +273,10 @@ impl IncidentService {
             ),
             Step::Escalate(i) => (
                 format!("escalate-{}", i + 1),
-                format!("Escalated (step {}): nobody has acknowledged; {summary}", i + 1),
+                format!(
+                    "Escalated (step {}): nobody has acknowledged; {summary}",
+                    i + 1
+                ),
             ),
             Step::Expire => ("expire".into(), String::new()),
         };
@@ -310,7 +321,10 @@ impl IncidentService {
         let origin = Origin {
             source: arrival.source.clone(),
             event_id: d.event.as_ref().map_or(0, |e| e.event_id),
-            event_type: d.event.as_ref().map_or_else(String::new, |e| e.event_type.clone()),
+            event_type: d
+                .event
+                .as_ref()
+                .map_or_else(String::new, |e| e.event_type.clone()),
             device_id: d.event.as_ref().map_or(0, |e| e.device_id),
             device_name: String::new(),
             rule: state.rule.clone(),
@@ -480,11 +494,14 @@ pub async fn acknowledge(
             let (s, changed) = resolve_state(&state, how, now);
             (s, changed, format!("incident resolved by {by}"))
         } else {
-            let (s, changed) =
-                ack_state(&state, by, via, now).map_err(|e| match e {
-                    crate::incident::AckError::Resolved { at_ms } => IncidentError::Resolved(at_ms),
-                })?;
-            (s, changed, format!("acknowledged by {by} via {}", source_name(via)))
+            let (s, changed) = ack_state(&state, by, via, now).map_err(|e| match e {
+                crate::incident::AckError::Resolved { at_ms } => IncidentError::Resolved(at_ms),
+            })?;
+            (
+                s,
+                changed,
+                format!("acknowledged by {by} via {}", source_name(via)),
+            )
         };
         if !changed {
             return Ok(Answer {
@@ -511,7 +528,10 @@ pub async fn acknowledge(
             })
             .await?;
         if written {
-            let row = store.incident(row.id).await?.ok_or(IncidentError::NotFound)?;
+            let row = store
+                .incident(row.id)
+                .await?
+                .ok_or(IncidentError::NotFound)?;
             return Ok(Answer {
                 row,
                 state: next,

@@ -560,8 +560,16 @@ async fn incidents(
                 .await?;
             for r in &rows {
                 let line = match &r.state {
-                    Ok(s) if json => serde_json::json!({"id": r.id, "status": r.status_name(), "state": s}).to_string(),
-                    Ok(s) => format!("#{} {:<12} {}", r.id, r.status_name(), notice_text(r.id, s, chrono_tz::UTC)),
+                    Ok(s) if json => {
+                        serde_json::json!({"id": r.id, "status": r.status_name(), "state": s})
+                            .to_string()
+                    }
+                    Ok(s) => format!(
+                        "#{} {:<12} {}",
+                        r.id,
+                        r.status_name(),
+                        notice_text(r.id, s, chrono_tz::UTC)
+                    ),
                     Err(e) => format!("#{} unreadable: {e}", r.id),
                 };
                 println!("{line}");
@@ -571,7 +579,17 @@ async fn incidents(
         Some(IncidentAction::Ack { id, by }) => (id, by, false),
         Some(IncidentAction::Resolve { id, by }) => (id, by, true),
     };
-    match acknowledge(store.as_ref(), &rules, &Which::Id(id), &by, AckSource::Cli, resolve, now_ms()).await {
+    match acknowledge(
+        store.as_ref(),
+        &rules,
+        &Which::Id(id),
+        &by,
+        AckSource::Cli,
+        resolve,
+        now_ms(),
+    )
+    .await
+    {
         Ok(a) => {
             let what = if a.changed { "" } else { "already: " };
             println!("{what}{}", notice_text(a.row.id, &a.state, chrono_tz::UTC));
@@ -714,6 +732,20 @@ fn explain(env: &Envelope, x: &trackrelay::explain::Explanation) {
                 r.reason.as_deref().unwrap_or("")
             ),
         }
+    }
+    for i in &x.incidents {
+        let next = i
+            .schedule
+            .first()
+            .map(|d| {
+                format!(
+                    "; next: {} {}",
+                    d["step"]["step"].as_str().unwrap_or(""),
+                    d["at"].as_str().unwrap_or("")
+                )
+            })
+            .unwrap_or_default();
+        println!("\nincident  {} (key {}): {}{next}", i.rule, i.key, i.detail);
     }
     for n in &x.notifications {
         let to = if n.recipient.is_empty() {

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 
 use crate::event::Envelope;
+use crate::incident::{EventFacts, Sighting, Trigger};
 use crate::metrics::Metrics;
 use crate::noise::{debounce_key, judged_at, DebounceProbe};
-use crate::incident::{EventFacts, Sighting, Trigger};
 use crate::plan::{incident_key, plan, Arrival, IncidentExtras, Planned};
 use crate::rules::Rule;
-use crate::settings::Config;
 use crate::runtime::Shared;
+use crate::settings::Config;
 use crate::silence_cache::SilenceCache;
 use crate::store::{
     Accepted, Claimed, Effect, IncidentOffer, NewDelivery, NewEvent, NewToken, Status, Store,
@@ -67,7 +67,9 @@ fn opening_links(
     let tokens = triggered
         .iter()
         .map(|(rule, trigger)| match (&cfg.public_url, trigger) {
-            (Some(base), Trigger::Match) => links(base, rule, rule.targets.iter().enumerate(), &mut extras),
+            (Some(base), Trigger::Match) => {
+                links(base, rule, rule.targets.iter().enumerate(), &mut extras)
+            }
             _ => Vec::new(),
         })
         .collect();

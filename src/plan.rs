@@ -100,7 +100,14 @@ pub fn plan_step(
     let mut out = Vec::new();
     for &(i, target) in targets {
         if let Some(ch) = cfg.channels.get(&target.channel) {
-            p.plan_target(rule, &Gates::default(), (i, target), ch, Some(step), &mut out);
+            p.plan_target(
+                rule,
+                &Gates::default(),
+                (i, target),
+                ch,
+                Some(step),
+                &mut out,
+            );
         }
     }
     out
@@ -592,7 +599,15 @@ mod tests {
             received_at_ms: 1_768_392_000_000,
             ..Default::default()
         };
-        plan(cfg, &matched, env, "{}", &arrival, &SilenceSet::default(), &IncidentExtras::default())
+        plan(
+            cfg,
+            &matched,
+            env,
+            "{}",
+            &arrival,
+            &SilenceSet::default(),
+            &IncidentExtras::default(),
+        )
     }
 
     fn text(p: &Planned) -> &str {

@@ -47,7 +47,9 @@ async fn advance(relay: &Relay, ms: i64) {
 
 /// The acknowledgement link in a text.
 fn ack_link(text: &str) -> String {
-    let at = text.find("/ack/").unwrap_or_else(|| panic!("no link in {text}"));
+    let at = text
+        .find("/ack/")
+        .unwrap_or_else(|| panic!("no link in {text}"));
     let start = text[..at].rfind("http").unwrap();
     text[start..at + 5 + 32].to_string()
 }
@@ -78,14 +80,24 @@ async fn the_shipped_theft_rule_repeats_and_escalates_until_acknowledged_from_it
 
     // The alarm: the owner's phone (text + pin) and the family's mail, each with a link.
     let (status, body) = relay.post(payload("alarm_vibration.json"), &auth).await;
-    assert_eq!((status, body["deliveries"].as_u64()), (200, Some(3)), "{body}");
+    assert_eq!(
+        (status, body["deliveries"].as_u64()),
+        (200, Some(3)),
+        "{body}"
+    );
     let first = telegram.wait_for_messages(2, WAIT).await;
     let text = first[0].text.clone().unwrap();
     assert!(text.starts_with("🚨 <b>Theft alarm"), "{text}");
     let link = ack_link(&text);
-    assert!(link.starts_with(&format!("http://127.0.0.1:{port}/ack/")), "{link}");
+    assert!(
+        link.starts_with(&format!("http://127.0.0.1:{port}/ack/")),
+        "{link}"
+    );
     let mails = smtp.wait_for(1, WAIT).await;
-    assert!(mails[0].text.as_deref().unwrap_or("").contains("/ack/"), "the mail carries a link too");
+    assert!(
+        mails[0].text.as_deref().unwrap_or("").contains("/ack/"),
+        "the mail carries a link too"
+    );
     let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
     let incidents = list["incidents"].as_array().unwrap();
     assert_eq!(incidents.len(), 1, "{list}");
@@ -96,20 +108,32 @@ async fn the_shipped_theft_rule_repeats_and_escalates_until_acknowledged_from_it
     let again = payload("alarm_vibration.json").replace("1937310", "1937311");
     let (_, body) = relay.post(again, &auth).await;
     assert_eq!(body["status"], "accepted", "{body}");
-    telegram.assert_stays_at(2, Duration::from_millis(500)).await;
+    telegram
+        .assert_stays_at(2, Duration::from_millis(500))
+        .await;
 
     // 5 minutes: the first reminder, to the phone and the mail, saying how many alarms since when.
     advance(&relay, 5 * MIN + 1000).await;
     let msgs = telegram.wait_for_messages(4, WAIT).await;
     let reminder = msgs[2].plain_text.clone().unwrap();
-    assert!(reminder.starts_with("Reminder 1 of 12: not acknowledged yet; 2 events since"), "{reminder}");
+    assert!(
+        reminder.starts_with("Reminder 1 of 12: not acknowledged yet; 2 events since"),
+        "{reminder}"
+    );
     smtp.wait_for(2, WAIT).await;
-    assert!(sink.requests().is_empty(), "no escalation before 10 minutes");
+    assert!(
+        sink.requests().is_empty(),
+        "no escalation before 10 minutes"
+    );
 
     // 10 minutes: the escalation to the ops chat, and the second reminder.
     advance(&relay, 5 * MIN).await;
     let ops = sink.wait_for(1, WAIT).await;
-    assert!(ops[0].body_text().contains("Escalated (step 1)"), "{}", ops[0].body_text());
+    assert!(
+        ops[0].body_text().contains("Escalated (step 1)"),
+        "{}",
+        ops[0].body_text()
+    );
     telegram.wait_for_messages(6, WAIT).await;
 
     // A link preview fetches the page: nothing is acknowledged.
@@ -117,7 +141,10 @@ async fn the_shipped_theft_rule_repeats_and_escalates_until_acknowledged_from_it
     assert_eq!(page.status(), 200);
     assert_eq!(page.headers()["referrer-policy"], "no-referrer");
     let html = page.text().await.unwrap();
-    assert!(html.contains("<button type=\"submit\">Acknowledge</button>"), "{html}");
+    assert!(
+        html.contains("<button type=\"submit\">Acknowledge</button>"),
+        "{html}"
+    );
     let (_, one) = relay.admin_get("/api/incidents", ADMIN).await;
     assert_eq!(one["incidents"][0]["status"], "open");
 
@@ -134,12 +161,17 @@ async fn the_shipped_theft_rule_repeats_and_escalates_until_acknowledged_from_it
     assert!(page.text().await.unwrap().contains("Acknowledged."));
     let notices = telegram.wait_for_messages(7, WAIT).await;
     let notice = notices[6].plain_text.clone().unwrap();
-    assert!(notice.contains("acknowledged by Lena (phone) via link"), "{notice}");
+    assert!(
+        notice.contains("acknowledged by Lena (phone) via link"),
+        "{notice}"
+    );
     sink.wait_for(2, WAIT).await;
 
     // No more reminders, however long nobody else does anything.
     advance(&relay, 30 * MIN).await;
-    telegram.assert_stays_at(7, Duration::from_millis(800)).await;
+    telegram
+        .assert_stays_at(7, Duration::from_millis(800))
+        .await;
     // A second press is answered, and changes nothing.
     let again = relay.client.post(&link).send().await.unwrap();
     assert!(again.text().await.unwrap().contains("Already acknowledged"));
@@ -148,14 +180,24 @@ async fn the_shipped_theft_rule_repeats_and_escalates_until_acknowledged_from_it
     assert_eq!(relay.client.get(&bad).send().await.unwrap().status(), 404);
     assert_eq!(relay.client.post(&bad).send().await.unwrap().status(), 404);
     let metrics = relay.metrics().await;
-    assert!(metrics.contains("trackrelay_incidents_live{status=\"acknowledged\"} 1"), "{metrics}");
-    assert!(metrics.contains("trackrelay_incident_steps_total{step=\"repeat\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("trackrelay_incidents_live{status=\"acknowledged\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("trackrelay_incident_steps_total{step=\"repeat\"} 2"),
+        "{metrics}"
+    );
     relay.stop().await;
 }
 
 /// A config with a webhook channel `hook` (the owner) and `boss` (the escalation), and one rule whose
 /// incident repeats every 5 minutes and escalates at 10 and 30.
-fn hook_incident_config(dir: &std::path::Path, sink: &Sink, extra: &str) -> trackrelay::settings::Config {
+fn hook_incident_config(
+    dir: &std::path::Path,
+    sink: &Sink,
+    extra: &str,
+) -> trackrelay::settings::Config {
     let yaml = format!(
         "storage: {{ data_dir: \"{d}\" }}\nadmin: {{ token: {ADMIN} }}\n{extra}\
          channels:\n  hook: {{ type: webhook, url: \"{owner}\" }}\n  boss: {{ type: webhook, url: \"{boss}\" }}\n\
@@ -214,7 +256,10 @@ async fn a_restart_keeps_the_timer_and_resolve_on_closes_the_incident() {
     })
     .await;
     let last = sink.requests().last().unwrap().body_text();
-    assert!(last.contains("resolved by the event its rule names"), "{last}");
+    assert!(
+        last.contains("resolved by the event its rule names"),
+        "{last}"
+    );
     advance(&relay, 60 * MIN).await;
     sink.assert_stays_at(6, Duration::from_millis(500)).await;
     let (_, all) = relay.admin_get("/api/incidents?all=true", ADMIN).await;
@@ -241,9 +286,17 @@ async fn api_and_cli_acknowledge_resolve_after_closes_and_bad_input_changes_noth
     let id = list["incidents"][0]["id"].as_i64().unwrap();
 
     // Bad input: an unknown id, a body that is no JSON, no token.
-    assert_eq!(relay.admin_post("/api/incidents/999/ack", ADMIN).await.0, 404);
+    assert_eq!(
+        relay.admin_post("/api/incidents/999/ack", ADMIN).await.0,
+        404
+    );
     let (status, _) = relay
-        .admin_send(reqwest::Method::POST, &format!("/api/incidents/{id}/ack"), "wrong", None)
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/api/incidents/{id}/ack"),
+            "wrong",
+            None,
+        )
         .await;
     assert_eq!(status, 401);
     let bad = relay
@@ -255,7 +308,9 @@ async fn api_and_cli_acknowledge_resolve_after_closes_and_bad_input_changes_noth
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
-    let (_, still) = relay.admin_get(&format!("/api/incidents/{id}"), ADMIN).await;
+    let (_, still) = relay
+        .admin_get(&format!("/api/incidents/{id}"), ADMIN)
+        .await;
     assert_eq!(still["status"], "open", "{still}");
 
     // The API acknowledges; a second call says it was already.
@@ -267,18 +322,35 @@ async fn api_and_cli_acknowledge_resolve_after_closes_and_bad_input_changes_noth
             Some(serde_json::json!({ "by": "ops desk" })),
         )
         .await;
-    assert_eq!((status, body["changed"].as_bool()), (200, Some(true)), "{body}");
-    let (_, body) = relay.admin_post(&format!("/api/incidents/{id}/ack"), ADMIN).await;
+    assert_eq!(
+        (status, body["changed"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    let (_, body) = relay
+        .admin_post(&format!("/api/incidents/{id}/ack"), ADMIN)
+        .await;
     assert_eq!(body["changed"], false, "{body}");
-    eventually(WAIT, "the acknowledgement notice", || paths(&sink, "/owner") == 2).await;
+    eventually(WAIT, "the acknowledgement notice", || {
+        paths(&sink, "/owner") == 2
+    })
+    .await;
     advance(&relay, 11 * MIN).await;
     sink.assert_stays_at(2, Duration::from_millis(500)).await;
 
     // resolve_after: two hours after its last event it closes by itself, telling nobody.
     advance(&relay, 2 * 60 * MIN).await;
-    let (_, body) = relay.admin_get(&format!("/api/incidents/{id}"), ADMIN).await;
+    let (_, body) = relay
+        .admin_get(&format!("/api/incidents/{id}"), ADMIN)
+        .await;
     assert_eq!(body["status"], "resolved", "{body}");
-    assert_eq!(relay.admin_post(&format!("/api/incidents/{id}/ack"), ADMIN).await.0, 409);
+    assert_eq!(
+        relay
+            .admin_post(&format!("/api/incidents/{id}/ack"), ADMIN)
+            .await
+            .0,
+        409
+    );
 
     // The CLI: a new incident, acknowledged from the command line on the same data directory.
     relay.post(alarm(2, true), &[]).await;
@@ -296,12 +368,20 @@ async fn api_and_cli_acknowledge_resolve_after_closes_and_bad_input_changes_noth
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("#{id2} open")), "{text}");
     let out = cli(&["incidents", "ack", &id2.to_string(), "--by", "night shift"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("acknowledged by night shift via command line"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("acknowledged by night shift via command line"));
     let out = cli(&["incidents", "ack", "4711"]);
     assert_eq!(out.status.code(), Some(1));
     relay.running.as_ref().unwrap().incidents.wake.notify_one();
-    eventually(WAIT, "the CLI's acknowledgement notice", || paths(&sink, "/owner") == 4).await;
+    eventually(WAIT, "the CLI's acknowledgement notice", || {
+        paths(&sink, "/owner") == 4
+    })
+    .await;
     advance(&relay, 6 * MIN).await;
     sink.assert_stays_at(4, Duration::from_millis(500)).await;
     relay.stop().await;

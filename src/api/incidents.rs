@@ -184,7 +184,9 @@ async fn by_hand(
     let by = clean_name(b.by.as_deref()).unwrap_or_else(|| "admin".to_string());
     let answer = take(&s, &Which::Id(id), &by, AckSource::Api, resolve).await;
     match answer {
-        Ok(a) => Ok(Json(json!({ "changed": a.changed, "incident": view(&a.row, &s) })).into_response()),
+        Ok(a) => {
+            Ok(Json(json!({ "changed": a.changed, "incident": view(&a.row, &s) })).into_response())
+        }
         Err(IncidentError::NotFound) => Err(not_found(id)),
         Err(e) => Err(ack_error(e)),
     }
@@ -200,7 +202,16 @@ async fn take(
 ) -> Result<Answer, IncidentError> {
     let rules = &s.pipeline.shared.get().config.rules;
     let now = now_ms();
-    let a = acknowledge(s.pipeline.store.as_ref(), rules, which, by, via, resolve, now).await?;
+    let a = acknowledge(
+        s.pipeline.store.as_ref(),
+        rules,
+        which,
+        by,
+        via,
+        resolve,
+        now,
+    )
+    .await?;
     if a.changed {
         let m = &s.pipeline.metrics;
         if resolve {
@@ -216,8 +227,12 @@ async fn take(
 
 fn ack_error(e: IncidentError) -> HttpError {
     match e {
-        IncidentError::NotFound => HttpError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
-        IncidentError::Resolved(_) => HttpError::new(StatusCode::CONFLICT, "resolved", e.to_string()),
+        IncidentError::NotFound => {
+            HttpError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+        }
+        IncidentError::Resolved(_) => {
+            HttpError::new(StatusCode::CONFLICT, "resolved", e.to_string())
+        }
         IncidentError::Unreadable(_) => {
             HttpError::new(StatusCode::CONFLICT, "unreadable", e.to_string())
         }
@@ -230,11 +245,7 @@ fn ack_error(e: IncidentError) -> HttpError {
 
 /// A name given by a person: one line, printable, at most 60 characters; `None` when empty.
 fn clean_name(name: Option<&str>) -> Option<String> {
-    let n: String = name?
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(60)
-        .collect();
+    let n: String = name?.chars().filter(|c| !c.is_control()).take(60).collect();
     let n = n.trim().to_string();
     (!n.is_empty()).then_some(n)
 }
@@ -252,9 +263,10 @@ async fn page(State(s): State<AdminState>, Path(token): Path<String>) -> Respons
     };
     match s.pipeline.store.incident_by_token(&hash).await {
         Ok(Some((row, label))) => match &row.state {
-            Ok(state) if !state.status.is_resolved() => {
-                html(StatusCode::OK, &incident_page(&s, row.id, state, &label, None))
-            }
+            Ok(state) if !state.status.is_resolved() => html(
+                StatusCode::OK,
+                &incident_page(&s, row.id, state, &label, None),
+            ),
             _ => gone(),
         },
         Ok(None) => gone(),
@@ -268,11 +280,7 @@ struct AckForm {
 }
 
 /// `POST /ack/{token}`: acknowledges (idempotent: a second press says who came first).
-async fn page_ack(
-    State(s): State<AdminState>,
-    Path(token): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn page_ack(State(s): State<AdminState>, Path(token): Path<String>, body: Bytes) -> Response {
     let Some(hash) = token_hash(&token) else {
         return gone();
     };

@@ -12,15 +12,15 @@ use super::raw::RawConfig;
 use super::*;
 use crate::channel::RawChannel;
 use crate::channel_config::ChannelConfig;
+use crate::config_raw::RawIncident;
 use crate::config_raw::{
     RawCooldown, RawDefaults, RawNotify, RawRule, RawRuleFile, RawRuleSource, RawSchedule,
 };
+use crate::incident::IncidentPolicy;
 use crate::noise::schedule::{Schedule, WhenMuted, Window};
 use crate::noise::{Cooldown, Group, RuleNoise};
 use crate::render::{Escape, RendererBuilder};
 use crate::retry::RetryPolicy;
-use crate::config_raw::RawIncident;
-use crate::incident::IncidentPolicy;
 use crate::rules::{Matcher, Origin, Rule, RuleIncident, RuleSet, Target};
 use crate::secret::Secret;
 use crate::settings::*;
@@ -103,10 +103,16 @@ fn compile_public_url(
         Ok(_) => None,
     };
     if let Some(p) = problem {
+        // An address with a password is not repeated: the error would show it.
+        let shown = if text.contains('@') {
+            "public_url"
+        } else {
+            text
+        };
         errors.push(file.error(
             file.find_line("public_url", None, 1),
             "",
-            format!("public_url: `{text}`: {p}"),
+            format!("public_url: `{shown}`: {p}"),
         ));
         return None;
     }
@@ -435,19 +441,23 @@ fn compile_incident(
     let policy = IncidentPolicy::from_raw(&raw)
         .map_err(|es| errors.extend(es.into_iter().map(|e| format!("incident.{e}"))))
         .ok();
-    let key = raw.key.as_deref().filter(|k| !k.trim().is_empty()).and_then(|k| {
-        Templates {
-            builder: &mut *builder,
-            base: format!("rule/{rule}/incident"),
-        }
-        .add("key", k, Escape::Text, errors)
-        .or_else(|| {
-            if let Some(e) = errors.last_mut() {
-                *e = format!("incident.{e}");
+    let key = raw
+        .key
+        .as_deref()
+        .filter(|k| !k.trim().is_empty())
+        .and_then(|k| {
+            Templates {
+                builder: &mut *builder,
+                base: format!("rule/{rule}/incident"),
             }
-            None
-        })
-    });
+            .add("key", k, Escape::Text, errors)
+            .or_else(|| {
+                if let Some(e) = errors.last_mut() {
+                    *e = format!("incident.{e}");
+                }
+                None
+            })
+        });
     let resolve_on = raw.resolve_on.and_then(|m| {
         Matcher::compile(m)
             .map_err(|e| errors.push(format!("incident.resolve_on: {e}")))
@@ -823,6 +833,71 @@ mod tests {
             text: yaml.into(),
         };
         compile(file, Path::new("."), &|_| None)
+    }
+
+    #[test]
+    fn incident_sections_compile_or_fail_with_file_line_and_reason() {
+        let ok = load(
+            "public_url: https://alerts.example.org/\nchannels: { c: { type: log }, d: { type: log } }\n\
+             rules:\n  - name: a\n    match: { type: alarm }\n    incident:\n      key: \"theft-{{ device.id }}\"\n\
+             \x20     repeat: 5m\n      escalate: [{ after: 10m, notify: [{ channel: d }] }]\n\
+             \x20     resolve_on: { type: alarm, where: { position.attributes.armed: false } }\n\
+             \x20   notify: [{ channel: c }]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.public_url.as_deref(), Some("https://alerts.example.org"));
+        let inc = ok.rules.rules()[0].incident.as_ref().unwrap();
+        assert_eq!(inc.policy.repeat.unwrap().max, 10);
+        assert_eq!(inc.escalation_targets[0].channel, "d");
+        assert!(inc.key.is_some() && inc.resolve_on.is_some());
+        assert!(load("public_url: \"\"\n").unwrap().public_url.is_none());
+
+        let err = |yaml: &str| load(yaml).unwrap_err().to_string();
+        let rule = |incident: &str, extra: &str| {
+            format!(
+                "channels: {{ c: {{ type: log }} }}\nrules:\n  - name: x\n    match: {{ type: alarm }}\n{extra}\
+                 \x20   incident: {incident}\n    notify: [{{ channel: c }}]\n"
+            )
+        };
+        let e = err(&rule("{ repeat: 10s, max_repeats: 500 }", ""));
+        assert!(
+            e.contains("t.yaml:3") && e.contains("incident.repeat: 10s is too often"),
+            "{e}"
+        );
+        assert!(
+            e.contains("incident.max_repeats: 500 is not between 1 and 100"),
+            "{e}"
+        );
+        let e = err(&rule(
+            "{ escalate: [{ after: 10m, notify: [{ channel: nope }] }] }",
+            "",
+        ));
+        assert!(
+            e.contains("t.yaml:3") && e.contains("incident.escalate[0].notify[0]"),
+            "{e}"
+        );
+        assert!(e.contains("nope"), "{e}");
+        let e = err(&rule("{ repeat: 5m }", "    group: { wait: 1m }\n"));
+        assert!(e.contains("cannot also group"), "{e}");
+        let e = err(&rule("{ key: \"{{ device.id \" }", ""));
+        assert!(e.contains("incident.key"), "{e}");
+        let e = err(&rule("{ resolve_on: { type: [] , bogus: 1 } }", ""));
+        assert!(e.contains("t.yaml"), "{e}");
+        let e = err(&rule("{ repat: 5m }", ""));
+        assert!(
+            e.contains("t.yaml:3") && e.contains("unknown field `repat`"),
+            "{e}"
+        );
+        let e = err("public_url: ftp://relay.example.org\n");
+        assert!(
+            e.contains("t.yaml:1") && e.contains("http:// or https://"),
+            "{e}"
+        );
+        let e = err("public_url: https://u:pw@relay.example.org\n");
+        assert!(
+            e.contains("no user or password") && !e.contains("pw@"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -254,7 +254,12 @@ pub(super) struct OfferPlan {
 }
 
 /// The timer of a state: its next step's time, or now when a notice is owed.
-pub fn timer(state: &IncidentState, policy: &IncidentPolicy, notice: bool, now: i64) -> Option<i64> {
+pub fn timer(
+    state: &IncidentState,
+    policy: &IncidentPolicy,
+    notice: bool,
+    now: i64,
+) -> Option<i64> {
     if notice {
         return Some(now);
     }
@@ -405,7 +410,6 @@ pub(super) fn step_event(event: StoredEvent, w: &IncidentWrite) -> NewEvent {
         incidents: Vec::new(),
     }
 }
-
 
 impl Effect {
     /// Its name, for logs and metrics.

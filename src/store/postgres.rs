@@ -1159,7 +1159,10 @@ impl Store for PgStore {
     async fn live_incident(&self, _k: &str) -> Result<Option<IncidentRow>, StoreError> {
         Err(StoreError::Db("TEMP".into()))
     }
-    async fn incident_by_token(&self, _h: &str) -> Result<Option<(IncidentRow, String)>, StoreError> {
+    async fn incident_by_token(
+        &self,
+        _h: &str,
+    ) -> Result<Option<(IncidentRow, String)>, StoreError> {
         Err(StoreError::Db("TEMP".into()))
     }
     async fn due_incidents(&self, _n: i64, _l: usize) -> Result<Vec<DueIncident>, StoreError> {

@@ -138,12 +138,7 @@ fn insert_incident(
     Ok(c.last_insert_rowid())
 }
 
-fn insert_tokens(
-    c: &Connection,
-    id: i64,
-    tokens: &[NewToken],
-    now: i64,
-) -> Result<(), StoreError> {
+fn insert_tokens(c: &Connection, id: i64, tokens: &[NewToken], now: i64) -> Result<(), StoreError> {
     let mut stmt = c
         .prepare_cached(
             "INSERT INTO incident_tokens (hash, incident_ref, label, created_at)
