@@ -386,3 +386,97 @@ async fn api_and_cli_acknowledge_resolve_after_closes_and_bad_input_changes_noth
     sink.assert_stays_at(4, Duration::from_millis(500)).await;
     relay.stop().await;
 }
+
+/// An acknowledgement and the timer's repeat racing: whichever commits first, the other's write is
+/// refused (compare-and-set), so the incident stays acknowledged and nothing more is sent after it.
+#[tokio::test]
+async fn an_acknowledgement_racing_a_repeat_is_never_undone() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let relay = Relay::start(hook_incident_config(dir.path(), &sink, "")).await;
+    let r = relay.running.as_ref().unwrap();
+    let rules = &r.pipeline.shared.get().config.rules;
+    for round in 0..20i64 {
+        relay.post(alarm(100 + round, true), &[]).await;
+        let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
+        let id = list["incidents"][0]["id"].as_i64().unwrap();
+        // The first repeat falls due; the acknowledgement and the timer run at the same moment.
+        clock::advance(5 * MIN + 1000);
+        let now = clock::now_ms();
+        let which = trackrelay::incident_service::Which::Id(id);
+        let (ack, timer) = tokio::join!(
+            trackrelay::incident_service::acknowledge(
+                r.store.as_ref(),
+                rules,
+                &which,
+                "racer",
+                trackrelay::incident::AckSource::Api,
+                false,
+                now,
+            ),
+            r.incidents.run_due(now),
+        );
+        assert!(ack.unwrap().changed, "round {round}");
+        timer.unwrap();
+        // Whatever the timer did, the incident is acknowledged and its pending steps are cancelled.
+        r.incidents.run_due(clock::now_ms()).await.unwrap();
+        let (_, one) = relay
+            .admin_get(&format!("/api/incidents/{id}"), ADMIN)
+            .await;
+        assert_eq!(one["status"], "acknowledged", "round {round}: {one}");
+        let db = rusqlite::Connection::open(dir.path().join(trackrelay::store::sqlite::DB_FILE))
+            .unwrap();
+        let pending: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM deliveries WHERE incident_ref = ?1 AND status = 'pending'",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            pending, 0,
+            "round {round}: a step waits to go out after the acknowledgement"
+        );
+        // Close it by hand for the next round.
+        let (status, _) = relay
+            .admin_post(&format!("/api/incidents/{id}/resolve"), ADMIN)
+            .await;
+        assert_eq!(status, 200);
+    }
+    relay.stop().await;
+}
+
+/// A reminder waiting for a retry (the owner's service is down) when someone acknowledges: it is
+/// cancelled, with who acknowledged as the reason, and never sent once the service is back.
+#[tokio::test]
+async fn an_acknowledgement_cancels_the_reminder_waiting_for_a_retry() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let relay = Relay::start(hook_incident_config(dir.path(), &sink, "")).await;
+    relay.post(alarm(1, true), &[]).await;
+    sink.wait_for(1, WAIT).await;
+    sink.set_mode(support::sink::Mode::StatusRetryAfter(503, 600));
+    advance(&relay, 5 * MIN + 1000).await;
+    let waiting = relay.wait_deliveries("pending", 1, ADMIN).await;
+    assert!(waiting[0]["last_error"].as_str().is_some(), "{waiting:?}");
+    let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
+    let id = list["incidents"][0]["id"].as_i64().unwrap();
+    // The service is back (the reminder still waits for its retry, ten minutes on).
+    sink.set_mode(support::sink::Mode::Ok);
+    let (status, _) = relay
+        .admin_post(&format!("/api/incidents/{id}/ack"), ADMIN)
+        .await;
+    assert_eq!(status, 200);
+    let suppressed = relay.wait_deliveries("suppressed", 1, ADMIN).await;
+    assert_eq!(suppressed[0]["id"], waiting[0]["id"]);
+    assert_eq!(suppressed[0]["reason"], "acknowledged by admin via API");
+    // The notice to the owner goes out; the cancelled reminder does not, also once its retry is due.
+    eventually(WAIT, "the notice", || sink.successful().len() == 2).await;
+    advance(&relay, 15 * MIN).await;
+    sink.assert_stays_at(3, Duration::from_millis(500)).await;
+    let last = sink.successful().last().unwrap().body_text();
+    assert!(last.contains("acknowledged by admin via API"), "{last}");
+    relay.stop().await;
+}
