@@ -97,6 +97,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let rules = config.rules.rules().len();
     let grace = config.delivery.shutdown_grace;
 
+    for w in crate::config::warnings(&config) {
+        tracing::warn!("{w}");
+    }
     let (services, dispatcher) = wire(config, channels, store.clone()).await?;
     let app = ingest::router(&path, services.pipeline.clone()).merge(api::router(AdminState {
         pipeline: services.pipeline.clone(),

@@ -70,6 +70,20 @@ pub struct Explanation {
     pub incidents: Vec<IncidentExplained>,
 }
 
+/// The acknowledgement links the messages of `matched` rules with an incident would carry: each a
+/// new token when sent, shown as `TOKEN` here (explain stores nothing).
+fn example_links(cfg: &Config, matched: &[&Rule]) -> crate::plan::IncidentExtras {
+    let mut extras = crate::plan::IncidentExtras::default();
+    if let Some(base) = &cfg.public_url {
+        for rule in matched.iter().filter(|r| r.incident.is_some()) {
+            for i in 0..rule.targets.len() {
+                extras.set_link(&rule.name, i, format!("{base}/ack/TOKEN"));
+            }
+        }
+    }
+    extras
+}
+
 /// What an event would do to one rule's incident.
 #[derive(Debug, Clone, Serialize)]
 pub struct IncidentExplained {
@@ -154,7 +168,7 @@ async fn incidents(
                 .map(|s| {
                     schedule(s, &inc.policy)
                         .into_iter()
-                        .map(|d| serde_json::json!({ "at": rfc3339(d.at_ms), "step": d.step }))
+                        .map(|d| d.to_json())
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -186,7 +200,7 @@ pub async fn explain(
         raw,
         &arrival,
         silences,
-        &crate::plan::IncidentExtras::default(),
+        &example_links(cfg, &matched),
     );
     let (state_known, mut states) = match store {
         Some(store) => stored_states(store, &planned).await,

@@ -106,9 +106,18 @@ impl IncidentService {
     /// Runs the timers until `shutdown`: at once, then whenever woken, at the next timer, or after
     /// [`POLL`] at the latest.
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut applied = self.shared.get();
         loop {
+            let now_in_force = self.shared.get();
+            if !Arc::ptr_eq(&applied, &now_in_force) {
+                self.reschedule(&applied.config.rules, &now_in_force.config.rules)
+                    .await;
+                applied = now_in_force;
+            }
             let mut full = false;
             match self.run_due(now_ms()).await {
+                // A full batch that moved on: more may be due. (One that moved nothing, rows another
+                // version wrote, waits like the rest.)
                 Ok(n) => full = n >= BATCH,
                 Err(e) => tracing::error!(error = %e, "incident timers failed; trying again"),
             }
@@ -129,98 +138,137 @@ impl IncidentService {
         }
     }
 
-    /// Runs the timers due at `now`; returns how many incidents it took.
+    /// After a reload: the incidents of rules whose incident policy changed or that are gone run
+    /// their timers now, under the new configuration (a changed repeat applies at once; a removed rule's
+    /// incidents close).
+    async fn reschedule(&self, before: &RuleSet, after: &RuleSet) {
+        let changed: Vec<String> = before
+            .incident_rules()
+            .filter(|old| {
+                after
+                    .get(&old.name)
+                    .and_then(|r| r.incident.as_ref())
+                    .map(|i| &i.policy)
+                    != old.incident.as_ref().map(|i| &i.policy)
+            })
+            .map(|r| r.name.clone())
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        match self.store.reschedule_incidents(changed, now_ms()).await {
+            Ok(n) if n > 0 => tracing::info!(
+                incidents = n,
+                "configuration reloaded: incidents of changed rules rescheduled"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reschedule the incidents of changed rules; they follow at their next timer")
+            }
+        }
+    }
+
+    /// Runs the timers due at `now`; returns how many incidents it moved on.
     pub async fn run_due(&self, now: i64) -> Result<usize, StoreError> {
         let due = self.store.due_incidents(now, BATCH).await?;
-        let n = due.len();
-        let mut sent = false;
+        let (mut moved, mut sent) = (0, false);
         for d in due {
             match self.advance(d, now).await {
-                Ok(s) => sent |= s,
+                Ok(Some(s)) => {
+                    moved += 1;
+                    sent |= s;
+                }
+                Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "an incident's timer failed; it runs again"),
             }
         }
         if sent {
             self.wake_worker.notify_one();
         }
-        Ok(n)
+        Ok(moved)
     }
 
     /// Runs one incident's timer: the notice it owes, the steps due (or its expiry); writes it if no
-    /// one else did meanwhile. Returns whether it enqueued deliveries.
-    async fn advance(&self, d: DueIncident, now: i64) -> Result<bool, StoreError> {
+    /// one else did meanwhile. Returns whether it enqueued deliveries, `None` when it wrote nothing.
+    async fn advance(&self, d: DueIncident, now: i64) -> Result<Option<bool>, StoreError> {
         let state = match &d.row.state {
             Ok(s) => s.clone(),
             Err(e) => {
                 tracing::debug!(incident = d.row.id, error = %e, "incident row unreadable by this version; left alone");
-                return Ok(false);
+                return Ok(None);
             }
         };
         let rt = self.shared.get();
         let cfg = &rt.config;
-        let rule = cfg
+        let mut w = IncidentWrite {
+            id: d.row.id,
+            revision: d.row.revision,
+            state: state.clone(),
+            next_at: None,
+            notice: None,
+            suppress_pending: None,
+            deliveries: Vec::new(),
+            tokens: Vec::new(),
+            now_ms: now,
+        };
+        if let Some(n) = d.row.notice {
+            w.deliveries.extend(self.notice(cfg, &d, &state, n, now));
+        }
+        let mut counted: Vec<&'static str> = Vec::new();
+        match cfg
             .rules
             .get(&state.rule)
-            .and_then(|r| r.incident.as_ref().map(|i| (r, i)));
-        let mut next = state.clone();
-        let mut deliveries = Vec::new();
-        let mut tokens = Vec::new();
-        let mut notice = None;
-        if let Some(n) = d.row.notice {
-            deliveries.extend(self.notice(cfg, &d, &state, n, now));
-        }
-        match rule {
+            .and_then(|r| r.incident.as_ref().map(|i| (r, i)))
+        {
             None if !state.status.is_resolved() => {
                 // Its rule is gone, or no longer has an incident: closed, and its people told.
-                next = resolve_state(&state, Resolution::RuleRemoved, now).0;
-                notice = Some(Notice::Resolved);
-                self.metrics.incident_resolved("rule_removed");
+                w.state = resolve_state(&state, Resolution::RuleRemoved, now).0;
+                w.notice = Some(Notice::Resolved);
+                w.next_at = Some(now);
+                w.suppress_pending = Some("its rule no longer has an incident".into());
+                counted.push("rule_removed");
             }
             None => {}
             Some((rule, inc)) => {
                 let t = tick(&state, &inc.policy, now);
                 if t.state.status.is_resolved() && !state.status.is_resolved() {
-                    self.metrics.incident_resolved("resolve_after");
+                    w.suppress_pending = Some(crate::store::incidents::RAN_OUT.into());
+                    counted.push("resolve_after");
                 }
                 for step in &t.send {
-                    let (planned, new_tokens) = self.step(cfg, rule, inc, &d, &t.state, *step, now);
-                    deliveries.extend(planned);
-                    tokens.extend(new_tokens);
-                    self.metrics.incident_step(match step {
+                    let (planned, tokens) =
+                        self.step(cfg, rule, inc, &d, (&state, &t.state), *step, now);
+                    w.deliveries.extend(planned);
+                    w.tokens.extend(tokens);
+                    counted.push(match step {
                         Step::Repeat(_) => "repeat",
                         _ => "escalation",
                     });
                 }
-                next = t.state;
+                w.next_at = timer(&t.state, &inc.policy, false, now);
+                w.state = t.state;
             }
         }
-        let next_at = match (rule, notice) {
-            (_, Some(_)) => Some(now),
-            (Some((_, inc)), None) => timer(&next, &inc.policy, false, now),
-            (None, None) => None,
-        };
-        let any = !deliveries.is_empty();
-        let written = self
-            .store
-            .write_incident(IncidentWrite {
-                id: d.row.id,
-                revision: d.row.revision,
-                state: next,
-                next_at,
-                notice,
-                suppress_pending: None,
-                deliveries,
-                tokens,
-                now_ms: now,
-            })
-            .await?;
-        if !written {
+        let any = !w.deliveries.is_empty();
+        let notice = d.row.notice.is_some();
+        if !self.store.write_incident(w).await? {
             tracing::debug!(
                 incident = d.row.id,
                 "incident changed meanwhile; its timer runs again"
             );
+            return Ok(None);
         }
-        Ok(written && any)
+        // Counted once written: a write another writer won is done again from its state.
+        for c in counted {
+            match c {
+                "repeat" | "escalation" => self.metrics.incident_step(c),
+                how => self.metrics.incident_resolved(how),
+            }
+        }
+        if notice {
+            self.metrics.incident_step("notice");
+        }
+        Ok(Some(any))
     }
 
     /// The deliveries of one step of `rule`'s incident: a repeat goes to the rule's targets and to
@@ -232,7 +280,7 @@ impl IncidentService {
         rule: &Rule,
         inc: &RuleIncident,
         d: &DueIncident,
-        state: &IncidentState,
+        (before, state): (&IncidentState, &IncidentState),
         step: Step,
         now: i64,
     ) -> (Vec<NewDelivery>, Vec<NewToken>) {
@@ -243,8 +291,10 @@ impl IncidentService {
                 .targets
                 .iter()
                 .enumerate()
+                // The circle as it was before this run: those an escalation reaches in the same run
+                // hear it from the escalation, not twice.
                 .chain(
-                    escalated_targets(state, &inc.policy)
+                    escalated_targets(before, &inc.policy)
                         .into_iter()
                         .filter_map(escalation),
                 )
@@ -317,7 +367,10 @@ impl IncidentService {
             Notice::Acknowledged => format!("Acknowledged: {}", state.key),
             Notice::Resolved => format!("Resolved: {}", state.key),
         };
-        let (_, raw, arrival) = step_event(d, now);
+        let (env, raw, arrival) = step_event(d, now);
+        let ctx = cfg
+            .renderer
+            .event_context(&env, &arrival.source, arrival.txn.as_deref());
         let origin = Origin {
             source: arrival.source.clone(),
             event_id: d.event.as_ref().map_or(0, |e| e.event_id),
@@ -337,11 +390,16 @@ impl IncidentService {
             let Some(ch) = cfg.channels.get(channel) else {
                 continue;
             };
+            // A channel's own body (a chat's JSON shape) carries the notice as its `message`.
+            let body = ch.body.as_deref().and_then(|t| {
+                let extra = context! { message => text.as_str(), rule => state.rule.as_str(), channel => channel.as_str() };
+                cfg.renderer.render(t, &ctx, extra).ok()
+            });
             let parts = ch.kind.content(Message {
                 text: ch.kind.escape().apply(&text),
                 subject: ch.kind.subject().map(|_| subject.clone()),
                 html: Some(crate::render::escape_html(&text)),
-                body: None,
+                body,
                 pin: None,
                 digested: false,
                 facts: MessageFacts {
@@ -381,7 +439,6 @@ impl IncidentService {
                 });
             }
         }
-        self.metrics.incident_step("notice");
         out
     }
 }

@@ -548,9 +548,12 @@ async fn incidents(
 ) -> anyhow::Result<ExitCode> {
     use trackrelay::incident::AckSource;
     use trackrelay::incident_service::{acknowledge, notice_text, IncidentError, Which};
-    let rules = match (&data_dir, config) {
-        (None, c) => load(c)?.rules,
-        (Some(_), _) => Default::default(),
+    let (rules, tz) = match (&data_dir, config) {
+        (None, c) => {
+            let cfg = load(c)?;
+            (cfg.rules, cfg.timezone)
+        }
+        (Some(_), _) => (Default::default(), chrono_tz::UTC),
     };
     let store = open_store(config, data_dir).await?;
     let (id, by, resolve) = match action {
@@ -565,10 +568,12 @@ async fn incidents(
                             .to_string()
                     }
                     Ok(s) => format!(
-                        "#{} {:<12} {}",
+                        "#{} {:<12} {} (rule {}): {}",
                         r.id,
                         r.status_name(),
-                        notice_text(r.id, s, chrono_tz::UTC)
+                        s.key,
+                        s.rule,
+                        trackrelay::incident::facts(s, now_ms()).summary(tz, now_ms())
                     ),
                     Err(e) => format!("#{} unreadable: {e}", r.id),
                 };
@@ -592,7 +597,7 @@ async fn incidents(
     {
         Ok(a) => {
             let what = if a.changed { "" } else { "already: " };
-            println!("{what}{}", notice_text(a.row.id, &a.state, chrono_tz::UTC));
+            println!("{what}{}", notice_text(a.row.id, &a.state, tz));
             Ok(ExitCode::SUCCESS)
         }
         Err(IncidentError::NotFound) => {

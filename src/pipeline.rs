@@ -111,6 +111,22 @@ fn offers(
         .zip(tokens)
         .filter_map(|((rule, trigger), tokens)| {
             let inc = rule.incident.as_ref()?;
+            let mine: Vec<usize> = planned
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.notification.origin.rule == rule.name)
+                .map(|(i, _)| i)
+                .collect();
+            // Muted when it happened (quiet hours, a silence on every target): the rule does not
+            // speak now, so it opens no incident that would call through the quiet.
+            let muted = !mine.is_empty()
+                && mine.iter().all(|&i| {
+                    let g = &planned[i].gates;
+                    g.suppress.is_some() || g.not_before.is_some()
+                });
+            if trigger == Trigger::Match && muted {
+                return None;
+            }
             Some(IncidentOffer {
                 facts: EventFacts {
                     trigger,
@@ -119,12 +135,7 @@ fn offers(
                     seen: Sighting::of(env, arrival.received_at_ms),
                 },
                 policy: inc.policy.clone(),
-                deliveries: planned
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| p.notification.origin.rule == rule.name)
-                    .map(|(i, _)| i)
-                    .collect(),
+                deliveries: mine,
                 tokens,
             })
         })
@@ -213,21 +224,26 @@ impl Pipeline {
             }
         }
         if let Accepted::New { incidents, .. } = &accepted {
-            for o in incidents {
-                self.metrics.incident_event(o.effect.name());
-                tracing::info!(
-                    event_id = env.event.id, device_id = env.device_id(), rule = %o.rule,
-                    incident = ?o.id, "incident {}", o.effect.name()
-                );
-            }
-            if incidents
-                .iter()
-                .any(|o| matches!(o.effect, Effect::Opened | Effect::Resolved))
-            {
-                self.incidents_wake.notify_one();
-            }
+            self.incidents_decided(env, incidents);
         }
         Ok(accepted)
+    }
+
+    /// Counts and logs what an event did to its rules' incidents; wakes the timer for a notice owed.
+    fn incidents_decided(&self, env: &Envelope, incidents: &[crate::store::IncidentOutcome]) {
+        for o in incidents {
+            self.metrics.incident_event(o.effect.name());
+            if o.effect == Effect::Resolved {
+                self.metrics.incident_resolved("resolve_on");
+            }
+            tracing::info!(
+                event_id = env.event.id, device_id = env.device_id(), rule = %o.rule,
+                incident = ?o.id, "incident {}", o.effect.name()
+            );
+        }
+        if incidents.iter().any(|o| o.effect == Effect::Resolved) {
+            self.incidents_wake.notify_one();
+        }
     }
 
     /// Stores the event and hands what it claimed to the worker, in a task of its own that the caller

@@ -9,7 +9,7 @@ use crate::noise::schedule::WhenMuted;
 use crate::noise::silence::{SilenceSet, Subject};
 use crate::noise::{CooldownGate, DebounceGate, Gates, GroupGate, KeyedWindow, RateGate};
 use crate::notification::{idempotency_key, Content, Notification, Origin};
-use crate::render::{Escape, Renderer};
+use crate::render::{escape_html, Escape, Renderer};
 use crate::rules::{Rule, Target};
 use crate::settings::Config;
 
@@ -159,7 +159,15 @@ fn with_incident(text: String, header: Option<&str>, link: Option<&str>, esc: Es
     };
     if let Some(url) = link.filter(|u| !out.contains(*u)) {
         out.push_str("\n\n");
-        out.push_str(&esc.apply(&format!("Acknowledge: {url}")));
+        // A link where the message's markup has one, so a tap opens it; the bare address elsewhere.
+        out.push_str(&match esc {
+            Escape::Html => format!("<a href=\"{}\">Acknowledge</a>", escape_html(url)),
+            Escape::MarkdownV2 => format!(
+                "[Acknowledge]({})",
+                url.replace('\\', "\\\\").replace(')', "\\)")
+            ),
+            _ => esc.apply(&format!("Acknowledge: {url}")),
+        });
     }
     out
 }

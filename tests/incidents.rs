@@ -37,10 +37,20 @@ async fn start_on(mut config: trackrelay::settings::Config, port: u16) -> Relay 
     }
 }
 
-/// Moves the clock and runs the incident timers now.
+/// Moves the clock and runs the incident timers now. Sends in flight finish first: a jump past their
+/// lease would hand them out again (at least once, as after a crash), which no real clock does.
 async fn advance(relay: &Relay, ms: i64) {
-    clock::advance(ms);
     let r = relay.running.as_ref().unwrap();
+    let inflight = trackrelay::store::Filter {
+        status: Some(trackrelay::store::Status::Inflight),
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !r.store.list(inflight.clone()).await.unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "sends still in flight");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    clock::advance(ms);
     r.incidents.run_due(clock::now_ms()).await.unwrap();
     r.pipeline.wake.notify_one();
 }
@@ -237,11 +247,11 @@ async fn a_restart_keeps_the_timer_and_resolve_on_closes_the_incident() {
     relay.stop().await;
 
     // Down for 12 minutes: on start, the escalation due goes once and of the two repeats due only the
-    // latest, to the owner and to the circle the escalation widened to.
+    // latest: the escalation to the boss, the reminder to the owner (the boss hears it once).
     clock::advance(12 * MIN);
     let relay = Relay::start(hook_incident_config(dir.path(), &sink, "")).await;
     eventually(WAIT, "escalation and one repeat after the restart", || {
-        paths(&sink, "/boss") == 2 && paths(&sink, "/owner") == 2
+        paths(&sink, "/boss") == 1 && paths(&sink, "/owner") == 2
     })
     .await;
     let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
@@ -252,7 +262,7 @@ async fn a_restart_keeps_the_timer_and_resolve_on_closes_the_incident() {
     let (_, body) = relay.post(alarm(2, false), &[]).await;
     assert_eq!(body["status"], "accepted", "{body}");
     eventually(WAIT, "resolution notices", || {
-        paths(&sink, "/boss") == 3 && paths(&sink, "/owner") == 3
+        paths(&sink, "/boss") == 2 && paths(&sink, "/owner") == 3
     })
     .await;
     let last = sink.requests().last().unwrap().body_text();
@@ -261,13 +271,13 @@ async fn a_restart_keeps_the_timer_and_resolve_on_closes_the_incident() {
         "{last}"
     );
     advance(&relay, 60 * MIN).await;
-    sink.assert_stays_at(6, Duration::from_millis(500)).await;
+    sink.assert_stays_at(5, Duration::from_millis(500)).await;
     let (_, all) = relay.admin_get("/api/incidents?all=true", ADMIN).await;
     assert_eq!(all["incidents"][0]["status"], "resolved", "{all}");
 
     // The next alarm opens a new incident.
     relay.post(alarm(3, true), &[]).await;
-    sink.wait_for(7, WAIT).await;
+    sink.wait_for(6, WAIT).await;
     let (_, live) = relay.admin_get("/api/incidents", ADMIN).await;
     assert_eq!(live["incidents"].as_array().unwrap().len(), 1);
     assert_ne!(live["incidents"][0]["id"], all["incidents"][0]["id"]);

@@ -45,7 +45,7 @@ pub fn view(row: &IncidentRow, s: &AdminState) -> Value {
         .map(|i| {
             schedule(state, &i.policy)
                 .into_iter()
-                .map(|d| json!({ "at": rfc3339(d.at_ms), "step": d.step }))
+                .map(|d| d.to_json())
                 .collect()
         })
         .unwrap_or_default();
@@ -87,7 +87,7 @@ async fn list(
         Some(other) => {
             return Err(HttpError::new(
                 StatusCode::BAD_REQUEST,
-                "bad_query",
+                "invalid_query",
                 format!("all: `{other}` is not true or false"),
             ))
         }
@@ -97,7 +97,7 @@ async fn list(
         Some(l) => l.parse::<usize>().map_err(|_| {
             HttpError::new(
                 StatusCode::BAD_REQUEST,
-                "bad_query",
+                "invalid_query",
                 format!("limit: `{l}` is not a number"),
             )
         })?,

@@ -292,7 +292,16 @@ pub(super) fn plan_offer(offer: &IncidentOffer, live: Option<LiveRow>, now: i64)
         &offer.facts,
         now,
     );
-    let policy = &offer.policy;
+    plan_verdict(verdict, id, &offer.policy, now)
+}
+
+/// The rows and the deliveries' fate for the decider's verdict on the key's incident `id`.
+fn plan_verdict(
+    verdict: EventVerdict,
+    id: Option<i64>,
+    policy: &IncidentPolicy,
+    now: i64,
+) -> OfferPlan {
     match verdict {
         EventVerdict::Open { state, closed } => {
             let mut writes = Vec::new();
@@ -302,7 +311,7 @@ pub(super) fn plan_offer(offer: &IncidentOffer, live: Option<LiveRow>, now: i64)
                     state: *closed,
                     next_at: None,
                     notice: None,
-                    suppress_pending: Some("the incident ran out its resolve_after".into()),
+                    suppress_pending: Some(RAN_OUT.into()),
                 });
             }
             let next_at = timer(&state, policy, false, now);
@@ -336,27 +345,7 @@ pub(super) fn plan_offer(offer: &IncidentOffer, live: Option<LiveRow>, now: i64)
             }
         }
         EventVerdict::Resolve(state) => {
-            let id = id.expect("a resolution has a live incident");
-            let by_event = matches!(
-                state.status,
-                Live::Resolved {
-                    how: crate::incident::Resolution::ResolveOn,
-                    ..
-                }
-            );
-            OfferPlan {
-                writes: vec![RowWrite::Update {
-                    id,
-                    state,
-                    // The circle is told of a resolution by an event; one that ran out is not news.
-                    next_at: by_event.then_some(now),
-                    notice: by_event.then_some(Notice::Resolved),
-                    suppress_pending: Some(format!("incident {id} resolved")),
-                }],
-                suppress: Some(format!("resolves incident {id}")),
-                effect: Effect::Resolved,
-                id: Some(id),
-            }
+            resolved(state, id.expect("a resolution has a live incident"), now)
         }
         EventVerdict::NoIncident => OfferPlan {
             writes: vec![],
@@ -364,6 +353,33 @@ pub(super) fn plan_offer(offer: &IncidentOffer, live: Option<LiveRow>, now: i64)
             effect: Effect::NothingToResolve,
             id: None,
         },
+    }
+}
+
+/// Why pending steps are cancelled when an incident runs out its `resolve_after`.
+pub const RAN_OUT: &str = "the incident ran out its resolve_after";
+
+/// An event resolved incident `id`: the circle is told of a resolution by an event (`resolve_on`); one
+/// found run out is not news.
+fn resolved(state: IncidentState, id: i64, now: i64) -> OfferPlan {
+    let by_event = matches!(
+        state.status,
+        Live::Resolved {
+            how: crate::incident::Resolution::ResolveOn,
+            ..
+        }
+    );
+    OfferPlan {
+        writes: vec![RowWrite::Update {
+            id,
+            state,
+            next_at: by_event.then_some(now),
+            notice: by_event.then_some(Notice::Resolved),
+            suppress_pending: Some(format!("incident {id} resolved")),
+        }],
+        suppress: Some(format!("resolves incident {id}")),
+        effect: Effect::Resolved,
+        id: Some(id),
     }
 }
 

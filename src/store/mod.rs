@@ -479,6 +479,17 @@ pub trait Store: Send + Sync {
         Err(no_incidents())
     }
 
+    /// Makes the timers of the live incidents of these rules due now (their policy changed, or the
+    /// rule is gone): the timer then runs them under the configuration in force. Returns how many.
+    async fn reschedule_incidents(
+        &self,
+        rules: Vec<String>,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let _ = (rules, now_ms);
+        Err(no_incidents())
+    }
+
     /// Live incidents by status name (`open`, `acknowledged`).
     async fn incident_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         Err(no_incidents())

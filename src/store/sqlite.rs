@@ -1108,6 +1108,27 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn reschedule_incidents(
+        &self,
+        rules: Vec<String>,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        self.call(true, move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "UPDATE incidents SET next_at = ?2
+                     WHERE rule = ?1 AND status <> 'resolved' AND (next_at IS NULL OR next_at > ?2)",
+                )
+                .map_err(db)?;
+            let mut n = 0;
+            for r in &rules {
+                n += stmt.execute(params![r, now_ms]).map_err(db)? as u64;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
     async fn incident_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.read(incidents::counts).await
     }
