@@ -47,7 +47,10 @@ async fn advance(relay: &Relay, ms: i64) {
     };
     let deadline = tokio::time::Instant::now() + WAIT;
     while !r.store.list(inflight.clone()).await.unwrap().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "sends still in flight");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sends still in flight"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     clock::advance(ms);
@@ -488,5 +491,104 @@ async fn an_acknowledgement_cancels_the_reminder_waiting_for_a_retry() {
     sink.assert_stays_at(3, Duration::from_millis(500)).await;
     let last = sink.successful().last().unwrap().body_text();
     assert!(last.contains("acknowledged by admin via API"), "{last}");
+    relay.stop().await;
+}
+
+/// A reload that takes a rule's `incident:` away closes its open incidents at once, telling the people
+/// notified; one that only changes the repeat applies the new one to the open incident.
+#[tokio::test]
+async fn a_reload_applies_changed_policies_and_closes_incidents_of_removed_ones() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let relay = Relay::start(hook_incident_config(dir.path(), &sink, "")).await;
+    relay.post(alarm(1, true), &[]).await;
+    sink.wait_for(1, WAIT).await;
+    let path = dir.path().join("trackrelay.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+
+    // repeat 5m -> 2m: the first reminder comes at 2 minutes, not 5.
+    std::fs::write(&path, yaml.replace("repeat: 5m", "repeat: 2m")).unwrap();
+    assert_eq!(relay.admin_post("/-/reload", ADMIN).await.0, 200);
+    let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
+    let id = list["incidents"][0]["id"].as_i64().unwrap();
+    // The timer takes the new configuration within its poll (2 s) and reschedules the incident.
+    let mut next = String::new();
+    for _ in 0..300 {
+        let (_, one) = relay
+            .admin_get(&format!("/api/incidents/{id}"), ADMIN)
+            .await;
+        next = one["schedule"][0].to_string();
+        if one["updated_at"] != list["incidents"][0]["updated_at"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    advance(&relay, 2 * MIN + 1000).await;
+    eventually(WAIT, "a reminder at 2 minutes", || {
+        paths(&sink, "/owner") == 2
+    })
+    .await;
+
+    // The incident section removed: closed, and the owner told.
+    let without = yaml.split("    incident:").next().unwrap().to_string()
+        + "    notify: [{ channel: hook }]\n";
+    std::fs::write(&path, without).unwrap();
+    let (status, body) = relay.admin_post("/-/reload", ADMIN).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(WAIT, "the closing notice", || paths(&sink, "/owner") == 3).await;
+    let last = sink.requests().last().unwrap().body_text();
+    assert!(
+        last.contains("because its rule no longer has an incident"),
+        "{last} ({next})"
+    );
+    let (_, one) = relay
+        .admin_get(&format!("/api/incidents/{id}"), ADMIN)
+        .await;
+    assert_eq!(one["status"], "resolved", "{one}");
+    relay.stop().await;
+}
+
+/// A reminder due while its device is silenced is recorded as suppressed, not sent, and the incident
+/// goes on after the silence.
+#[tokio::test]
+async fn a_silence_mutes_reminders_and_the_incident_goes_on() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let relay = Relay::start(hook_incident_config(dir.path(), &sink, "")).await;
+    relay.post(alarm(1, true), &[]).await;
+    sink.wait_for(1, WAIT).await;
+    let (status, body) = relay
+        .admin_send(
+            reqwest::Method::POST,
+            "/api/silences",
+            ADMIN,
+            Some(serde_json::json!({ "matchers": { "device": "12" }, "duration": "7m", "author": "lena", "comment": "moving it" })),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    relay
+        .running
+        .as_ref()
+        .unwrap()
+        .pipeline
+        .silences
+        .refresh(relay.running.as_ref().unwrap().store.as_ref())
+        .await
+        .unwrap();
+    advance(&relay, 5 * MIN + 1000).await;
+    let quiet = relay.wait_deliveries("suppressed", 1, ADMIN).await;
+    assert!(
+        quiet[0]["reason"].as_str().unwrap().contains("silence"),
+        "{quiet:?}"
+    );
+    sink.assert_stays_at(1, Duration::from_millis(300)).await;
+    // After the silence: the next reminder goes out.
+    advance(&relay, 5 * MIN).await;
+    eventually(WAIT, "the reminder after the silence", || {
+        paths(&sink, "/owner") == 2
+    })
+    .await;
     relay.stop().await;
 }
