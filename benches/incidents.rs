@@ -66,7 +66,9 @@ fn core(c: &mut Criterion) {
     let p = policy();
     let mut g = c.benchmark_group("incident");
     let f = facts("theft-42");
-    g.bench_function("open", |b| b.iter(|| black_box(on_event(None, &p, &f, 1_000))));
+    g.bench_function("open", |b| {
+        b.iter(|| black_box(on_event(None, &p, &f, 1_000)))
+    });
     let open = match on_event(None, &p, &f, 1_000) {
         trackrelay::incident::EventVerdict::Open { state, .. } => state,
         _ => unreachable!(),

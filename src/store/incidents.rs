@@ -408,7 +408,9 @@ pub(super) fn incident_lock_key(key: &str) -> String {
     format!("incident/{key}")
 }
 
-/// The event a write's deliveries are enqueued for: the incident's latest, judged now.
+/// The event a write's deliveries are enqueued for: the incident's latest, judged now. The deliveries
+/// are tagged with the incident (an acknowledgement cancels them while pending, and they count in its
+/// circle).
 pub(super) fn step_event(event: StoredEvent, w: &IncidentWrite) -> NewEvent {
     NewEvent {
         source: event.source,
@@ -419,7 +421,14 @@ pub(super) fn step_event(event: StoredEvent, w: &IncidentWrite) -> NewEvent {
         judged_at_ms: w.now_ms,
         txn: event.txn,
         payload: String::new(),
-        deliveries: w.deliveries.clone(),
+        deliveries: w
+            .deliveries
+            .iter()
+            .map(|d| NewDelivery {
+                incident_ref: Some(w.id),
+                ..d.clone()
+            })
+            .collect(),
         claim_until: None,
         debounce: None,
         position_missing: false,
