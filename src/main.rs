@@ -743,9 +743,10 @@ fn explain(env: &Envelope, x: &trackrelay::explain::Explanation) {
             .schedule
             .first()
             .map(|d| {
+                let n = d["n"].as_u64().map(|n| format!(" {n}")).unwrap_or_default();
                 format!(
-                    "; next: {} {}",
-                    d["step"]["step"].as_str().unwrap_or(""),
+                    "; next: {}{n} at {}",
+                    d["step"].as_str().unwrap_or(""),
                     d["at"].as_str().unwrap_or("")
                 )
             })

@@ -206,13 +206,9 @@ async fn the_shipped_theft_rule_repeats_and_escalates_until_acknowledged_from_it
 
 /// A config with a webhook channel `hook` (the owner) and `boss` (the escalation), and one rule whose
 /// incident repeats every 5 minutes and escalates at 10 and 30.
-fn hook_incident_config(
-    dir: &std::path::Path,
-    sink: &Sink,
-    extra: &str,
-) -> trackrelay::settings::Config {
+fn hook_incident_config(dir: &std::path::Path, sink: &Sink) -> trackrelay::settings::Config {
     let yaml = format!(
-        "storage: {{ data_dir: \"{d}\" }}\nadmin: {{ token: {ADMIN} }}\n{extra}\
+        "storage: {{ data_dir: \"{d}\" }}\nadmin: {{ token: {ADMIN} }}\n\
          channels:\n  hook: {{ type: webhook, url: \"{owner}\" }}\n  boss: {{ type: webhook, url: \"{boss}\" }}\n\
          rules:\n  - name: theft\n    match: {{ type: alarm, where: {{ position.attributes.armed: true }} }}\n\
          \x20   incident:\n      repeat: 5m\n      max_repeats: 3\n      escalate:\n\
@@ -226,6 +222,14 @@ fn hook_incident_config(
         boss = sink.url("/boss"),
     );
     config_in(dir, &yaml)
+}
+
+/// A relay on [`hook_incident_config`] with an incident opened by alarm 1, its first message received.
+async fn opened(dir: &std::path::Path, sink: &Sink) -> Relay {
+    let relay = Relay::start(hook_incident_config(dir, sink)).await;
+    relay.post(alarm(1, true), &[]).await;
+    sink.wait_for(1, WAIT).await;
+    relay
 }
 
 fn alarm(id: i64, armed: bool) -> String {
@@ -244,15 +248,13 @@ async fn a_restart_keeps_the_timer_and_resolve_on_closes_the_incident() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start().await;
     assert!(payload("alarm_vibration.json").contains("\"armed\": true"));
-    let relay = Relay::start(hook_incident_config(dir.path(), &sink, "")).await;
-    relay.post(alarm(1, true), &[]).await;
-    sink.wait_for(1, WAIT).await;
+    let relay = opened(dir.path(), &sink).await;
     relay.stop().await;
 
     // Down for 12 minutes: on start, the escalation due goes once and of the two repeats due only the
     // latest: the escalation to the boss, the reminder to the owner (the boss hears it once).
     clock::advance(12 * MIN);
-    let relay = Relay::start(hook_incident_config(dir.path(), &sink, "")).await;
+    let relay = Relay::start(hook_incident_config(dir.path(), &sink)).await;
     eventually(WAIT, "escalation and one repeat after the restart", || {
         paths(&sink, "/boss") == 1 && paths(&sink, "/owner") == 2
     })
@@ -292,9 +294,7 @@ async fn api_and_cli_acknowledge_resolve_after_closes_and_bad_input_changes_noth
     let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start().await;
-    let relay = Relay::start(hook_incident_config(dir.path(), &sink, "")).await;
-    relay.post(alarm(1, true), &[]).await;
-    sink.wait_for(1, WAIT).await;
+    let relay = opened(dir.path(), &sink).await;
     let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
     let id = list["incidents"][0]["id"].as_i64().unwrap();
 
@@ -407,7 +407,7 @@ async fn an_acknowledgement_racing_a_repeat_is_never_undone() {
     let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start().await;
-    let relay = Relay::start(hook_incident_config(dir.path(), &sink, "")).await;
+    let relay = Relay::start(hook_incident_config(dir.path(), &sink)).await;
     let r = relay.running.as_ref().unwrap();
     let rules = &r.pipeline.shared.get().config.rules;
     for round in 0..20i64 {
@@ -467,9 +467,7 @@ async fn an_acknowledgement_cancels_the_reminder_waiting_for_a_retry() {
     let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start().await;
-    let relay = Relay::start(hook_incident_config(dir.path(), &sink, "")).await;
-    relay.post(alarm(1, true), &[]).await;
-    sink.wait_for(1, WAIT).await;
+    let relay = opened(dir.path(), &sink).await;
     sink.set_mode(support::sink::Mode::StatusRetryAfter(503, 600));
     advance(&relay, 5 * MIN + 1000).await;
     let waiting = relay.wait_deliveries("pending", 1, ADMIN).await;
@@ -501,9 +499,7 @@ async fn a_reload_applies_changed_policies_and_closes_incidents_of_removed_ones(
     let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start().await;
-    let relay = Relay::start(hook_incident_config(dir.path(), &sink, "")).await;
-    relay.post(alarm(1, true), &[]).await;
-    sink.wait_for(1, WAIT).await;
+    let relay = opened(dir.path(), &sink).await;
     let path = dir.path().join("trackrelay.yaml");
     let yaml = std::fs::read_to_string(&path).unwrap();
 
@@ -556,9 +552,7 @@ async fn a_silence_mutes_reminders_and_the_incident_goes_on() {
     let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start().await;
-    let relay = Relay::start(hook_incident_config(dir.path(), &sink, "")).await;
-    relay.post(alarm(1, true), &[]).await;
-    sink.wait_for(1, WAIT).await;
+    let relay = opened(dir.path(), &sink).await;
     let (status, body) = relay
         .admin_send(
             reqwest::Method::POST,
