@@ -102,7 +102,9 @@ fn event(id: i64, device: i64, key: Option<String>) -> NewEvent {
             vec![IncidentOffer {
                 facts: facts(&k),
                 policy: policy(),
+                policies: Default::default(),
                 deliveries: vec![0],
+                muted: false,
                 tokens: vec![NewToken {
                     hash: trackrelay::secret::link_token_hash(&format!("t{id}")),
                     label: "phone".into(),

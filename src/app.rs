@@ -198,6 +198,7 @@ async fn wire(
         wake: incidents_wake,
         silences: silences.clone(),
         metrics: metrics.clone(),
+        removed: Default::default(),
     };
     let reloader = Arc::new(Reloader::new(config_path, shared.clone(), metrics.clone()));
     let statuses = Arc::new(traccar::Statuses::default());

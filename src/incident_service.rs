@@ -60,7 +60,17 @@ pub struct IncidentService {
     pub silences: Arc<SilenceCache>,
     /// Instruments.
     pub metrics: Arc<Metrics>,
+    /// Rules this instance saw lose their incident in a reload: their incidents close at once.
+    pub removed: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
+
+/// How long an incident whose rule this instance does not know waits before it is closed, counted
+/// from its last event. Another instance may know the rule (a configuration rolled out one instance at
+/// a time): it is left to it meanwhile, and looked at again every [`UNKNOWN_RULE_BACKOFF`].
+pub const UNKNOWN_RULE_GRACE: Duration = Duration::from_secs(600);
+
+/// See [`UNKNOWN_RULE_GRACE`].
+pub const UNKNOWN_RULE_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Which incident an acknowledgement or resolution names.
 #[derive(Debug, Clone)]
@@ -124,9 +134,12 @@ impl IncidentService {
             if full {
                 continue;
             }
+            // Until the next timer; a timer already due was taken just now, so one still due is a
+            // row this run could not move on (unreadable here, a write that failed): it waits a poll
+            // rather than spinning.
             let sleep = match self.store.next_incident_at().await {
-                Ok(Some(at)) => {
-                    Duration::from_millis((at - now_ms()).clamp(0, POLL.as_millis() as i64) as u64)
+                Ok(Some(at)) if at > now_ms() => {
+                    Duration::from_millis((at - now_ms()).min(POLL.as_millis() as i64) as u64)
                 }
                 _ => POLL,
             };
@@ -153,6 +166,15 @@ impl IncidentService {
             })
             .map(|r| r.name.clone())
             .collect();
+        {
+            let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+            for name in &changed {
+                match after.get(name).and_then(|r| r.incident.as_ref()) {
+                    None => removed.insert(name.clone()),
+                    Some(_) => removed.remove(name),
+                };
+            }
+        }
         if changed.is_empty() {
             return;
         }
@@ -220,6 +242,11 @@ impl IncidentService {
             .get(&state.rule)
             .and_then(|r| r.incident.as_ref().map(|i| (r, i)))
         {
+            None if !state.status.is_resolved() && !self.gone(&state, now) => {
+                // A rule this instance does not know, not seen removed: perhaps one another instance
+                // already runs. Left to it for now.
+                w.next_at = Some(now + UNKNOWN_RULE_BACKOFF.as_millis() as i64);
+            }
             None if !state.status.is_resolved() => {
                 // Its rule is gone, or no longer has an incident: closed, and its people told.
                 w.state = resolve_state(&state, Resolution::RuleRemoved, now).0;
@@ -269,6 +296,14 @@ impl IncidentService {
             self.metrics.incident_step("notice");
         }
         Ok(Some(any))
+    }
+
+    /// Whether the rule of an incident this instance has no rule for is gone: seen removed by a reload
+    /// here, or unknown for [`UNKNOWN_RULE_GRACE`] after the incident's last event.
+    fn gone(&self, state: &IncidentState, now: i64) -> bool {
+        let removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        removed.contains(&state.rule)
+            || now - state.last_event_at_ms >= UNKNOWN_RULE_GRACE.as_millis() as i64
     }
 
     /// The deliveries of one step of `rule`'s incident: a repeat goes to the rule's targets and to

@@ -118,16 +118,15 @@ fn offers(
                 .map(|(i, _)| i)
                 .collect();
             // Muted when it happened (quiet hours, a silence on every target): the rule does not
-            // speak now, so it opens no incident that would call through the quiet.
+            // speak now, so it opens no incident that would call through the quiet (it still joins
+            // a live one: see `IncidentOffer::muted`).
             let muted = !mine.is_empty()
                 && mine.iter().all(|&i| {
                     let g = &planned[i].gates;
                     g.suppress.is_some() || g.not_before.is_some()
                 });
-            if trigger == Trigger::Match && muted {
-                return None;
-            }
             Some(IncidentOffer {
+                muted: trigger == Trigger::Match && muted,
                 facts: EventFacts {
                     trigger,
                     key: incident_key(cfg, rule, env, arrival),
@@ -135,6 +134,7 @@ fn offers(
                     seen: Sighting::of(env, arrival.received_at_ms),
                 },
                 policy: inc.policy.clone(),
+                policies: cfg.rules.incident_policies().clone(),
                 deliveries: mine,
                 tokens,
             })
@@ -233,8 +233,8 @@ impl Pipeline {
     fn incidents_decided(&self, env: &Envelope, incidents: &[crate::store::IncidentOutcome]) {
         for o in incidents {
             self.metrics.incident_event(o.effect.name());
-            if o.effect == Effect::Resolved {
-                self.metrics.incident_resolved("resolve_on");
+            if let Some(how) = o.closed {
+                self.metrics.incident_resolved(how);
             }
             tracing::info!(
                 event_id = env.event.id, device_id = env.device_id(), rule = %o.rule,

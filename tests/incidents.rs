@@ -207,8 +207,22 @@ async fn the_shipped_theft_rule_repeats_and_escalates_until_acknowledged_from_it
 /// A config with a webhook channel `hook` (the owner) and `boss` (the escalation), and one rule whose
 /// incident repeats every 5 minutes and escalates at 10 and 30.
 fn hook_incident_config(dir: &std::path::Path, sink: &Sink) -> trackrelay::settings::Config {
+    hook_incident_config_on(dir, sink, None)
+}
+
+/// [`hook_incident_config`] on the PostgreSQL database `pg` when given. Messages link to an address
+/// that is not the relay's (the tests open the pages on the relay itself).
+fn hook_incident_config_on(
+    dir: &std::path::Path,
+    sink: &Sink,
+    pg: Option<&str>,
+) -> trackrelay::settings::Config {
+    let storage = match pg {
+        Some(url) => format!("{{ url: \"{url}\", data_dir: \"{}\" }}", dir.display()),
+        None => format!("{{ data_dir: \"{}\" }}", dir.display()),
+    };
     let yaml = format!(
-        "storage: {{ data_dir: \"{d}\" }}\nadmin: {{ token: {ADMIN} }}\n\
+        "storage: {storage}\npublic_url: http://relay.invalid\nadmin: {{ token: {ADMIN} }}\n\
          channels:\n  hook: {{ type: webhook, url: \"{owner}\" }}\n  boss: {{ type: webhook, url: \"{boss}\" }}\n\
          rules:\n  - name: theft\n    match: {{ type: alarm, where: {{ position.attributes.armed: true }} }}\n\
          \x20   incident:\n      repeat: 5m\n      max_repeats: 3\n      escalate:\n\
@@ -217,7 +231,6 @@ fn hook_incident_config(dir: &std::path::Path, sink: &Sink) -> trackrelay::setti
          \x20     resolve_after: 2h\n\
          \x20     resolve_on: {{ type: alarm, where: {{ position.attributes.armed: false }} }}\n\
          \x20   notify: [{{ channel: hook }}]\n",
-        d = dir.display(),
         owner = sink.url("/owner"),
         boss = sink.url("/boss"),
     );
@@ -245,16 +258,35 @@ fn paths(sink: &Sink, path: &str) -> usize {
 #[tokio::test]
 async fn a_restart_keeps_the_timer_and_resolve_on_closes_the_incident() {
     let _turn = TURN.lock().await;
+    restart_and_resolve(None).await;
+}
+
+/// The same on PostgreSQL (skipped without a test server; `scripts/test` starts one).
+#[tokio::test]
+async fn on_postgres_a_restart_keeps_the_timer_and_resolve_on_closes_the_incident() {
+    let _turn = TURN.lock().await;
+    let Some(admin) = support::pg::admin_url() else {
+        return;
+    };
+    let db = support::pg::fresh_database(&admin, "incidents").await;
+    restart_and_resolve(Some(&db)).await;
+}
+
+async fn restart_and_resolve(pg: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start().await;
     assert!(payload("alarm_vibration.json").contains("\"armed\": true"));
-    let relay = opened(dir.path(), &sink).await;
+    let config = || hook_incident_config_on(dir.path(), &sink, pg);
+    let relay = Relay::start(config()).await;
+    relay.post(alarm(1, true), &[]).await;
+    let first = sink.wait_for(1, WAIT).await[0].body_text();
+    let token = ack_link(&first).rsplit('/').next().unwrap().to_string();
     relay.stop().await;
 
     // Down for 12 minutes: on start, the escalation due goes once and of the two repeats due only the
     // latest: the escalation to the boss, the reminder to the owner (the boss hears it once).
     clock::advance(12 * MIN);
-    let relay = Relay::start(hook_incident_config(dir.path(), &sink)).await;
+    let relay = Relay::start(config()).await;
     eventually(WAIT, "escalation and one repeat after the restart", || {
         paths(&sink, "/boss") == 1 && paths(&sink, "/owner") == 2
     })
@@ -262,6 +294,8 @@ async fn a_restart_keeps_the_timer_and_resolve_on_closes_the_incident() {
     let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
     assert_eq!(list["incidents"][0]["repeats_done"], 2, "{list}");
     assert_eq!(list["incidents"][0]["escalations_done"], 1, "{list}");
+    let page = relay.url(&format!("/ack/{token}"));
+    assert_eq!(relay.client.get(&page).send().await.unwrap().status(), 200);
 
     // Disarming resolves it: the circle (owner and boss) is told, and the timer stops.
     let (_, body) = relay.post(alarm(2, false), &[]).await;
@@ -279,6 +313,14 @@ async fn a_restart_keeps_the_timer_and_resolve_on_closes_the_incident() {
     sink.assert_stays_at(5, Duration::from_millis(500)).await;
     let (_, all) = relay.admin_get("/api/incidents?all=true", ADMIN).await;
     assert_eq!(all["incidents"][0]["status"], "resolved", "{all}");
+    // Its links died with it: a 404 page, and pressing changes nothing.
+    assert_eq!(relay.client.get(&page).send().await.unwrap().status(), 404);
+    assert_eq!(relay.client.post(&page).send().await.unwrap().status(), 404);
+    let (_, again) = relay.admin_get("/api/incidents?all=true", ADMIN).await;
+    assert_eq!(
+        again["incidents"][0]["detail"],
+        all["incidents"][0]["detail"]
+    );
 
     // The next alarm opens a new incident.
     relay.post(alarm(3, true), &[]).await;
@@ -442,7 +484,9 @@ async fn an_acknowledgement_racing_a_repeat_is_never_undone() {
             .unwrap();
         let pending: i64 = db
             .query_row(
-                "SELECT COUNT(*) FROM deliveries WHERE incident_ref = ?1 AND status = 'pending'",
+                // The acknowledgement's notice (it says so) may still be on its way; no step may.
+                "SELECT COUNT(*) FROM deliveries WHERE incident_ref = ?1 AND status = 'pending'
+                 AND content NOT LIKE '%No more reminders%'",
                 [id],
                 |r| r.get(0),
             )
@@ -578,11 +622,64 @@ async fn a_silence_mutes_reminders_and_the_incident_goes_on() {
         "{quiet:?}"
     );
     sink.assert_stays_at(1, Duration::from_millis(300)).await;
+    // An alarm while silenced opens nothing new, but joins the live incident (its count and position).
+    relay.post(alarm(2, true), &[]).await;
+    let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
+    assert_eq!(list["incidents"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["incidents"][0]["events"], 2, "{list}");
     // After the silence: the next reminder goes out.
     advance(&relay, 5 * MIN).await;
     eventually(WAIT, "the reminder after the silence", || {
         paths(&sink, "/owner") == 2
     })
     .await;
+    relay.stop().await;
+}
+
+/// An alarm joining between an acknowledgement and the timer's notice does not swallow the notice.
+#[tokio::test]
+async fn an_alarm_joining_before_the_notice_goes_out_keeps_it() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let relay = opened(dir.path(), &sink).await;
+    let r = relay.running.as_ref().unwrap();
+    let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
+    let id = list["incidents"][0]["id"].as_i64().unwrap();
+    // Acknowledged from the CLI's side (no wake-up for the timer), and at once another alarm joins.
+    let rules = &r.pipeline.shared.get().config.rules;
+    let which = trackrelay::incident_service::Which::Id(id);
+    let source = trackrelay::incident::AckSource::Cli;
+    let now = clock::now_ms();
+    trackrelay::incident_service::acknowledge(
+        r.store.as_ref(),
+        rules,
+        &which,
+        "lena",
+        source,
+        false,
+        now,
+    )
+    .await
+    .unwrap();
+    let (_, body) = relay.post(alarm(2, true), &[]).await;
+    assert_eq!(body["status"], "accepted", "{body}");
+    let (_, one) = relay
+        .admin_get(&format!("/api/incidents/{id}"), ADMIN)
+        .await;
+    assert_eq!(
+        (one["status"].as_str(), one["events"].as_u64()),
+        (Some("acknowledged"), Some(2)),
+        "{one}"
+    );
+    eventually(WAIT, "the acknowledgement notice", || {
+        paths(&sink, "/owner") == 2
+    })
+    .await;
+    let last = sink.requests().last().unwrap().body_text();
+    assert!(
+        last.contains("acknowledged by lena via command line"),
+        "{last}"
+    );
     relay.stop().await;
 }

@@ -1573,8 +1573,10 @@ fn offer(key: &str, rule: &str, trigger: Trigger, deliveries: Vec<usize>) -> Inc
             seen: None,
         },
         policy: incident_policy(),
+        policies: Default::default(),
         deliveries,
         tokens: vec![],
+        muted: false,
     }
 }
 

@@ -121,6 +121,9 @@ pub struct RuleSet {
     memos: usize,
     /// The rules with an `incident:` section, by index.
     incident_rules: Vec<usize>,
+    /// Their policies by rule name: an incident is scheduled by the policy of the rule that opened
+    /// it, also when another rule's event (a shared key) joins it.
+    incident_policies: std::sync::Arc<HashMap<String, crate::incident::IncidentPolicy>>,
 }
 
 /// A rule to try for an event, with the memo slot of its first condition ([`Matcher::first_memo`]) kept
@@ -180,6 +183,12 @@ impl RuleSet {
             incident_rules: (0..rules.len())
                 .filter(|&i| rules[i].incident.is_some())
                 .collect(),
+            incident_policies: std::sync::Arc::new(
+                rules
+                    .iter()
+                    .filter_map(|r| Some((r.name.clone(), r.incident.as_ref()?.policy.clone())))
+                    .collect(),
+            ),
             rules,
             by_type,
             untyped,
@@ -196,6 +205,13 @@ impl RuleSet {
     /// The rules with an `incident:` section, in order.
     pub fn incident_rules(&self) -> impl Iterator<Item = &Rule> + '_ {
         self.incident_rules.iter().map(|&i| &self.rules[i])
+    }
+
+    /// The incident policies by rule name.
+    pub fn incident_policies(
+        &self,
+    ) -> &std::sync::Arc<HashMap<String, crate::incident::IncidentPolicy>> {
+        &self.incident_policies
     }
 
     /// The rule of this name.

@@ -21,10 +21,16 @@ pub struct IncidentOffer {
     pub facts: EventFacts,
     /// The rule's policy, as configured now.
     pub policy: IncidentPolicy,
+    /// Every incident rule's policy by name (shared, cheap to clone): a live incident another rule
+    /// opened (a shared key) is judged by the opening rule's policy.
+    pub policies: std::sync::Arc<std::collections::HashMap<String, IncidentPolicy>>,
     /// Indices into [`super::NewEvent::deliveries`].
     pub deliveries: Vec<usize>,
     /// Acknowledgement tokens the messages link to.
     pub tokens: Vec<NewToken>,
+    /// Every one of the rule's messages for the event was muted when it happened (quiet hours, a
+    /// silence): the event opens no incident (the rule does not speak now), but joins a live one.
+    pub muted: bool,
 }
 
 /// An acknowledgement token: only its hash is stored ([`crate::secret`]-style: the link in the message
@@ -194,6 +200,9 @@ pub struct IncidentOutcome {
     pub id: Option<i64>,
     /// What happened.
     pub effect: Effect,
+    /// How an incident the event closed was resolved (`resolve_on`, or `resolve_after` for one found
+    /// run out), for the metrics.
+    pub closed: Option<&'static str>,
 }
 
 /// What an event did to an incident.
@@ -209,6 +218,8 @@ pub enum Effect {
     NothingToResolve,
     /// The key's live row could not be read: the event was notified as if the rule had no incident.
     Unreadable,
+    /// It would have opened one, but its rule was muted when it happened.
+    Muted,
 }
 
 /// The key's live incident as the accept transaction read it: (id, revision, stored state).
@@ -224,7 +235,8 @@ pub(super) enum RowWrite {
         /// Its timer.
         next_at: Option<i64>,
     },
-    /// The row `id` changes (revision bumped).
+    /// The row `id` changes (revision bumped). A notice the row still owes is kept (`notice` here
+    /// only adds one) and keeps its timer due now.
     Update {
         /// Row id.
         id: i64,
@@ -251,6 +263,8 @@ pub(super) struct OfferPlan {
     pub effect: Effect,
     /// The incident the effect is about, when it existed before.
     pub id: Option<i64>,
+    /// How an incident this closes was resolved (see [`IncidentOutcome::closed`]).
+    pub closed: Option<&'static str>,
 }
 
 /// The timer of a state: its next step's time, or now when a notice is owed.
@@ -281,18 +295,27 @@ pub(super) fn plan_offer(offer: &IncidentOffer, live: Option<LiveRow>, now: i64)
                     suppress: None,
                     effect: Effect::Unreadable,
                     id: Some(*id),
+                    closed: None,
                 };
             }
         },
     };
     let id = parsed.as_ref().map(|(id, _)| *id);
-    let verdict = on_event(
-        parsed.as_ref().map(|(_, s)| s),
-        &offer.policy,
-        &offer.facts,
-        now,
-    );
-    plan_verdict(verdict, id, &offer.policy, now)
+    // The opening rule's policy schedules the incident (a shared key); the event's own when that rule
+    // is gone.
+    let policy = parsed
+        .as_ref()
+        .and_then(|(_, s)| offer.policies.get(&s.rule))
+        .unwrap_or(&offer.policy);
+    let verdict = on_event(parsed.as_ref().map(|(_, s)| s), policy, &offer.facts, now);
+    let mut plan = plan_verdict(verdict, id, policy, now);
+    if offer.muted && plan.effect == Effect::Opened {
+        // Muted when it happened: no new incident (a run-out one is still closed).
+        plan.writes
+            .retain(|w| !matches!(w, RowWrite::Insert { .. }));
+        plan.effect = Effect::Muted;
+    }
+    plan
 }
 
 /// The rows and the deliveries' fate for the decider's verdict on the key's incident `id`.
@@ -315,12 +338,14 @@ fn plan_verdict(
                 });
             }
             let next_at = timer(&state, policy, false, now);
+            let closed = (writes.len() == 1).then_some("resolve_after");
             writes.push(RowWrite::Insert { state, next_at });
             OfferPlan {
                 writes,
                 suppress: None,
                 effect: Effect::Opened,
                 id: None,
+                closed,
             }
         }
         EventVerdict::Join(state) => {
@@ -342,6 +367,7 @@ fn plan_verdict(
                 suppress: Some(reason),
                 effect: Effect::Joined,
                 id: Some(id),
+                closed: None,
             }
         }
         EventVerdict::Resolve(state) => {
@@ -352,6 +378,7 @@ fn plan_verdict(
             suppress: Some("resolve_on event: no incident open for its key".into()),
             effect: Effect::NothingToResolve,
             id: None,
+            closed: None,
         },
     }
 }
@@ -380,6 +407,11 @@ fn resolved(state: IncidentState, id: i64, now: i64) -> OfferPlan {
         suppress: Some(format!("resolves incident {id}")),
         effect: Effect::Resolved,
         id: Some(id),
+        closed: Some(if by_event {
+            "resolve_on"
+        } else {
+            "resolve_after"
+        }),
     }
 }
 
@@ -445,6 +477,7 @@ impl Effect {
             Effect::Resolved => "resolved",
             Effect::NothingToResolve => "nothing_to_resolve",
             Effect::Unreadable => "unreadable",
+            Effect::Muted => "muted",
         }
     }
 }

@@ -480,7 +480,8 @@ pub trait Store: Send + Sync {
     }
 
     /// Makes the timers of the live incidents of these rules due now (their policy changed, or the
-    /// rule is gone): the timer then runs them under the configuration in force. Returns how many.
+    /// rule is gone): the timer then runs them under the configuration in force. Bumps their revision,
+    /// so that a write computed under the old policy is refused. Returns how many.
     async fn reschedule_incidents(
         &self,
         rules: Vec<String>,

@@ -1281,7 +1281,7 @@ impl Store for PgStore {
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         self.execute(
-            "UPDATE incidents SET next_at = $2
+            "UPDATE incidents SET next_at = $2, revision = revision + 1
              WHERE rule = ANY($1) AND status <> 'resolved' AND (next_at IS NULL OR next_at > $2)",
             &[&rules, &now_ms],
         )

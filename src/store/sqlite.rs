@@ -1116,7 +1116,7 @@ impl Store for SqliteStore {
         self.call(true, move |c| {
             let mut stmt = c
                 .prepare_cached(
-                    "UPDATE incidents SET next_at = ?2
+                    "UPDATE incidents SET next_at = ?2, revision = revision + 1
                      WHERE rule = ?1 AND status <> 'resolved' AND (next_at IS NULL OR next_at > ?2)",
                 )
                 .map_err(db)?;

@@ -83,7 +83,10 @@ pub(super) async fn decide_incidents<'e>(
                     suppress_pending,
                 } => {
                     tx.execute(
-                        "UPDATE incidents SET state = $2, status = $3, next_at = $4, notice = $5,
+                        // A notice still owed is kept, and keeps the timer due (as on SQLite).
+                        "UPDATE incidents SET state = $2, status = $3,
+                             next_at = CASE WHEN COALESCE($5, notice) IS NOT NULL THEN $7 ELSE $4 END,
+                             notice = COALESCE($5, notice),
                              revision = revision + 1, event_ref = $6, updated_at = $7
                          WHERE id = $1",
                         &[
@@ -109,6 +112,7 @@ pub(super) async fn decide_incidents<'e>(
             rule: offer.facts.rule.clone(),
             id: opened.or(plan.id),
             effect: plan.effect,
+            closed: plan.closed,
         });
     }
     Ok((Cow::Owned(owned), outcomes))

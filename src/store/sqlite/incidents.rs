@@ -78,7 +78,12 @@ pub(super) fn decide_incidents<'e>(
                     suppress_pending,
                 } => {
                     c.prepare_cached(
-                        "UPDATE incidents SET state = ?2, status = ?3, next_at = ?4, notice = ?5,
+                        // A notice still owed (an acknowledgement the timer has not told yet)
+                        // is kept, and keeps the timer due: an event joining meanwhile must not
+                        // swallow it. See `RowWrite::Update`.
+                        "UPDATE incidents SET state = ?2, status = ?3,
+                             next_at = CASE WHEN COALESCE(?5, notice) IS NOT NULL THEN ?7 ELSE ?4 END,
+                             notice = COALESCE(?5, notice),
                              revision = revision + 1, event_ref = ?6, updated_at = ?7
                          WHERE id = ?1",
                     )
@@ -105,6 +110,7 @@ pub(super) fn decide_incidents<'e>(
             rule: offer.facts.rule.clone(),
             id: opened.or(plan.id),
             effect: plan.effect,
+            closed: plan.closed,
         });
     }
     Ok((Cow::Owned(owned), outcomes))
