@@ -285,8 +285,14 @@ impl IncidentService {
             );
             return Ok(None);
         }
-        // Counted once written: a write another writer won is done again from its state.
-        for c in counted {
+        self.count(&counted, notice);
+        Ok(Some(any))
+    }
+
+    /// Counts a timer run's steps and resolutions once written (a write another writer won is done
+    /// again from its state, and counted then).
+    fn count(&self, counted: &[&'static str], notice: bool) {
+        for &c in counted {
             match c {
                 "repeat" | "escalation" => self.metrics.incident_step(c),
                 how => self.metrics.incident_resolved(how),
@@ -295,7 +301,6 @@ impl IncidentService {
         if notice {
             self.metrics.incident_step("notice");
         }
-        Ok(Some(any))
     }
 
     /// Whether the rule of an incident this instance has no rule for is gone: seen removed by a reload
