@@ -218,7 +218,7 @@ fn hook_incident_config_on(
     pg: Option<&str>,
 ) -> trackrelay::settings::Config {
     let storage = match pg {
-        Some(url) => format!("{{ url: \"{url}\", data_dir: \"{}\" }}", dir.display()),
+        Some(url) => format!("{{ url: \"{url}\" }}"),
         None => format!("{{ data_dir: \"{}\" }}", dir.display()),
     };
     let yaml = format!(

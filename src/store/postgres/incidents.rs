@@ -85,8 +85,9 @@ pub(super) async fn decide_incidents<'e>(
                     tx.execute(
                         // A notice still owed is kept, and keeps the timer due (as on SQLite).
                         "UPDATE incidents SET state = $2, status = $3,
-                             next_at = CASE WHEN COALESCE($5, notice) IS NOT NULL THEN $7 ELSE $4 END,
-                             notice = COALESCE($5, notice),
+                             next_at = CASE WHEN COALESCE($5::TEXT, notice) IS NOT NULL THEN $7::BIGINT
+                                 ELSE $4::BIGINT END,
+                             notice = COALESCE($5::TEXT, notice),
                              revision = revision + 1, event_ref = $6, updated_at = $7
                          WHERE id = $1",
                         &[
