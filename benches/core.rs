@@ -110,7 +110,20 @@ fn render(c: &mut Criterion) {
             ..Default::default()
         };
         g.bench_function(name, |b| {
-            b.iter(|| black_box(plan(&cfg, &matched, &env, &raw, &arrival, &silences).len()))
+            b.iter(|| {
+                black_box(
+                    plan(
+                        &cfg,
+                        &matched,
+                        &env,
+                        &raw,
+                        &arrival,
+                        &silences,
+                        &Default::default(),
+                    )
+                    .len(),
+                )
+            })
         });
     }
     g.finish();

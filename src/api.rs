@@ -24,6 +24,8 @@ use crate::reload::Reloader;
 use crate::secret::token_matches;
 use crate::store::{Filter, Replay, Status, Store, StoreError};
 
+mod incidents;
+
 /// State of the operational and admin routes.
 #[derive(Clone)]
 pub struct AdminState {
@@ -115,6 +117,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/channels/{name}/test", post(test_channel))
         .route("/api/silences", get(list_silences).post(add_silence))
         .route("/api/silences/{id}", axum::routing::delete(expire_silence))
+        .merge(incidents::routes())
         .with_state(state)
 }
 
@@ -185,6 +188,10 @@ const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn metrics(State(s): State<AdminState>) -> Result<Response, HttpError> {
     let store = s.pipeline.store.as_ref();
+    match store.incident_counts().await {
+        Ok(c) => s.pipeline.metrics.incidents_live(&c),
+        Err(e) => tracing::warn!(error = %e, "cannot count the incidents for /metrics"),
+    }
     let (counts, age) = s
         .outbox
         .get(|| read_figures(store))

@@ -17,6 +17,7 @@ use crate::channel;
 use crate::channel_config::Channels;
 use crate::clock::now_ms;
 use crate::deliver::Dispatcher;
+use crate::incident_service::IncidentService;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
@@ -70,6 +71,8 @@ pub struct Running {
     pub store: Arc<dyn Store>,
     /// The intake path every source calls.
     pub pipeline: Pipeline,
+    /// Incident timers and acknowledgements.
+    pub incidents: IncidentService,
     /// Stops intake: the server, the live sources and the background tasks.
     intake: CancellationToken,
     /// Stops the delivery worker, once intake has stopped.
@@ -94,6 +97,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let rules = config.rules.rules().len();
     let grace = config.delivery.shutdown_grace;
 
+    for w in crate::config::warnings(&config) {
+        tracing::warn!("{w}");
+    }
     let (services, dispatcher) = wire(config, channels, store.clone()).await?;
     let app = ingest::router(&path, services.pipeline.clone()).merge(api::router(AdminState {
         pipeline: services.pipeline.clone(),
@@ -116,6 +122,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         addr,
         store,
         pipeline: services.pipeline,
+        incidents: services.incidents,
         intake,
         delivery,
         server,
@@ -150,6 +157,8 @@ struct Services {
     silences: Arc<SilenceCache>,
     /// The runtime in force.
     shared: Arc<Shared>,
+    /// Incident timers and acknowledgements.
+    incidents: IncidentService,
 }
 
 /// Builds the services on `config` and `store`: the shared runtime, the instruments, the silences (read
@@ -164,6 +173,7 @@ async fn wire(
     let shared = Arc::new(Shared::new(Runtime { config, channels }));
     let metrics = Arc::new(Metrics::new());
     let wake = Arc::new(Notify::new());
+    let incidents_wake = Arc::new(Notify::new());
     // The fast lane holds at most one worker pool's worth of deliveries claimed at intake.
     let (fast_tx, fast_rx) = tokio::sync::mpsc::channel(workers);
     let silences = Arc::new(SilenceCache::new(metrics.clone()));
@@ -179,6 +189,16 @@ async fn wire(
         metrics: metrics.clone(),
         silences: silences.clone(),
         directories: Default::default(),
+        incidents_wake: incidents_wake.clone(),
+    };
+    let incidents = IncidentService {
+        shared: shared.clone(),
+        store: store.clone(),
+        wake_worker: wake.clone(),
+        wake: incidents_wake,
+        silences: silences.clone(),
+        metrics: metrics.clone(),
+        removed: Default::default(),
     };
     let reloader = Arc::new(Reloader::new(config_path, shared.clone(), metrics.clone()));
     let statuses = Arc::new(traccar::Statuses::default());
@@ -197,6 +217,7 @@ async fn wire(
         statuses,
         silences,
         shared,
+        incidents,
     };
     Ok((services, dispatcher))
 }
@@ -226,6 +247,9 @@ fn spawn_intake_tasks(
         store.clone(),
         shutdown.clone(),
     )));
+    tasks.push(tokio::spawn(
+        services.incidents.clone().run(shutdown.clone()),
+    ));
     tasks.push(tokio::spawn(prune(
         services.shared.clone(),
         store.clone(),

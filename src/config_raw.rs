@@ -118,13 +118,25 @@ pub struct RawRetry {
 }
 
 /// An entry of `rules:` in the config: a path (a file, or a folder of `*.yaml`) or an inline rule.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum RawRuleSource {
     /// A file or folder of rule files.
     Path(String),
     /// A rule written inline.
     Inline(Box<RawRule>),
+}
+
+/// A string is a path; anything else is read as a rule, with the rule's own error (serde's untagged
+/// enums would only say that no variant matched, hiding a misspelt key).
+impl<'de> Deserialize<'de> for RawRuleSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(p) => Ok(RawRuleSource::Path(p)),
+            other => RawRule::deserialize(other)
+                .map(|r| RawRuleSource::Inline(Box::new(r)))
+                .map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// A rule file: `rules: [...]`.
@@ -165,6 +177,8 @@ pub struct RawRule {
     pub group: Option<RawGroup>,
     /// Active hours / quiet hours.
     pub schedule: Option<RawSchedule>,
+    /// Repeat and escalate until a person acknowledges (see [`RawIncident`]).
+    pub incident: Option<RawIncident>,
 }
 
 /// Noise settings every rule gets unless it sets its own (`defaults:` in the main file).
@@ -319,8 +333,7 @@ pub struct RawNotify {
 }
 
 /// A rule's `incident:` section: an alarm opens an incident that repeats and escalates until a person
-/// acknowledges it. Validated by [`crate::incident::IncidentPolicy::from_raw`]; not yet a key of
-/// [`RawRule`] (a key that did nothing would mislead).
+/// acknowledges it. Validated by [`crate::incident::IncidentPolicy::from_raw`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIncident {

@@ -66,6 +66,115 @@ pub struct Explanation {
     /// Whether cooldowns, dedup windows, debounces, digests and rate limits were judged on the stored
     /// state (`false`: as if the event were the first of its kind).
     pub state_known: bool,
+    /// What the event would do to its rules' incidents.
+    pub incidents: Vec<IncidentExplained>,
+}
+
+/// The acknowledgement links the messages of `matched` rules with an incident would carry: each a
+/// new token when sent, shown as `TOKEN` here (explain stores nothing).
+fn example_links(cfg: &Config, matched: &[&Rule]) -> crate::plan::IncidentExtras {
+    let mut extras = crate::plan::IncidentExtras::default();
+    if let Some(base) = &cfg.public_url {
+        for rule in matched.iter().filter(|r| r.incident.is_some()) {
+            for i in 0..rule.targets.len() {
+                extras.set_link(&rule.name, i, format!("{base}/ack/TOKEN"));
+            }
+        }
+    }
+    extras
+}
+
+/// What an event would do to one rule's incident.
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentExplained {
+    /// The rule.
+    pub rule: String,
+    /// The incident key.
+    pub key: String,
+    /// `opens`, `joins`, `resolves` or `nothing_to_resolve`.
+    pub effect: &'static str,
+    /// The live incident of the key, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident: Option<i64>,
+    /// In words: "joins incident 12 (14 events), next: repeat 3 at ...".
+    pub detail: String,
+    /// The steps that would follow, with their times (RFC 3339).
+    pub schedule: Vec<serde_json::Value>,
+}
+
+/// What `env` would do to the incidents of the rules it concerns, from the live rows in `store` (none
+/// known without a store: every matching event would open one).
+async fn incidents(
+    cfg: &Config,
+    matched: &[&Rule],
+    env: &Envelope,
+    arrival: &Arrival,
+    store: Option<&dyn Store>,
+) -> Vec<IncidentExplained> {
+    use crate::incident::{on_event, schedule, EventFacts, EventVerdict, Sighting};
+    let now = arrival.received_at_ms;
+    let mut out = Vec::new();
+    for rule in cfg.rules.incident_rules() {
+        let m = matched.iter().any(|x| std::ptr::eq(*x, rule));
+        let (Some(trigger), Some(inc)) = (
+            rule.incident_trigger(env, arrival.name(), m),
+            rule.incident.as_ref(),
+        ) else {
+            continue;
+        };
+        let key = crate::plan::incident_key(cfg, rule, env, arrival);
+        let live = match store {
+            Some(st) => st.live_incident(&key).await.ok().flatten(),
+            None => None,
+        };
+        let (id, state) = match &live {
+            Some(r) => (Some(r.id), r.state.as_ref().ok()),
+            None => (None, None),
+        };
+        let facts = EventFacts {
+            trigger,
+            key: key.clone(),
+            rule: rule.name.clone(),
+            seen: Sighting::of(env, now),
+        };
+        let verdict = on_event(state, &inc.policy, &facts, now);
+        let (effect, detail, next) = match &verdict {
+            EventVerdict::Open { state, .. } => {
+                ("opens", "opens an incident".to_string(), Some(state))
+            }
+            EventVerdict::Join(s) => (
+                "joins",
+                format!("joins incident {} ({} events)", id.unwrap_or(0), s.events),
+                Some(s),
+            ),
+            EventVerdict::Resolve(_) => (
+                "resolves",
+                format!("resolves incident {}", id.unwrap_or(0)),
+                None,
+            ),
+            EventVerdict::NoIncident => (
+                "nothing_to_resolve",
+                "no incident to resolve".to_string(),
+                None,
+            ),
+        };
+        out.push(IncidentExplained {
+            rule: rule.name.clone(),
+            key,
+            effect,
+            incident: id,
+            detail,
+            schedule: next
+                .map(|s| {
+                    schedule(s, &inc.policy)
+                        .into_iter()
+                        .map(|d| d.to_json())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
+    out
 }
 
 /// Explains `env` (received as `raw`) under `cfg`, with the silences in force, judging the stateful
@@ -84,21 +193,40 @@ pub async fn explain(
         received_at_ms: crate::clock::now_ms(),
         ..Default::default()
     };
-    let planned = plan(cfg, &matched, env, raw, &arrival, silences);
+    let planned = plan(
+        cfg,
+        &matched,
+        env,
+        raw,
+        &arrival,
+        silences,
+        &example_links(cfg, &matched),
+    );
     let (state_known, mut states) = match store {
         Some(store) => stored_states(store, &planned).await,
         None => (false, HashMap::new()),
     };
     let now = arrival.received_at_ms;
+    let incidents = incidents(cfg, &matched, env, &arrival, store).await;
     let mut decider = Decider::new(now, &mut states).judging_at(crate::noise::judged_at(env, now));
     let notifications = planned
         .into_iter()
-        .map(|p| would_send(&mut decider, p, now))
+        .map(|mut p| {
+            // An event that joins or resolves an incident notifies nobody for its rule.
+            if let Some(i) = incidents
+                .iter()
+                .find(|i| i.rule == p.notification.origin.rule && i.effect != "opens")
+            {
+                p.gates.suppress = Some(i.detail.clone());
+            }
+            would_send(&mut decider, p, now)
+        })
         .collect();
     Explanation {
         rules,
         notifications,
         state_known,
+        incidents,
     }
 }
 

@@ -28,7 +28,8 @@
 //! - [`noise`]: cooldown, dedup, debounce, digests, rate limits, schedules and silences (decided purely;
 //!   their state lives in the store).
 //! - [`incident`]: incidents (an alarm that repeats and escalates until acknowledged), decided purely:
-//!   policy, state, schedule and the facts their messages tell (not wired in yet).
+//!   policy, state, schedule and the facts their messages tell; [`incident_service`]: their timers
+//!   (repeats, escalations, notices) and acknowledgements from every source.
 //! - [`directory`]: devices, groups and geofences a live source knows, used to enrich webhook events.
 //! - [`notification`]: what is sent, with its idempotency key.
 //! - [`store`]: the durable store interface; its SQLite backend (one instance, group commit) and its
@@ -74,6 +75,7 @@ pub mod explain;
 pub mod geo;
 pub mod http_error;
 pub mod incident;
+pub mod incident_service;
 pub mod metrics;
 pub mod noise;
 pub mod notification;

@@ -91,6 +91,26 @@ enum SilenceAction {
 }
 
 #[derive(Subcommand)]
+enum IncidentAction {
+    /// Acknowledge: no more repeats or escalations; the people notified are told.
+    Ack {
+        /// Incident id (see `trackrelay incidents`).
+        id: i64,
+        /// Who (default: $USER).
+        #[arg(long, env = "USER", default_value = "unknown")]
+        by: String,
+    },
+    /// Resolve (close) it; the key's next event opens a new incident.
+    Resolve {
+        /// Incident id.
+        id: i64,
+        /// Who (default: $USER).
+        #[arg(long, env = "USER", default_value = "unknown")]
+        by: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the relay. Without a config file it runs on the built-in one (every event to stdout).
     Serve {
@@ -181,6 +201,23 @@ enum Command {
         data_dir: Option<PathBuf>,
         #[command(subcommand)]
         action: SilenceAction,
+    },
+    /// List incidents (alarms that repeat until acknowledged), or acknowledge or resolve one.
+    Incidents {
+        /// Config file (its data directory, and its rules for the incidents' schedules).
+        #[arg(short, long, env = "TRACKRELAY_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        /// The data directory itself: no config needed.
+        #[arg(long, env = "TRACKRELAY_DATA_DIR", global = true)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<IncidentAction>,
+        /// Resolved ones too.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Send a test message through a channel of the config, now (no rule, no outbox).
     SendTest {
@@ -285,6 +322,13 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             config,
             config_flag,
         } => explain_event(&event, config.or(config_flag).as_deref()).await?,
+        Command::Incidents {
+            config,
+            data_dir,
+            action,
+            all,
+            json,
+        } => return incidents(config.as_deref(), data_dir, action, all, json).await,
         Command::Silence {
             config,
             data_dir,
@@ -344,6 +388,9 @@ async fn check(path: Option<&Path>, online: bool) -> ExitCode {
                     .map(|p| format!(" ({})", p.display()))
                     .unwrap_or_default()
             );
+            for w in trackrelay::config::warnings(&cfg) {
+                println!("warning: {w}");
+            }
             if online {
                 return check_online(&cfg).await;
             }
@@ -490,6 +537,80 @@ async fn open_store(
     })
 }
 
+/// `incidents [--all] [--json]`, `incidents ack|resolve ID`. Acknowledging works whether or not the
+/// relay runs: the notice to the people notified goes out from the relay's timer.
+async fn incidents(
+    config: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    action: Option<IncidentAction>,
+    all: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use trackrelay::incident::AckSource;
+    use trackrelay::incident_service::{acknowledge, notice_text, IncidentError, Which};
+    let (rules, tz) = match (&data_dir, config) {
+        (None, c) => {
+            let cfg = load(c)?;
+            (cfg.rules, cfg.timezone)
+        }
+        (Some(_), _) => (Default::default(), chrono_tz::UTC),
+    };
+    let store = open_store(config, data_dir).await?;
+    let (id, by, resolve) = match action {
+        None => {
+            let rows = store
+                .incidents(trackrelay::store::IncidentFilter { all, limit: 1000 })
+                .await?;
+            for r in &rows {
+                let line = match &r.state {
+                    Ok(s) if json => {
+                        serde_json::json!({"id": r.id, "status": r.status_name(), "state": s})
+                            .to_string()
+                    }
+                    Ok(s) => format!(
+                        "#{} {:<12} {} (rule {}): {}",
+                        r.id,
+                        r.status_name(),
+                        s.key,
+                        s.rule,
+                        trackrelay::incident::facts(s, now_ms()).summary(tz, now_ms())
+                    ),
+                    Err(e) => format!("#{} unreadable: {e}", r.id),
+                };
+                println!("{line}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(IncidentAction::Ack { id, by }) => (id, by, false),
+        Some(IncidentAction::Resolve { id, by }) => (id, by, true),
+    };
+    match acknowledge(
+        store.as_ref(),
+        &rules,
+        &Which::Id(id),
+        &by,
+        AckSource::Cli,
+        resolve,
+        now_ms(),
+    )
+    .await
+    {
+        Ok(a) => {
+            let what = if a.changed { "" } else { "already: " };
+            println!("{what}{}", notice_text(a.row.id, &a.state, tz));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(IncidentError::NotFound) => {
+            eprintln!("no incident with id {id}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("incident {id}: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 /// `silence add | list | expire`.
 async fn silence(store: &dyn Store, action: SilenceAction) -> anyhow::Result<ExitCode> {
     let now = now_ms();
@@ -616,6 +737,21 @@ fn explain(env: &Envelope, x: &trackrelay::explain::Explanation) {
                 r.reason.as_deref().unwrap_or("")
             ),
         }
+    }
+    for i in &x.incidents {
+        let next = i
+            .schedule
+            .first()
+            .map(|d| {
+                let n = d["n"].as_u64().map(|n| format!(" {n}")).unwrap_or_default();
+                format!(
+                    "; next: {}{n} at {}",
+                    d["step"].as_str().unwrap_or(""),
+                    d["at"].as_str().unwrap_or("")
+                )
+            })
+            .unwrap_or_default();
+        println!("\nincident  {} (key {}): {}{next}", i.rule, i.key, i.detail);
     }
     for n in &x.notifications {
         let to = if n.recipient.is_empty() {

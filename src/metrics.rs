@@ -30,6 +30,11 @@ pub struct Metrics {
     positions: Family<Labels, Counter>,
     stale_outcomes: Counter,
     silences_unreadable: Gauge,
+    incident_events: Family<Labels, Counter>,
+    incident_steps: Family<Labels, Counter>,
+    incidents_live: Family<Labels, Gauge>,
+    incident_ack: Histogram,
+    incidents_resolved: Family<Labels, Counter>,
 }
 
 /// Traccar's event types (its `Event.TYPE_*`), which include the relay's own zone crossings
@@ -100,10 +105,17 @@ impl Metrics {
             positions: Family::default(),
             stale_outcomes: Counter::default(),
             silences_unreadable: Gauge::default(),
+            incident_events: Family::default(),
+            incident_steps: Family::default(),
+            incidents_live: Family::default(),
+            // 10 s to about 4.5 days: from "on it at once" to a weekend.
+            incident_ack: Histogram::new(exponential_buckets(10.0, 3.0, 11)),
+            incidents_resolved: Family::default(),
             registry: Registry::default(),
         };
         let mut registry = Registry::with_prefix("trackrelay");
         m.register_flow(&mut registry);
+        m.register_incidents(&mut registry);
         m.register_reloads(&mut registry);
         m.register_diagnostics(&mut registry);
         m.reload_ok.set(1);
@@ -142,6 +154,75 @@ impl Metrics {
             "How long the oldest due delivery has been waiting (0 when none)",
             self.oldest_due.clone(),
         );
+    }
+
+    /// Incidents: what events did to them, the steps sent, how many are live, time to acknowledge,
+    /// how they were resolved.
+    fn register_incidents(&self, registry: &mut Registry) {
+        registry.register(
+            "incident_events",
+            "Events offered to an incident, by effect (opened, joined, resolved, nothing_to_resolve, unreadable)",
+            self.incident_events.clone(),
+        );
+        registry.register(
+            "incident_steps",
+            "Incident steps sent, by step (repeat, escalation, notice)",
+            self.incident_steps.clone(),
+        );
+        registry.register(
+            "incidents_live",
+            "Incidents not resolved, by status (open, acknowledged)",
+            self.incidents_live.clone(),
+        );
+        registry.register(
+            "incident_ack_seconds",
+            "From an incident's opening to its acknowledgement",
+            self.incident_ack.clone(),
+        );
+        registry.register(
+            "incidents_resolved",
+            "Incidents resolved, by how (resolve_on, resolve_after, manual, rule_removed)",
+            self.incidents_resolved.clone(),
+        );
+    }
+
+    /// An event did `effect` to an incident (see [`crate::store::Effect::name`]).
+    pub fn incident_event(&self, effect: &'static str) {
+        self.incident_events
+            .get_or_create(&vec![("effect", effect.to_string())])
+            .inc();
+    }
+
+    /// An incident step was sent: `repeat`, `escalation` or `notice`.
+    pub fn incident_step(&self, step: &'static str) {
+        self.incident_steps
+            .get_or_create(&vec![("step", step.to_string())])
+            .inc();
+    }
+
+    /// An incident was acknowledged this long after it opened.
+    pub fn incident_acknowledged(&self, after_s: f64) {
+        self.incident_ack.observe(after_s.max(0.0));
+    }
+
+    /// An incident was resolved `how`.
+    pub fn incident_resolved(&self, how: &'static str) {
+        self.incidents_resolved
+            .get_or_create(&vec![("how", how.to_string())])
+            .inc();
+    }
+
+    /// Live incidents by status, as the store counts them now.
+    pub fn incidents_live(&self, counts: &[(String, u64)]) {
+        for status in ["open", "acknowledged"] {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == status)
+                .map_or(0, |(_, n)| *n);
+            self.incidents_live
+                .get_or_create(&vec![("status", status.to_string())])
+                .set(n as i64);
+        }
     }
 
     /// Configuration reloads.

@@ -6,12 +6,18 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 
 use crate::event::Envelope;
+use crate::incident::{EventFacts, Sighting, Trigger};
 use crate::metrics::Metrics;
 use crate::noise::{debounce_key, judged_at, DebounceProbe};
-use crate::plan::{plan, Arrival, Planned};
+use crate::plan::{incident_key, plan, Arrival, IncidentExtras, Planned};
+use crate::rules::Rule;
 use crate::runtime::Shared;
+use crate::settings::Config;
 use crate::silence_cache::SilenceCache;
-use crate::store::{Accepted, Claimed, NewDelivery, NewEvent, Status, Store, StoreError};
+use crate::store::{
+    Accepted, Claimed, Effect, IncidentOffer, NewDelivery, NewEvent, NewToken, Status, Store,
+    StoreError,
+};
 
 /// Shared by every source.
 #[derive(Clone)]
@@ -30,6 +36,110 @@ pub struct Pipeline {
     pub silences: Arc<SilenceCache>,
     /// Devices, groups and geofences of the live Traccar sources, for enriching webhook events.
     pub directories: Arc<crate::directory::Directories>,
+    /// Wakes the incident timer (an incident opened or owes a notice).
+    pub incidents_wake: Arc<Notify>,
+}
+
+/// The rules with an incident that this event concerns, with how: it matched the rule, or its
+/// `resolve_on`.
+fn incident_triggers<'r>(
+    cfg: &'r Config,
+    matched: &[&Rule],
+    env: &Envelope,
+    arrival: &Arrival,
+) -> Vec<(&'r Rule, Trigger)> {
+    cfg.rules
+        .incident_rules()
+        .filter_map(|r| {
+            let m = matched.iter().any(|x| std::ptr::eq(*x, r));
+            r.incident_trigger(env, arrival.name(), m).map(|t| (r, t))
+        })
+        .collect()
+}
+
+/// The acknowledgement links of the messages an event may open incidents with: one token per target
+/// of each rule it matched (kept, hashed, only if the incident opens). None without `public_url`.
+fn opening_links(
+    cfg: &Config,
+    triggered: &[(&Rule, Trigger)],
+) -> (IncidentExtras, Vec<Vec<NewToken>>) {
+    let mut extras = IncidentExtras::default();
+    let tokens = triggered
+        .iter()
+        .map(|(rule, trigger)| match (&cfg.public_url, trigger) {
+            (Some(base), Trigger::Match) => {
+                links(base, rule, rule.targets.iter().enumerate(), &mut extras)
+            }
+            _ => Vec::new(),
+        })
+        .collect();
+    (extras, tokens)
+}
+
+/// A new acknowledgement link for each of `rule`'s `targets` (numbered), set in `extras`; returns the
+/// tokens to store.
+pub fn links<'t>(
+    base: &str,
+    rule: &Rule,
+    targets: impl Iterator<Item = (usize, &'t crate::rules::Target)>,
+    extras: &mut IncidentExtras,
+) -> Vec<NewToken> {
+    targets
+        .map(|(i, t)| {
+            let token = crate::secret::new_link_token();
+            extras.set_link(&rule.name, i, format!("{base}/ack/{token}"));
+            NewToken {
+                hash: crate::secret::link_token_hash(&token),
+                label: t.channel.clone(),
+            }
+        })
+        .collect()
+}
+
+/// The event's offers to its rules' incidents: which planned deliveries are each rule's, the key, the
+/// position.
+fn offers(
+    cfg: &Config,
+    triggered: Vec<(&Rule, Trigger)>,
+    tokens: Vec<Vec<NewToken>>,
+    planned: &[Planned],
+    env: &Envelope,
+    arrival: &Arrival,
+) -> Vec<IncidentOffer> {
+    triggered
+        .into_iter()
+        .zip(tokens)
+        .filter_map(|((rule, trigger), tokens)| {
+            let inc = rule.incident.as_ref()?;
+            let mine: Vec<usize> = planned
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.notification.origin.rule == rule.name)
+                .map(|(i, _)| i)
+                .collect();
+            // Muted when it happened (quiet hours, a silence on every target): the rule does not
+            // speak now, so it opens no incident that would call through the quiet (it still joins
+            // a live one: see `IncidentOffer::muted`).
+            let muted = !mine.is_empty()
+                && mine.iter().all(|&i| {
+                    let g = &planned[i].gates;
+                    g.suppress.is_some() || g.not_before.is_some()
+                });
+            Some(IncidentOffer {
+                muted: trigger == Trigger::Match && muted,
+                facts: EventFacts {
+                    trigger,
+                    key: incident_key(cfg, rule, env, arrival),
+                    rule: rule.name.clone(),
+                    seen: Sighting::of(env, arrival.received_at_ms),
+                },
+                policy: inc.policy.clone(),
+                policies: cfg.rules.incident_policies().clone(),
+                deliveries: mine,
+                tokens,
+            })
+        })
+        .collect()
 }
 
 /// The debounce probe of a geofence event.
@@ -53,9 +163,12 @@ impl Pipeline {
         // meanwhile does not change what this event is evaluated against.
         let rt = self.shared.get();
         let matched = rt.config.rules.evaluate(env, arrival.name());
+        let triggered = incident_triggers(&rt.config, &matched, env, &arrival);
         let event = {
             let silences = self.silences.get();
-            let planned = plan(&rt.config, &matched, env, raw, &arrival, &silences);
+            let (extras, tokens) = opening_links(&rt.config, &triggered);
+            let planned = plan(&rt.config, &matched, env, raw, &arrival, &silences, &extras);
+            let incidents = offers(&rt.config, triggered, tokens, &planned, env, &arrival);
             let deliveries = planned.iter().map(NewDelivery::from).collect();
             NewEvent {
                 source: arrival.source.clone(),
@@ -75,6 +188,7 @@ impl Pipeline {
                 claim_until: None,
                 debounce: rt.config.rules.debounces().then(|| probe(env)).flatten(),
                 position_missing: env.lacks_position(),
+                incidents,
             }
         };
         // For the log lines of held-back deliveries (only built when noise control is in play).
@@ -109,7 +223,27 @@ impl Pipeline {
                 self.metrics.rule_matched(&r.name);
             }
         }
+        if let Accepted::New { incidents, .. } = &accepted {
+            self.incidents_decided(env, incidents);
+        }
         Ok(accepted)
+    }
+
+    /// Counts and logs what an event did to its rules' incidents; wakes the timer for a notice owed.
+    fn incidents_decided(&self, env: &Envelope, incidents: &[crate::store::IncidentOutcome]) {
+        for o in incidents {
+            self.metrics.incident_event(o.effect.name());
+            if let Some(how) = o.closed {
+                self.metrics.incident_resolved(how);
+            }
+            tracing::info!(
+                event_id = env.event.id, device_id = env.device_id(), rule = %o.rule,
+                incident = ?o.id, "incident {}", o.effect.name()
+            );
+        }
+        if incidents.iter().any(|o| o.effect == Effect::Resolved) {
+            self.incidents_wake.notify_one();
+        }
     }
 
     /// Stores the event and hands what it claimed to the worker, in a task of its own that the caller
@@ -171,6 +305,7 @@ impl From<&Planned> for NewDelivery {
             dead: p.dead.clone(),
             content: serde_json::to_string(n).expect("a notification always serialises"),
             gates: p.gates.clone(),
+            incident_ref: None,
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::noise::schedule::WhenMuted;
 use crate::noise::silence::{SilenceSet, Subject};
 use crate::noise::{CooldownGate, DebounceGate, Gates, GroupGate, KeyedWindow, RateGate};
 use crate::notification::{idempotency_key, Content, Notification, Origin};
-use crate::render::Renderer;
+use crate::render::{escape_html, Escape, Renderer};
 use crate::rules::{Rule, Target};
 use crate::settings::Config;
 
@@ -52,7 +52,8 @@ pub struct Planned {
 /// Renders the notifications of every rule in `matched` for `env`. `raw` is the event as received.
 /// Silences (at the arrival time) and schedules (at the time the event is judged at, see
 /// [`crate::noise::judged_at`]) are applied here; the stateful noise checks are set
-/// up as each delivery's [`Gates`] for the store.
+/// up as each delivery's [`Gates`] for the store. `incidents` adds what the rules' incidents put into
+/// their messages (the acknowledgement links).
 pub fn plan(
     cfg: &Config,
     matched: &[&Rule],
@@ -60,29 +61,134 @@ pub fn plan(
     raw: &str,
     arrival: &Arrival,
     silences: &SilenceSet,
+    incidents: &IncidentExtras,
 ) -> Vec<Planned> {
     if matched.is_empty() {
         return vec![];
     }
-    let r = &cfg.renderer;
-    let p = Planner {
-        r,
-        env,
-        raw,
-        arrival,
-        silences,
-        ctx: r.event_context(env, arrival.name(), arrival.txn.as_deref()),
-    };
+    let p = Planner::new(cfg, env, raw, arrival, silences, incidents);
     let mut out = Vec::new();
     for rule in matched {
         let rule_gates = p.rule_gates(rule);
         for (i, target) in rule.targets.iter().enumerate() {
             if let Some(ch) = cfg.channels.get(&target.channel) {
-                p.plan_target(rule, &rule_gates, i, target, ch, &mut out);
+                p.plan_target(rule, &rule_gates, (i, target), ch, None, &mut out);
             }
         }
     }
     out
+}
+
+/// Renders one step of an incident (`step`: `repeat-3`, `escalate-1`) of `rule` for the targets given
+/// with their numbers (the rule's own `notify` entries first, then the escalation steps', as
+/// [`crate::rules::RuleIncident::escalation_targets`] counts them), from the incident's latest event.
+/// The rule's noise settings do not apply (a repeat is not a new event: no cooldown, dedup or quiet
+/// hours); silences and the channels' rate limits do.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_step(
+    cfg: &Config,
+    rule: &Rule,
+    targets: &[(usize, &Target)],
+    env: &Envelope,
+    raw: &str,
+    arrival: &Arrival,
+    silences: &SilenceSet,
+    incidents: &IncidentExtras,
+    step: &str,
+) -> Vec<Planned> {
+    let p = Planner::new(cfg, env, raw, arrival, silences, incidents);
+    let mut out = Vec::new();
+    for &(i, target) in targets {
+        if let Some(ch) = cfg.channels.get(&target.channel) {
+            p.plan_target(
+                rule,
+                &Gates::default(),
+                (i, target),
+                ch,
+                Some(step),
+                &mut out,
+            );
+        }
+    }
+    out
+}
+
+/// What incidents add to their rules' messages: per rule, the `incident` template variable and a
+/// first line (a repeat's or an escalation's); per target, the acknowledgement link (`ack_url`),
+/// added at the end of the message when its template does not show it.
+#[derive(Debug, Default)]
+pub struct IncidentExtras {
+    rules: std::collections::HashMap<String, RuleExtras>,
+}
+
+#[derive(Debug, Default)]
+struct RuleExtras {
+    vars: Option<minijinja::Value>,
+    header: Option<String>,
+    links: std::collections::HashMap<usize, String>,
+}
+
+impl IncidentExtras {
+    /// Sets the `incident` variable of `rule`'s messages and their first line.
+    pub fn set_rule(&mut self, rule: &str, vars: minijinja::Value, header: Option<String>) {
+        let e = self.rules.entry(rule.to_string()).or_default();
+        e.vars = Some(vars);
+        e.header = header;
+    }
+
+    /// Sets the acknowledgement link of `rule`'s target number `target`.
+    pub fn set_link(&mut self, rule: &str, target: usize, url: String) {
+        self.rules
+            .entry(rule.to_string())
+            .or_default()
+            .links
+            .insert(target, url);
+    }
+
+    fn link(&self, rule: &str, target: usize) -> Option<&str> {
+        self.rules.get(rule)?.links.get(&target).map(String::as_str)
+    }
+}
+
+/// Adds an incident's first line and its acknowledgement link (unless the text shows it already) to a
+/// rendered message, escaped like the message.
+fn with_incident(text: String, header: Option<&str>, link: Option<&str>, esc: Escape) -> String {
+    let mut out = match header {
+        Some(h) => format!("{}\n{text}", esc.apply(h)),
+        None => text,
+    };
+    if let Some(url) = link.filter(|u| !out.contains(*u)) {
+        out.push_str("\n\n");
+        // A link where the message's markup has one, so a tap opens it; the bare address elsewhere.
+        out.push_str(&match esc {
+            Escape::Html => format!("<a href=\"{}\">Acknowledge</a>", escape_html(url)),
+            Escape::MarkdownV2 => format!(
+                "[Acknowledge]({})",
+                url.replace('\\', "\\\\").replace(')', "\\)")
+            ),
+            _ => esc.apply(&format!("Acknowledge: {url}")),
+        });
+    }
+    out
+}
+
+/// The key of `rule`'s incident for `env`: its key template rendered, or the rule and the device.
+pub fn incident_key(cfg: &Config, rule: &Rule, env: &Envelope, arrival: &Arrival) -> String {
+    let device = env.device_id();
+    let default = || format!("{}/{device}", rule.name);
+    let Some(t) = rule.incident.as_ref().and_then(|i| i.key.as_deref()) else {
+        return default();
+    };
+    let r = &cfg.renderer;
+    let ctx = r.event_context(env, arrival.name(), arrival.txn.as_deref());
+    match r.render(t, &ctx, context! { rule => rule.name.as_str() }) {
+        Ok(k) if !k.trim().is_empty() => k.trim().to_string(),
+        Ok(_) => default(),
+        Err(e) => {
+            tracing::warn!(rule = %rule.name, error = %e, "incident key template failed; using the rule and the device");
+            default()
+        }
+    }
 }
 
 /// One event being planned: what the rendering and the gates of each of its targets read.
@@ -92,36 +198,63 @@ struct Planner<'a> {
     raw: &'a str,
     arrival: &'a Arrival,
     silences: &'a SilenceSet,
+    incidents: &'a IncidentExtras,
     /// The event's template context.
     ctx: minijinja::Value,
 }
 
+impl<'a> Planner<'a> {
+    fn new(
+        cfg: &'a Config,
+        env: &'a Envelope,
+        raw: &'a str,
+        arrival: &'a Arrival,
+        silences: &'a SilenceSet,
+        incidents: &'a IncidentExtras,
+    ) -> Planner<'a> {
+        let r = &cfg.renderer;
+        Planner {
+            r,
+            env,
+            raw,
+            arrival,
+            silences,
+            incidents,
+            ctx: r.event_context(env, arrival.name(), arrival.txn.as_deref()),
+        }
+    }
+}
+
 impl Planner<'_> {
     /// The deliveries of the `i`th target of `rule`: each part its channel's kind makes of the rendered
-    /// message, to each recipient.
+    /// message, to each recipient. `step` names an incident's step (its deliveries are keyed apart).
     fn plan_target(
         &self,
         rule: &Rule,
         rule_gates: &Gates,
-        i: usize,
-        target: &Target,
+        (i, target): (usize, &Target),
         ch: &ChannelConfig,
+        step: Option<&str>,
         out: &mut Vec<Planned>,
     ) {
-        let extra = context! { rule => rule.name.as_str(), channel => target.channel.as_str() };
-        let parts = ch.kind.content(self.message(rule, target, ch, &extra));
+        let extra = self.extra(rule, i, target);
+        let parts = ch.kind.content(self.message(rule, i, target, ch, &extra));
         let origin = self.origin(rule);
         for (recipient, dead) in recipients(self.r, target, &self.ctx, &extra, &ch.default_to) {
             for (part, content) in &parts {
-                let key = idempotency_key(&[
-                    &self.arrival.source,
-                    &self.env.event.id.to_string(),
+                let (id, n) = (self.env.event.id.to_string(), i.to_string());
+                let mut parts = vec![
+                    self.arrival.source.as_str(),
+                    &id,
                     &rule.name,
-                    &i.to_string(),
+                    &n,
                     &target.channel,
                     &recipient,
                     part,
-                ]);
+                ];
+                // A step's deliveries are keyed apart; an event's own keep the keys they always had.
+                parts.extend(step);
+                let key = idempotency_key(&parts);
                 let notification = Notification {
                     key,
                     channel: target.channel.clone(),
@@ -141,12 +274,26 @@ impl Planner<'_> {
         }
     }
 
+    /// The variables a target's templates see besides the event's: the rule and channel, and an
+    /// incident's `incident` and `ack_url`.
+    fn extra(&self, rule: &Rule, i: usize, target: &Target) -> minijinja::Value {
+        let base = context! { rule => rule.name.as_str(), channel => target.channel.as_str() };
+        match self.incidents.rules.get(&rule.name) {
+            None => base,
+            Some(e) => context! {
+                ..base,
+                ..context! { incident => e.vars.clone(), ack_url => e.links.get(&i).cloned() }
+            },
+        }
+    }
+
     /// A target's message, rendered: its template, and the subject, HTML part, body and map pin where
     /// the target and its channel's kind have them. A template failing gives the fallback message; a
     /// body template failing gives the kind's default body.
     fn message<'m>(
         &'m self,
         rule: &'m Rule,
+        i: usize,
         target: &'m Target,
         ch: &ChannelConfig,
         extra: &minijinja::Value,
@@ -157,13 +304,25 @@ impl Planner<'_> {
                 fallback(self.env)
             })
         };
-        let text = render(&target.body);
+        let header = self
+            .incidents
+            .rules
+            .get(&rule.name)
+            .and_then(|e| e.header.as_deref());
+        let link = self.incidents.link(&rule.name, i);
+        let text = with_incident(render(&target.body), header, link, ch.kind.escape());
         // Subjects are one line: a template's stray newline would end the header.
-        let subject = target
-            .subject
+        let subject = target.subject.as_deref().map(|s| {
+            let one = render(s).split_whitespace().collect::<Vec<_>>().join(" ");
+            match header {
+                Some(h) => format!("{h}: {one}"),
+                None => one,
+            }
+        });
+        let html = target
+            .body_html
             .as_deref()
-            .map(|s| render(s).split_whitespace().collect::<Vec<_>>().join(" "));
-        let html = target.body_html.as_deref().map(render);
+            .map(|t| with_incident(render(t), header, link, Escape::Html));
         let body = ch.body.as_deref().and_then(|tmpl| {
             self.r
                 .render(tmpl, &self.ctx, context! { ..extra.clone(), ..context! { message => text.as_str() } })
@@ -448,7 +607,15 @@ mod tests {
             received_at_ms: 1_768_392_000_000,
             ..Default::default()
         };
-        plan(cfg, &matched, env, "{}", &arrival, &SilenceSet::default())
+        plan(
+            cfg,
+            &matched,
+            env,
+            "{}",
+            &arrival,
+            &SilenceSet::default(),
+            &IncidentExtras::default(),
+        )
     }
 
     fn text(p: &Planned) -> &str {

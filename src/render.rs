@@ -27,6 +27,16 @@ pub enum Escape {
 }
 
 impl Escape {
+    /// `s` escaped for a text of this kind (added to a rendered message; JSON gives a string literal).
+    pub fn apply(self, s: &str) -> String {
+        match self {
+            Escape::Text => s.to_string(),
+            Escape::Html => escape_html(s),
+            Escape::MarkdownV2 => escape_markdown_v2(s),
+            Escape::Json => serde_json::Value::from(s).to_string(),
+        }
+    }
+
     fn suffix(self) -> &'static str {
         match self {
             Escape::Text => "txt",

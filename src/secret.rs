@@ -34,6 +34,18 @@ pub fn token_matches(presented: Option<&[u8]>, expected: &Secret) -> bool {
     presented.is_some() && bool::from(a.ct_eq(&b))
 }
 
+/// A new link token: 128 random bits from the operating system's generator, as 32 hex digits (safe in a
+/// URL path, unguessable). Only its [`link_token_hash`] is stored: the link in the message is the secret.
+pub fn new_link_token() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// The stored form of a link token: its SHA-256, hex. A lookup by this hash leaks nothing useful through
+/// timing: a guess's hash shares no prefix with a real one's that the guesser could steer.
+pub fn link_token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

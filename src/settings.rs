@@ -132,4 +132,7 @@ pub struct Config {
     pub rule_files: Vec<PathBuf>,
     /// Live Traccar sources (started once; a reload does not change them).
     pub traccar: Vec<TraccarSource>,
+    /// The relay's address as users reach it, without a trailing slash (`https://alerts.example.org`):
+    /// links in messages start with it. `None`: messages carry no links.
+    pub public_url: Option<String>,
 }

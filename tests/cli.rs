@@ -42,6 +42,11 @@ fn shipped_example_config_and_rules_check_clean() {
         stdout.contains("4 channel(s), 9 rule(s) from 4 file(s)"),
         "{stdout}"
     );
+    // Without public_url, the incident rule's messages carry no link: said, not an error.
+    assert!(
+        stdout.contains("warning: rules/10-theft.yaml:5: rule 'theft-alarm': incident messages carry no acknowledgement link"),
+        "{stdout}"
+    );
     // The built-in default config checks too.
     assert!(trackrelay(&["check"], repo(), &[]).status.success());
     // A missing variable is named, with its line.
@@ -52,7 +57,7 @@ fn shipped_example_config_and_rules_check_clean() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("trackrelay.example.yaml:14: environment variable `TRACKRELAY_WEBHOOK_TOKEN` is not set"), "{stderr}");
+    assert!(stderr.contains("trackrelay.example.yaml:17: environment variable `TRACKRELAY_WEBHOOK_TOKEN` is not set"), "{stderr}");
 }
 
 #[test]
@@ -131,7 +136,13 @@ fn explain_names_matches_failures_and_messages() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("no match  sos (rules/10-theft.yaml:28): failed `alarm in [sos]`"),
+        stdout.contains("no match  sos (rules/10-theft.yaml:40): failed `alarm in [sos]`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "incident  theft-alarm (key theft-12): opens an incident; next: repeat 1 at "
+        ),
         "{stdout}"
     );
     assert!(

@@ -34,6 +34,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("silence_cache", 4),
     ("pipeline", 4),
     ("explain", 4),
+    ("incident_service", 4),
     ("channel", 5),
     ("source", 5),
     ("config", 6),

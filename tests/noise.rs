@@ -66,6 +66,7 @@ impl Bench {
         })
         .unwrap();
         let pipeline = Pipeline {
+            incidents_wake: Default::default(),
             shared: Arc::new(Shared::new(Runtime {
                 config,
                 channels: Default::default(),

@@ -10,6 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use trackrelay::clock::{now_ms, rfc3339};
+use trackrelay::config_raw::RawIncident;
+use trackrelay::incident::{
+    acknowledge, resolve, tick, AckSource, EventFacts, IncidentPolicy, IncidentState, Resolution,
+    Trigger,
+};
 use trackrelay::noise::{CooldownGate, DebounceGate, Gates, GroupGate};
 use trackrelay::notification::{Content, Notification, Origin};
 use trackrelay::plan::Planned;
@@ -118,6 +123,16 @@ suite!(
     a_deferral_records_its_reason_or_none,
     a_replay_forgets_why_a_delivery_waited,
     stale_outcomes_come_back_in_the_order_given,
+    // Incidents (issue 17).
+    an_incident_opens_is_joined_acknowledged_and_resolved,
+    one_incident_per_key_across_instances_under_a_race,
+    an_incident_write_is_made_only_at_the_revision_read,
+    incident_writes_racing_joins_are_never_lost,
+    due_incidents_come_with_their_event_and_the_circle_owed_a_notice,
+    acknowledgement_tokens_find_their_incident,
+    a_copy_completing_an_event_does_not_join_its_incident_twice,
+    retention_keeps_the_event_of_an_incident_not_done_with,
+    an_unreadable_incident_is_left_alone_and_the_event_notified,
 );
 
 /// A delivery of rule `r` with noise gates.
@@ -641,6 +656,7 @@ fn event(id: i64, at: i64, deliveries: Vec<NewDelivery>) -> NewEvent {
         claim_until: None,
         debounce: None,
         position_missing: false,
+        incidents: Vec::new(),
     }
 }
 
@@ -683,6 +699,7 @@ async fn dedup_ordering_retry_and_dead(b: Backend) {
             deliveries: 2,
             claimed: vec![],
             quieted: vec![],
+            incidents: vec![],
         }
     );
     store
@@ -1215,7 +1232,7 @@ async fn postgres_migrations_are_safe_when_instances_start_together() {
         r.unwrap().unwrap_or_else(|e| panic!("{e}"));
     }
     let store = PgStore::connect(&opts).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 5);
+    assert_eq!(store.schema_version().await.unwrap(), 6);
     support::pg::execute(&url, "INSERT INTO trackrelay_schema (version) VALUES (99)").await;
     let err = PgStore::connect(&opts).await.err().expect("refused");
     assert!(err.to_string().contains("schema version 99"), "{err}");
@@ -1462,10 +1479,14 @@ async fn a_postgres_database_of_schema_4_upgrades_to_keys_unique_per_event() {
         .accept(event(1, 1000, vec![delivery("k", None)]))
         .await
         .unwrap();
-    // Back to what schema 4 had: the key unique across the table, an index on the event alone.
+    // Back to what schema 4 had: the key unique across the table, an index on the event alone, and
+    // no incidents (schema 6).
     support::pg::execute(
         &url,
-        "DROP INDEX deliveries_event_key;
+        "DROP TABLE incidents, incident_tokens;
+         ALTER TABLE deliveries DROP COLUMN incident_ref;
+         DELETE FROM trackrelay_schema WHERE version = 6;
+         DROP INDEX deliveries_event_key;
          ALTER TABLE deliveries ADD CONSTRAINT deliveries_key_key UNIQUE (key);
          CREATE INDEX deliveries_event ON deliveries (event_ref);
          DELETE FROM trackrelay_schema WHERE version = 5;",
@@ -1493,7 +1514,7 @@ async fn a_postgres_database_of_schema_4_upgrades_to_keys_unique_per_event() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     let mut indexes: Vec<String> = client
         .query(
             "SELECT indexname::TEXT FROM pg_indexes WHERE tablename = 'deliveries'",
@@ -1513,6 +1534,7 @@ async fn a_postgres_database_of_schema_4_upgrades_to_keys_unique_per_event() {
             "deliveries_event_key",
             "deliveries_group",
             "deliveries_hold",
+            "deliveries_incident",
             "deliveries_lease",
             "deliveries_order",
             "deliveries_pkey",
@@ -1520,4 +1542,779 @@ async fn a_postgres_database_of_schema_4_upgrades_to_keys_unique_per_event() {
     );
     drop(client);
     let _ = task.await;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Incidents (issue 17): the store's side, decided by the pure core (`trackrelay::incident`) inside the
+// accept transaction and written by compare-and-set.
+
+const T0: i64 = 1_000_000;
+const REPEAT_MS: i64 = 300_000;
+const KEY: &str = "theft/7";
+
+/// Repeats every 5 minutes; `resolve_on` set.
+fn incident_policy() -> IncidentPolicy {
+    let mut p = IncidentPolicy::from_raw(&RawIncident {
+        repeat: Some(Duration::from_millis(REPEAT_MS as u64)),
+        ..Default::default()
+    })
+    .unwrap();
+    p.resolve_on = true;
+    p
+}
+
+/// Rule `rule`'s offer to the incident of `key`, owning the event's deliveries `deliveries`.
+fn offer(key: &str, rule: &str, trigger: Trigger, deliveries: Vec<usize>) -> IncidentOffer {
+    IncidentOffer {
+        facts: EventFacts {
+            trigger,
+            key: key.into(),
+            rule: rule.into(),
+            seen: None,
+        },
+        policy: incident_policy(),
+        policies: Default::default(),
+        deliveries,
+        tokens: vec![],
+        muted: false,
+    }
+}
+
+/// Event `id` at `at` whose deliveries all belong to rule `theft`'s incident of `key`.
+fn alarm(id: i64, at: i64, key: &str, trigger: Trigger, deliveries: Vec<NewDelivery>) -> NewEvent {
+    NewEvent {
+        incidents: vec![offer(
+            key,
+            "theft",
+            trigger,
+            (0..deliveries.len()).collect(),
+        )],
+        ..event(id, at, deliveries)
+    }
+}
+
+/// A delivery `key` to `recipient` on channel `c`.
+fn to(key: &str, recipient: &str) -> NewDelivery {
+    NewDelivery {
+        recipient: recipient.into(),
+        ..delivery(key, None)
+    }
+}
+
+/// What an accepted event did to its incidents: (incident, effect) per offer.
+fn outcomes(a: &Accepted) -> Vec<(Option<i64>, Effect)> {
+    match a {
+        Accepted::New { incidents, .. } => incidents.iter().map(|o| (o.id, o.effect)).collect(),
+        Accepted::Duplicate => panic!("a duplicate"),
+    }
+}
+
+/// Accepts `e`, which must open an incident; returns its id.
+async fn opens(store: &dyn Store, e: NewEvent) -> i64 {
+    let a = store.accept(e).await.unwrap();
+    match outcomes(&a)[..] {
+        [(Some(id), Effect::Opened)] => id,
+        ref other => panic!("not opened: {other:?}"),
+    }
+}
+
+fn state(row: &IncidentRow) -> &IncidentState {
+    row.state.as_ref().unwrap()
+}
+
+async fn incident_row(store: &dyn Store, id: i64) -> IncidentRow {
+    store.incident(id).await.unwrap().expect("the incident")
+}
+
+/// The delivery stored under `key`.
+async fn by_key(store: &dyn Store, key: &str) -> DeliveryRow {
+    store
+        .list(Filter {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.key == key)
+        .unwrap_or_else(|| panic!("no delivery {key}"))
+}
+
+/// Lena acknowledges `row` at `now`: its pending deliveries are cancelled, its circle is owed a notice.
+fn ack_write(row: &IncidentRow, now: i64) -> IncidentWrite {
+    let (state, changed) = acknowledge(state(row), "Lena", AckSource::Api, now).unwrap();
+    assert!(changed);
+    IncidentWrite {
+        id: row.id,
+        revision: row.revision,
+        state,
+        next_at: Some(now),
+        notice: Some(Notice::Acknowledged),
+        suppress_pending: Some("acknowledged by Lena".into()),
+        deliveries: vec![],
+        tokens: vec![],
+        now_ms: now,
+    }
+}
+
+/// `row` resolved by hand at `now`, owing its circle a notice or not.
+fn resolve_write(row: &IncidentRow, now: i64, notice: bool) -> IncidentWrite {
+    let how = Resolution::Manual {
+        by: "Max".into(),
+        via: AckSource::Cli,
+    };
+    IncidentWrite {
+        id: row.id,
+        revision: row.revision,
+        state: resolve(state(row), how, now).0,
+        next_at: notice.then_some(now),
+        notice: notice.then_some(Notice::Resolved),
+        suppress_pending: None,
+        deliveries: vec![],
+        tokens: vec![],
+        now_ms: now,
+    }
+}
+
+async fn an_incident_opens_is_joined_acknowledged_and_resolved(b: Backend) {
+    let store = b.open().await;
+    let opening = vec![to("o-lena", "lena"), to("o-max", "max")];
+    let id = opens(&*store, alarm(1, T0, KEY, Trigger::Match, opening)).await;
+    let row = store.live_incident(KEY).await.unwrap().expect("live");
+    assert_eq!(
+        (
+            row.id,
+            row.status_name(),
+            row.next_at,
+            row.notice,
+            row.revision
+        ),
+        (id, "open", Some(T0 + REPEAT_MS), None, 0)
+    );
+    assert_eq!(
+        (row.key.as_str(), row.rule.as_str(), state(&row).events),
+        (KEY, "theft", 1)
+    );
+    assert_eq!(store.incident_counts().await.unwrap(), [("open".into(), 1)]);
+    assert_eq!(
+        store.next_incident_at().await.unwrap(),
+        Some(T0 + REPEAT_MS)
+    );
+    // Its deliveries go out; one is being sent when the acknowledgement comes.
+    assert_eq!(with_status(&*store, Status::Pending).await.len(), 2);
+    assert_eq!(keys(&store.claim(T0, 1, LEASE).await.unwrap()), ["o-lena"]);
+
+    // Another alarm of the key joins it: it notifies nobody.
+    let joining = alarm(
+        2,
+        T0 + 1000,
+        KEY,
+        Trigger::Match,
+        vec![to("j-lena", "lena")],
+    );
+    let joined = store.accept(joining).await.unwrap();
+    assert_eq!(outcomes(&joined), [(Some(id), Effect::Joined)]);
+    let j = by_key(&*store, "j-lena").await;
+    assert_eq!(j.status, Status::Suppressed);
+    let reason = j.reason.unwrap();
+    assert!(
+        reason.starts_with(&format!("joined incident {id} (2 events since")),
+        "{reason}"
+    );
+    let row = incident_row(&*store, id).await;
+    assert_eq!(
+        (state(&row).events, row.revision, row.next_at),
+        (2, 1, Some(T0 + REPEAT_MS))
+    );
+
+    // Acknowledged: the pending delivery of the incident is cancelled, the one in flight may finish,
+    // the joined one keeps its reason.
+    assert!(store
+        .write_incident(ack_write(&row, T0 + 2000))
+        .await
+        .unwrap());
+    let cancelled = by_key(&*store, "o-max").await;
+    assert_eq!(
+        (cancelled.status, cancelled.reason.as_deref()),
+        (Status::Suppressed, Some("acknowledged by Lena"))
+    );
+    assert_eq!(by_key(&*store, "o-lena").await.status, Status::Inflight);
+    assert_eq!(by_key(&*store, "j-lena").await.reason, Some(reason));
+    assert_eq!(
+        store.incident_counts().await.unwrap(),
+        [("acknowledged".into(), 1)]
+    );
+
+    // A `resolve_on` event resolves it; its circle is owed a notice, now.
+    let resolving = alarm(
+        3,
+        T0 + 3000,
+        KEY,
+        Trigger::ResolveOn,
+        vec![to("r-lena", "lena")],
+    );
+    let resolved = store.accept(resolving).await.unwrap();
+    assert_eq!(outcomes(&resolved), [(Some(id), Effect::Resolved)]);
+    let r = by_key(&*store, "r-lena").await;
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Suppressed, Some(format!("resolves incident {id}")))
+    );
+    let row = incident_row(&*store, id).await;
+    assert_eq!(
+        (row.status_name(), row.notice, row.next_at),
+        ("resolved", Some(Notice::Resolved), Some(T0 + 3000))
+    );
+    assert!(store.live_incident(KEY).await.unwrap().is_none());
+    assert!(store.incident_counts().await.unwrap().is_empty());
+    assert!(store
+        .incidents(IncidentFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Nothing to resolve now; the key's next alarm opens a new incident.
+    let nothing = alarm(4, T0 + 4000, KEY, Trigger::ResolveOn, vec![to("n", "lena")]);
+    let nothing = store.accept(nothing).await.unwrap();
+    assert_eq!(outcomes(&nothing), [(None, Effect::NothingToResolve)]);
+    assert_eq!(by_key(&*store, "n").await.status, Status::Suppressed);
+    let again = alarm(
+        5,
+        T0 + 5000,
+        KEY,
+        Trigger::Match,
+        vec![to("p-lena", "lena")],
+    );
+    let new = opens(&*store, again).await;
+    assert_ne!(new, id);
+    assert_eq!(by_key(&*store, "p-lena").await.status, Status::Pending);
+    let all = store
+        .incidents(IncidentFilter {
+            all: true,
+            limit: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), [new, id]);
+}
+
+async fn one_incident_per_key_across_instances_under_a_race(b: Backend) {
+    // Two instances get 40 alarms of one key at the same moment, 20 each: one opens the incident,
+    // the others join it, one after the other.
+    let (x, y) = (b.open().await, b.open().await);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = if i % 2 == 0 { x.clone() } else { y.clone() };
+        tasks.push(tokio::spawn(async move {
+            let e = alarm(
+                100 + i,
+                T0 + i,
+                KEY,
+                Trigger::Match,
+                vec![to(&format!("k{i}"), "lena")],
+            );
+            store.accept(e).await.unwrap()
+        }));
+    }
+    let mut effects = Vec::new();
+    for t in tasks {
+        effects.extend(outcomes(&t.await.unwrap()));
+    }
+    let opened: Vec<i64> = effects
+        .iter()
+        .filter(|(_, e)| *e == Effect::Opened)
+        .filter_map(|(id, _)| *id)
+        .collect();
+    assert_eq!(opened.len(), 1, "{effects:?}");
+    let id = opened[0];
+    assert!(effects.iter().all(|(i, _)| *i == Some(id)), "{effects:?}");
+    let all = x
+        .incidents(IncidentFilter {
+            all: true,
+            limit: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        (all[0].id, state(&all[0]).events, all[0].revision),
+        (id, 40, 39)
+    );
+    assert_eq!(with_status(&*y, Status::Pending).await.len(), 1);
+    let suppressed = with_status(&*x, Status::Suppressed).await;
+    assert_eq!(suppressed.len(), 39);
+    let joined = format!("joined incident {id} ");
+    assert!(suppressed
+        .iter()
+        .all(|d| d.reason.as_deref().unwrap().starts_with(&joined)));
+}
+
+async fn an_incident_write_is_made_only_at_the_revision_read(b: Backend) {
+    let (x, y) = (b.open().await, b.open().await);
+    let opening = alarm(1, T0, KEY, Trigger::Match, vec![to("o-lena", "lena")]);
+    let id = opens(&*x, opening).await;
+    let row = incident_row(&*x, id).await;
+    // Writers read revision 0 (two instances' timers, or a timer and a person) and write at once, at
+    // two instances, each adding a delivery and cancelling the pending ones: one is written, all of
+    // it; the others not at all. (Several rounds: the writes must overlap.)
+    const ROUNDS: usize = 8;
+    let write = |row: &IncidentRow, by: &str| IncidentWrite {
+        suppress_pending: Some(format!("acknowledged by {by}")),
+        deliveries: vec![to(&format!("note-{by}"), by)],
+        ..ack_write(row, T0 + 1000)
+    };
+    let mut winners = Vec::new();
+    for round in 0..ROUNDS {
+        let (key, o) = (format!("race/{round}"), format!("o-{round}"));
+        let e = alarm(
+            100 + round as i64,
+            T0,
+            &key,
+            Trigger::Match,
+            vec![to(&o, "lena")],
+        );
+        let row = incident_row(&*x, opens(&*x, e).await).await;
+        let mut writes = tokio::task::JoinSet::new();
+        for w in 0..4 {
+            let store = if w % 2 == 0 { x.clone() } else { y.clone() };
+            let by = format!("{round}-{w}");
+            let write = write(&row, &by);
+            writes.spawn(async move { (store.write_incident(write).await.unwrap(), by) });
+        }
+        let mut won = Vec::new();
+        while let Some(r) = writes.join_next().await {
+            let (written, by) = r.unwrap();
+            if written {
+                won.push(by);
+            }
+        }
+        assert_eq!(won.len(), 1, "round {round}: exactly one write: {won:?}");
+        let winner = &won[0];
+        assert_eq!(
+            by_key(&*x, &o).await.reason,
+            Some(format!("acknowledged by {winner}"))
+        );
+        assert_eq!(incident_row(&*x, row.id).await.revision, 1);
+        winners.push(format!("note-{winner}"));
+    }
+    let notes: Vec<String> = all_keys(&*x)
+        .await
+        .into_iter()
+        .filter(|k| k.starts_with("note-"))
+        .collect();
+    winners.sort();
+    assert_eq!(notes, winners);
+    assert!(x.write_incident(write(&row, "one")).await.unwrap());
+    let read = incident_row(&*x, id).await;
+    assert_eq!((read.revision, read.status_name()), (1, "acknowledged"));
+
+    // An event joins after the row was read: the write of what was read is refused, and nothing of it
+    // is written.
+    let joining = alarm(2, T0 + 2000, KEY, Trigger::Match, vec![to("j", "lena")]);
+    assert_eq!(
+        outcomes(&x.accept(joining).await.unwrap()),
+        [(Some(id), Effect::Joined)]
+    );
+    let stale = IncidentWrite {
+        deliveries: vec![to("late", "max")],
+        ..resolve_write(&read, T0 + 3000, true)
+    };
+    assert!(!y.write_incident(stale).await.unwrap());
+    let now = incident_row(&*x, id).await;
+    assert_eq!(
+        (now.revision, now.status_name(), state(&now).events),
+        (2, "acknowledged", 2)
+    );
+    assert!(!all_keys(&*x).await.contains(&"late".to_string()));
+    // Read again, it is written.
+    let fresh = IncidentWrite {
+        deliveries: vec![to("late", "max")],
+        ..resolve_write(&now, T0 + 3000, true)
+    };
+    assert!(y.write_incident(fresh).await.unwrap());
+    let done = incident_row(&*x, id).await;
+    assert_eq!(
+        (done.revision, done.status_name(), state(&done).events),
+        (3, "resolved", 2)
+    );
+    assert_eq!(by_key(&*x, "late").await.status, Status::Pending);
+    // No such incident: nothing is written.
+    let missing = IncidentWrite {
+        id: id + 1000,
+        ..resolve_write(&done, T0 + 4000, false)
+    };
+    assert!(!x.write_incident(missing).await.unwrap());
+}
+
+async fn incident_writes_racing_joins_are_never_lost(b: Backend) {
+    // Alarms join incidents at two instances while timers write them (each write counts a repeat):
+    // every join and every write that said so is kept. The accept transaction reads and writes the row
+    // under the key's lock, and a write takes the same lock: neither overwrites what the other wrote
+    // after it read.
+    const KEYS: i64 = 8;
+    const JOINS: i64 = 12;
+    const WRITES: u32 = 20;
+    let (x, y) = (b.open().await, b.open().await);
+    let key = |k: i64| format!("theft/{k}");
+    for k in 0..KEYS {
+        let e = alarm(
+            k + 1,
+            T0,
+            &key(k),
+            Trigger::Match,
+            vec![to(&format!("o{k}"), "l")],
+        );
+        opens(&*x, e).await;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..KEYS {
+        for j in 0..JOINS {
+            let store = if j % 2 == 0 { x.clone() } else { y.clone() };
+            let e = alarm(
+                1000 + k * 100 + j,
+                T0 + 1 + j,
+                &key(k),
+                Trigger::Match,
+                vec![to(&format!("j{k}-{j}"), "l")],
+            );
+            tasks.spawn(async move {
+                store.accept(e).await.unwrap();
+            });
+        }
+        let (store, key) = (if k % 2 == 0 { y.clone() } else { x.clone() }, key(k));
+        tasks.spawn(async move {
+            let mut written = 0;
+            while written < WRITES {
+                let row = store.live_incident(&key).await.unwrap().unwrap();
+                let mut next = state(&row).clone();
+                next.repeats_done += 1;
+                let w = IncidentWrite {
+                    id: row.id,
+                    revision: row.revision,
+                    state: next,
+                    next_at: row.next_at,
+                    notice: None,
+                    suppress_pending: None,
+                    deliveries: vec![],
+                    tokens: vec![],
+                    now_ms: T0 + 500,
+                };
+                if store.write_incident(w).await.unwrap() {
+                    written += 1;
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    for k in 0..KEYS {
+        let row = x.live_incident(&key(k)).await.unwrap().unwrap();
+        let s = state(&row);
+        assert_eq!(
+            (s.events, s.repeats_done, row.revision),
+            (JOINS as u64 + 1, WRITES, JOINS + i64::from(WRITES)),
+            "{}",
+            key(k)
+        );
+    }
+}
+
+async fn due_incidents_come_with_their_event_and_the_circle_owed_a_notice(b: Backend) {
+    let store = b.open().await;
+    let mut e = alarm(1, T0, KEY, Trigger::Match, vec![to("o-lena", "lena")]);
+    e.payload = r#"{"event":{"id":1}}"#.into();
+    e.txn = Some("txn-1".into());
+    let id = opens(&*store, e).await;
+    // An incident of another key, opened a little earlier: due first.
+    let other = alarm(
+        2,
+        T0 - 10,
+        "theft/8",
+        Trigger::Match,
+        vec![to("o-8", "lena")],
+    );
+    let earlier = opens(&*store, other).await;
+    let first_repeat = T0 + REPEAT_MS;
+    assert!(store
+        .due_incidents(first_repeat - 11, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.next_incident_at().await.unwrap(),
+        Some(first_repeat - 10)
+    );
+    let ids = |due: &[DueIncident]| due.iter().map(|d| d.row.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&store.due_incidents(first_repeat, 1).await.unwrap()),
+        [earlier]
+    );
+    let due = store.due_incidents(first_repeat, 10).await.unwrap();
+    assert_eq!(ids(&due), [earlier, id]);
+    let d = &due[1];
+    let ev = d.event.as_ref().expect("its event");
+    assert_eq!(
+        (
+            ev.source.as_str(),
+            ev.event_id,
+            ev.device_id,
+            ev.event_type.as_str(),
+            ev.txn.as_deref(),
+            ev.payload.as_str()
+        ),
+        ("s", 1, 1, "alarm", Some("txn-1"), r#"{"event":{"id":1}}"#)
+    );
+    assert_eq!(d.row.notice, None);
+    assert!(d.circle.is_empty(), "no notice owed: no circle");
+    // Lena got the opening message.
+    let sent = store.claim(T0, 10, LEASE).await.unwrap();
+    finish_all(
+        &*store,
+        sent.iter()
+            .map(|c| (c.claim_ref(), Outcome::Delivered))
+            .collect(),
+        T0,
+    )
+    .await;
+
+    // The timer sends the first repeat, to Max and Zoe, for the incident's event; the timer moves on.
+    let policy = incident_policy();
+    let t = tick(state(&d.row), &policy, first_repeat);
+    assert_eq!(t.send.len(), 1);
+    let repeat = IncidentWrite {
+        id,
+        revision: d.row.revision,
+        next_at: trackrelay::store::incidents::timer(&t.state, &policy, false, first_repeat),
+        state: t.state,
+        notice: None,
+        suppress_pending: None,
+        deliveries: vec![to("repeat-max", "max"), to("repeat-zoe", "zoe")],
+        tokens: vec![],
+        now_ms: first_repeat,
+    };
+    assert!(store.write_incident(repeat).await.unwrap());
+    assert_eq!(
+        ids(&store.due_incidents(first_repeat, 10).await.unwrap()),
+        [earlier]
+    );
+    let rep = by_key(&*store, "repeat-max").await;
+    assert_eq!(
+        (rep.status, rep.event_id, rep.txn.as_deref()),
+        (Status::Pending, 1, Some("txn-1"))
+    );
+    // Max's is being sent when Lena acknowledges: Zoe's, pending, is cancelled (the steps belong to
+    // the incident), and the circle is owed a notice.
+    assert_eq!(
+        keys(&store.claim(first_repeat, 1, LEASE).await.unwrap()),
+        ["repeat-max"]
+    );
+    let row = incident_row(&*store, id).await;
+    let acked = first_repeat + 1000;
+    assert!(store.write_incident(ack_write(&row, acked)).await.unwrap());
+    assert_eq!(
+        by_key(&*store, "repeat-zoe").await.status,
+        Status::Suppressed
+    );
+    let due = store.due_incidents(acked, 10).await.unwrap();
+    assert_eq!(ids(&due), [earlier, id]);
+    assert_eq!(due[1].row.notice, Some(Notice::Acknowledged));
+    assert_eq!(
+        due[1].circle,
+        [
+            ("c".to_string(), "lena".to_string()),
+            ("c".to_string(), "max".to_string())
+        ]
+    );
+}
+
+async fn acknowledgement_tokens_find_their_incident(b: Backend) {
+    let store = b.open().await;
+    let token = |hash: &str, label: &str| NewToken {
+        hash: hash.into(),
+        label: label.into(),
+    };
+    let mut e = alarm(1, T0, KEY, Trigger::Match, vec![to("o-lena", "lena")]);
+    e.incidents[0].tokens = vec![token("h-lena", "lena"), token("h-max", "max")];
+    let id = opens(&*store, e).await;
+    let (row, label) = store.incident_by_token("h-max").await.unwrap().unwrap();
+    assert_eq!((row.id, label.as_str()), (id, "max"));
+    assert!(store.incident_by_token("h-nobody").await.unwrap().is_none());
+    // A joining event's links are not kept: its messages are not sent.
+    let mut j = alarm(2, T0 + 1000, KEY, Trigger::Match, vec![to("j", "lena")]);
+    j.incidents[0].tokens = vec![token("h-join", "lena")];
+    assert_eq!(
+        outcomes(&store.accept(j).await.unwrap()),
+        [(Some(id), Effect::Joined)]
+    );
+    assert!(store.incident_by_token("h-join").await.unwrap().is_none());
+    // A write's are.
+    let row = incident_row(&*store, id).await;
+    let w = IncidentWrite {
+        tokens: vec![token("h-zoe", "zoe")],
+        ..ack_write(&row, T0 + 2000)
+    };
+    assert!(store.write_incident(w).await.unwrap());
+    let (row, label) = store.incident_by_token("h-zoe").await.unwrap().unwrap();
+    assert_eq!(
+        (row.id, row.status_name(), label.as_str()),
+        (id, "acknowledged", "zoe")
+    );
+}
+
+async fn a_copy_completing_an_event_does_not_join_its_incident_twice(b: Backend) {
+    let store = b.open().await;
+    // The socket's copy went on without its position: the theft rule matched, and opened an incident.
+    let first = NewEvent {
+        position_missing: true,
+        incidents: vec![offer(KEY, "theft", Trigger::Match, vec![0])],
+        ..event(1, T0, vec![to("e1-theft", "lena")])
+    };
+    let id = opens(&*store, first).await;
+    // The webhook's copy has it: the theft rule again (decided by the first copy already) and a rule
+    // that needs the position, with an incident of its own.
+    let second = NewEvent {
+        incidents: vec![
+            offer(KEY, "theft", Trigger::Match, vec![0]),
+            offer("armed/1", "armed", Trigger::Match, vec![1]),
+        ],
+        ..event(
+            1,
+            T0 + 1,
+            vec![to("e1-theft", "lena"), to("e1-armed", "lena")],
+        )
+    };
+    let a = store.accept(second.clone()).await.unwrap();
+    let armed = match outcomes(&a)[..] {
+        [(Some(armed), Effect::Opened)] => armed,
+        ref other => panic!("{other:?}"),
+    };
+    assert_ne!(armed, id);
+    let theft = incident_row(&*store, id).await;
+    assert_eq!((state(&theft).events, theft.revision), (1, 0));
+    assert_eq!(all_keys(&*store).await, ["e1-armed", "e1-theft"]);
+    assert_eq!(with_status(&*store, Status::Pending).await.len(), 2);
+    // Once complete, a further copy is a duplicate.
+    assert_eq!(store.accept(second).await.unwrap(), Accepted::Duplicate);
+    assert_eq!(state(&incident_row(&*store, id).await).events, 1);
+    assert_eq!(state(&incident_row(&*store, armed).await).events, 1);
+}
+
+async fn retention_keeps_the_event_of_an_incident_not_done_with(b: Backend) {
+    let store = b.open().await;
+    let day = Duration::from_secs(86_400);
+    let days = |n: i64| T0 + n * 86_400_000;
+    let mut e = alarm(1, T0, KEY, Trigger::Match, vec![to("o-lena", "lena")]);
+    e.incidents[0].tokens = vec![NewToken {
+        hash: "h-lena".into(),
+        label: "lena".into(),
+    }];
+    let id = opens(&*store, e).await;
+    store
+        .accept(event(2, T0, vec![to("plain", "lena")]))
+        .await
+        .unwrap();
+    let sent = store.claim(T0, 10, LEASE).await.unwrap();
+    finish_all(
+        &*store,
+        sent.iter()
+            .map(|c| (c.claim_ref(), Outcome::Delivered))
+            .collect(),
+        T0,
+    )
+    .await;
+    // Two days later the sent deliveries go, and the plain event; the live incident's event stays.
+    assert_eq!(
+        store.prune(days(2), day, 10 * day).await.unwrap(),
+        Pruned {
+            deliveries: 2,
+            events: 1,
+            state: 0
+        }
+    );
+    let due = store.due_incidents(days(2), 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].event.as_ref().map(|e| e.event_id), Some(1));
+    assert!(store.incident_by_token("h-lena").await.unwrap().is_some());
+    // Resolved by hand, its circle still owed the notice: the event stays (the notice is rendered
+    // from it), the link is dead.
+    let row = incident_row(&*store, id).await;
+    assert!(store
+        .write_incident(resolve_write(&row, days(2), true))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.prune(days(4), day, 10 * day).await.unwrap(),
+        Pruned::default()
+    );
+    assert!(store.incident_by_token("h-lena").await.unwrap().is_none());
+    let due = store.due_incidents(days(4), 10).await.unwrap();
+    assert_eq!(due[0].event.as_ref().map(|e| e.event_id), Some(1));
+    // Once the notice is sent, its event goes with the rest (it is older than the retention), and the
+    // incident once its last write is.
+    let row = incident_row(&*store, id).await;
+    let sent = IncidentWrite {
+        next_at: None,
+        notice: None,
+        state: state(&row).clone(),
+        ..resolve_write(&row, days(4), false)
+    };
+    assert!(store.write_incident(sent).await.unwrap());
+    assert_eq!(
+        store.prune(days(4) + 1, day, 10 * day).await.unwrap(),
+        Pruned {
+            deliveries: 0,
+            events: 1,
+            state: 0
+        }
+    );
+    assert_eq!(incident_row(&*store, id).await.status_name(), "resolved");
+    assert_eq!(
+        store.prune(days(6), day, 10 * day).await.unwrap(),
+        Pruned {
+            deliveries: 0,
+            events: 0,
+            state: 1
+        }
+    );
+    assert!(store.incident(id).await.unwrap().is_none());
+    assert_eq!(store.next_incident_at().await.unwrap(), None);
+}
+
+async fn an_unreadable_incident_is_left_alone_and_the_event_notified(b: Backend) {
+    let store = b.open().await;
+    let id = opens(
+        &*store,
+        alarm(1, T0, KEY, Trigger::Match, vec![to("o", "lena")]),
+    )
+    .await;
+    // A row a newer version wrote.
+    b.execute(r#"UPDATE incidents SET state = '{"version": 99}'"#)
+        .await;
+    let a = store
+        .accept(alarm(
+            2,
+            T0 + 1000,
+            KEY,
+            Trigger::Match,
+            vec![to("u", "lena")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&a), [(Some(id), Effect::Unreadable)]);
+    assert_eq!(by_key(&*store, "u").await.status, Status::Pending);
+    let row = store.live_incident(KEY).await.unwrap().expect("left alone");
+    assert_eq!(
+        (row.id, row.revision, row.status_name()),
+        (id, 0, "unreadable")
+    );
+    assert!(row.state.is_err());
+    let all = store
+        .incidents(IncidentFilter {
+            all: true,
+            limit: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
 }

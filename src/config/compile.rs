@@ -12,14 +12,16 @@ use super::raw::RawConfig;
 use super::*;
 use crate::channel::RawChannel;
 use crate::channel_config::ChannelConfig;
+use crate::config_raw::RawIncident;
 use crate::config_raw::{
     RawCooldown, RawDefaults, RawNotify, RawRule, RawRuleFile, RawRuleSource, RawSchedule,
 };
+use crate::incident::IncidentPolicy;
 use crate::noise::schedule::{Schedule, WhenMuted, Window};
 use crate::noise::{Cooldown, Group, RuleNoise};
 use crate::render::{Escape, RendererBuilder};
 use crate::retry::RetryPolicy;
-use crate::rules::{Matcher, Origin, Rule, RuleSet, Target};
+use crate::rules::{Matcher, Origin, Rule, RuleIncident, RuleSet, Target};
 use crate::secret::Secret;
 use crate::settings::*;
 
@@ -50,6 +52,7 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
     compile_channel_templates(&mut channels, &mut builder, &file, &mut errors);
     let traccar = compile_traccar(raw.traccar, &file, &ingest.source, &mut errors);
     let storage = compile_storage(raw.storage, &file, dir, &mut errors);
+    let public_url = compile_public_url(raw.public_url.as_deref(), &file, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -72,7 +75,48 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
         renderer: builder.build(timezone),
         rule_files,
         traccar,
+        public_url,
     })
+}
+
+/// `public_url:`: an http(s) address without query or fragment, kept without its trailing slash.
+fn compile_public_url(
+    raw: Option<&str>,
+    file: &SourceFile,
+    errors: &mut Vec<ConfigError>,
+) -> Option<String> {
+    let text = raw?.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let problem = match reqwest::Url::parse(text) {
+        Err(e) => Some(e.to_string()),
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+            Some("the address starts with http:// or https://".to_string())
+        }
+        Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+            Some("no query or fragment: links are added to its path".to_string())
+        }
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+            Some("no user or password: the address is shown in every message".to_string())
+        }
+        Ok(_) => None,
+    };
+    if let Some(p) = problem {
+        // An address with a password is not repeated: the error would show it.
+        let shown = if text.contains('@') {
+            "public_url"
+        } else {
+            text
+        };
+        errors.push(file.error(
+            file.find_line("public_url", None, 1),
+            "",
+            format!("public_url: `{shown}`: {p}"),
+        ));
+        return None;
+    }
+    Some(text.trim_end_matches('/').to_string())
 }
 
 /// `listen:`, the address the HTTP server binds.
@@ -350,12 +394,23 @@ fn compile_rule(
         errors.push("notify: list at least one channel".into());
     }
     let mut targets = Vec::new();
+    let notify_len = raw.notify.len();
     for (i, n) in raw.notify.into_iter().enumerate() {
         match compile_target(&raw.name, i, n, channels, builder) {
             Ok(t) => targets.push(t),
             Err(es) => errors.extend(es.into_iter().map(|e| format!("notify[{i}]: {e}"))),
         }
     }
+    let incident = raw.incident.map(|inc| {
+        if raw.group.is_some() {
+            errors.push(
+                "incident: a rule with an incident cannot also group into digests (`group`): each \
+                 repeat and escalation is a message of its own"
+                    .into(),
+            );
+        }
+        compile_incident(&raw.name, inc, notify_len, channels, builder, &mut errors)
+    });
     match matcher {
         Some(matcher) if errors.is_empty() => Ok(Rule {
             name: raw.name,
@@ -365,9 +420,72 @@ fn compile_rule(
             targets,
             origin,
             noise,
+            incident: incident.flatten(),
         }),
         _ => Err(errors),
     }
+}
+
+/// A rule's `incident:` section: its policy (bounds checked by the incident core), key template,
+/// `resolve_on` conditions and escalation targets (compiled like `notify` entries, numbered after
+/// them: `notify_len` is the rule's own count). Problems are pushed as `incident.…`.
+fn compile_incident(
+    rule: &str,
+    raw: RawIncident,
+    notify_len: usize,
+    channels: &BTreeMap<String, ChannelConfig>,
+    builder: &mut RendererBuilder,
+    errors: &mut Vec<String>,
+) -> Option<RuleIncident> {
+    let before = errors.len();
+    let policy = IncidentPolicy::from_raw(&raw)
+        .map_err(|es| errors.extend(es.into_iter().map(|e| format!("incident.{e}"))))
+        .ok();
+    let key = raw
+        .key
+        .as_deref()
+        .filter(|k| !k.trim().is_empty())
+        .and_then(|k| {
+            Templates {
+                builder: &mut *builder,
+                base: format!("rule/{rule}/incident"),
+            }
+            .add("key", k, Escape::Text, errors)
+            .or_else(|| {
+                if let Some(e) = errors.last_mut() {
+                    *e = format!("incident.{e}");
+                }
+                None
+            })
+        });
+    let resolve_on = raw.resolve_on.and_then(|m| {
+        Matcher::compile(m)
+            .map_err(|e| errors.push(format!("incident.resolve_on: {e}")))
+            .ok()
+    });
+    let mut escalation_targets = Vec::new();
+    let mut n = notify_len;
+    for (i, step) in raw.escalate.unwrap_or_default().into_iter().enumerate() {
+        for (j, target) in step.notify.into_iter().enumerate() {
+            match compile_target(rule, n, target, channels, builder) {
+                Ok(t) => escalation_targets.push(t),
+                Err(es) => errors.extend(
+                    es.into_iter()
+                        .map(|e| format!("incident.escalate[{i}].notify[{j}]: {e}")),
+                ),
+            }
+            n += 1;
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(RuleIncident {
+        policy: policy?,
+        key,
+        resolve_on,
+        escalation_targets,
+    })
 }
 
 /// A rule's noise settings, the config's `defaults:` filling what the rule leaves out. A zero duration
@@ -715,6 +833,71 @@ mod tests {
             text: yaml.into(),
         };
         compile(file, Path::new("."), &|_| None)
+    }
+
+    #[test]
+    fn incident_sections_compile_or_fail_with_file_line_and_reason() {
+        let ok = load(
+            "public_url: https://alerts.example.org/\nchannels: { c: { type: log }, d: { type: log } }\n\
+             rules:\n  - name: a\n    match: { type: alarm }\n    incident:\n      key: \"theft-{{ device.id }}\"\n\
+             \x20     repeat: 5m\n      escalate: [{ after: 10m, notify: [{ channel: d }] }]\n\
+             \x20     resolve_on: { type: alarm, where: { position.attributes.armed: false } }\n\
+             \x20   notify: [{ channel: c }]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.public_url.as_deref(), Some("https://alerts.example.org"));
+        let inc = ok.rules.rules()[0].incident.as_ref().unwrap();
+        assert_eq!(inc.policy.repeat.unwrap().max, 10);
+        assert_eq!(inc.escalation_targets[0].channel, "d");
+        assert!(inc.key.is_some() && inc.resolve_on.is_some());
+        assert!(load("public_url: \"\"\n").unwrap().public_url.is_none());
+
+        let err = |yaml: &str| load(yaml).unwrap_err().to_string();
+        let rule = |incident: &str, extra: &str| {
+            format!(
+                "channels: {{ c: {{ type: log }} }}\nrules:\n  - name: x\n    match: {{ type: alarm }}\n{extra}\
+                 \x20   incident: {incident}\n    notify: [{{ channel: c }}]\n"
+            )
+        };
+        let e = err(&rule("{ repeat: 10s, max_repeats: 500 }", ""));
+        assert!(
+            e.contains("t.yaml:3") && e.contains("incident.repeat: 10s is too often"),
+            "{e}"
+        );
+        assert!(
+            e.contains("incident.max_repeats: 500 is not between 1 and 100"),
+            "{e}"
+        );
+        let e = err(&rule(
+            "{ escalate: [{ after: 10m, notify: [{ channel: nope }] }] }",
+            "",
+        ));
+        assert!(
+            e.contains("t.yaml:3") && e.contains("incident.escalate[0].notify[0]"),
+            "{e}"
+        );
+        assert!(e.contains("nope"), "{e}");
+        let e = err(&rule("{ repeat: 5m }", "    group: { wait: 1m }\n"));
+        assert!(e.contains("cannot also group"), "{e}");
+        let e = err(&rule("{ key: \"{{ device.id \" }", ""));
+        assert!(e.contains("incident.key"), "{e}");
+        let e = err(&rule("{ resolve_on: { type: [] , bogus: 1 } }", ""));
+        assert!(e.contains("t.yaml"), "{e}");
+        let e = err(&rule("{ repat: 5m }", ""));
+        assert!(
+            e.contains("t.yaml:3") && e.contains("unknown field `repat`"),
+            "{e}"
+        );
+        let e = err("public_url: ftp://relay.example.org\n");
+        assert!(
+            e.contains("t.yaml:1") && e.contains("http:// or https://"),
+            "{e}"
+        );
+        let e = err("public_url: https://u:pw@relay.example.org\n");
+        assert!(
+            e.contains("no user or password") && !e.contains("pw@"),
+            "{e}"
+        );
     }
 
     #[test]

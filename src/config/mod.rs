@@ -243,6 +243,30 @@ pub(crate) fn yaml_error(file: &SourceFile, e: &serde_yaml::Error) -> ConfigErro
     file.error(line, "", msg)
 }
 
+/// What `check` (and the relay at start) warns of: settings that load but cannot work as written.
+pub fn warnings(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for rule in cfg.rules.incident_rules() {
+        let Some(inc) = &rule.incident else { continue };
+        let at = format!("{}: rule '{}'", rule.origin, rule.name);
+        if cfg.public_url.is_none() {
+            out.push(format!(
+                "{at}: incident messages carry no acknowledgement link: set public_url (the address phones reach the relay at); until then acknowledge with `trackrelay incidents ack ID` or the admin API"
+            ));
+        }
+        for (i, e) in inc.policy.escalate.iter().enumerate() {
+            if e.after >= inc.policy.resolve_after {
+                out.push(format!(
+                    "{at}: incident.escalate[{i}] after {} is not before resolve_after ({}): it only happens while events keep coming",
+                    humantime::format_duration(e.after),
+                    humantime::format_duration(inc.policy.resolve_after)
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

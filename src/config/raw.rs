@@ -44,4 +44,8 @@ pub struct RawConfig {
     /// Live Traccar servers to follow over `/api/socket`.
     #[serde(default)]
     pub traccar: Vec<RawTraccarSource>,
+    /// The relay's address as its users' phones reach it (`https://alerts.example.org`): links in
+    /// messages (an incident's `ack_url`) start with it. Without it, messages carry no links.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }

@@ -201,6 +201,19 @@ pub struct Due {
     pub step: Step,
 }
 
+impl Due {
+    /// As the API and `explain` show it: `{"at": RFC 3339, "step": "repeat" | "escalate" | "expire",
+    /// "n": …}`, steps counted from 1 as messages count them ("Reminder 2", "Escalated (step 1)").
+    pub fn to_json(&self) -> serde_json::Value {
+        let (step, n) = match self.step {
+            Step::Expire => ("expire", None),
+            Step::Escalate(i) => ("escalate", Some(i as u64 + 1)),
+            Step::Repeat(n) => ("repeat", Some(u64::from(n))),
+        };
+        serde_json::json!({ "at": rfc3339(self.at_ms), "step": step, "n": n })
+    }
+}
+
 /// The steps still to come, in the order they fall due. Of steps due at the same time, expiry comes
 /// first (nothing is sent for a closed incident), then escalations, then the repeat. An open incident
 /// has its remaining repeats and escalations and its expiry; an acknowledged one only its expiry (which

@@ -146,6 +146,8 @@ pub enum Resolution {
         /// Through what.
         via: AckSource,
     },
+    /// Its rule was removed from the configuration, or lost its `incident:` section.
+    RuleRemoved,
 }
 
 /// A stored incident state that this version cannot use.

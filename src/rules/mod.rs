@@ -64,6 +64,45 @@ pub struct Rule {
     pub origin: Origin,
     /// Cooldown, dedup, debounce, digests, schedule.
     pub noise: crate::noise::RuleNoise,
+    /// Repeat and escalate until acknowledged (`incident:`).
+    pub incident: Option<RuleIncident>,
+}
+
+/// A rule's `incident:` section, compiled: the policy the incident core schedules by, the key
+/// template, the `resolve_on` conditions and the escalation steps' targets.
+#[derive(Debug)]
+pub struct RuleIncident {
+    /// Repeats, escalation, `resolve_after`.
+    pub policy: crate::incident::IncidentPolicy,
+    /// Template name of the key (`None`: the rule and the device).
+    pub key: Option<String>,
+    /// Events that close the incident of their key.
+    pub resolve_on: Option<Matcher>,
+    /// Every escalation step's targets in the order written ([`crate::incident::Escalation::notify`]
+    /// indexes this list).
+    pub escalation_targets: Vec<Target>,
+}
+
+impl Rule {
+    /// What an event does to this rule's incident: `None` when the rule has no incident or the event
+    /// neither matched the rule (`matched`) nor its `resolve_on`. `resolve_on` is the narrower
+    /// statement, so an event matching both resolves.
+    pub fn incident_trigger(
+        &self,
+        env: &Envelope,
+        source: &str,
+        matched: bool,
+    ) -> Option<crate::incident::Trigger> {
+        let inc = self.incident.as_ref()?;
+        if inc
+            .resolve_on
+            .as_ref()
+            .is_some_and(|m| m.matches(env, source))
+        {
+            return Some(crate::incident::Trigger::ResolveOn);
+        }
+        matched.then_some(crate::incident::Trigger::Match)
+    }
 }
 
 /// All rules, in file order, indexed by the event types they name.
@@ -80,6 +119,11 @@ pub struct RuleSet {
     slots: usize,
     /// Distinct leaf conditions: each is tested at most once per event, however many rules state it.
     memos: usize,
+    /// The rules with an `incident:` section, by index.
+    incident_rules: Vec<usize>,
+    /// Their policies by rule name: an incident is scheduled by the policy of the rule that opened
+    /// it, also when another rule's event (a shared key) joins it.
+    incident_policies: std::sync::Arc<HashMap<String, crate::incident::IncidentPolicy>>,
 }
 
 /// A rule to try for an event, with the memo slot of its first condition ([`Matcher::first_memo`]) kept
@@ -136,6 +180,15 @@ impl RuleSet {
         }
         RuleSet {
             debounces: rules.iter().any(|r| r.noise.debounce.is_some()),
+            incident_rules: (0..rules.len())
+                .filter(|&i| rules[i].incident.is_some())
+                .collect(),
+            incident_policies: std::sync::Arc::new(
+                rules
+                    .iter()
+                    .filter_map(|r| Some((r.name.clone(), r.incident.as_ref()?.policy.clone())))
+                    .collect(),
+            ),
             rules,
             by_type,
             untyped,
@@ -147,6 +200,23 @@ impl RuleSet {
     /// Whether any rule debounces geofence transitions.
     pub fn debounces(&self) -> bool {
         self.debounces
+    }
+
+    /// The rules with an `incident:` section, in order.
+    pub fn incident_rules(&self) -> impl Iterator<Item = &Rule> + '_ {
+        self.incident_rules.iter().map(|&i| &self.rules[i])
+    }
+
+    /// The incident policies by rule name.
+    pub fn incident_policies(
+        &self,
+    ) -> &std::sync::Arc<HashMap<String, crate::incident::IncidentPolicy>> {
+        &self.incident_policies
+    }
+
+    /// The rule of this name.
+    pub fn get(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
     }
 
     /// The rules, in order.
@@ -223,6 +293,7 @@ mod tests {
                 line: Some(1),
             },
             noise: Default::default(),
+            incident: None,
         }
     }
 

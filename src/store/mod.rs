@@ -11,11 +11,16 @@
 
 mod common;
 mod decide;
+pub mod incidents;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
 
 pub use decide::{decide_noise, digest_content, noise_keys, with_note, NoiseOutcome};
+pub use incidents::{
+    DueIncident, Effect, IncidentFilter, IncidentOffer, IncidentOutcome, IncidentRow,
+    IncidentWrite, NewToken, Notice, StoredEvent,
+};
 pub use rows::{completing, POSITION_COMPLETED, POSITION_HAD, POSITION_MISSING};
 
 use std::collections::HashMap;
@@ -64,6 +69,8 @@ pub struct NewEvent {
     /// live-source copy whose position could not be had. A later copy of the same event that has its
     /// position (Traccar's webhook) is then not a plain duplicate: see [`completing`].
     pub position_missing: bool,
+    /// What the event offers the incidents of its rules' keys, decided in the same transaction.
+    pub incidents: Vec<IncidentOffer>,
 }
 
 /// A delivery to enqueue, its notification already serialised (by the caller, off the writer's thread).
@@ -87,6 +94,8 @@ pub struct NewDelivery {
     pub content: String,
     /// Noise control: what the store decides before enqueueing (see [`crate::noise`]).
     pub gates: Gates,
+    /// The incident it belongs to (set by the store: an acknowledgement cancels it while pending).
+    pub incident_ref: Option<i64>,
 }
 
 /// What accepting did.
@@ -101,6 +110,8 @@ pub enum Accepted {
         /// Deliveries noise control suppressed, grouped or deferred, by index in
         /// [`NewEvent::deliveries`].
         quieted: Vec<Quieted>,
+        /// What the event did to its rules' incidents, one per offer.
+        incidents: Vec<IncidentOutcome>,
     },
     /// The event was stored before; nothing was done.
     Duplicate,
@@ -416,4 +427,93 @@ pub trait Store: Send + Sync {
 
     /// Ends a silence now (it stops applying at once); returns it as it is now.
     async fn expire_silence(&self, id: i64, now_ms: i64) -> Result<Silence, StoreError>;
+
+    /// Incidents, newest first: live ones, or all. (The incident operations' defaults fail: both
+    /// backends implement them; a test's stand-in store need not.)
+    async fn incidents(&self, filter: IncidentFilter) -> Result<Vec<IncidentRow>, StoreError> {
+        let _ = filter;
+        Err(no_incidents())
+    }
+
+    /// One incident by id.
+    async fn incident(&self, id: i64) -> Result<Option<IncidentRow>, StoreError> {
+        let _ = id;
+        Err(no_incidents())
+    }
+
+    /// The live (open or acknowledged) incident of a key.
+    async fn live_incident(&self, key: &str) -> Result<Option<IncidentRow>, StoreError> {
+        let _ = key;
+        Err(no_incidents())
+    }
+
+    /// The incident an acknowledgement token (by its hash) belongs to, and who the link went to.
+    async fn incident_by_token(
+        &self,
+        hash: &str,
+    ) -> Result<Option<(IncidentRow, String)>, StoreError> {
+        let _ = hash;
+        Err(no_incidents())
+    }
+
+    /// Up to `limit` incidents whose timer is due at `now_ms`, soonest first, with their latest event
+    /// and, where a notice is owed, their circle.
+    async fn due_incidents(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<DueIncident>, StoreError> {
+        let _ = (now_ms, limit);
+        Err(no_incidents())
+    }
+
+    /// The earliest incident timer, due or not.
+    async fn next_incident_at(&self) -> Result<Option<i64>, StoreError> {
+        Err(no_incidents())
+    }
+
+    /// Writes an incident if it is still at the revision read (see [`IncidentWrite`]); `false`
+    /// when another writer came first (nothing was written: read it again).
+    async fn write_incident(&self, w: IncidentWrite) -> Result<bool, StoreError> {
+        let _ = w;
+        Err(no_incidents())
+    }
+
+    /// Makes the timers of the live incidents of these rules due now (their policy changed, or the
+    /// rule is gone): the timer then runs them under the configuration in force. Bumps their revision,
+    /// so that a write computed under the old policy is refused. Returns how many.
+    async fn reschedule_incidents(
+        &self,
+        rules: Vec<String>,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let _ = (rules, now_ms);
+        Err(no_incidents())
+    }
+
+    /// Live incidents by status name (`open`, `acknowledged`).
+    async fn incident_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Err(no_incidents())
+    }
+}
+
+/// What a store without incidents (a test's stand-in) answers to their operations; both backends keep
+/// them.
+fn no_incidents() -> StoreError {
+    StoreError::Db("this store keeps no incidents".into())
+}
+
+/// The advisory lock keys of an event on a shared database, sorted and without repeats: its noise
+/// state keys and its incidents' keys (prefixed), in one order, so two transactions never wait for each
+/// other in a cycle.
+pub fn lock_keys(e: &NewEvent) -> Vec<String> {
+    let mut keys: Vec<String> = noise_keys(e).into_iter().map(str::to_string).collect();
+    keys.extend(
+        e.incidents
+            .iter()
+            .map(|o| incidents::incident_lock_key(&o.facts.key)),
+    );
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 use super::decide::{digest_content, with_note};
-use super::{Claimed, NewDelivery, NewEvent, Quieted, Status, StoreError};
+use super::{Claimed, IncidentOffer, NewDelivery, NewEvent, Quieted, Status, StoreError};
 use crate::noise::Verdict;
 
 /// `events.position_missing`: the stored copy had its position (or referred to none).
@@ -21,14 +21,35 @@ pub const POSITION_COMPLETED: i64 = 2;
 /// them), with no debounce probe (the first copy's transition was already counted). Noise control then
 /// judges only the notifications that are new, so a rule that matched both copies notifies once and
 /// counts once, and a rule on `position.*` that only the complete copy satisfies still fires.
+///
+/// Incident offers follow their deliveries: an offer whose rule had deliveries stored already was
+/// decided by the first copy and is dropped (the event joins no incident twice); the others keep their
+/// deliveries' new places (a `resolve_on` that only the position satisfies still resolves).
 pub fn completing(e: &NewEvent, stored: &HashSet<String>) -> NewEvent {
+    let mut place = Vec::with_capacity(e.deliveries.len());
+    let mut deliveries = Vec::new();
+    for d in &e.deliveries {
+        if stored.contains(&d.key) {
+            place.push(None);
+        } else {
+            place.push(Some(deliveries.len()));
+            deliveries.push(d.clone());
+        }
+    }
+    let incidents = e
+        .incidents
+        .iter()
+        .filter_map(|o| {
+            let moved: Option<Vec<usize>> = o.deliveries.iter().map(|&i| place[i]).collect();
+            moved.map(|deliveries| IncidentOffer {
+                deliveries,
+                ..o.clone()
+            })
+        })
+        .collect();
     NewEvent {
-        deliveries: e
-            .deliveries
-            .iter()
-            .filter(|d| !stored.contains(&d.key))
-            .cloned()
-            .collect(),
+        deliveries,
+        incidents,
         debounce: None,
         ..e.clone()
     }
@@ -242,6 +263,7 @@ mod tests {
             dead: dead.map(str::to_string),
             content: "{}".into(),
             gates: Gates::default(),
+            incident_ref: None,
         }
     }
 
@@ -277,6 +299,7 @@ mod tests {
             claim_until: Some(61_000),
             debounce: None,
             position_missing: false,
+            incidents: Vec::new(),
         };
         let verdicts = vec![
             send(1000, None),

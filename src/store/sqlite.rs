@@ -31,6 +31,8 @@ use super::rows::{plan_rows, EventRow, Group};
 use super::*;
 use crate::clock::rfc3339;
 
+mod incidents;
+
 /// Jobs per transaction at most: bounds the latency one commit adds to the jobs in it.
 pub const MAX_BATCH: usize = 2048;
 /// File name of the database under the data directory.
@@ -158,6 +160,34 @@ const MIGRATIONS: &[&str] = &[
     // 6: whether an event went through the rules without the position it refers to (see
     // `NewEvent::position_missing`): a later copy with the position then completes it.
     "ALTER TABLE events ADD COLUMN position_missing INTEGER NOT NULL DEFAULT 0;",
+    // 7: incidents (see `store::incidents`): one live row per key at most, a timer per row, the
+    // acknowledgement tokens' hashes, and each delivery's incident (an acknowledgement cancels the
+    // pending ones).
+    "CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        status TEXT NOT NULL,
+        state TEXT NOT NULL,
+        opened_at INTEGER NOT NULL,
+        next_at INTEGER,
+        notice TEXT,
+        revision INTEGER NOT NULL DEFAULT 0,
+        event_ref INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX incidents_live ON incidents (key) WHERE status <> 'resolved';
+    CREATE INDEX incidents_timer ON incidents (next_at) WHERE next_at IS NOT NULL;
+    CREATE INDEX incidents_event ON incidents (event_ref);
+    CREATE TABLE incident_tokens (
+        hash TEXT PRIMARY KEY,
+        incident_ref INTEGER NOT NULL,
+        label TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX incident_tokens_incident ON incident_tokens (incident_ref);
+    ALTER TABLE deliveries ADD COLUMN incident_ref INTEGER;
+    CREATE INDEX deliveries_incident ON deliveries (incident_ref) WHERE incident_ref IS NOT NULL;",
 ];
 
 type AnyResult = Result<Box<dyn Any + Send>, StoreError>;
@@ -431,12 +461,22 @@ fn in_savepoint(
 fn insert_event(c: &Connection, e: &NewEvent) -> Result<Accepted, StoreError> {
     match EventRow::from_returned(insert_event_row(c, e)?) {
         EventRow::Duplicate => Ok(Accepted::Duplicate),
-        EventRow::New(event_ref) => insert_deliveries(c, e, event_ref),
+        EventRow::New(event_ref) => decide_and_insert(c, e, event_ref),
         EventRow::Completes(event_ref) => {
             let stored = stored_keys(c, event_ref)?;
-            insert_deliveries(c, &completing(e, &stored), event_ref)
+            decide_and_insert(c, &completing(e, &stored), event_ref)
         }
     }
+}
+
+/// Decides the event's incidents, then enqueues its deliveries as they left them.
+fn decide_and_insert(c: &Connection, e: &NewEvent, event_ref: i64) -> Result<Accepted, StoreError> {
+    let (e, outcomes) = incidents::decide_incidents(c, e, event_ref)?;
+    let mut accepted = insert_deliveries(c, &e, event_ref)?;
+    if let Accepted::New { incidents, .. } = &mut accepted {
+        *incidents = outcomes;
+    }
+    Ok(accepted)
 }
 
 /// The event row's insert (see [`EventRow`]): a conflict updates only a row stored without its
@@ -508,6 +548,7 @@ fn insert_deliveries(c: &Connection, e: &NewEvent, event_ref: i64) -> Result<Acc
                 row.group_key(),
                 digest_ref,
                 row.reason,
+                row.d.incident_ref,
             ])
             .map_err(db)?
             == 1;
@@ -519,15 +560,17 @@ fn insert_deliveries(c: &Connection, e: &NewEvent, event_ref: i64) -> Result<Acc
         deliveries: e.deliveries.len(),
         claimed,
         quieted,
+        incidents: Vec::new(),
     })
 }
 
 /// One delivery row (see [`RowPlan`]); a key the event already has is skipped.
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (key, event_ref, channel, recipient, order_key,
         rule, event_id, event_type, device_id, status, attempts, created_at, updated_at, next_at,
-        last_error, txn, content, lease_until, hold_key, group_key, digest_ref, reason, claims)
+        last_error, txn, content, lease_until, hold_key, group_key, digest_ref, reason, claims,
+        incident_ref)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?15, ?11, ?11, ?17, ?12, ?13, ?14, ?16, ?18, ?19,
-        ?20, ?21, ?15)
+        ?20, ?21, ?15, ?22)
     ON CONFLICT (event_ref, key) DO NOTHING";
 
 /// Suppresses the held deliveries noise control cancelled: (hold key, reason).
@@ -792,10 +835,28 @@ fn prune_chunk(c: &Connection, cut: Cutoffs) -> Result<Pruned, StoreError> {
             "DELETE FROM events WHERE id IN (
                  SELECT id FROM events WHERE received_at < ?1
                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_ref = events.id)
+                 AND NOT EXISTS (SELECT 1 FROM incidents i WHERE i.event_ref = events.id
+                     AND (i.status <> 'resolved' OR i.next_at IS NOT NULL))
                  LIMIT ?2)",
             params![cut.done, PRUNE_CHUNK],
         )
         .map_err(db)?;
+    let incidents = c
+        .execute(
+            "DELETE FROM incidents WHERE id IN (
+                 SELECT id FROM incidents WHERE status = 'resolved' AND next_at IS NULL
+                 AND updated_at < ?1 LIMIT ?2)",
+            params![cut.done, PRUNE_CHUNK],
+        )
+        .map_err(db)?;
+    c.execute(
+        "DELETE FROM incident_tokens WHERE incident_ref IN (
+             SELECT incident_ref FROM incident_tokens t
+             WHERE NOT EXISTS (SELECT 1 FROM incidents i WHERE i.id = t.incident_ref
+                 AND i.status <> 'resolved') LIMIT ?1)",
+        params![PRUNE_CHUNK],
+    )
+    .map_err(db)?;
     let state = c
         .execute(
             "DELETE FROM noise_state WHERE key IN (
@@ -808,7 +869,7 @@ fn prune_chunk(c: &Connection, cut: Cutoffs) -> Result<Pruned, StoreError> {
     Ok(Pruned {
         deliveries: deliveries as u64,
         events: events as u64,
-        state: state as u64,
+        state: (state + incidents) as u64,
     })
 }
 
@@ -1002,6 +1063,74 @@ impl Store for SqliteStore {
             .ok_or_else(|| StoreError::NotFound(format!("silence #{id}")))
         })
         .await
+    }
+
+    async fn incidents(&self, filter: IncidentFilter) -> Result<Vec<IncidentRow>, StoreError> {
+        self.read(move |c| incidents::list(c, filter)).await
+    }
+
+    async fn incident(&self, id: i64) -> Result<Option<IncidentRow>, StoreError> {
+        self.read(move |c| incidents::one(c, "id = ?1", &id)).await
+    }
+
+    async fn live_incident(&self, key: &str) -> Result<Option<IncidentRow>, StoreError> {
+        let key = key.to_string();
+        self.read(move |c| incidents::one(c, "key = ?1 AND status <> 'resolved'", &key))
+            .await
+    }
+
+    async fn incident_by_token(
+        &self,
+        hash: &str,
+    ) -> Result<Option<(IncidentRow, String)>, StoreError> {
+        let hash = hash.to_string();
+        self.read(move |c| incidents::by_token(c, &hash)).await
+    }
+
+    async fn due_incidents(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<DueIncident>, StoreError> {
+        self.read(move |c| incidents::due(c, now_ms, limit)).await
+    }
+
+    async fn next_incident_at(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|c| {
+            c.query_row("SELECT MIN(next_at) FROM incidents", [], |r| r.get(0))
+                .map_err(db)
+        })
+        .await
+    }
+
+    async fn write_incident(&self, w: IncidentWrite) -> Result<bool, StoreError> {
+        self.call(true, move |c| incidents::write_incident(c, &w))
+            .await
+    }
+
+    async fn reschedule_incidents(
+        &self,
+        rules: Vec<String>,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        self.call(true, move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "UPDATE incidents SET next_at = ?2, revision = revision + 1
+                     WHERE rule = ?1 AND status <> 'resolved' AND (next_at IS NULL OR next_at > ?2)",
+                )
+                .map_err(db)?;
+            let mut n = 0;
+            for r in &rules {
+                n += stmt.execute(params![r, now_ms]).map_err(db)? as u64;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn incident_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(incidents::counts).await
     }
 }
 

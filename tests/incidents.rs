@@ -1,0 +1,685 @@
+//! Incidents end to end, on the real pipeline with a real SQLite file and real peers on loopback (the
+//! Telegram stand-in, an SMTP server, a webhook sink): an alarm opens an incident whose messages carry
+//! an acknowledgement link; it repeats and escalates on the relay's clock until a person acknowledges
+//! it through the link's page, the admin API or the CLI; `resolve_on` and `resolve_after` close it; a
+//! restart keeps its timer. The clock is moved forward with `trackrelay::clock::advance` (process-wide:
+//! the tests of this file take turns).
+
+mod common;
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{config_in, eventually, example_config, payload, Relay};
+use support::sink::Sink;
+use support::smtp::{free_port, SmtpServer};
+use support::telegram::TelegramStandIn;
+use trackrelay::clock;
+
+const TOKEN: &str = "123456:TEST-token";
+const ADMIN: &str = "admin-s3cret";
+const WAIT: Duration = Duration::from_secs(15);
+const MIN: i64 = 60_000;
+
+/// The clock is the process's: one test at a time.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A relay on a port chosen first, so that its `public_url` can name it.
+async fn start_on(mut config: trackrelay::settings::Config, port: u16) -> Relay {
+    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let running = trackrelay::app::start(config).await.unwrap();
+    Relay {
+        addr: running.addr,
+        running: Some(running),
+        client: reqwest::Client::new(),
+    }
+}
+
+/// Moves the clock and runs the incident timers now. Sends in flight finish first: a jump past their
+/// lease would hand them out again (at least once, as after a crash), which no real clock does.
+async fn advance(relay: &Relay, ms: i64) {
+    let r = relay.running.as_ref().unwrap();
+    let inflight = trackrelay::store::Filter {
+        status: Some(trackrelay::store::Status::Inflight),
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !r.store.list(inflight.clone()).await.unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sends still in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    clock::advance(ms);
+    r.incidents.run_due(clock::now_ms()).await.unwrap();
+    r.pipeline.wake.notify_one();
+}
+
+/// The acknowledgement link in a text.
+fn ack_link(text: &str) -> String {
+    let at = text
+        .find("/ack/")
+        .unwrap_or_else(|| panic!("no link in {text}"));
+    let start = text[..at].rfind("http").unwrap();
+    text[start..at + 5 + 32].to_string()
+}
+
+#[tokio::test]
+async fn the_shipped_theft_rule_repeats_and_escalates_until_acknowledged_from_its_link() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let telegram = TelegramStandIn::start(TOKEN, &["4242"]).await;
+    let smtp = SmtpServer::start();
+    let sink = Sink::start().await;
+    let port = free_port();
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("TRACKRELAY_WEBHOOK_TOKEN", "s3cret".to_string()),
+        ("TRACKRELAY_ADMIN_TOKEN", ADMIN.to_string()),
+        ("TRACKRELAY_DATA_DIR", dir.path().display().to_string()),
+        ("TRACKRELAY_PUBLIC_URL", format!("http://127.0.0.1:{port}/")),
+        ("TELEGRAM_BOT_TOKEN", TOKEN.to_string()),
+        ("TELEGRAM_CHAT_ID", "4242".to_string()),
+        ("TELEGRAM_API_URL", telegram.base_url()),
+        ("SMTP_HOST", "127.0.0.1".to_string()),
+        ("SMTP_PORT", smtp.port().to_string()),
+        ("SMTP_SECURITY", "none".to_string()),
+        ("OPS_WEBHOOK_URL", sink.url("/ops")),
+    ]);
+    let relay = start_on(example_config(&vars), port).await;
+    let auth = [("authorization", "Bearer s3cret")];
+
+    // The alarm: the owner's phone (text + pin) and the family's mail, each with a link.
+    let (status, body) = relay.post(payload("alarm_vibration.json"), &auth).await;
+    assert_eq!(
+        (status, body["deliveries"].as_u64()),
+        (200, Some(3)),
+        "{body}"
+    );
+    let first = telegram.wait_for_messages(2, WAIT).await;
+    let text = first[0].text.clone().unwrap();
+    assert!(text.starts_with("🚨 <b>Theft alarm"), "{text}");
+    let link = ack_link(&text);
+    assert!(
+        link.starts_with(&format!("http://127.0.0.1:{port}/ack/")),
+        "{link}"
+    );
+    let mails = smtp.wait_for(1, WAIT).await;
+    assert!(
+        mails[0].text.as_deref().unwrap_or("").contains("/ack/"),
+        "the mail carries a link too"
+    );
+    let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
+    let incidents = list["incidents"].as_array().unwrap();
+    assert_eq!(incidents.len(), 1, "{list}");
+    assert_eq!(incidents[0]["status"], "open");
+    assert_eq!(incidents[0]["key"], "theft-12");
+
+    // More alarms of the bike join it: nobody is notified again for them.
+    let again = payload("alarm_vibration.json").replace("1937310", "1937311");
+    let (_, body) = relay.post(again, &auth).await;
+    assert_eq!(body["status"], "accepted", "{body}");
+    telegram
+        .assert_stays_at(2, Duration::from_millis(500))
+        .await;
+
+    // 5 minutes: the first reminder, to the phone and the mail, saying how many alarms since when.
+    advance(&relay, 5 * MIN + 1000).await;
+    let msgs = telegram.wait_for_messages(4, WAIT).await;
+    let reminder = msgs[2].plain_text.clone().unwrap();
+    assert!(
+        reminder.starts_with("Reminder 1 of 12: not acknowledged yet; 2 events since"),
+        "{reminder}"
+    );
+    smtp.wait_for(2, WAIT).await;
+    assert!(
+        sink.requests().is_empty(),
+        "no escalation before 10 minutes"
+    );
+
+    // 10 minutes: the escalation to the ops chat, and the second reminder.
+    advance(&relay, 5 * MIN).await;
+    let ops = sink.wait_for(1, WAIT).await;
+    assert!(
+        ops[0].body_text().contains("Escalated (step 1)"),
+        "{}",
+        ops[0].body_text()
+    );
+    telegram.wait_for_messages(6, WAIT).await;
+
+    // A link preview fetches the page: nothing is acknowledged.
+    let page = relay.client.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("<button type=\"submit\">Acknowledge</button>"),
+        "{html}"
+    );
+    let (_, one) = relay.admin_get("/api/incidents", ADMIN).await;
+    assert_eq!(one["incidents"][0]["status"], "open");
+
+    // The owner presses the button: acknowledged, and everyone notified is told.
+    let page = relay
+        .client
+        .post(&link)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("name=Lena")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Acknowledged."));
+    let notices = telegram.wait_for_messages(7, WAIT).await;
+    let notice = notices[6].plain_text.clone().unwrap();
+    assert!(
+        notice.contains("acknowledged by Lena (phone) via link"),
+        "{notice}"
+    );
+    sink.wait_for(2, WAIT).await;
+
+    // No more reminders, however long nobody else does anything.
+    advance(&relay, 30 * MIN).await;
+    telegram
+        .assert_stays_at(7, Duration::from_millis(800))
+        .await;
+    // A second press is answered, and changes nothing.
+    let again = relay.client.post(&link).send().await.unwrap();
+    assert!(again.text().await.unwrap().contains("Already acknowledged"));
+    // An unknown link: a 404 page.
+    let bad = format!("http://127.0.0.1:{port}/ack/{}", "0".repeat(32));
+    assert_eq!(relay.client.get(&bad).send().await.unwrap().status(), 404);
+    assert_eq!(relay.client.post(&bad).send().await.unwrap().status(), 404);
+    let metrics = relay.metrics().await;
+    assert!(
+        metrics.contains("trackrelay_incidents_live{status=\"acknowledged\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("trackrelay_incident_steps_total{step=\"repeat\"} 2"),
+        "{metrics}"
+    );
+    relay.stop().await;
+}
+
+/// A config with a webhook channel `hook` (the owner) and `boss` (the escalation), and one rule whose
+/// incident repeats every 5 minutes and escalates at 10 and 30.
+fn hook_incident_config(dir: &std::path::Path, sink: &Sink) -> trackrelay::settings::Config {
+    hook_incident_config_on(dir, sink, None)
+}
+
+/// [`hook_incident_config`] on the PostgreSQL database `pg` when given. Messages link to an address
+/// that is not the relay's (the tests open the pages on the relay itself).
+fn hook_incident_config_on(
+    dir: &std::path::Path,
+    sink: &Sink,
+    pg: Option<&str>,
+) -> trackrelay::settings::Config {
+    let storage = match pg {
+        Some(url) => format!("{{ url: \"{url}\" }}"),
+        None => format!("{{ data_dir: \"{}\" }}", dir.display()),
+    };
+    let yaml = format!(
+        "storage: {storage}\npublic_url: http://relay.invalid\nadmin: {{ token: {ADMIN} }}\n\
+         channels:\n  hook: {{ type: webhook, url: \"{owner}\" }}\n  boss: {{ type: webhook, url: \"{boss}\" }}\n\
+         rules:\n  - name: theft\n    match: {{ type: alarm, where: {{ position.attributes.armed: true }} }}\n\
+         \x20   incident:\n      repeat: 5m\n      max_repeats: 3\n      escalate:\n\
+         \x20       - {{ after: 10m, notify: [{{ channel: boss }}] }}\n\
+         \x20       - {{ after: 30m, notify: [{{ channel: boss, template: \"still nobody\" }}] }}\n\
+         \x20     resolve_after: 2h\n\
+         \x20     resolve_on: {{ type: alarm, where: {{ position.attributes.armed: false }} }}\n\
+         \x20   notify: [{{ channel: hook }}]\n",
+        owner = sink.url("/owner"),
+        boss = sink.url("/boss"),
+    );
+    config_in(dir, &yaml)
+}
+
+/// A relay on [`hook_incident_config`] with an incident opened by alarm 1, its first message received.
+async fn opened(dir: &std::path::Path, sink: &Sink) -> Relay {
+    let relay = Relay::start(hook_incident_config(dir, sink)).await;
+    relay.post(alarm(1, true), &[]).await;
+    sink.wait_for(1, WAIT).await;
+    relay
+}
+
+fn alarm(id: i64, armed: bool) -> String {
+    payload("alarm_vibration.json")
+        .replace("1937310", &id.to_string())
+        .replace("\"armed\": true", &format!("\"armed\": {armed}"))
+}
+
+fn paths(sink: &Sink, path: &str) -> usize {
+    sink.requests().iter().filter(|r| r.path == path).count()
+}
+
+#[tokio::test]
+async fn a_restart_keeps_the_timer_and_resolve_on_closes_the_incident() {
+    let _turn = TURN.lock().await;
+    restart_and_resolve(None).await;
+}
+
+/// The same on PostgreSQL (skipped without a test server; `scripts/test` starts one).
+#[tokio::test]
+async fn on_postgres_a_restart_keeps_the_timer_and_resolve_on_closes_the_incident() {
+    let _turn = TURN.lock().await;
+    let Some(admin) = support::pg::admin_url() else {
+        return;
+    };
+    let db = support::pg::fresh_database(&admin, "incidents").await;
+    restart_and_resolve(Some(&db)).await;
+}
+
+async fn restart_and_resolve(pg: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    assert!(payload("alarm_vibration.json").contains("\"armed\": true"));
+    let config = || hook_incident_config_on(dir.path(), &sink, pg);
+    let relay = Relay::start(config()).await;
+    relay.post(alarm(1, true), &[]).await;
+    let first = sink.wait_for(1, WAIT).await[0].body_text();
+    let token = ack_link(&first).rsplit('/').next().unwrap().to_string();
+    relay.stop().await;
+
+    // Down for 12 minutes: on start, the escalation due goes once and of the two repeats due only the
+    // latest: the escalation to the boss, the reminder to the owner (the boss hears it once).
+    clock::advance(12 * MIN);
+    let relay = Relay::start(config()).await;
+    eventually(WAIT, "escalation and one repeat after the restart", || {
+        paths(&sink, "/boss") == 1 && paths(&sink, "/owner") == 2
+    })
+    .await;
+    let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
+    assert_eq!(list["incidents"][0]["repeats_done"], 2, "{list}");
+    assert_eq!(list["incidents"][0]["escalations_done"], 1, "{list}");
+    let page = relay.url(&format!("/ack/{token}"));
+    assert_eq!(relay.client.get(&page).send().await.unwrap().status(), 200);
+
+    // Disarming resolves it: the circle (owner and boss) is told, and the timer stops.
+    let (_, body) = relay.post(alarm(2, false), &[]).await;
+    assert_eq!(body["status"], "accepted", "{body}");
+    eventually(WAIT, "resolution notices", || {
+        paths(&sink, "/boss") == 2 && paths(&sink, "/owner") == 3
+    })
+    .await;
+    let last = sink.requests().last().unwrap().body_text();
+    assert!(
+        last.contains("resolved by the event its rule names"),
+        "{last}"
+    );
+    advance(&relay, 60 * MIN).await;
+    sink.assert_stays_at(5, Duration::from_millis(500)).await;
+    let (_, all) = relay.admin_get("/api/incidents?all=true", ADMIN).await;
+    assert_eq!(all["incidents"][0]["status"], "resolved", "{all}");
+    // Its links died with it: a 404 page, and pressing changes nothing.
+    assert_eq!(relay.client.get(&page).send().await.unwrap().status(), 404);
+    assert_eq!(relay.client.post(&page).send().await.unwrap().status(), 404);
+    let (_, again) = relay.admin_get("/api/incidents?all=true", ADMIN).await;
+    assert_eq!(
+        again["incidents"][0]["detail"],
+        all["incidents"][0]["detail"]
+    );
+
+    // The next alarm opens a new incident.
+    relay.post(alarm(3, true), &[]).await;
+    sink.wait_for(6, WAIT).await;
+    let (_, live) = relay.admin_get("/api/incidents", ADMIN).await;
+    assert_eq!(live["incidents"].as_array().unwrap().len(), 1);
+    assert_ne!(live["incidents"][0]["id"], all["incidents"][0]["id"]);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn api_and_cli_acknowledge_resolve_after_closes_and_bad_input_changes_nothing() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let relay = opened(dir.path(), &sink).await;
+    let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
+    let id = list["incidents"][0]["id"].as_i64().unwrap();
+
+    // Bad input: an unknown id, a body that is no JSON, no token.
+    assert_eq!(
+        relay.admin_post("/api/incidents/999/ack", ADMIN).await.0,
+        404
+    );
+    let (status, _) = relay
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/api/incidents/{id}/ack"),
+            "wrong",
+            None,
+        )
+        .await;
+    assert_eq!(status, 401);
+    let bad = relay
+        .client
+        .post(relay.url(&format!("/api/incidents/{id}/ack")))
+        .bearer_auth(ADMIN)
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let (_, still) = relay
+        .admin_get(&format!("/api/incidents/{id}"), ADMIN)
+        .await;
+    assert_eq!(still["status"], "open", "{still}");
+
+    // The API acknowledges; a second call says it was already.
+    let (status, body) = relay
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/api/incidents/{id}/ack"),
+            ADMIN,
+            Some(serde_json::json!({ "by": "ops desk" })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["changed"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    let (_, body) = relay
+        .admin_post(&format!("/api/incidents/{id}/ack"), ADMIN)
+        .await;
+    assert_eq!(body["changed"], false, "{body}");
+    eventually(WAIT, "the acknowledgement notice", || {
+        paths(&sink, "/owner") == 2
+    })
+    .await;
+    advance(&relay, 11 * MIN).await;
+    sink.assert_stays_at(2, Duration::from_millis(500)).await;
+
+    // resolve_after: two hours after its last event it closes by itself, telling nobody.
+    advance(&relay, 2 * 60 * MIN).await;
+    let (_, body) = relay
+        .admin_get(&format!("/api/incidents/{id}"), ADMIN)
+        .await;
+    assert_eq!(body["status"], "resolved", "{body}");
+    assert_eq!(
+        relay
+            .admin_post(&format!("/api/incidents/{id}/ack"), ADMIN)
+            .await
+            .0,
+        409
+    );
+
+    // The CLI: a new incident, acknowledged from the command line on the same data directory.
+    relay.post(alarm(2, true), &[]).await;
+    sink.wait_for(3, WAIT).await;
+    let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
+    let id2 = list["incidents"][0]["id"].as_i64().unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
+            .args(args)
+            .args(["--data-dir", &dir.path().display().to_string()])
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["incidents"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("#{id2} open")), "{text}");
+    let out = cli(&["incidents", "ack", &id2.to_string(), "--by", "night shift"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("acknowledged by night shift via command line"));
+    let out = cli(&["incidents", "ack", "4711"]);
+    assert_eq!(out.status.code(), Some(1));
+    relay.running.as_ref().unwrap().incidents.wake.notify_one();
+    eventually(WAIT, "the CLI's acknowledgement notice", || {
+        paths(&sink, "/owner") == 4
+    })
+    .await;
+    advance(&relay, 6 * MIN).await;
+    sink.assert_stays_at(4, Duration::from_millis(500)).await;
+    relay.stop().await;
+}
+
+/// An acknowledgement and the timer's repeat racing: whichever commits first, the other's write is
+/// refused (compare-and-set), so the incident stays acknowledged and nothing more is sent after it.
+#[tokio::test]
+async fn an_acknowledgement_racing_a_repeat_is_never_undone() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let relay = Relay::start(hook_incident_config(dir.path(), &sink)).await;
+    let r = relay.running.as_ref().unwrap();
+    let rules = &r.pipeline.shared.get().config.rules;
+    for round in 0..20i64 {
+        relay.post(alarm(100 + round, true), &[]).await;
+        let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
+        let id = list["incidents"][0]["id"].as_i64().unwrap();
+        // The first repeat falls due; the acknowledgement and the timer run at the same moment.
+        clock::advance(5 * MIN + 1000);
+        let now = clock::now_ms();
+        let which = trackrelay::incident_service::Which::Id(id);
+        let (ack, timer) = tokio::join!(
+            trackrelay::incident_service::acknowledge(
+                r.store.as_ref(),
+                rules,
+                &which,
+                "racer",
+                trackrelay::incident::AckSource::Api,
+                false,
+                now,
+            ),
+            r.incidents.run_due(now),
+        );
+        assert!(ack.unwrap().changed, "round {round}");
+        timer.unwrap();
+        // Whatever the timer did, the incident is acknowledged and its pending steps are cancelled.
+        r.incidents.run_due(clock::now_ms()).await.unwrap();
+        let (_, one) = relay
+            .admin_get(&format!("/api/incidents/{id}"), ADMIN)
+            .await;
+        assert_eq!(one["status"], "acknowledged", "round {round}: {one}");
+        let db = rusqlite::Connection::open(dir.path().join(trackrelay::store::sqlite::DB_FILE))
+            .unwrap();
+        let pending: i64 = db
+            .query_row(
+                // The acknowledgement's notice (it says so) may still be on its way; no step may.
+                "SELECT COUNT(*) FROM deliveries WHERE incident_ref = ?1 AND status = 'pending'
+                 AND content NOT LIKE '%No more reminders%'",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            pending, 0,
+            "round {round}: a step waits to go out after the acknowledgement"
+        );
+        // Close it by hand for the next round.
+        let (status, _) = relay
+            .admin_post(&format!("/api/incidents/{id}/resolve"), ADMIN)
+            .await;
+        assert_eq!(status, 200);
+    }
+    relay.stop().await;
+}
+
+/// A reminder waiting for a retry (the owner's service is down) when someone acknowledges: it is
+/// cancelled, with who acknowledged as the reason, and never sent once the service is back.
+#[tokio::test]
+async fn an_acknowledgement_cancels_the_reminder_waiting_for_a_retry() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let relay = opened(dir.path(), &sink).await;
+    sink.set_mode(support::sink::Mode::StatusRetryAfter(503, 600));
+    advance(&relay, 5 * MIN + 1000).await;
+    let waiting = relay.wait_deliveries("pending", 1, ADMIN).await;
+    assert!(waiting[0]["last_error"].as_str().is_some(), "{waiting:?}");
+    let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
+    let id = list["incidents"][0]["id"].as_i64().unwrap();
+    // The service is back (the reminder still waits for its retry, ten minutes on).
+    sink.set_mode(support::sink::Mode::Ok);
+    let (status, _) = relay
+        .admin_post(&format!("/api/incidents/{id}/ack"), ADMIN)
+        .await;
+    assert_eq!(status, 200);
+    let suppressed = relay.wait_deliveries("suppressed", 1, ADMIN).await;
+    assert_eq!(suppressed[0]["id"], waiting[0]["id"]);
+    assert_eq!(suppressed[0]["reason"], "acknowledged by admin via API");
+    // The notice to the owner goes out; the cancelled reminder does not, also once its retry is due.
+    eventually(WAIT, "the notice", || sink.successful().len() == 2).await;
+    advance(&relay, 15 * MIN).await;
+    sink.assert_stays_at(3, Duration::from_millis(500)).await;
+    let last = sink.successful().last().unwrap().body_text();
+    assert!(last.contains("acknowledged by admin via API"), "{last}");
+    relay.stop().await;
+}
+
+/// A reload that takes a rule's `incident:` away closes its open incidents at once, telling the people
+/// notified; one that only changes the repeat applies the new one to the open incident.
+#[tokio::test]
+async fn a_reload_applies_changed_policies_and_closes_incidents_of_removed_ones() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let relay = opened(dir.path(), &sink).await;
+    let path = dir.path().join("trackrelay.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+
+    // repeat 5m -> 2m: the first reminder comes at 2 minutes, not 5.
+    std::fs::write(&path, yaml.replace("repeat: 5m", "repeat: 2m")).unwrap();
+    assert_eq!(relay.admin_post("/-/reload", ADMIN).await.0, 200);
+    let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
+    let id = list["incidents"][0]["id"].as_i64().unwrap();
+    // The timer takes the new configuration within its poll (2 s) and reschedules the incident.
+    let mut next = String::new();
+    for _ in 0..300 {
+        let (_, one) = relay
+            .admin_get(&format!("/api/incidents/{id}"), ADMIN)
+            .await;
+        next = one["schedule"][0].to_string();
+        if one["updated_at"] != list["incidents"][0]["updated_at"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    advance(&relay, 2 * MIN + 1000).await;
+    eventually(WAIT, "a reminder at 2 minutes", || {
+        paths(&sink, "/owner") == 2
+    })
+    .await;
+
+    // The incident section removed: closed, and the owner told.
+    let without = yaml.split("    incident:").next().unwrap().to_string()
+        + "    notify: [{ channel: hook }]\n";
+    std::fs::write(&path, without).unwrap();
+    let (status, body) = relay.admin_post("/-/reload", ADMIN).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(WAIT, "the closing notice", || paths(&sink, "/owner") == 3).await;
+    let last = sink.requests().last().unwrap().body_text();
+    assert!(
+        last.contains("because its rule no longer has an incident"),
+        "{last} ({next})"
+    );
+    let (_, one) = relay
+        .admin_get(&format!("/api/incidents/{id}"), ADMIN)
+        .await;
+    assert_eq!(one["status"], "resolved", "{one}");
+    relay.stop().await;
+}
+
+/// A reminder due while its device is silenced is recorded as suppressed, not sent, and the incident
+/// goes on after the silence.
+#[tokio::test]
+async fn a_silence_mutes_reminders_and_the_incident_goes_on() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let relay = opened(dir.path(), &sink).await;
+    let (status, body) = relay
+        .admin_send(
+            reqwest::Method::POST,
+            "/api/silences",
+            ADMIN,
+            Some(serde_json::json!({ "matchers": { "device": "12" }, "duration": "7m", "author": "lena", "comment": "moving it" })),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    relay
+        .running
+        .as_ref()
+        .unwrap()
+        .pipeline
+        .silences
+        .refresh(relay.running.as_ref().unwrap().store.as_ref())
+        .await
+        .unwrap();
+    advance(&relay, 5 * MIN + 1000).await;
+    let quiet = relay.wait_deliveries("suppressed", 1, ADMIN).await;
+    assert!(
+        quiet[0]["reason"].as_str().unwrap().contains("silence"),
+        "{quiet:?}"
+    );
+    sink.assert_stays_at(1, Duration::from_millis(300)).await;
+    // An alarm while silenced opens nothing new, but joins the live incident (its count and position).
+    relay.post(alarm(2, true), &[]).await;
+    let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
+    assert_eq!(list["incidents"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["incidents"][0]["events"], 2, "{list}");
+    // After the silence: the next reminder goes out.
+    advance(&relay, 5 * MIN).await;
+    eventually(WAIT, "the reminder after the silence", || {
+        paths(&sink, "/owner") == 2
+    })
+    .await;
+    relay.stop().await;
+}
+
+/// An alarm joining between an acknowledgement and the timer's notice does not swallow the notice.
+#[tokio::test]
+async fn an_alarm_joining_before_the_notice_goes_out_keeps_it() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let relay = opened(dir.path(), &sink).await;
+    let r = relay.running.as_ref().unwrap();
+    let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
+    let id = list["incidents"][0]["id"].as_i64().unwrap();
+    // Acknowledged from the CLI's side (no wake-up for the timer), and at once another alarm joins.
+    let rules = &r.pipeline.shared.get().config.rules;
+    let which = trackrelay::incident_service::Which::Id(id);
+    let source = trackrelay::incident::AckSource::Cli;
+    let now = clock::now_ms();
+    trackrelay::incident_service::acknowledge(
+        r.store.as_ref(),
+        rules,
+        &which,
+        "lena",
+        source,
+        false,
+        now,
+    )
+    .await
+    .unwrap();
+    let (_, body) = relay.post(alarm(2, true), &[]).await;
+    assert_eq!(body["status"], "accepted", "{body}");
+    let (_, one) = relay
+        .admin_get(&format!("/api/incidents/{id}"), ADMIN)
+        .await;
+    assert_eq!(
+        (one["status"].as_str(), one["events"].as_u64()),
+        (Some("acknowledged"), Some(2)),
+        "{one}"
+    );
+    eventually(WAIT, "the acknowledgement notice", || {
+        paths(&sink, "/owner") == 2
+    })
+    .await;
+    let last = sink.requests().last().unwrap().body_text();
+    assert!(
+        last.contains("acknowledged by lena via command line"),
+        "{last}"
+    );
+    relay.stop().await;
+}
