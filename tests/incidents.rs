@@ -239,7 +239,12 @@ fn hook_incident_config_on(
 
 /// A relay on [`hook_incident_config`] with an incident opened by alarm 1, its first message received.
 async fn opened(dir: &std::path::Path, sink: &Sink) -> Relay {
-    let relay = Relay::start(hook_incident_config(dir, sink)).await;
+    opened_on(dir, sink, None).await
+}
+
+/// [`opened`] on the PostgreSQL database `pg` when given.
+async fn opened_on(dir: &std::path::Path, sink: &Sink, pg: Option<&str>) -> Relay {
+    let relay = Relay::start(hook_incident_config_on(dir, sink, pg)).await;
     relay.post(alarm(1, true), &[]).await;
     sink.wait_for(1, WAIT).await;
     relay
@@ -640,9 +645,24 @@ async fn a_silence_mutes_reminders_and_the_incident_goes_on() {
 #[tokio::test]
 async fn an_alarm_joining_before_the_notice_goes_out_keeps_it() {
     let _turn = TURN.lock().await;
+    join_keeps_the_notice(None).await;
+}
+
+/// The same on PostgreSQL.
+#[tokio::test]
+async fn on_postgres_an_alarm_joining_before_the_notice_goes_out_keeps_it() {
+    let _turn = TURN.lock().await;
+    let Some(admin) = support::pg::admin_url() else {
+        return;
+    };
+    let db = support::pg::fresh_database(&admin, "incident_notice").await;
+    join_keeps_the_notice(Some(&db)).await;
+}
+
+async fn join_keeps_the_notice(pg: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start().await;
-    let relay = opened(dir.path(), &sink).await;
+    let relay = opened_on(dir.path(), &sink, pg).await;
     let r = relay.running.as_ref().unwrap();
     let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
     let id = list["incidents"][0]["id"].as_i64().unwrap();
@@ -681,5 +701,44 @@ async fn an_alarm_joining_before_the_notice_goes_out_keeps_it() {
         last.contains("acknowledged by lena via command line"),
         "{last}"
     );
+    relay.stop().await;
+}
+
+/// Two rules sharing a key share the incident, and the rule that opened it schedules it: an alarm of a
+/// rule with a short `resolve_after` joins the incident another rule opened minutes before; it does not
+/// find it run out by its own policy.
+#[tokio::test]
+async fn a_shared_key_is_judged_by_the_opening_rules_policy() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let yaml = format!(
+        "storage: {{ data_dir: \"{d}\" }}\nadmin: {{ token: {ADMIN} }}\n\
+         channels: {{ hook: {{ type: webhook, url: \"{url}\" }} }}\n\
+         rules:\n\
+         \x20 - {{ name: theft, match: {{ type: alarm, alarm: vibration }}, incident: {{ key: \"bike-{{{{ device.id }}}}\", repeat: 5m, resolve_after: 2h }}, notify: [{{ channel: hook }}] }}\n\
+         \x20 - {{ name: tow, match: {{ type: alarm, alarm: tow }}, incident: {{ key: \"bike-{{{{ device.id }}}}\", resolve_after: 2m }}, notify: [{{ channel: hook }}] }}\n",
+        d = dir.path().display(),
+        url = sink.url("/owner"),
+    );
+    let relay = Relay::start(config_in(dir.path(), &yaml)).await;
+    relay.post(alarm(1, true), &[]).await;
+    sink.wait_for(1, WAIT).await;
+    advance(&relay, 3 * MIN).await;
+    let tow = alarm(2, true).replace("\"alarm\": \"vibration\"", "\"alarm\": \"tow\"");
+    assert!(tow.contains("\"tow\""));
+    relay.post(tow, &[]).await;
+    let (_, list) = relay.admin_get("/api/incidents?all=true", ADMIN).await;
+    let all = list["incidents"].as_array().unwrap();
+    assert_eq!(
+        all.len(),
+        1,
+        "the tow alarm joined, it did not close and reopen: {list}"
+    );
+    assert_eq!(
+        (all[0]["rule"].as_str(), all[0]["events"].as_u64()),
+        (Some("theft"), Some(2))
+    );
+    sink.assert_stays_at(1, Duration::from_millis(300)).await;
     relay.stop().await;
 }
