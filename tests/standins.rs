@@ -1128,3 +1128,348 @@ fn mime_helpers_decode_what_mailers_send() {
     let parts = smtp::split_multipart(b"pre\r\n--B\r\none\r\n--B\r\ntwo\r\n--B--\r\nepilogue", "B");
     assert_eq!(parts, [&b"one"[..], &b"two"[..]]);
 }
+
+// --- Telegram: two-way (issue 18) ------------------------------------------
+
+fn lena() -> telegram::TgUser {
+    telegram::TgUser::new(42, "Lena", Some("lena_k"))
+}
+
+fn keyboard(data: &[&str]) -> Value {
+    let row: Vec<Value> = data
+        .iter()
+        .map(|d| json!({"text": d.to_uppercase(), "callback_data": d}))
+        .collect();
+    json!({ "inline_keyboard": [row] })
+}
+
+#[tokio::test]
+async fn telegram_get_updates_offset_limit_and_long_poll() {
+    let tg = start_telegram().await;
+    let (_, body) = call(&tg, "getUpdates", json!({"timeout": 0})).await;
+    assert_eq!(body, json!({"ok": true, "result": []}));
+    let a = tg.user_sends(42, &lena(), "/status").unwrap();
+    let b = tg.user_sends(42, &lena(), "hello").unwrap();
+    assert_eq!(b, a + 1);
+    let (_, body) = call(&tg, "getUpdates", json!({"limit": 1})).await;
+    let got = body["result"].as_array().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["update_id"], a);
+    let m = &got[0]["message"];
+    assert_eq!(m["text"], "/status");
+    assert_eq!(m["from"]["username"], "lena_k");
+    assert_eq!(m["chat"]["type"], "private");
+    assert_eq!(m["entities"][0]["type"], "bot_command");
+    // Not confirmed yet: the same update again; offset confirms it.
+    let (_, body) = call(&tg, "getUpdates", json!({})).await;
+    assert_eq!(body["result"].as_array().unwrap().len(), 2);
+    let (_, body) = call(&tg, "getUpdates", json!({"offset": a + 1})).await;
+    assert_eq!(body["result"][0]["update_id"], b);
+    assert_eq!(tg.pending_updates(), vec![b]);
+    // Negative offset keeps the last -offset updates.
+    let c = tg.user_sends(42, &lena(), "third").unwrap();
+    let (_, body) = call(&tg, "getUpdates", json!({"offset": -1})).await;
+    assert_eq!(body["result"][0]["update_id"], c);
+    assert_eq!(tg.pending_updates(), vec![c]);
+    // A long poll waits for the next update and answers when it arrives.
+    let poll = tokio::spawn({
+        let tg = tg.clone();
+        async move {
+            let started = Instant::now();
+            let r = call(&tg, "getUpdates", json!({"offset": c + 1, "timeout": 5})).await;
+            (r, started.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d = tg.user_sends(42, &lena(), "/ack").unwrap();
+    let ((status, body), took) = poll.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["result"][0]["update_id"], d);
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // An empty long poll returns [] after its timeout.
+    let started = Instant::now();
+    let (_, body) = call(&tg, "getUpdates", json!({"offset": d + 1, "timeout": 1})).await;
+    assert_eq!(body["result"], json!([]));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    tg.wait_for_updates_confirmed(WAIT).await;
+}
+
+#[tokio::test]
+async fn telegram_second_poller_gets_the_older_one_a_409() {
+    let tg = start_telegram().await;
+    let first = tokio::spawn({
+        let tg = tg.clone();
+        async move { call(&tg, "getUpdates", json!({"timeout": 10})).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = tokio::spawn({
+        let tg = tg.clone();
+        async move { call(&tg, "getUpdates", json!({"timeout": 10})).await }
+    });
+    let (status, body) = tokio::time::timeout(Duration::from_secs(3), first)
+        .await
+        .expect("the older poll is cut short")
+        .unwrap();
+    assert_eq!(status, 409);
+    assert_eq!(
+        body,
+        json!({"ok": false, "error_code": 409, "description":
+            "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"})
+    );
+    // The newer poll goes on and gets the next update.
+    let id = tg.user_sends(42, &lena(), "hi").unwrap();
+    let (status, body) = second.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["result"][0]["update_id"], id);
+}
+
+#[tokio::test]
+async fn telegram_allowed_updates_filter_at_enqueue() {
+    let tg = start_telegram().await;
+    let (_, body) = call(
+        &tg,
+        "getUpdates",
+        json!({"allowed_updates": ["callback_query"]}),
+    )
+    .await;
+    assert_eq!(body["result"], json!([]));
+    assert_eq!(tg.user_sends(42, &lena(), "dropped"), None);
+    assert!(tg.pending_updates().is_empty());
+    // [] restores the default set (messages and callback queries).
+    call(&tg, "getUpdates", json!({"allowed_updates": []})).await;
+    assert!(tg.user_sends(42, &lena(), "kept").is_some());
+    assert_eq!(tg.inject_update("chat_member", json!({})), None);
+}
+
+#[tokio::test]
+async fn telegram_inline_keyboard_validation() {
+    let tg = start_telegram().await;
+    let long = "x".repeat(65);
+    let cases = [
+        (json!({"inline_keyboard": [[{"text": "A", "callback_data": long}]]}), "Bad Request: BUTTON_DATA_INVALID"),
+        (json!({"inline_keyboard": [[{"text": "A", "callback_data": "é".repeat(33)}]]}), "Bad Request: BUTTON_DATA_INVALID"),
+        (json!({"inline_keyboard": [[{"text": "A"}]]}), "Bad Request: can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard"),
+        (json!({"inline_keyboard": [[{"text": "A", "callback_data": ""}]]}), "Bad Request: can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard"),
+        (json!({"inline_keyboard": [[{"callback_data": "a"}]]}), "Bad Request: can't parse inline keyboard button: Can't find field \"text\""),
+    ];
+    for (markup, desc) in cases {
+        let params = json!({"chat_id": 42, "text": "x", "reply_markup": markup});
+        assert_rejected(&tg, "sendMessage", params, 400, desc).await;
+    }
+    // Exactly 64 bytes is fine; the keyboard is recorded and echoed.
+    let markup = json!({"inline_keyboard": [[{"text": "Ack", "callback_data": "a".repeat(64)},
+                                              {"text": "Map", "url": "https://example.org"}]]});
+    let (status, body) = call(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 42, "text": "x", "reply_markup": markup}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["reply_markup"], markup);
+    assert_eq!(tg.messages()[0].reply_markup, Some(markup));
+}
+
+#[tokio::test]
+async fn telegram_button_press_answer_and_edits() {
+    let tg = start_telegram().await;
+    let (_, body) = call(&tg, "sendMessage",
+        json!({"chat_id": 42, "text": "Theft alarm", "reply_markup": keyboard(&["ack:1", "mute:1"])})).await;
+    let mid = body["result"]["message_id"].as_i64().unwrap();
+    let qid = tg.press_button(mid, &lena(), "ack:1");
+    let (_, body) = call(&tg, "getUpdates", json!({})).await;
+    let q = &body["result"][0]["callback_query"];
+    assert_eq!(q["id"], qid.as_str());
+    assert_eq!(q["data"], "ack:1");
+    assert_eq!(q["from"]["id"], 42);
+    assert_eq!(q["message"]["message_id"], mid);
+    assert!(q["chat_instance"].is_string());
+
+    let unknown =
+        "Bad Request: query is too old and response timeout expired or query ID is invalid";
+    assert_rejected(
+        &tg,
+        "answerCallbackQuery",
+        json!({"callback_query_id": "999"}),
+        400,
+        unknown,
+    )
+    .await;
+    let (status, body) = call(
+        &tg,
+        "answerCallbackQuery",
+        json!({"callback_query_id": qid, "text": "Acknowledged"}),
+    )
+    .await;
+    assert_eq!((status, &body["result"]), (200, &json!(true)));
+    let answers = tg.wait_for_callback_answers(1, WAIT).await;
+    assert_eq!(answers[0].text.as_deref(), Some("Acknowledged"));
+
+    let not_modified = "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message";
+    let same = json!({"chat_id": 42, "message_id": mid, "text": "Theft alarm", "reply_markup": keyboard(&["ack:1", "mute:1"])});
+    assert_rejected(&tg, "editMessageText", same, 400, not_modified).await;
+    let (status, body) = call(
+        &tg,
+        "editMessageText",
+        json!({"chat_id": 42, "message_id": mid,
+        "text": "Theft alarm\n✅ acknowledged by Lena", "reply_markup": keyboard(&["mute:1"])}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["result"]["edit_date"].is_u64());
+    let state = tg.message_state(mid).unwrap();
+    assert_eq!(
+        state.text.as_deref(),
+        Some("Theft alarm\n✅ acknowledged by Lena")
+    );
+    assert_eq!(state.reply_markup, Some(keyboard(&["mute:1"])));
+
+    let bare = json!({"chat_id": 42, "message_id": mid});
+    let (status, _) = call(&tg, "editMessageReplyMarkup", bare.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(tg.message_state(mid).unwrap().reply_markup, None);
+    assert_rejected(&tg, "editMessageReplyMarkup", bare, 400, not_modified).await;
+    let gone = "Bad Request: message to edit not found";
+    assert_rejected(
+        &tg,
+        "editMessageText",
+        json!({"chat_id": 42, "message_id": 777, "text": "x"}),
+        400,
+        gone,
+    )
+    .await;
+    assert_rejected(
+        &tg,
+        "editMessageText",
+        json!({"chat_id": "-1001234567890", "message_id": mid, "text": "x"}),
+        400,
+        gone,
+    )
+    .await;
+    let user_msg = tg
+        .user_sends(42, &lena(), "hi")
+        .map(|_| tg.message_state(mid + 1).unwrap().message_id)
+        .unwrap();
+    assert_rejected(
+        &tg,
+        "editMessageText",
+        json!({"chat_id": 42, "message_id": user_msg, "text": "x"}),
+        400,
+        "Bad Request: message can't be edited",
+    )
+    .await;
+    let methods: Vec<String> = tg.edits().iter().map(|e| e.method.clone()).collect();
+    assert_eq!(methods, ["editMessageText", "editMessageReplyMarkup"]);
+}
+
+#[tokio::test]
+async fn telegram_live_location_moves_expires_and_stops() {
+    let tg = start_telegram().await;
+    for period in [59, 86_401, 2_147_483_646] {
+        assert_rejected(
+            &tg,
+            "sendLocation",
+            json!({"chat_id": 42, "latitude": 1, "longitude": 2, "live_period": period}),
+            400,
+            "Bad Request: wrong live location period specified",
+        )
+        .await;
+    }
+    let (_, body) = call(
+        &tg,
+        "sendLocation",
+        json!({"chat_id": 42, "latitude": 52.5, "longitude": 13.4, "live_period": 3600}),
+    )
+    .await;
+    assert_eq!(body["result"]["location"]["live_period"], 3600);
+    let mid = body["result"]["message_id"].as_i64().unwrap();
+    let edit =
+        |lat: f64| json!({"chat_id": 42, "message_id": mid, "latitude": lat, "longitude": 13.4});
+    for lat in [52.51, 52.52] {
+        let (status, body) = call(&tg, "editMessageLiveLocation", edit(lat)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["result"]["location"]["latitude"], lat);
+    }
+    let not_modified = "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message";
+    assert_rejected(
+        &tg,
+        "editMessageLiveLocation",
+        edit(52.52),
+        400,
+        not_modified,
+    )
+    .await;
+    assert_eq!(tg.live_moves(mid), vec![(52.51, 13.4), (52.52, 13.4)]);
+    let (status, _) = call(
+        &tg,
+        "stopMessageLiveLocation",
+        json!({"chat_id": 42, "message_id": mid}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let cant = "Bad Request: message can't be edited";
+    assert_rejected(&tg, "editMessageLiveLocation", edit(52.53), 400, cant).await;
+    assert_rejected(
+        &tg,
+        "stopMessageLiveLocation",
+        json!({"chat_id": 42, "message_id": mid}),
+        400,
+        cant,
+    )
+    .await;
+
+    // Expiry of the live period, indefinite periods, static pins and texts.
+    let (_, body) = call(
+        &tg,
+        "sendLocation",
+        json!({"chat_id": 42, "latitude": 1, "longitude": 2, "live_period": 60}),
+    )
+    .await;
+    let short = body["result"]["message_id"].as_i64().unwrap();
+    tg.expire_live_location(short);
+    assert_rejected(
+        &tg,
+        "editMessageLiveLocation",
+        json!({"chat_id": 42, "message_id": short, "latitude": 1.5, "longitude": 2}),
+        400,
+        cant,
+    )
+    .await;
+    let (_, body) = call(&tg, "sendLocation", json!({"chat_id": 42, "latitude": 1, "longitude": 2, "live_period": telegram::LIVE_PERIOD_FOREVER})).await;
+    let forever = body["result"]["message_id"].as_i64().unwrap();
+    let (status, _) = call(
+        &tg,
+        "editMessageLiveLocation",
+        json!({"chat_id": 42, "message_id": forever, "latitude": 1.5, "longitude": 2}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, body) = call(
+        &tg,
+        "sendLocation",
+        json!({"chat_id": 42, "latitude": 1, "longitude": 2}),
+    )
+    .await;
+    let pin = body["result"]["message_id"].as_i64().unwrap();
+    assert_rejected(
+        &tg,
+        "editMessageLiveLocation",
+        json!({"chat_id": 42, "message_id": pin, "latitude": 1.5, "longitude": 2}),
+        400,
+        cant,
+    )
+    .await;
+    let (_, body) = call(&tg, "sendMessage", json!({"chat_id": 42, "text": "t"})).await;
+    let text = body["result"]["message_id"].as_i64().unwrap();
+    assert_rejected(
+        &tg,
+        "editMessageLiveLocation",
+        json!({"chat_id": 42, "message_id": text, "latitude": 1.5, "longitude": 2}),
+        400,
+        "Bad Request: there is no live location in the message to edit",
+    )
+    .await;
+}

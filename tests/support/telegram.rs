@@ -14,6 +14,18 @@
 //!   `&apos;` to the user, which is a bug a test should catch.
 //! - a non-numeric latitude/longitude is rejected (the real API reads it as 0).
 //!
+//! Two-way use (issue 18) lives in `telegram/two_way.rs`: `getUpdates`
+//! long polling with `offset`/`limit`/`timeout` and 409 for a superseded
+//! poller, injected user messages and button presses, `answerCallbackQuery`,
+//! `editMessageText`/`editMessageReplyMarkup`, live locations
+//! (`live_period`, `editMessageLiveLocation`, `stopMessageLiveLocation`) and
+//! inline-keyboard validation. Facts and sources: docs/reference/telegram-bot-api.md.
+//! Further deviations there: a button with both `url` and `callback_data` is
+//! rejected (the real server silently keeps the url), an `answerCallbackQuery`
+//! is accepted at any age (real: ~15 s), edits compare the visible text
+//! and raw markup rather than TDLib entities, and coordinates are compared
+//! exactly (the real server rounds them before its "not modified" check).
+//!
 //! The server lives on the tokio runtime of the test that started it, so start
 //! one per test (each `#[tokio::test]` has its own runtime).
 
@@ -52,6 +64,9 @@ pub struct SentMessage {
     pub message_thread_id: Option<i64>,
     /// The `message_id` the stand-in answered with (1, 2, 3, … per stand-in).
     pub message_id: i64,
+    /// The validated `reply_markup` as JSON (`{"inline_keyboard": [[…]]}`),
+    /// `None` when absent or an empty inline keyboard.
+    pub reply_markup: Option<Value>,
     /// Every parameter, flattened to strings the way the Bot API sees them
     /// (nested JSON objects such as `link_preview_options` stay JSON text).
     pub params: BTreeMap<String, String>,
@@ -90,6 +105,8 @@ struct StandInState {
     requests: usize,
     scripted: VecDeque<Scripted>,
     next_message_id: i64,
+    /// Two-way state: updates, stored messages, callback queries, edits.
+    two_way: TwoWay,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +134,7 @@ impl TelegramStandIn {
                 .filter_map(|c| normalize_chat(c))
                 .collect(),
             next_message_id: 1,
+            two_way: TwoWay::new(),
             ..StandInState::default()
         };
         let inner = Arc::new(Inner {
@@ -331,12 +349,17 @@ async fn handle(
     let now = Instant::now();
     let path = uri.path().to_owned();
     let method_segment = path.rsplit('/').next().unwrap_or("").to_owned();
-    let outcome = process(&inner, &uri, &headers, &body, now);
+    let outcome = if method_segment.eq_ignore_ascii_case("getupdates") {
+        get_updates(&inner, &uri, &headers, &body).await
+    } else {
+        process(&inner, &uri, &headers, &body, now)
+    };
     let response = {
         let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
         st.requests += 1;
         match outcome {
             Outcome::Accepted(message, result) => {
+                st.two_way.store_sent(&message, &result);
                 st.messages.push(*message);
                 ok(result)
             }
@@ -419,7 +442,15 @@ fn process(inner: &Inner, uri: &Uri, headers: &HeaderMap, body: &[u8], now: Inst
             "sendmessage" => ("sendMessage", Some(validate_send_message)),
             "sendlocation" => ("sendLocation", Some(validate_send_location)),
             "getme" => ("getMe", None),
-            _ => return Outcome::Failed(fail(404, "Not Found")),
+            other => {
+                let Some(two_way) = two_way_method(other) else {
+                    return Outcome::Failed(fail(404, "Not Found"));
+                };
+                return match collect_params(uri, headers, body).and_then(|p| two_way(inner, &p)) {
+                    Ok(result) => Outcome::Ok(result),
+                    Err(f) => Outcome::Failed(f),
+                };
+            }
         };
     let params = match collect_params(uri, headers, body) {
         Ok(p) => p,
@@ -461,6 +492,7 @@ fn process(inner: &Inner, uri: &Uri, headers: &HeaderMap, body: &[u8], now: Inst
             longitude: v.longitude,
             message_thread_id: v.thread_id,
             message_id,
+            reply_markup: v.reply_markup,
             params,
             received_at: now,
         }),
@@ -573,6 +605,9 @@ struct Validated {
     latitude: Option<f64>,
     longitude: Option<f64>,
     thread_id: Option<i64>,
+    reply_markup: Option<Value>,
+    /// `live_period` of a live location (sendLocation only).
+    live_period: Option<i64>,
 }
 
 /// Checks `chat_id` and `message_thread_id`; returns the normalised chat and thread.
@@ -646,6 +681,7 @@ fn validate_send_message(
     if visible.encode_utf16().count() > MAX_MESSAGE_UTF16 {
         return Err(bad_request("message is too long"));
     }
+    let reply_markup = parse_reply_markup(params, false)?;
     Ok(Validated {
         chat_id,
         text: Some(text.clone()),
@@ -654,6 +690,8 @@ fn validate_send_message(
         latitude: None,
         longitude: None,
         thread_id,
+        reply_markup,
+        live_period: None,
     })
 }
 
@@ -674,6 +712,8 @@ fn validate_send_location(
     let latitude = coordinate("latitude", 90.0)?;
     let longitude = coordinate("longitude", 180.0)?;
     let (chat_id, thread_id) = check_chat(inner, params)?;
+    let live_period = parse_live_period(params)?;
+    let reply_markup = parse_reply_markup(params, false)?;
     Ok(Validated {
         chat_id,
         text: None,
@@ -682,6 +722,8 @@ fn validate_send_location(
         latitude: Some(latitude),
         longitude: Some(longitude),
         thread_id,
+        reply_markup,
+        live_period,
     })
 }
 
@@ -768,9 +810,20 @@ fn message_json(token: &str, message_id: i64, v: &Validated) -> Value {
     }
     if let (Some(lat), Some(lon)) = (v.latitude, v.longitude) {
         m["location"] = json!({"latitude": lat, "longitude": lon});
+        if let Some(period) = v.live_period {
+            m["location"]["live_period"] = json!(period);
+        }
+    }
+    if let Some(markup) = &v.reply_markup {
+        m["reply_markup"] = markup.clone();
     }
     m
 }
+
+mod two_way;
+use two_way::{get_updates, parse_live_period, parse_reply_markup, two_way_method, TwoWay};
+#[allow(unused_imports)] // not every test binary uses every type
+pub use two_way::{CallbackAnswer, Edit, LiveState, MessageState, TgUser, LIVE_PERIOD_FOREVER};
 
 // ---------------------------------------------------------------------------
 // Entity parsers. They mirror TDLib (td/telegram/MessageEntity.cpp), which is
