@@ -5,10 +5,9 @@
 mod common;
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{example_config, payload, Relay};
+use common::{example_config, example_vars, payload, Relay};
 use support::sink::Sink;
 use support::smtp::SmtpServer;
 use support::telegram::TelegramStandIn;
@@ -27,17 +26,13 @@ async fn example_relay(dir: &std::path::Path) -> (Relay, Peers) {
     let telegram = TelegramStandIn::start(TOKEN, &["4242"]).await;
     let smtp = SmtpServer::start();
     let sink = Sink::start().await;
-    let vars: HashMap<&str, String> = HashMap::from([
-        ("TRACKRELAY_WEBHOOK_TOKEN", "s3cret".to_string()),
-        ("TRACKRELAY_DATA_DIR", dir.display().to_string()),
-        ("TELEGRAM_BOT_TOKEN", TOKEN.to_string()),
-        ("TELEGRAM_CHAT_ID", "4242".to_string()),
-        ("TELEGRAM_API_URL", telegram.base_url()),
-        ("SMTP_HOST", "127.0.0.1".to_string()),
-        ("SMTP_PORT", smtp.port().to_string()),
-        ("SMTP_SECURITY", "none".to_string()),
-        ("OPS_WEBHOOK_URL", sink.url("/ops")),
-    ]);
+    let vars = example_vars(
+        dir,
+        TOKEN,
+        telegram.base_url(),
+        smtp.port(),
+        sink.url("/ops"),
+    );
     let relay = Relay::start(example_config(&vars)).await;
     (
         relay,

@@ -8,10 +8,9 @@
 mod common;
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{config_in, eventually, example_config, payload, Relay};
+use common::{config_in, eventually, example_config, example_vars, payload, Relay};
 use support::sink::Sink;
 use support::smtp::{free_port, SmtpServer};
 use support::telegram::TelegramStandIn;
@@ -75,19 +74,15 @@ async fn the_shipped_theft_rule_repeats_and_escalates_until_acknowledged_from_it
     let smtp = SmtpServer::start();
     let sink = Sink::start().await;
     let port = free_port();
-    let vars: HashMap<&str, String> = HashMap::from([
-        ("TRACKRELAY_WEBHOOK_TOKEN", "s3cret".to_string()),
-        ("TRACKRELAY_ADMIN_TOKEN", ADMIN.to_string()),
-        ("TRACKRELAY_DATA_DIR", dir.path().display().to_string()),
-        ("TRACKRELAY_PUBLIC_URL", format!("http://127.0.0.1:{port}/")),
-        ("TELEGRAM_BOT_TOKEN", TOKEN.to_string()),
-        ("TELEGRAM_CHAT_ID", "4242".to_string()),
-        ("TELEGRAM_API_URL", telegram.base_url()),
-        ("SMTP_HOST", "127.0.0.1".to_string()),
-        ("SMTP_PORT", smtp.port().to_string()),
-        ("SMTP_SECURITY", "none".to_string()),
-        ("OPS_WEBHOOK_URL", sink.url("/ops")),
-    ]);
+    let mut vars = example_vars(
+        dir.path(),
+        TOKEN,
+        telegram.base_url(),
+        smtp.port(),
+        sink.url("/ops"),
+    );
+    vars.insert("TRACKRELAY_ADMIN_TOKEN", ADMIN.to_string());
+    vars.insert("TRACKRELAY_PUBLIC_URL", format!("http://127.0.0.1:{port}/"));
     let relay = start_on(example_config(&vars), port).await;
     let auth = [("authorization", "Bearer s3cret")];
 

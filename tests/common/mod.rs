@@ -21,6 +21,29 @@ pub fn payload(name: &str) -> String {
         .unwrap_or_else(|e| panic!("payload {name}: {e}"))
 }
 
+/// The variables the shipped example config needs, for peers on loopback: data in `dir`, the Telegram
+/// stand-in at `telegram_url` (bot `telegram_token`, chat 4242), SMTP on `smtp_port` without TLS, the ops
+/// chat at `ops_url`, webhook token `s3cret`.
+pub fn example_vars(
+    dir: &Path,
+    telegram_token: &str,
+    telegram_url: String,
+    smtp_port: u16,
+    ops_url: String,
+) -> HashMap<&'static str, String> {
+    HashMap::from([
+        ("TRACKRELAY_WEBHOOK_TOKEN", "s3cret".to_string()),
+        ("TRACKRELAY_DATA_DIR", dir.display().to_string()),
+        ("TELEGRAM_BOT_TOKEN", telegram_token.to_string()),
+        ("TELEGRAM_CHAT_ID", "4242".to_string()),
+        ("TELEGRAM_API_URL", telegram_url),
+        ("SMTP_HOST", "127.0.0.1".to_string()),
+        ("SMTP_PORT", smtp_port.to_string()),
+        ("SMTP_SECURITY", "none".to_string()),
+        ("OPS_WEBHOOK_URL", ops_url),
+    ])
+}
+
 /// The shipped example config, with variables taken from `vars`.
 pub fn example_config(vars: &HashMap<&str, String>) -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("trackrelay.example.yaml");

@@ -423,18 +423,27 @@ fn error(f: &Scripted) -> Response {
         .into_response()
 }
 
-fn process(inner: &Inner, uri: &Uri, headers: &HeaderMap, body: &[u8], now: Instant) -> Outcome {
-    // `/bot<TOKEN>/<method>`: anything else is a 404 on the real server too.
+/// The method of `/bot<TOKEN>/<method>` when the token is the bot's: anything else is a 404 on the real
+/// server too, a wrong token a 401.
+fn bot_method<'u>(inner: &Inner, uri: &'u Uri) -> Result<&'u str, Outcome> {
     let Some((token, method_name)) = uri
         .path()
         .strip_prefix("/bot")
         .and_then(|rest| rest.split_once('/'))
     else {
-        return Outcome::Failed(fail(404, "Not Found"));
+        return Err(Outcome::Failed(fail(404, "Not Found")));
     };
     if token != inner.token {
-        return Outcome::Failed(fail(401, "Unauthorized"));
+        return Err(Outcome::Failed(fail(401, "Unauthorized")));
     }
+    Ok(method_name)
+}
+
+fn process(inner: &Inner, uri: &Uri, headers: &HeaderMap, body: &[u8], now: Instant) -> Outcome {
+    let method_name = match bot_method(inner, uri) {
+        Ok(m) => m,
+        Err(o) => return o,
+    };
     // Method names are case-insensitive on the real server; `None` = getMe,
     // which needs no validation and delivers nothing.
     let (canonical, validate): (&str, Option<Validator>) =

@@ -269,15 +269,8 @@ pub(super) async fn get_updates(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Outcome {
-    let Some((token, _)) = uri
-        .path()
-        .strip_prefix("/bot")
-        .and_then(|rest| rest.split_once('/'))
-    else {
-        return Outcome::Failed(fail(404, "Not Found"));
-    };
-    if token != inner.token {
-        return Outcome::Failed(fail(401, "Unauthorized"));
+    if let Err(o) = super::bot_method(inner, uri) {
+        return o;
     }
     let params = match collect_params(uri, headers, body) {
         Ok(p) => p,
