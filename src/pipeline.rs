@@ -91,6 +91,7 @@ pub fn links<'t>(
             NewToken {
                 hash: crate::secret::link_token_hash(&token),
                 label: t.channel.clone(),
+                chat: None,
             }
         })
         .collect()

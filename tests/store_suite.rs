@@ -2133,6 +2133,7 @@ async fn acknowledgement_tokens_find_their_incident(b: Backend) {
     let token = |hash: &str, label: &str| NewToken {
         hash: hash.into(),
         label: label.into(),
+        chat: None,
     };
     let mut e = alarm(1, T0, KEY, Trigger::Match, vec![to("o-lena", "lena")]);
     e.incidents[0].tokens = vec![token("h-lena", "lena"), token("h-max", "max")];
@@ -2208,6 +2209,7 @@ async fn retention_keeps_the_event_of_an_incident_not_done_with(b: Backend) {
     e.incidents[0].tokens = vec![NewToken {
         hash: "h-lena".into(),
         label: "lena".into(),
+        chat: None,
     }];
     let id = opens(&*store, e).await;
     store

@@ -41,6 +41,8 @@ pub struct NewToken {
     pub hash: String,
     /// Who the link went to (the target's channel name): who acknowledged, when it is used.
     pub label: String,
+    /// For a button token, the chat its message went to: a press from another chat is refused.
+    pub chat: Option<String>,
 }
 
 /// A message owed to the people an incident notified: it was acknowledged, or resolved.

@@ -9,6 +9,7 @@
 //! operations' shared parts (`common`: outcomes, listing, replay, retention, silences). Each backend
 //! keeps its SQL.
 
+pub mod chat;
 mod common;
 mod decide;
 pub mod incidents;
@@ -21,6 +22,7 @@ pub use incidents::{
     DueIncident, Effect, IncidentFilter, IncidentOffer, IncidentOutcome, IncidentRow,
     IncidentWrite, NewToken, Notice, StoredEvent,
 };
+pub use chat::PeerMessage;
 pub use rows::{completing, POSITION_COMPLETED, POSITION_HAD, POSITION_MISSING};
 
 use std::collections::HashMap;
@@ -493,6 +495,73 @@ pub trait Store: Send + Sync {
 
     /// Live incidents by status name (`open`, `acknowledged`).
     async fn incident_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Err(no_incidents())
+    }
+
+    /// The incident a button token (by its hash) belongs to, with the channel and the chat its message
+    /// went to (`None` for a link token, which is not bound to a chat).
+    async fn incident_by_button(
+        &self,
+        hash: &str,
+    ) -> Result<Option<(IncidentRow, String, Option<String>)>, StoreError> {
+        let _ = hash;
+        Err(no_incidents())
+    }
+
+    /// Records the peer's ids of delivered messages (delivery row id, peer ref), e.g. Telegram's
+    /// `message_id`: what later edits address.
+    async fn record_peer_refs(&self, refs: Vec<(i64, String)>) -> Result<(), StoreError> {
+        let _ = refs;
+        Err(no_incidents())
+    }
+
+    /// Up to `limit` delivered messages of incidents that have a peer ref and are not final
+    /// (`shown` not in [`chat::SHOWN_FINAL`]), oldest first: what the chat follow-up edits or moves.
+    async fn active_peer_messages(&self, limit: usize) -> Result<Vec<PeerMessage>, StoreError> {
+        let _ = limit;
+        Err(no_incidents())
+    }
+
+    /// The delivered messages of one incident that have a peer ref, oldest first.
+    async fn peer_messages(&self, incident_ref: i64) -> Result<Vec<PeerMessage>, StoreError> {
+        let _ = incident_ref;
+        Err(no_incidents())
+    }
+
+    /// Records what a message shows now (`acknowledged`, `resolved`, `stopped`).
+    async fn set_peer_shown(&self, delivery_id: i64, shown: &str) -> Result<(), StoreError> {
+        let _ = (delivery_id, shown);
+        Err(no_incidents())
+    }
+
+    /// The next update id a bot should ask for (one past the last it handled; 0 when none yet).
+    async fn bot_offset(&self, bot: &str) -> Result<i64, StoreError> {
+        let _ = bot;
+        Err(no_incidents())
+    }
+
+    /// Records that a bot handled every update before `offset` (never moves it back).
+    async fn set_bot_offset(&self, bot: &str, offset: i64) -> Result<(), StoreError> {
+        let _ = (bot, offset);
+        Err(no_incidents())
+    }
+
+    /// Takes or renews the lease `name` for `holder` until `now_ms + ttl_ms`: `true` if `holder` has it
+    /// now (it was free, expired, or already its own). One instance of several polls a bot.
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let _ = (name, holder, ttl_ms, now_ms);
+        Err(no_incidents())
+    }
+
+    /// Gives the lease up if `holder` has it (at shutdown: another instance takes over at once).
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let _ = (name, holder);
         Err(no_incidents())
     }
 }
