@@ -108,6 +108,7 @@ fn event(id: i64, device: i64, key: Option<String>) -> NewEvent {
                 tokens: vec![NewToken {
                     hash: trackrelay::secret::link_token_hash(&format!("t{id}")),
                     label: "phone".into(),
+                    chat: None,
                 }],
             }]
         })
