@@ -503,7 +503,7 @@ async fn test_channel(
         .test_notification(q.to.as_deref())
         .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, "no_recipient", e))?;
     match ch.send(&n).await {
-        Ok(()) => Ok(Json(json!({ "ok": true, "channel": name, "recipient": n.recipient })).into_response()),
+        Ok(_) => Ok(Json(json!({ "ok": true, "channel": name, "recipient": n.recipient })).into_response()),
         Err(e) => Ok((
             StatusCode::BAD_GATEWAY,
             Json(json!({ "ok": false, "channel": name, "error": e.to_string(), "transient": matches!(e, SendError::Transient { .. }) })),

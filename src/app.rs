@@ -190,6 +190,7 @@ async fn wire(
         silences: silences.clone(),
         directories: Default::default(),
         incidents_wake: incidents_wake.clone(),
+        whereabouts: Default::default(),
     };
     let incidents = IncidentService {
         shared: shared.clone(),

@@ -53,11 +53,18 @@ impl SendError {
     }
 }
 
+/// What a peer said of a message it accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// The peer's id of the message (Telegram's `message_id`), where later edits need it.
+    pub peer_ref: Option<String>,
+}
+
 /// A destination that can send a rendered notification.
 #[async_trait]
 pub trait Channel: Send + Sync {
     /// Sends one notification; `Ok` only once the peer has accepted it.
-    async fn send(&self, n: &Notification) -> Result<(), SendError>;
+    async fn send(&self, n: &Notification) -> Result<Sent, SendError>;
 }
 
 /// The live channels by name.
@@ -98,6 +105,12 @@ pub trait ChannelKind: Any + Debug + Send + Sync {
         false
     }
 
+    /// Whether incident messages carry buttons (Acknowledge, Mute, Where is it?): a two-way chat whose
+    /// presses the relay receives.
+    fn buttons(&self) -> bool {
+        false
+    }
+
     /// `Some(the channel's default)` for a kind that can send the event's position as a map pin.
     fn location(&self) -> Option<bool> {
         None
@@ -135,6 +148,8 @@ pub struct Message<'a> {
     pub body: Option<String>,
     /// Where the event happened (latitude, longitude), when the target sends a map pin.
     pub pin: Option<(f64, f64)>,
+    /// Send the pin as a live location for this many seconds (`location: live`, incident messages).
+    pub live_period: Option<u32>,
     /// Whether a digest may list the message (its rule groups, or the channel's rate limit digests).
     pub digested: bool,
     /// The rule, the channel and the event as received, for a default body.

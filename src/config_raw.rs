@@ -328,8 +328,27 @@ pub struct RawNotify {
     pub subject: Option<String>,
     /// Message template.
     pub template: Option<String>,
-    /// Send the position as a map pin too (Telegram).
-    pub location: Option<bool>,
+    /// Send the position as a map pin too (Telegram): `true`, `false`, or `live` (a live location that
+    /// follows the device while the rule's incident is open).
+    pub location: Option<RawLocation>,
+}
+
+/// A target's `location`: a map pin or not, or a live one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RawLocation {
+    /// `true` / `false`.
+    Pin(bool),
+    /// `live`.
+    Live(LiveWord),
+}
+
+/// The word `live`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LiveWord {
+    /// A live location.
+    Live,
 }
 
 /// A rule's `incident:` section: an alarm opens an incident that repeats and escalates until a person

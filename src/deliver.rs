@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::channel_config::SendError;
+use crate::channel_config::{SendError, Sent};
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::noise::digest;
@@ -286,7 +286,13 @@ async fn deliver(
         Ok(n) => n,
         Err(outcome) => return (d.claim_ref(), outcome),
     };
-    let result = send(&rt, &n).await;
+    let result = match send(&rt, &n).await {
+        Ok(sent) => {
+            remember_peer_ref(store, &d, &n, sent).await;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
     let policy = rt
         .config
         .channels
@@ -324,8 +330,29 @@ async fn to_send(rt: &Runtime, store: &dyn Store, d: &Claimed) -> Result<Notific
     }
 }
 
+/// Records the peer's id of a message that is followed up later (an incident message with buttons,
+/// edited when the incident is acknowledged; a live pin, moved). Best effort: without it the buttons
+/// stay (and still work) and the pin stays put; the delivery itself is done either way.
+async fn remember_peer_ref(store: &dyn Store, d: &Claimed, n: &Notification, sent: Sent) {
+    let followed = matches!(
+        n.content,
+        Content::TelegramText {
+            buttons: Some(_),
+            ..
+        } | Content::TelegramLocation {
+            live_period: Some(_),
+            ..
+        }
+    );
+    if let (Some(peer_ref), true) = (sent.peer_ref, followed) {
+        if let Err(e) = store.record_peer_refs(vec![(d.id, peer_ref)]).await {
+            tracing::warn!(key = %n.key, error = %e, "cannot record the message's id: its buttons stay, a live pin is not moved");
+        }
+    }
+}
+
 /// Sends `n` through its channel, within the send deadline.
-async fn send(rt: &Runtime, n: &Notification) -> Result<(), SendError> {
+async fn send(rt: &Runtime, n: &Notification) -> Result<Sent, SendError> {
     let deadline = SEND_DEADLINE.min(rt.config.storage.lease / 2);
     match rt.channels.get(&n.channel) {
         Some(ch) => match tokio::time::timeout(deadline, ch.send(n)).await {

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::event::{Device, Envelope, Geofence, Group};
+use crate::event::{Device, Envelope, Geofence, Group, Position};
 
 /// Devices, groups and geofences of one server, by id. Shared (read-only) with the webhook intake,
 /// which fills in what a webhook body lacks (the group) from the source of the same dedup namespace.
@@ -43,6 +43,91 @@ impl Directory {
     }
 }
 
+/// The most devices [`Whereabouts`] keeps: a flood of made-up device ids cannot grow it without bound
+/// (a device beyond it is not followed until one is forgotten at restart).
+pub const MAX_WHEREABOUTS: usize = 100_000;
+
+/// Where one device was last seen.
+#[derive(Debug, Clone)]
+pub struct Whereabout {
+    /// Device id.
+    pub device_id: i64,
+    /// Its name (empty until an event or the live source named it).
+    pub name: String,
+    /// Its attributes as last seen (a chat id an owner's rule routes to).
+    pub attributes: crate::event::Attributes,
+    /// Its latest position, if any.
+    pub position: Option<Position>,
+    /// When that position arrived here, unix ms.
+    pub updated_ms: i64,
+}
+
+/// The latest position and name of every device the relay has heard of, from events, the live
+/// sources' `positions` frames and Traccar's position forwarding: what "Where is it?", `/where` and a
+/// live pin read. Kept in memory only (positions are not stored): after a restart a device is known
+/// again from its next position. Keyed by device id across sources.
+#[derive(Debug, Default)]
+pub struct Whereabouts(RwLock<HashMap<i64, Whereabout>>);
+
+impl Whereabouts {
+    /// Records what `device` and `position` say (either may be absent) at `now_ms`. A position older
+    /// than the one kept (by fix time) is ignored: forwarding and the socket may both send it, and a
+    /// late one must not move a pin back.
+    pub fn saw(
+        &self,
+        device_id: i64,
+        device: Option<&Device>,
+        position: Option<&Position>,
+        now_ms: i64,
+    ) {
+        if device_id == 0 {
+            return;
+        }
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if !map.contains_key(&device_id) && map.len() >= MAX_WHEREABOUTS {
+            return;
+        }
+        let w = map.entry(device_id).or_insert_with(|| Whereabout {
+            device_id,
+            name: String::new(),
+            attributes: Default::default(),
+            position: None,
+            updated_ms: 0,
+        });
+        if let Some(d) = device {
+            if !d.name.is_empty() {
+                w.name.clone_from(&d.name);
+            }
+            w.attributes.clone_from(&d.attributes);
+        }
+        if let Some(p) = position {
+            let newer = match (&w.position, p.fix_time) {
+                (Some(old), Some(t)) => old.fix_time.is_none_or(|o| t >= o),
+                (Some(_), None) => false,
+                (None, _) => true,
+            };
+            if newer {
+                w.position = Some(p.clone());
+                w.updated_ms = now_ms;
+            }
+        }
+    }
+
+    /// What is known of one device.
+    pub fn get(&self, device_id: i64) -> Option<Whereabout> {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&device_id).cloned()
+    }
+
+    /// Every device known, by id.
+    pub fn all(&self) -> Vec<Whereabout> {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<Whereabout> = map.values().cloned().collect();
+        out.sort_unstable_by_key(|w| w.device_id);
+        out
+    }
+}
+
 /// The directories of every live source, by dedup namespace.
 #[derive(Debug, Default)]
 pub struct Directories(RwLock<HashMap<String, Arc<RwLock<Directory>>>>);
@@ -60,5 +145,39 @@ impl Directories {
         if let Some(dir) = map.get(namespace) {
             dir.read().unwrap_or_else(|e| e.into_inner()).fill(env);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn pos(device_id: i64, lat: f64, secs: i64) -> Position {
+        Position {
+            device_id,
+            latitude: lat,
+            fix_time: Some(chrono::Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn whereabouts_keep_the_newest_fix_and_the_name() {
+        let w = Whereabouts::default();
+        let dev = Device {
+            id: 7,
+            name: "Lena's bike".into(),
+            ..Default::default()
+        };
+        w.saw(7, Some(&dev), Some(&pos(7, 1.0, 10)), 100);
+        w.saw(7, None, Some(&pos(7, 2.0, 5)), 200);
+        let got = w.get(7).unwrap();
+        assert_eq!((got.name.as_str(), got.updated_ms), ("Lena's bike", 100));
+        assert_eq!(got.position.unwrap().latitude, 1.0);
+        w.saw(7, None, Some(&pos(7, 3.0, 20)), 300);
+        assert_eq!(w.get(7).unwrap().position.unwrap().latitude, 3.0);
+        w.saw(0, Some(&dev), None, 1);
+        assert_eq!(w.all().len(), 1);
     }
 }

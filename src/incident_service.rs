@@ -22,7 +22,7 @@ use crate::incident::{
 };
 use crate::metrics::Metrics;
 use crate::notification::{idempotency_key, Notification, Origin};
-use crate::pipeline::links;
+use crate::pipeline::{buttons, links};
 use crate::plan::{plan_step, Arrival, IncidentExtras};
 use crate::rules::{Rule, RuleIncident, RuleSet, Target};
 use crate::runtime::Shared;
@@ -375,14 +375,16 @@ impl IncidentService {
             context! { id => d.row.id, key => state.key.as_str(), step => tag.as_str(), facts => f, summary => summary.as_str() },
             Some(header),
         );
-        let tokens = match &cfg.public_url {
+        let mut tokens = match &cfg.public_url {
             Some(base) => links(base, rule, targets.iter().copied(), &mut extras),
             None => Vec::new(),
         };
         let silences = self.silences.get();
-        let planned = plan_step(
+        let mut planned = plan_step(
             cfg, rule, &targets, &env, &raw, &arrival, &silences, &extras, &tag,
         );
+        let all: Vec<usize> = (0..planned.len()).collect();
+        tokens.extend(buttons(cfg, &mut planned, &all));
         let deliveries = planned
             .iter()
             .map(|p| NewDelivery {
@@ -441,6 +443,7 @@ impl IncidentService {
                 html: Some(crate::render::escape_html(&text)),
                 body,
                 pin: None,
+                live_period: None,
                 digested: false,
                 facts: MessageFacts {
                     rule: &state.rule,

@@ -512,7 +512,7 @@ async fn send_test(channel: &str, to: Option<&str>, config: Option<&Path>) -> an
     let n = c.test_notification(to).map_err(anyhow::Error::msg)?;
     let channels = trackrelay::channel::build_all(&cfg.channels)?;
     match channels[channel].send(&n).await {
-        Ok(()) => println!(
+        Ok(_) => println!(
             "sent a test message through '{channel}'{}",
             if n.recipient.is_empty() {
                 String::new()

@@ -40,6 +40,10 @@ pub enum Content {
         text: String,
         /// How the text is formatted.
         parse_mode: ParseMode,
+        /// An incident message's button token: the message carries the buttons Acknowledge, Mute 1 h
+        /// and Where is it?, whose callback data hold it (see `crate::channel::telegram::keyboard`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        buttons: Option<String>,
     },
     /// A Telegram map pin (sent after the message of the same event, in order).
     TelegramLocation {
@@ -47,6 +51,9 @@ pub enum Content {
         latitude: f64,
         /// Longitude.
         longitude: f64,
+        /// Sent as a live location for this many seconds (an incident's pin that follows the device).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        live_period: Option<u32>,
     },
     /// An HTTP request body.
     Webhook {

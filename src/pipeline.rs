@@ -9,6 +9,7 @@ use crate::event::Envelope;
 use crate::incident::{EventFacts, Sighting, Trigger};
 use crate::metrics::Metrics;
 use crate::noise::{debounce_key, judged_at, DebounceProbe};
+use crate::notification::Content;
 use crate::plan::{incident_key, plan, Arrival, IncidentExtras, Planned};
 use crate::rules::Rule;
 use crate::runtime::Shared;
@@ -38,6 +39,8 @@ pub struct Pipeline {
     pub directories: Arc<crate::directory::Directories>,
     /// Wakes the incident timer (an incident opened or owes a notice).
     pub incidents_wake: Arc<Notify>,
+    /// Where each device was last seen (events, live positions, position forwarding).
+    pub whereabouts: Arc<crate::directory::Whereabouts>,
 }
 
 /// The rules with an incident that this event concerns, with how: it matched the rule, or its
@@ -97,20 +100,49 @@ pub fn links<'t>(
         .collect()
 }
 
+/// Gives each Telegram message among `planned[which]` whose channel is two-way a button token (its
+/// buttons' callback data), bound to the chat it goes to; returns the tokens to store with the
+/// incident.
+pub fn buttons(cfg: &Config, planned: &mut [Planned], which: &[usize]) -> Vec<NewToken> {
+    let mut out = Vec::new();
+    for &i in which {
+        let Some(p) = planned.get_mut(i) else {
+            continue;
+        };
+        let n = &mut p.notification;
+        let two_way = cfg
+            .channels
+            .get(&n.channel)
+            .is_some_and(|c| c.kind.buttons());
+        if let (true, None, Content::TelegramText { buttons, .. }) =
+            (two_way, &p.dead, &mut n.content)
+        {
+            let token = crate::secret::new_link_token();
+            out.push(NewToken {
+                hash: crate::secret::link_token_hash(&token),
+                label: n.channel.clone(),
+                chat: Some(n.recipient.clone()),
+            });
+            *buttons = Some(token);
+        }
+    }
+    out
+}
+
 /// The event's offers to its rules' incidents: which planned deliveries are each rule's, the key, the
 /// position.
 fn offers(
     cfg: &Config,
     triggered: Vec<(&Rule, Trigger)>,
     tokens: Vec<Vec<NewToken>>,
-    planned: &[Planned],
+    planned: &mut [Planned],
     env: &Envelope,
     arrival: &Arrival,
 ) -> Vec<IncidentOffer> {
     triggered
         .into_iter()
         .zip(tokens)
-        .filter_map(|((rule, trigger), tokens)| {
+        .filter_map(|((rule, trigger), mut tokens)| {
             let inc = rule.incident.as_ref()?;
             let mine: Vec<usize> = planned
                 .iter()
@@ -136,8 +168,11 @@ fn offers(
                 },
                 policy: inc.policy.clone(),
                 policies: cfg.rules.incident_policies().clone(),
+                tokens: {
+                    tokens.extend(buttons(cfg, planned, &mine));
+                    tokens
+                },
                 deliveries: mine,
-                tokens,
             })
         })
         .collect()
@@ -163,13 +198,19 @@ impl Pipeline {
         // The runtime is held for the whole call: the matched rules borrow from it, and a reload
         // meanwhile does not change what this event is evaluated against.
         let rt = self.shared.get();
+        self.whereabouts.saw(
+            env.device_id(),
+            env.device.as_ref(),
+            env.position.as_ref(),
+            arrival.received_at_ms,
+        );
         let matched = rt.config.rules.evaluate(env, arrival.name());
         let triggered = incident_triggers(&rt.config, &matched, env, &arrival);
         let event = {
             let silences = self.silences.get();
             let (extras, tokens) = opening_links(&rt.config, &triggered);
-            let planned = plan(&rt.config, &matched, env, raw, &arrival, &silences, &extras);
-            let incidents = offers(&rt.config, triggered, tokens, &planned, env, &arrival);
+            let mut planned = plan(&rt.config, &matched, env, raw, &arrival, &silences, &extras);
+            let incidents = offers(&rt.config, triggered, tokens, &mut planned, env, &arrival);
             let deliveries = planned.iter().map(NewDelivery::from).collect();
             NewEvent {
                 source: arrival.source.clone(),

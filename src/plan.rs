@@ -113,6 +113,13 @@ pub fn plan_step(
     out
 }
 
+/// How long a live pin of an incident may be moved: as long as the incident can stay open without a
+/// new event (`resolve_after`), within what Telegram allows (1 minute to 1 day). The pursuit stops it
+/// earlier, once the incident is acknowledged or resolved.
+pub fn live_period(inc: &crate::rules::RuleIncident) -> u32 {
+    inc.policy.resolve_after.as_secs().clamp(60, 86_400) as u32
+}
+
 /// What incidents add to their rules' messages: per rule, the `incident` template variable and a
 /// first line (a repeat's or an escalation's); per target, the acknowledgement link (`ack_url`),
 /// added at the end of the message when its template does not show it.
@@ -238,7 +245,14 @@ impl Planner<'_> {
         out: &mut Vec<Planned>,
     ) {
         let extra = self.extra(rule, i, target);
-        let parts = ch.kind.content(self.message(rule, i, target, ch, &extra));
+        let mut message = self.message(rule, i, target, ch, &extra);
+        if target.live && step.is_some_and(|s| !s.starts_with("escalate")) {
+            // The live pin sent with the target's first message follows the device already: a
+            // reminder adds none.
+            message.pin = None;
+            message.live_period = None;
+        }
+        let parts = ch.kind.content(message);
         let origin = self.origin(rule);
         for (recipient, dead) in recipients(self.r, target, &self.ctx, &extra, &ch.default_to) {
             for (part, content) in &parts {
@@ -340,12 +354,16 @@ impl Planner<'_> {
             || ch
                 .rate_limit
                 .is_some_and(|l| l.over == crate::noise::Over::Digest);
+        let live_period = (pin.is_some() && target.live)
+            .then(|| rule.incident.as_ref().map(live_period))
+            .flatten();
         Message {
             text,
             subject,
             html,
             body,
             pin,
+            live_period,
             digested,
             facts: Facts {
                 rule: &rule.name,

@@ -109,13 +109,16 @@ async fn every_example_payload_reaches_the_right_peer_with_the_exact_message() {
             let n: Notification = serde_json::from_str(&c.unwrap()).unwrap();
             assert_eq!((n.channel.as_str(), n.recipient.as_str()), ("phone", "4242"));
             match n.content {
-                Content::TelegramText { text, parse_mode } => {
+                Content::TelegramText {
+                    text, parse_mode, ..
+                } => {
                     assert_eq!(parse_mode, ParseMode::Html);
                     text
                 }
                 Content::TelegramLocation {
                     latitude,
                     longitude,
+                    ..
                 } => format!("pin {latitude},{longitude}"),
                 other => panic!("unexpected content {other:?}"),
             }

@@ -67,6 +67,7 @@ impl Bench {
         .unwrap();
         let pipeline = Pipeline {
             incidents_wake: Default::default(),
+            whereabouts: Default::default(),
             shared: Arc::new(Shared::new(Runtime {
                 config,
                 channels: Default::default(),

@@ -12,7 +12,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::Deserialize;
 
 use super::{Section, DEFAULT_TIMEOUT};
-use crate::channel_config::{Channel, ChannelKind, Common, Message, SendError};
+use crate::channel_config::{Channel, ChannelKind, Common, Message, SendError, Sent};
 use crate::config_raw::{OneOrMany, RawRateLimit, RawRetry};
 use crate::notification::{Content, Notification};
 use crate::render::{escape_html, html_page};
@@ -242,7 +242,7 @@ impl EmailChannel {
 
 #[async_trait]
 impl Channel for EmailChannel {
-    async fn send(&self, n: &Notification) -> Result<(), SendError> {
+    async fn send(&self, n: &Notification) -> Result<Sent, SendError> {
         let Content::Email {
             subject,
             text,
@@ -277,7 +277,7 @@ impl Channel for EmailChannel {
             )
             .map_err(|e| SendError::permanent(format!("cannot build mail: {e}")))?;
         match self.transport.send(msg).await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(Sent::default()),
             Err(e) if e.is_permanent() => Err(SendError::permanent(format!("SMTP: {e}"))),
             // 4xx, timeouts, refused connections, TLS hiccups: the server may be back later.
             Err(e) => Err(SendError::transient(format!("SMTP: {e}"))),

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::Section;
-use crate::channel_config::{Channel, ChannelKind, Common, Message, SendError};
+use crate::channel_config::{Channel, ChannelKind, Common, Message, SendError, Sent};
 use crate::config_raw::{RawRateLimit, RawRetry};
 use crate::notification::{Content, Notification};
 
@@ -75,7 +75,7 @@ pub struct LogChannel;
 
 #[async_trait]
 impl Channel for LogChannel {
-    async fn send(&self, n: &Notification) -> Result<(), SendError> {
+    async fn send(&self, n: &Notification) -> Result<Sent, SendError> {
         let text = match &n.content {
             Content::Log { text } => text,
             other => {
@@ -92,6 +92,7 @@ impl Channel for LogChannel {
         std::io::stdout()
             .lock()
             .write_all(line.as_bytes())
+            .map(|()| Sent::default())
             .map_err(|e| SendError::transient(format!("stdout: {e}")))
     }
 }

@@ -8,11 +8,13 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use teloxide_core::payloads::{SendLocationSetters, SendMessageSetters};
 use teloxide_core::requests::{Request, Requester};
-use teloxide_core::types::{ChatId, MessageId, Recipient, ThreadId};
+use teloxide_core::types::{
+    ChatId, InlineKeyboardButton, InlineKeyboardMarkup, LivePeriod, MessageId, Recipient, ThreadId,
+};
 use teloxide_core::{ApiError, Bot, RequestError};
 
 use super::{http_client, http_failure, Section, DEFAULT_TIMEOUT};
-use crate::channel_config::{Channel, ChannelKind, Common, Message, SendError};
+use crate::channel_config::{Channel, ChannelKind, Common, Message, SendError, Sent};
 use crate::config_raw::{RawRateLimit, RawRetry};
 use crate::notification::{Content, Notification, ParseMode};
 use crate::render::{escape_html, escape_markdown_v2, Escape};
@@ -204,6 +206,7 @@ impl ChannelKind for TelegramSettings {
             Content::TelegramText {
                 text: m.text,
                 parse_mode: self.parse_mode,
+                buttons: None,
             },
         )];
         if let Some((latitude, longitude)) = m.pin {
@@ -212,6 +215,7 @@ impl ChannelKind for TelegramSettings {
                 Content::TelegramLocation {
                     latitude,
                     longitude,
+                    live_period: m.live_period,
                 },
             ));
         }
@@ -226,6 +230,7 @@ impl ChannelKind for TelegramSettings {
                 ParseMode::Plain => text,
             },
             parse_mode: self.parse_mode,
+            buttons: None,
         }
     }
 
@@ -308,12 +313,21 @@ impl TelegramChannel {
 
 #[async_trait]
 impl Channel for TelegramChannel {
-    async fn send(&self, n: &Notification) -> Result<(), SendError> {
+    /// The message (its last piece carries the buttons, and is the one whose id is returned), or the
+    /// pin (a live one for `live_period`).
+    async fn send(&self, n: &Notification) -> Result<Sent, SendError> {
         let chat = recipient(&n.recipient).map_err(SendError::permanent)?;
         let thread = self.thread_id.map(|t| ThreadId(MessageId(t)));
         match &n.content {
-            Content::TelegramText { text, parse_mode } => {
-                for (chunk, mode) in chunks(text, *parse_mode) {
+            Content::TelegramText {
+                text,
+                parse_mode,
+                buttons,
+            } => {
+                let pieces = chunks(text, *parse_mode);
+                let last = pieces.len().saturating_sub(1);
+                let mut sent = Sent::default();
+                for (i, (chunk, mode)) in pieces.into_iter().enumerate() {
                     let mut req = self.bot.send_message(chat.clone(), chunk);
                     if let Some(m) = teloxide_mode(mode) {
                         req = req.parse_mode(m);
@@ -321,25 +335,94 @@ impl Channel for TelegramChannel {
                     if let Some(t) = thread {
                         req = req.message_thread_id(t);
                     }
-                    req.send().await.map_err(|e| self.classify(e))?;
+                    if let (true, Some(token)) = (i == last, buttons) {
+                        req = req.reply_markup(keyboard(token, &Button::ALL));
+                    }
+                    let m = req.send().await.map_err(|e| self.classify(e))?;
+                    sent.peer_ref = Some(m.id.0.to_string());
                 }
-                Ok(())
+                Ok(sent)
             }
             Content::TelegramLocation {
                 latitude,
                 longitude,
+                live_period,
             } => {
                 let mut req = self.bot.send_location(chat, *latitude, *longitude);
                 if let Some(t) = thread {
                     req = req.message_thread_id(t);
                 }
-                req.send().await.map(|_| ()).map_err(|e| self.classify(e))
+                if let Some(p) = live_period {
+                    req = req.live_period(LivePeriod::from_u32(*p));
+                }
+                let m = req.send().await.map_err(|e| self.classify(e))?;
+                Ok(Sent {
+                    peer_ref: Some(m.id.0.to_string()),
+                })
             }
             _ => Err(SendError::permanent(
                 "telegram channel got a message rendered for another kind",
             )),
         }
     }
+}
+
+/// The buttons of an incident message. Each one's callback data is `<letter>:<token>`: the token is
+/// random, bound to the incident and the chat the message went to (a press is checked against both),
+/// and 34 bytes in all, well under Telegram's limit of 64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Button {
+    /// Acknowledge the incident.
+    Ack,
+    /// Silence the device and rule for an hour.
+    Mute,
+    /// Send the device's latest position.
+    Where,
+}
+
+impl Button {
+    /// Every button, in the order shown.
+    pub const ALL: [Button; 3] = [Button::Ack, Button::Mute, Button::Where];
+
+    /// The label on the button.
+    pub fn label(self) -> &'static str {
+        match self {
+            Button::Ack => "✅ Acknowledge",
+            Button::Mute => "🔕 Mute 1 h",
+            Button::Where => "📍 Where is it?",
+        }
+    }
+
+    fn letter(self) -> char {
+        match self {
+            Button::Ack => 'a',
+            Button::Mute => 'm',
+            Button::Where => 'w',
+        }
+    }
+
+    /// The callback data of this button for `token`.
+    pub fn data(self, token: &str) -> String {
+        format!("{}:{token}", self.letter())
+    }
+
+    /// The button and token of callback data; `None` for data the relay did not make.
+    pub fn parse(data: &str) -> Option<(Button, &str)> {
+        let (letter, token) = data.split_once(':')?;
+        let b = Button::ALL
+            .into_iter()
+            .find(|b| letter.len() == 1 && letter.starts_with(b.letter()))?;
+        (!token.is_empty() && token.len() <= 60 && token.bytes().all(|c| c.is_ascii_hexdigit()))
+            .then_some((b, token))
+    }
+}
+
+/// An inline keyboard of `buttons` for the token, one row.
+pub fn keyboard(token: &str, buttons: &[Button]) -> InlineKeyboardMarkup {
+    InlineKeyboardMarkup::new([buttons
+        .iter()
+        .map(|b| InlineKeyboardButton::callback(b.label(), b.data(token)))
+        .collect::<Vec<_>>()])
 }
 
 fn teloxide_mode(m: ParseMode) -> Option<teloxide_core::types::ParseMode> {
@@ -480,6 +563,21 @@ mod tests {
         }
         let joined: String = parts.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(joined, format!("{} <x>\n", "a".repeat(90)).repeat(100));
+    }
+
+    #[test]
+    fn buttons_round_trip_within_telegrams_limit() {
+        let token = crate::secret::new_link_token();
+        for b in Button::ALL {
+            let data = b.data(&token);
+            assert!(data.len() <= 64, "{data}");
+            assert_eq!(Button::parse(&data), Some((b, token.as_str())));
+        }
+        assert_eq!(Button::parse("x:abcd"), None);
+        assert_eq!(Button::parse("aa:abcd"), None);
+        assert_eq!(Button::parse("a:"), None);
+        assert_eq!(Button::parse("a:not-hex"), None);
+        assert_eq!(Button::parse("noseparator"), None);
     }
 
     #[test]

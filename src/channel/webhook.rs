@@ -13,7 +13,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use super::{http_client, http_failure, parse_retry_after, Section, DEFAULT_TIMEOUT};
-use crate::channel_config::{Channel, ChannelKind, Common, Facts, Message, SendError};
+use crate::channel_config::{Channel, ChannelKind, Common, Facts, Message, SendError, Sent};
 use crate::config_raw::{RawRateLimit, RawRetry};
 use crate::notification::{Content, Notification};
 use crate::render::Escape;
@@ -250,7 +250,7 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 
 #[async_trait]
 impl Channel for WebhookChannel {
-    async fn send(&self, n: &Notification) -> Result<(), SendError> {
+    async fn send(&self, n: &Notification) -> Result<Sent, SendError> {
         let Content::Webhook {
             body, content_type, ..
         } = &n.content
@@ -289,7 +289,7 @@ impl Channel for WebhookChannel {
         };
         let status = resp.status();
         if status.is_success() {
-            return Ok(());
+            return Ok(Sent::default());
         }
         let retry_after = resp
             .headers()

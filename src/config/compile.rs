@@ -14,7 +14,8 @@ use crate::channel::RawChannel;
 use crate::channel_config::ChannelConfig;
 use crate::config_raw::RawIncident;
 use crate::config_raw::{
-    RawCooldown, RawDefaults, RawNotify, RawRule, RawRuleFile, RawRuleSource, RawSchedule,
+    RawCooldown, RawDefaults, RawLocation, RawNotify, RawRule, RawRuleFile, RawRuleSource,
+    RawSchedule,
 };
 use crate::incident::IncidentPolicy;
 use crate::noise::schedule::{Schedule, WhenMuted, Window};
@@ -411,6 +412,14 @@ fn compile_rule(
         }
         compile_incident(&raw.name, inc, notify_len, channels, builder, &mut errors)
     });
+    if incident.is_none() {
+        for (i, t) in targets.iter().enumerate().filter(|(_, t)| t.live) {
+            errors.push(format!(
+                "notify[{i}]: location: live follows the device while an incident is open, and this rule has no `incident:` (use `location: true` for a pin); channel '{}'",
+                t.channel
+            ));
+        }
+    }
     match matcher {
         Some(matcher) if errors.is_empty() => Ok(Rule {
             name: raw.name,
@@ -621,7 +630,7 @@ fn compile_target(
     };
     let subject = target_subject(&n, ch, &mut t, &mut errors);
     let to = target_recipients(&n, ch, &mut t, &mut errors);
-    let location = target_location(&n, ch, &mut errors);
+    let (location, live) = target_location(&n, ch, &mut errors);
     match body {
         Some(body) if errors.is_empty() => Ok(Target {
             channel: n.channel,
@@ -630,6 +639,7 @@ fn compile_target(
             body,
             body_html,
             location,
+            live,
         }),
         _ => Err(errors),
     }
@@ -707,16 +717,18 @@ fn target_recipients(
     to
 }
 
-/// Whether a target sends the position as a map pin too: its own choice or its channel's, for kinds
-/// that can.
-fn target_location(n: &RawNotify, ch: &ChannelConfig, errors: &mut Vec<String>) -> bool {
+/// Whether a target sends the position as a map pin too (its own choice or its channel's, for kinds
+/// that can), and whether the pin is live.
+fn target_location(n: &RawNotify, ch: &ChannelConfig, errors: &mut Vec<String>) -> (bool, bool) {
     match (n.location, ch.kind.location()) {
-        (l, Some(default)) => l.unwrap_or(default),
+        (Some(RawLocation::Live(_)), Some(_)) => (true, true),
+        (Some(RawLocation::Pin(l)), Some(_)) => (l, false),
+        (None, Some(default)) => (default, false),
         (Some(_), None) => {
             errors.push("location: only telegram channels send locations".into());
-            false
+            (false, false)
         }
-        (None, None) => false,
+        (None, None) => (false, false),
     }
 }
 

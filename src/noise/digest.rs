@@ -105,6 +105,7 @@ fn telegram(parse_mode: ParseMode, title: &str, items: &Listed<'_>) -> Content {
     Content::TelegramText {
         text: format!("{head}\n\n{}", lines.join("\n")),
         parse_mode,
+        buttons: None,
     }
 }
 
@@ -201,6 +202,7 @@ mod tests {
                 item(Content::TelegramText {
                     text: format!("<b>bike {i}</b> offline"),
                     parse_mode: ParseMode::Html,
+                    buttons: None,
                 })
             })
             .collect();
@@ -208,6 +210,7 @@ mod tests {
             &Content::TelegramText {
                 text: String::new(),
                 parse_mode: ParseMode::Html,
+                buttons: None,
             },
             "3 devices <offline>",
             &items,

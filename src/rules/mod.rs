@@ -45,6 +45,9 @@ pub struct Target {
     pub body_html: Option<String>,
     /// Send a map pin after the message (Telegram).
     pub location: bool,
+    /// Send it as a live location that follows the device while the incident is open (`location:
+    /// live`; only on rules with an incident).
+    pub live: bool,
 }
 
 /// A compiled rule.

@@ -305,6 +305,7 @@ mod tests {
         let (fast, _rx) = tokio::sync::mpsc::channel(1);
         let pipeline = Pipeline {
             incidents_wake: Default::default(),
+            whereabouts: Default::default(),
             shared,
             store: Arc::new(Refusing(store)),
             wake: Default::default(),

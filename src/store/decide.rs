@@ -81,7 +81,9 @@ pub fn with_note(content: &str, note: &str) -> String {
             text.push('\n');
             text.push_str(note);
         }
-        Content::TelegramText { text, parse_mode } => {
+        Content::TelegramText {
+            text, parse_mode, ..
+        } => {
             text.push('\n');
             text.push_str(&match parse_mode {
                 ParseMode::Html => crate::render::escape_html(note),
@@ -166,6 +168,7 @@ mod tests {
                 content: Content::TelegramText {
                     text: "*Alarm*".into(),
                     parse_mode,
+                    buttons: None,
                 },
                 origin: Origin::default(),
             })
@@ -193,6 +196,7 @@ mod tests {
             content: Content::TelegramLocation {
                 latitude: 1.0,
                 longitude: 2.0,
+                live_period: None,
             },
             origin: Origin::default(),
         })

@@ -17,12 +17,12 @@ pub mod postgres;
 mod rows;
 pub mod sqlite;
 
+pub use chat::PeerMessage;
 pub use decide::{decide_noise, digest_content, noise_keys, with_note, NoiseOutcome};
 pub use incidents::{
     DueIncident, Effect, IncidentFilter, IncidentOffer, IncidentOutcome, IncidentRow,
     IncidentWrite, NewToken, Notice, StoredEvent,
 };
-pub use chat::PeerMessage;
 pub use rows::{completing, POSITION_COMPLETED, POSITION_HAD, POSITION_MISSING};
 
 use std::collections::HashMap;
