@@ -133,6 +133,13 @@ suite!(
     a_copy_completing_an_event_does_not_join_its_incident_twice,
     retention_keeps_the_event_of_an_incident_not_done_with,
     an_unreadable_incident_is_left_alone_and_the_event_notified,
+    // Two-way chat (issue 18).
+    button_tokens_find_their_incident_and_chat,
+    peer_refs_list_the_messages_still_to_edit,
+    at_most_a_hundred_active_messages_unless_asked,
+    bot_offsets_move_forward_only_each_bot_its_own,
+    a_lease_has_one_holder_at_a_time,
+    instances_racing_for_a_lease_never_both_get_it,
 );
 
 /// A delivery of rule `r` with noise gates.
@@ -1232,7 +1239,7 @@ async fn postgres_migrations_are_safe_when_instances_start_together() {
         r.unwrap().unwrap_or_else(|e| panic!("{e}"));
     }
     let store = PgStore::connect(&opts).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 6);
+    assert_eq!(store.schema_version().await.unwrap(), 7);
     support::pg::execute(&url, "INSERT INTO trackrelay_schema (version) VALUES (99)").await;
     let err = PgStore::connect(&opts).await.err().expect("refused");
     assert!(err.to_string().contains("schema version 99"), "{err}");
@@ -1479,11 +1486,14 @@ async fn a_postgres_database_of_schema_4_upgrades_to_keys_unique_per_event() {
         .accept(event(1, 1000, vec![delivery("k", None)]))
         .await
         .unwrap();
-    // Back to what schema 4 had: the key unique across the table, an index on the event alone, and
-    // no incidents (schema 6).
+    // Back to what schema 4 had: the key unique across the table, an index on the event alone, no
+    // incidents (schema 6) and no chat (schema 7).
     support::pg::execute(
         &url,
-        "DROP TABLE incidents, incident_tokens;
+        "DROP TABLE bot_state, leases;
+         ALTER TABLE deliveries DROP COLUMN peer_ref, DROP COLUMN peer_shown;
+         DELETE FROM trackrelay_schema WHERE version = 7;
+         DROP TABLE incidents, incident_tokens;
          ALTER TABLE deliveries DROP COLUMN incident_ref;
          DELETE FROM trackrelay_schema WHERE version = 6;
          DROP INDEX deliveries_event_key;
@@ -1514,7 +1524,7 @@ async fn a_postgres_database_of_schema_4_upgrades_to_keys_unique_per_event() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
     let mut indexes: Vec<String> = client
         .query(
             "SELECT indexname::TEXT FROM pg_indexes WHERE tablename = 'deliveries'",
@@ -1537,6 +1547,7 @@ async fn a_postgres_database_of_schema_4_upgrades_to_keys_unique_per_event() {
             "deliveries_incident",
             "deliveries_lease",
             "deliveries_order",
+            "deliveries_peer",
             "deliveries_pkey",
         ]
     );
@@ -2319,4 +2330,275 @@ async fn an_unreadable_incident_is_left_alone_and_the_event_notified(b: Backend)
         .await
         .unwrap();
     assert_eq!(all.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Two-way chat (issue 18): button tokens bound to a chat, the peer's ids of delivered messages and what
+// they show, a bot's update offset, and the lease that lets one instance poll a bot.
+
+async fn button_tokens_find_their_incident_and_chat(b: Backend) {
+    let store = b.open().await;
+    let token = |hash: &str, label: &str, chat: Option<&str>| NewToken {
+        hash: hash.into(),
+        label: label.into(),
+        chat: chat.map(str::to_string),
+    };
+    let mut e = alarm(1, T0, KEY, Trigger::Match, vec![to("o-lena", "lena")]);
+    e.incidents[0].tokens = vec![
+        token("b-lena", "tg", Some("4242")),
+        token("h-lena", "lena", None),
+    ];
+    let id = opens(&*store, e).await;
+    let (row, label, chat) = store.incident_by_button("b-lena").await.unwrap().unwrap();
+    assert_eq!(
+        (row.id, label.as_str(), chat.as_deref()),
+        (id, "tg", Some("4242"))
+    );
+    // A link's token is bound to no chat; a button's still finds its incident as a link's does.
+    let (row, label, chat) = store.incident_by_button("h-lena").await.unwrap().unwrap();
+    assert_eq!((row.id, label.as_str(), chat), (id, "lena", None));
+    let (row, label) = store.incident_by_token("b-lena").await.unwrap().unwrap();
+    assert_eq!((row.id, label.as_str()), (id, "tg"));
+    assert!(store
+        .incident_by_button("b-nobody")
+        .await
+        .unwrap()
+        .is_none());
+    // A write's buttons keep their chat too, seen by another instance.
+    let row = incident_row(&*store, id).await;
+    let w = IncidentWrite {
+        tokens: vec![token("b-max", "tg", Some("-100777"))],
+        ..ack_write(&row, T0 + 2000)
+    };
+    assert!(store.write_incident(w).await.unwrap());
+    let other = b.open().await;
+    let (row, _, chat) = other.incident_by_button("b-max").await.unwrap().unwrap();
+    assert_eq!(
+        (row.id, row.status_name(), chat.as_deref()),
+        (id, "acknowledged", Some("-100777"))
+    );
+}
+
+/// The delivery ids of `keys`, in order.
+async fn ids_of(store: &dyn Store, keys: &[&str]) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for k in keys {
+        ids.push(by_key(store, k).await.id);
+    }
+    ids
+}
+
+fn delivery_ids(messages: &[PeerMessage]) -> Vec<i64> {
+    messages.iter().map(|m| m.delivery_id).collect()
+}
+
+async fn peer_refs_list_the_messages_still_to_edit(b: Backend) {
+    let store = b.open().await;
+    let theft = opens(
+        &*store,
+        alarm(
+            1,
+            T0,
+            KEY,
+            Trigger::Match,
+            vec![to("o-lena", "lena"), to("o-max", "max")],
+        ),
+    )
+    .await;
+    store
+        .accept(event(2, T0, vec![to("plain", "lena")]))
+        .await
+        .unwrap();
+    let other = opens(
+        &*store,
+        alarm(
+            3,
+            T0 + 5,
+            "other/8",
+            Trigger::Match,
+            vec![to("x-zoe", "zoe")],
+        ),
+    )
+    .await;
+    let ids = ids_of(&*store, &["o-lena", "o-max", "plain", "x-zoe"]).await;
+    let (lena, plain, zoe) = (ids[0], ids[2], ids[3]);
+    assert!(store.active_peer_messages(0).await.unwrap().is_empty());
+    // Max's message got no id (not sent yet); the plain one belongs to no incident; an unknown
+    // delivery is skipped.
+    store
+        .record_peer_refs(vec![
+            (zoe, "m-4".into()),
+            (lena, "m-1".into()),
+            (plain, "m-3".into()),
+            (987_654, "m-x".into()),
+        ])
+        .await
+        .unwrap();
+    let active = store.active_peer_messages(0).await.unwrap();
+    assert_eq!(delivery_ids(&active), [lena, zoe]);
+    let m = &active[0];
+    assert_eq!(
+        PeerMessage {
+            payload: String::new(),
+            ..m.clone()
+        },
+        PeerMessage {
+            delivery_id: lena,
+            incident_ref: theft,
+            channel: "c".into(),
+            recipient: "lena".into(),
+            peer_ref: "m-1".into(),
+            payload: String::new(),
+            shown: None,
+            device_id: 1,
+            created_at_ms: T0,
+        }
+    );
+    // The notification as stored (the test's deliveries keep `delivery`'s recipient in it).
+    let sent: Notification = serde_json::from_str(&m.payload).unwrap();
+    assert_eq!(sent.key, "o-lena");
+    assert_eq!(active[1].created_at_ms, T0 + 5);
+    assert_eq!(
+        delivery_ids(&store.active_peer_messages(1).await.unwrap()),
+        [lena]
+    );
+    // Acknowledged, it is still edited later; resolved or stopped, never again.
+    store.set_peer_shown(lena, "acknowledged").await.unwrap();
+    let active = store.active_peer_messages(0).await.unwrap();
+    assert_eq!(delivery_ids(&active), [lena, zoe]);
+    assert_eq!(active[0].shown.as_deref(), Some("acknowledged"));
+    store.set_peer_shown(lena, "resolved").await.unwrap();
+    assert_eq!(
+        delivery_ids(&store.active_peer_messages(0).await.unwrap()),
+        [zoe]
+    );
+    store.set_peer_shown(zoe, "stopped").await.unwrap();
+    assert!(store.active_peer_messages(0).await.unwrap().is_empty());
+    // An incident's messages are listed whatever they show, only those with a peer ref.
+    let of_theft = store.peer_messages(theft).await.unwrap();
+    assert_eq!(delivery_ids(&of_theft), [lena]);
+    assert_eq!(of_theft[0].shown.as_deref(), Some("resolved"));
+    assert_eq!(
+        delivery_ids(&store.peer_messages(other).await.unwrap()),
+        [zoe]
+    );
+    assert!(store.peer_messages(987_654).await.unwrap().is_empty());
+    // Max's message is sent later; a message sent again (replayed) shows what it was sent with.
+    let max = ids[1];
+    store
+        .record_peer_refs(vec![(max, "m-2".into()), (lena, "m-5".into())])
+        .await
+        .unwrap();
+    let active = b.open().await.active_peer_messages(0).await.unwrap();
+    assert_eq!(delivery_ids(&active), [lena, max]);
+    assert_eq!(
+        (active[0].peer_ref.as_str(), active[0].shown.as_deref()),
+        ("m-5", None)
+    );
+}
+
+async fn at_most_a_hundred_active_messages_unless_asked(b: Backend) {
+    let store = b.open().await;
+    let keys: Vec<String> = (0..101).map(|i| format!("o-{i}")).collect();
+    opens(
+        &*store,
+        alarm(
+            1,
+            T0,
+            KEY,
+            Trigger::Match,
+            keys.iter().map(|k| to(k, "lena")).collect(),
+        ),
+    )
+    .await;
+    let rows = store
+        .list(Filter {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    store
+        .record_peer_refs(rows.iter().map(|r| (r.id, format!("m-{}", r.id))).collect())
+        .await
+        .unwrap();
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    ids.sort();
+    let first = store.active_peer_messages(0).await.unwrap();
+    assert_eq!(delivery_ids(&first), ids[..100]);
+    assert_eq!(store.active_peer_messages(101).await.unwrap().len(), 101);
+}
+
+async fn bot_offsets_move_forward_only_each_bot_its_own(b: Backend) {
+    let (x, y) = (b.open().await, b.open().await);
+    assert_eq!(x.bot_offset("alerts").await.unwrap(), 0);
+    x.set_bot_offset("alerts", 10).await.unwrap();
+    assert_eq!(y.bot_offset("alerts").await.unwrap(), 10);
+    // A slower instance's older offset does not take it back.
+    y.set_bot_offset("alerts", 5).await.unwrap();
+    assert_eq!(x.bot_offset("alerts").await.unwrap(), 10);
+    y.set_bot_offset("alerts", 11).await.unwrap();
+    assert_eq!(x.bot_offset("alerts").await.unwrap(), 11);
+    assert_eq!(x.bot_offset("family").await.unwrap(), 0);
+    x.set_bot_offset("family", 3).await.unwrap();
+    assert_eq!(
+        (
+            y.bot_offset("family").await.unwrap(),
+            y.bot_offset("alerts").await.unwrap()
+        ),
+        (3, 11)
+    );
+}
+
+async fn a_lease_has_one_holder_at_a_time(b: Backend) {
+    let (x, y) = (b.open().await, b.open().await);
+    const POLL: &str = "telegram/alerts";
+    const TTL: i64 = 1000;
+    assert!(x.try_lease(POLL, "A", TTL, T0).await.unwrap());
+    assert!(!y.try_lease(POLL, "B", TTL, T0 + 500).await.unwrap());
+    assert!(!y.try_lease(POLL, "B", TTL, T0 + 999).await.unwrap());
+    // Held while now < until: at T0 + 1000 it has run out, and B takes it.
+    assert!(y.try_lease(POLL, "B", TTL, T0 + 1000).await.unwrap());
+    assert!(!x.try_lease(POLL, "A", TTL, T0 + 1001).await.unwrap());
+    // B renews it: A is still refused after the first term would have ended.
+    assert!(y.try_lease(POLL, "B", TTL, T0 + 1500).await.unwrap());
+    assert!(!x.try_lease(POLL, "A", TTL, T0 + 2200).await.unwrap());
+    // Another lease is another lease.
+    assert!(x
+        .try_lease("telegram/family", "A", TTL, T0 + 2200)
+        .await
+        .unwrap());
+    // Only its holder gives a lease up; then another instance takes it at once.
+    x.release_lease(POLL, "A").await.unwrap();
+    assert!(!x.try_lease(POLL, "A", TTL, T0 + 2300).await.unwrap());
+    y.release_lease(POLL, "B").await.unwrap();
+    assert!(x.try_lease(POLL, "A", TTL, T0 + 2300).await.unwrap());
+    assert!(!y.try_lease(POLL, "B", TTL, T0 + 2400).await.unwrap());
+}
+
+async fn instances_racing_for_a_lease_never_both_get_it(b: Backend) {
+    let stores = [b.open().await, b.open().await];
+    // Rounds in pairs: a lease no one has had, then the same lease after its winner let it run out.
+    for round in 0..6i64 {
+        let name = format!("poll/{}", round / 2);
+        let now = T0 + round * 10_000;
+        let start = Arc::new(tokio::sync::Barrier::new(16));
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let (store, start) = (stores[i % 2].clone(), start.clone());
+            let name = name.clone();
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                store
+                    .try_lease(&name, &format!("i{i}"), 5_000, now)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut won = 0;
+        for t in tasks {
+            won += usize::from(t.await.unwrap());
+        }
+        assert_eq!(won, 1, "round {round}: {won} instances got the lease");
+    }
 }

@@ -30,3 +30,55 @@ pub struct PeerMessage {
 /// The `shown` values after which a message is never touched again: its incident was resolved and the
 /// message says so, or the live pin was stopped.
 pub const SHOWN_FINAL: [&str; 2] = ["resolved", "stopped"];
+
+/// The columns a [`PeerMessage`] is read from, in its fields' order (both backends).
+pub(super) const PEER_COLUMNS: &str =
+    "id, incident_ref, channel, recipient, peer_ref, content, peer_shown, device_id, created_at";
+
+/// The deliveries [`super::Store::active_peer_messages`] lists: with a peer ref, of an incident, not
+/// final ([`SHOWN_FINAL`]). Written out, not built from [`SHOWN_FINAL`]: each backend's migration
+/// indexes exactly this condition (`deliveries_peer`), and a planner uses a partial index only for a
+/// query whose condition implies the index's.
+pub(super) const ACTIVE_PEER: &str = "peer_ref IS NOT NULL AND incident_ref IS NOT NULL \
+     AND (peer_shown IS NULL OR peer_shown NOT IN ('resolved', 'stopped'))";
+
+/// Most messages [`super::Store::active_peer_messages`] lists when asked for 0.
+pub(super) const ACTIVE_PEER_DEFAULT_LIMIT: usize = 100;
+
+/// The row limit of an [`super::Store::active_peer_messages`] call.
+pub(super) fn active_limit(limit: usize) -> i64 {
+    if limit == 0 {
+        ACTIVE_PEER_DEFAULT_LIMIT as i64
+    } else {
+        limit.min(i64::MAX as usize) as i64
+    }
+}
+
+// Leases (`Store::try_lease`): a lease is held while `now_ms < until_ms`; at `until_ms` it has run out
+// (as a delivery's claim lease, taken back at `lease_until <= now`). Taking, renewing and taking over
+// an expired lease are one upsert whose update is conditional: the row is locked (PostgreSQL) or the
+// writer is alone (SQLite) while the condition is checked, so two instances asking at the same
+// instant never both get it.
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The condition written out names exactly the final values.
+    #[test]
+    fn the_active_condition_excludes_exactly_the_final_values() {
+        let list = ACTIVE_PEER
+            .split("NOT IN (")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .unwrap();
+        let named: Vec<&str> = list.split(", ").map(|s| s.trim_matches('\'')).collect();
+        assert_eq!(named, SHOWN_FINAL);
+    }
+
+    #[test]
+    fn zero_asks_for_the_default_limit() {
+        assert_eq!(active_limit(0), 100);
+        assert_eq!(active_limit(7), 7);
+    }
+}

@@ -38,6 +38,7 @@ use super::rows::{plan_rows, EventRow, Group, RowPlan};
 use super::*;
 use crate::clock::rfc3339;
 
+mod chat;
 mod incidents;
 
 /// Pause between attempts to reach the database at start.
@@ -158,6 +159,24 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX incident_tokens_incident ON incident_tokens (incident_ref);
     ALTER TABLE deliveries ADD COLUMN incident_ref BIGINT;
     CREATE INDEX deliveries_incident ON deliveries (incident_ref) WHERE incident_ref IS NOT NULL;",
+    // 7 (as SQLite's migration 8): two-way chat (see `store::chat`): the peer's id of a delivered
+    // message and what it shows now, indexed while it may still be edited (the condition is
+    // `chat::ACTIVE_PEER`, word for word); the chat a button token's message went to; each bot's next
+    // update; leases (one poller of several instances).
+    "ALTER TABLE deliveries ADD COLUMN peer_ref TEXT, ADD COLUMN peer_shown TEXT;
+    CREATE INDEX deliveries_peer ON deliveries (id)
+        WHERE peer_ref IS NOT NULL AND incident_ref IS NOT NULL
+        AND (peer_shown IS NULL OR peer_shown NOT IN ('resolved', 'stopped'));
+    ALTER TABLE incident_tokens ADD COLUMN chat TEXT;
+    CREATE TABLE bot_state (
+        bot TEXT PRIMARY KEY,
+        next_offset BIGINT NOT NULL
+    );
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        until_ms BIGINT NOT NULL
+    );",
 ];
 
 /// How to reach the database.
@@ -1249,7 +1268,8 @@ impl Store for PgStore {
         &self,
         hash: &str,
     ) -> Result<Option<(IncidentRow, String)>, StoreError> {
-        incidents::by_token(&self.client().await?, hash).await
+        let found = incidents::by_button(&self.client().await?, hash).await?;
+        Ok(found.map(|(row, label, _)| (row, label)))
     }
 
     async fn due_incidents(
@@ -1290,6 +1310,71 @@ impl Store for PgStore {
 
     async fn incident_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         incidents::counts(&self.client().await?).await
+    }
+
+    async fn incident_by_button(
+        &self,
+        hash: &str,
+    ) -> Result<Option<(IncidentRow, String, Option<String>)>, StoreError> {
+        incidents::by_button(&self.client().await?, hash).await
+    }
+
+    async fn record_peer_refs(&self, refs: Vec<(i64, String)>) -> Result<(), StoreError> {
+        chat::record_peer_refs(&self.client().await?, &refs).await
+    }
+
+    async fn active_peer_messages(&self, limit: usize) -> Result<Vec<PeerMessage>, StoreError> {
+        chat::active(&self.client().await?, limit).await
+    }
+
+    async fn peer_messages(&self, incident_ref: i64) -> Result<Vec<PeerMessage>, StoreError> {
+        chat::of_incident(&self.client().await?, incident_ref).await
+    }
+
+    async fn set_peer_shown(&self, delivery_id: i64, shown: &str) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE deliveries SET peer_shown = $2 WHERE id = $1",
+            &[&delivery_id, &shown],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn bot_offset(&self, bot: &str) -> Result<i64, StoreError> {
+        let rows = self
+            .query("SELECT next_offset FROM bot_state WHERE bot = $1", &[&bot])
+            .await?;
+        Ok(rows.first().map_or(0, |r| r.get(0)))
+    }
+
+    async fn set_bot_offset(&self, bot: &str, offset: i64) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO bot_state (bot, next_offset) VALUES ($1, $2)
+             ON CONFLICT (bot) DO UPDATE
+             SET next_offset = GREATEST(bot_state.next_offset, EXCLUDED.next_offset)",
+            &[&bot, &offset],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        chat::try_lease(&self.client().await?, name, holder, ttl_ms, now_ms).await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM leases WHERE name = $1 AND holder = $2",
+            &[&name, &holder],
+        )
+        .await
+        .map(|_| ())
     }
 }
 

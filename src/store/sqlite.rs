@@ -31,6 +31,7 @@ use super::rows::{plan_rows, EventRow, Group};
 use super::*;
 use crate::clock::rfc3339;
 
+mod chat;
 mod incidents;
 
 /// Jobs per transaction at most: bounds the latency one commit adds to the jobs in it.
@@ -188,6 +189,24 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX incident_tokens_incident ON incident_tokens (incident_ref);
     ALTER TABLE deliveries ADD COLUMN incident_ref INTEGER;
     CREATE INDEX deliveries_incident ON deliveries (incident_ref) WHERE incident_ref IS NOT NULL;",
+    // 8: two-way chat (see `store::chat`): the peer's id of a delivered message and what it shows now,
+    // indexed while it may still be edited (the condition is `chat::ACTIVE_PEER`, word for word); the
+    // chat a button token's message went to; each bot's next update; leases (one poller of several).
+    "ALTER TABLE deliveries ADD COLUMN peer_ref TEXT;
+    ALTER TABLE deliveries ADD COLUMN peer_shown TEXT;
+    CREATE INDEX deliveries_peer ON deliveries (id)
+        WHERE peer_ref IS NOT NULL AND incident_ref IS NOT NULL
+        AND (peer_shown IS NULL OR peer_shown NOT IN ('resolved', 'stopped'));
+    ALTER TABLE incident_tokens ADD COLUMN chat TEXT;
+    CREATE TABLE bot_state (
+        bot TEXT PRIMARY KEY,
+        next_offset INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        until_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 type AnyResult = Result<Box<dyn Any + Send>, StoreError>;
@@ -1084,7 +1103,8 @@ impl Store for SqliteStore {
         hash: &str,
     ) -> Result<Option<(IncidentRow, String)>, StoreError> {
         let hash = hash.to_string();
-        self.read(move |c| incidents::by_token(c, &hash)).await
+        let found = self.read(move |c| incidents::by_button(c, &hash)).await?;
+        Ok(found.map(|(row, label, _)| (row, label)))
     }
 
     async fn due_incidents(
@@ -1131,6 +1151,64 @@ impl Store for SqliteStore {
 
     async fn incident_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.read(incidents::counts).await
+    }
+
+    async fn incident_by_button(
+        &self,
+        hash: &str,
+    ) -> Result<Option<(IncidentRow, String, Option<String>)>, StoreError> {
+        let hash = hash.to_string();
+        self.read(move |c| incidents::by_button(c, &hash)).await
+    }
+
+    async fn record_peer_refs(&self, refs: Vec<(i64, String)>) -> Result<(), StoreError> {
+        self.call(true, move |c| chat::record_peer_refs(c, &refs))
+            .await
+    }
+
+    async fn active_peer_messages(&self, limit: usize) -> Result<Vec<PeerMessage>, StoreError> {
+        self.read(move |c| chat::active(c, limit)).await
+    }
+
+    async fn peer_messages(&self, incident_ref: i64) -> Result<Vec<PeerMessage>, StoreError> {
+        self.read(move |c| chat::of_incident(c, incident_ref)).await
+    }
+
+    async fn set_peer_shown(&self, delivery_id: i64, shown: &str) -> Result<(), StoreError> {
+        let shown = shown.to_string();
+        self.call(true, move |c| chat::set_shown(c, delivery_id, &shown))
+            .await
+    }
+
+    async fn bot_offset(&self, bot: &str) -> Result<i64, StoreError> {
+        let bot = bot.to_string();
+        self.read(move |c| chat::bot_offset(c, &bot)).await
+    }
+
+    async fn set_bot_offset(&self, bot: &str, offset: i64) -> Result<(), StoreError> {
+        let bot = bot.to_string();
+        self.call(true, move |c| chat::set_bot_offset(c, &bot, offset))
+            .await
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.call(true, move |c| {
+            chat::try_lease(c, &name, &holder, ttl_ms, now_ms)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.call(true, move |c| chat::release_lease(c, &name, &holder))
+            .await
     }
 }
 

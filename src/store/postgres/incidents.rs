@@ -158,11 +158,13 @@ async fn insert_tokens(
     }
     let hashes: Vec<&str> = tokens.iter().map(|t| t.hash.as_str()).collect();
     let labels: Vec<&str> = tokens.iter().map(|t| t.label.as_str()).collect();
+    let chats: Vec<Option<&str>> = tokens.iter().map(|t| t.chat.as_deref()).collect();
     tx.execute(
-        "INSERT INTO incident_tokens (hash, incident_ref, label, created_at)
-         SELECT x.hash, $1, x.label, $4 FROM unnest($2::TEXT[], $3::TEXT[]) AS x(hash, label)
+        "INSERT INTO incident_tokens (hash, incident_ref, label, created_at, chat)
+         SELECT x.hash, $1, x.label, $4, x.chat
+         FROM unnest($2::TEXT[], $3::TEXT[], $5::TEXT[]) AS x(hash, label, chat)
          ON CONFLICT (hash) DO NOTHING",
-        &[&id, &hashes, &labels, &now],
+        &[&id, &hashes, &labels, &now, &chats],
     )
     .await
     .map_err(pg)?;
@@ -370,14 +372,15 @@ pub(super) async fn live(
     Ok(r.as_ref().map(read_row))
 }
 
-/// The incident of a token, and who the link went to.
-pub(super) async fn by_token(
+/// The incident of a token, who its message went to, and the chat of a button token (`None` for a
+/// link).
+pub(super) async fn by_button(
     c: &impl GenericClient,
     hash: &str,
-) -> Result<Option<(IncidentRow, String)>, StoreError> {
+) -> Result<Option<(IncidentRow, String, Option<String>)>, StoreError> {
     let Some(found) = c
         .query_opt(
-            "SELECT incident_ref, label FROM incident_tokens WHERE hash = $1",
+            "SELECT incident_ref, label, chat FROM incident_tokens WHERE hash = $1",
             &[&hash],
         )
         .await
@@ -385,8 +388,8 @@ pub(super) async fn by_token(
     else {
         return Ok(None);
     };
-    let label: String = found.get(1);
-    Ok(by_id(c, found.get(0)).await?.map(|row| (row, label)))
+    let (label, chat): (String, Option<String>) = (found.get(1), found.get(2));
+    Ok(by_id(c, found.get(0)).await?.map(|row| (row, label, chat)))
 }
 
 /// The earliest timer.

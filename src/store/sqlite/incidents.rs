@@ -147,12 +147,12 @@ fn insert_incident(
 fn insert_tokens(c: &Connection, id: i64, tokens: &[NewToken], now: i64) -> Result<(), StoreError> {
     let mut stmt = c
         .prepare_cached(
-            "INSERT INTO incident_tokens (hash, incident_ref, label, created_at)
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (hash) DO NOTHING",
+            "INSERT INTO incident_tokens (hash, incident_ref, label, created_at, chat)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (hash) DO NOTHING",
         )
         .map_err(db)?;
     for t in tokens {
-        stmt.execute(params![t.hash, id, t.label, now])
+        stmt.execute(params![t.hash, id, t.label, now, t.chat])
             .map_err(db)?;
     }
     Ok(())
@@ -299,22 +299,23 @@ pub(super) fn one(
     .map_err(db)
 }
 
-/// The incident of a token, and who the link went to.
-pub(super) fn by_token(
+/// The incident of a token, who its message went to, and the chat of a button token (`None` for a
+/// link).
+pub(super) fn by_button(
     c: &Connection,
     hash: &str,
-) -> Result<Option<(IncidentRow, String)>, StoreError> {
-    let found: Option<(i64, String)> = c
-        .prepare_cached("SELECT incident_ref, label FROM incident_tokens WHERE hash = ?1")
+) -> Result<Option<(IncidentRow, String, Option<String>)>, StoreError> {
+    let found: Option<(i64, String, Option<String>)> = c
+        .prepare_cached("SELECT incident_ref, label, chat FROM incident_tokens WHERE hash = ?1")
         .and_then(|mut s| {
-            s.query_row(params![hash], |r| Ok((r.get(0)?, r.get(1)?)))
+            s.query_row(params![hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()
         })
         .map_err(db)?;
-    let Some((id, label)) = found else {
+    let Some((id, label, chat)) = found else {
         return Ok(None);
     };
-    Ok(one(c, "id = ?1", &id)?.map(|row| (row, label)))
+    Ok(one(c, "id = ?1", &id)?.map(|row| (row, label, chat)))
 }
 
 /// Live incidents by status.
