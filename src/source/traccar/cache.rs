@@ -66,6 +66,11 @@ impl Cache {
         ids
     }
 
+    /// A device as the server last described it.
+    pub fn device(&self, id: i64) -> Option<Device> {
+        self.read().devices.get(&id).cloned()
+    }
+
     /// A device update from a `devices` frame.
     pub fn update_device(&self, d: Device) {
         let mut dir = self.dir.write().unwrap_or_else(|e| e.into_inner());

@@ -564,6 +564,11 @@ impl Connection {
         }
         let now = Instant::now();
         for p in frame.positions {
+            // What "Where is it?" and a live pin read: every position, not only those events wait for.
+            let device = self.cache.device(p.device_id);
+            self.pipeline
+                .whereabouts
+                .saw(p.device_id, device.as_ref(), Some(&p), now_ms());
             for _ in 0..self.joiner.position(&p) {
                 self.pipeline
                     .metrics
