@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AdminState};
+use crate::bot::Bots;
 use crate::channel;
 use crate::channel_config::Channels;
 use crate::clock::now_ms;
@@ -159,6 +160,8 @@ struct Services {
     shared: Arc<Shared>,
     /// Incident timers and acknowledgements.
     incidents: IncidentService,
+    /// Two-way Telegram bots.
+    bots: Bots,
 }
 
 /// Builds the services on `config` and `store`: the shared runtime, the instruments, the silences (read
@@ -177,6 +180,8 @@ async fn wire(
     // The fast lane holds at most one worker pool's worth of deliveries claimed at intake.
     let (fast_tx, fast_rx) = tokio::sync::mpsc::channel(workers);
     let silences = Arc::new(SilenceCache::new(metrics.clone()));
+    let directories: Arc<crate::directory::Directories> = Arc::default();
+    let whereabouts: Arc<crate::directory::Whereabouts> = Arc::default();
     silences
         .refresh(store.as_ref())
         .await
@@ -188,9 +193,20 @@ async fn wire(
         fast: fast_tx,
         metrics: metrics.clone(),
         silences: silences.clone(),
-        directories: Default::default(),
+        directories: directories.clone(),
         incidents_wake: incidents_wake.clone(),
-        whereabouts: Default::default(),
+        whereabouts: whereabouts.clone(),
+    };
+    let bots = Bots {
+        shared: shared.clone(),
+        store: store.clone(),
+        whereabouts,
+        directories,
+        silences: silences.clone(),
+        metrics: metrics.clone(),
+        incidents_wake: incidents_wake.clone(),
+        follow_wake: Default::default(),
+        holder: crate::bot::new_holder(),
     };
     let incidents = IncidentService {
         shared: shared.clone(),
@@ -219,6 +235,7 @@ async fn wire(
         silences,
         shared,
         incidents,
+        bots,
     };
     Ok((services, dispatcher))
 }
@@ -251,6 +268,7 @@ fn spawn_intake_tasks(
     tasks.push(tokio::spawn(
         services.incidents.clone().run(shutdown.clone()),
     ));
+    tasks.push(tokio::spawn(services.bots.clone().run(shutdown.clone())));
     tasks.push(tokio::spawn(prune(
         services.shared.clone(),
         store.clone(),

@@ -139,6 +139,17 @@ impl Directories {
         map.entry(namespace.to_string()).or_default().clone()
     }
 
+    /// Every device the live sources know.
+    pub fn devices(&self) -> Vec<Device> {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .flat_map(|d| {
+                let d = d.read().unwrap_or_else(|e| e.into_inner());
+                d.devices.values().cloned().collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Enriches a webhook event from the live source sharing its namespace, if there is one.
     pub fn fill(&self, namespace: &str, env: &mut Envelope) {
         let map = self.0.read().unwrap_or_else(|e| e.into_inner());

@@ -13,7 +13,7 @@ pub type Attributes = Map<String, Value>;
 pub const KNOTS_TO_KMH: f64 = 1.852;
 
 /// The body of one Traccar event-forward / BikeTrax webhook call.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct Envelope {
     /// The event itself.
     pub event: Event,
@@ -35,7 +35,7 @@ pub struct Envelope {
 }
 
 /// A Traccar event.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     /// Traccar's event id: the idempotency key of the event.

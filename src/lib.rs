@@ -39,6 +39,8 @@
 //!   senders implement, the `ChannelKind` trait each kind's settings implement, and `ChannelConfig`.
 //! - [`channel`]: the kinds, one file each (log, email, Telegram, webhook: section as written, settings,
 //!   sender), and the list of them.
+//! - [`bot`]: two-way Telegram: button presses and commands acted on, incident messages edited and
+//!   live pins moved as the incident changes, one poller among instances (a lease).
 //! - [`secret`]: a token or password that debug output and logs show as `***`, and the constant-time
 //!   check of a presented one (uses no other module).
 //! - [`source`]: where events come from: the webhook ([`source::http`]) and the live Traccar source
@@ -63,6 +65,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bot;
 pub mod channel;
 pub mod channel_config;
 pub mod clock;

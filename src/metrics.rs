@@ -35,6 +35,9 @@ pub struct Metrics {
     incidents_live: Family<Labels, Gauge>,
     incident_ack: Histogram,
     incidents_resolved: Family<Labels, Counter>,
+    bot_updates: Family<Labels, Counter>,
+    bot_refusals: Family<Labels, Counter>,
+    bot_sends: Family<Labels, Counter>,
 }
 
 /// Traccar's event types (its `Event.TYPE_*`), which include the relay's own zone crossings
@@ -111,6 +114,9 @@ impl Metrics {
             // 10 s to about 4.5 days: from "on it at once" to a weekend.
             incident_ack: Histogram::new(exponential_buckets(10.0, 3.0, 11)),
             incidents_resolved: Family::default(),
+            bot_updates: Family::default(),
+            bot_refusals: Family::default(),
+            bot_sends: Family::default(),
             registry: Registry::default(),
         };
         let mut registry = Registry::with_prefix("trackrelay");
@@ -180,6 +186,21 @@ impl Metrics {
             self.incident_ack.clone(),
         );
         registry.register(
+            "telegram_updates",
+            "Updates two-way bots handled, by kind (button, pick, command, other)",
+            self.bot_updates.clone(),
+        );
+        registry.register(
+            "telegram_refusals",
+            "Presses and commands refused, by reason (foreign_chat, unknown_token, unauthorized_device)",
+            self.bot_refusals.clone(),
+        );
+        registry.register(
+            "telegram_followups",
+            "Edits of incident messages and live pins, by what (edit, move, stop) and outcome (ok, failed)",
+            self.bot_sends.clone(),
+        );
+        registry.register(
             "incidents_resolved",
             "Incidents resolved, by how (resolve_on, resolve_after, manual, rule_removed)",
             self.incidents_resolved.clone(),
@@ -203,6 +224,30 @@ impl Metrics {
     /// An incident was acknowledged this long after it opened.
     pub fn incident_acknowledged(&self, after_s: f64) {
         self.incident_ack.observe(after_s.max(0.0));
+    }
+
+    /// A two-way bot handled an update of `kind`.
+    pub fn bot_update(&self, kind: &'static str) {
+        self.bot_updates
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .inc();
+    }
+
+    /// A two-way bot refused a press or command (`reason`).
+    pub fn bot_refusal(&self, reason: &'static str) {
+        self.bot_refusals
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    /// A follow-up of an incident message (`edit`, `move`, `stop`) ended `outcome` (`ok`, `failed`).
+    pub fn bot_followup(&self, what: &'static str, outcome: &'static str) {
+        self.bot_sends
+            .get_or_create(&vec![
+                ("what", what.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
     }
 
     /// An incident was resolved `how`.

@@ -579,6 +579,49 @@ fn recipients(
     out
 }
 
+/// The recipients of `channels` that the rules would route a notification of `device` to: every
+/// target (escalation steps' included) on one of those channels, its `to` templates rendered with the
+/// device alone (a template that needs more of an event names nobody), or its channel's default. What
+/// a two-way chat may act on: only devices whose notifications reach it.
+pub fn routed_recipients(
+    cfg: &Config,
+    channels: &[String],
+    device: &crate::event::Device,
+) -> std::collections::BTreeSet<String> {
+    let env = Envelope {
+        event: crate::event::Event {
+            device_id: device.id,
+            ..Default::default()
+        },
+        device: Some(device.clone()),
+        ..Default::default()
+    };
+    let ctx = cfg.renderer.event_context(&env, "", None);
+    let mut out = std::collections::BTreeSet::new();
+    for rule in cfg.rules.rules() {
+        let steps = rule
+            .incident
+            .iter()
+            .flat_map(|i| i.escalation_targets.iter());
+        for target in rule.targets.iter().chain(steps) {
+            let Some(ch) = cfg.channels.get(&target.channel) else {
+                continue;
+            };
+            if !channels.contains(&target.channel) {
+                continue;
+            }
+            let extra = context! { rule => rule.name.as_str(), channel => target.channel.as_str() };
+            out.extend(
+                recipients(&cfg.renderer, target, &ctx, &extra, &ch.default_to)
+                    .into_iter()
+                    .filter(|(r, dead)| dead.is_none() && !r.is_empty())
+                    .map(|(r, _)| r),
+            );
+        }
+    }
+    out
+}
+
 /// The message sent when a template fails at render time: never nothing.
 fn fallback(env: &Envelope) -> String {
     let device = env

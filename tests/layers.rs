@@ -37,6 +37,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("incident_service", 4),
     ("channel", 5),
     ("source", 5),
+    ("bot", 5),
     ("config", 6),
     ("reload", 6),
     ("api", 6),

@@ -65,6 +65,79 @@ pub struct RawTelegram {
     pub retry: RawRetry,
     /// Rate limit per recipient.
     pub rate_limit: Option<RawRateLimit>,
+    /// Two-way: incident messages carry buttons, the bot answers commands, live pins follow a device.
+    /// `true`, or its settings.
+    pub two_way: Option<RawTwoWay>,
+}
+
+/// `two_way:` as written: `true` / `false`, or the settings (each with a default).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawTwoWay {
+    /// On with the defaults, or off.
+    On(bool),
+    /// On with these settings.
+    Settings(RawTwoWaySettings),
+}
+
+/// The settings of a two-way bot.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTwoWaySettings {
+    /// How long one `getUpdates` long poll waits (default 25 s, at most 50 s).
+    #[serde(default, with = "humantime_serde")]
+    pub poll_timeout: Option<Duration>,
+    /// With several instances on PostgreSQL, how long the poller's lease lasts: another instance takes
+    /// over within it when the poller dies (default 30 s; at least `poll_timeout` + 5 s).
+    #[serde(default, with = "humantime_serde")]
+    pub lease: Option<Duration>,
+    /// A live pin is moved at most this often (default 10 s).
+    #[serde(default, with = "humantime_serde")]
+    pub live_every: Option<Duration>,
+    /// A live pin keeps following this long after the incident is acknowledged (default 10 min).
+    #[serde(default, with = "humantime_serde")]
+    pub live_grace: Option<Duration>,
+}
+
+/// A two-way bot's settings, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TwoWay {
+    /// One long poll's wait.
+    pub poll_timeout: Duration,
+    /// The poller's lease.
+    pub lease: Duration,
+    /// Least time between two moves of a live pin.
+    pub live_every: Duration,
+    /// How long a live pin follows after an acknowledgement.
+    pub live_grace: Duration,
+}
+
+impl TwoWay {
+    fn compile(raw: &RawTwoWaySettings, errors: &mut Vec<String>) -> TwoWay {
+        let poll_timeout = raw.poll_timeout.unwrap_or(Duration::from_secs(25));
+        if poll_timeout > Duration::from_secs(50) {
+            errors.push("two_way.poll_timeout: at most 50s (Telegram closes longer polls)".into());
+        }
+        let lease = raw.lease.unwrap_or(Duration::from_secs(30));
+        if lease < poll_timeout + Duration::from_secs(5) {
+            errors.push(format!(
+                "two_way.lease: {} is too short: at least poll_timeout + 5s ({}), or the poller loses \
+                 it while it waits",
+                humantime::format_duration(lease),
+                humantime::format_duration(poll_timeout + Duration::from_secs(5))
+            ));
+        }
+        let live_every = raw.live_every.unwrap_or(Duration::from_secs(10));
+        if live_every < Duration::from_secs(1) {
+            errors.push("two_way.live_every: at least 1s".into());
+        }
+        TwoWay {
+            poll_timeout,
+            lease,
+            live_every,
+            live_grace: raw.live_grace.unwrap_or(Duration::from_secs(600)),
+        }
+    }
 }
 
 /// Chat ids are numbers to YAML unless quoted; take both.
@@ -108,6 +181,8 @@ pub struct TelegramSettings {
     pub api_url: reqwest::Url,
     /// Request timeout.
     pub timeout: Duration,
+    /// Two-way settings, when on.
+    pub two_way: Option<TwoWay>,
 }
 
 impl TelegramSettings {
@@ -144,6 +219,13 @@ impl TelegramSettings {
                 errors.push(format!("chat_id: {e}"));
             }
         }
+        let two_way = match &raw.two_way {
+            None | Some(RawTwoWay::On(false)) => None,
+            Some(RawTwoWay::On(true)) => {
+                Some(TwoWay::compile(&RawTwoWaySettings::default(), &mut errors))
+            }
+            Some(RawTwoWay::Settings(s)) => Some(TwoWay::compile(s, &mut errors)),
+        };
         let api_url = raw.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
         let api_url = reqwest::Url::parse(api_url)
             .map_err(|e| errors.push(format!("api_url: `{api_url}`: {e}")))
@@ -157,6 +239,7 @@ impl TelegramSettings {
                 location: raw.location.unwrap_or(false),
                 api_url,
                 timeout: raw.timeout.unwrap_or(DEFAULT_TIMEOUT),
+                two_way,
             }),
             _ => Err(errors),
         }
@@ -197,6 +280,10 @@ impl ChannelKind for TelegramSettings {
 
     fn location(&self) -> Option<bool> {
         Some(self.location)
+    }
+
+    fn buttons(&self) -> bool {
+        self.two_way.is_some()
     }
 
     /// The message, then the map pin if the target sends one.
@@ -425,7 +512,8 @@ pub fn keyboard(token: &str, buttons: &[Button]) -> InlineKeyboardMarkup {
         .collect::<Vec<_>>()])
 }
 
-fn teloxide_mode(m: ParseMode) -> Option<teloxide_core::types::ParseMode> {
+/// The teloxide parse mode of a [`ParseMode`] (`None`: plain).
+pub fn teloxide_mode(m: ParseMode) -> Option<teloxide_core::types::ParseMode> {
     match m {
         ParseMode::Html => Some(teloxide_core::types::ParseMode::Html),
         ParseMode::MarkdownV2 => Some(teloxide_core::types::ParseMode::MarkdownV2),

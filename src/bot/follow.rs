@@ -1,0 +1,345 @@
+//! The follow-up of incident messages in two-way chats: once an incident is acknowledged, its messages
+//! are edited to say who did and when, and lose the Acknowledge button (Mute and Where is it? stay);
+//! once it is resolved, they say so and lose every button. A live pin moves with the device's newest
+//! position, at most every `live_every`, until the incident is resolved or acknowledged for
+//! `live_grace`; then it is stopped.
+//!
+//! Driven by the store, not by who acknowledged: an acknowledgement by link, API or CLI (another
+//! process) is followed up the same way, within a second. With several instances, one (the holder of
+//! a lease) does it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use teloxide_core::payloads::EditMessageTextSetters;
+use teloxide_core::requests::{Request, Requester};
+use teloxide_core::types::MessageId;
+use teloxide_core::{ApiError, Bot, RequestError};
+use tokio_util::sync::CancellationToken;
+
+use super::{two_way_bots, BotConf, Bots};
+use crate::channel::telegram::{chunks, keyboard, recipient, Button};
+use crate::clock::now_ms;
+use crate::incident::{IncidentState, Resolution, Status};
+use crate::notification::{Content, Notification, ParseMode};
+use crate::store::{IncidentRow, PeerMessage};
+
+/// How often the messages are looked at without a wake-up.
+const PASS_EVERY: Duration = Duration::from_secs(1);
+/// The follow-up lease (one instance of several does it).
+const LEASE: &str = "telegram-follow";
+/// Its length.
+const LEASE_TTL: Duration = Duration::from_secs(15);
+/// Messages looked at in one pass.
+const BATCH: usize = 200;
+
+/// What one live pin did last.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pin {
+    /// The fix time of the position it shows (none: as sent).
+    fix: Option<DateTime<Utc>>,
+    /// When it was last moved, unix ms.
+    moved_at: i64,
+}
+
+/// Follows up until `shutdown`.
+pub async fn run(bots: Bots, shutdown: CancellationToken) {
+    let mut pins: HashMap<i64, Pin> = HashMap::new();
+    let mut clients: HashMap<String, Bot> = HashMap::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = bots.follow_wake.notified() => {}
+            () = tokio::time::sleep(PASS_EVERY) => {}
+        }
+        let confs = two_way_bots(&bots.shared.get().config);
+        if confs.is_empty() {
+            continue;
+        }
+        let ttl = LEASE_TTL.as_millis() as i64;
+        if !matches!(
+            bots.store
+                .try_lease(LEASE, &bots.holder, ttl, now_ms())
+                .await,
+            Ok(true)
+        ) {
+            continue;
+        }
+        if let Err(e) = pass(&bots, &confs, &mut clients, &mut pins).await {
+            tracing::warn!(error = %e, "cannot follow up incident messages");
+        }
+    }
+    let _ = bots.store.release_lease(LEASE, &bots.holder).await;
+}
+
+/// One look at every message still followed.
+async fn pass(
+    bots: &Bots,
+    confs: &std::collections::BTreeMap<String, BotConf>,
+    clients: &mut HashMap<String, Bot>,
+    pins: &mut HashMap<i64, Pin>,
+) -> Result<(), String> {
+    let msgs = bots
+        .store
+        .active_peer_messages(BATCH)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut incidents: HashMap<i64, Option<IncidentRow>> = HashMap::new();
+    for m in msgs {
+        let Some(conf) = confs.values().find(|c| c.channels.contains(&m.channel)) else {
+            continue;
+        };
+        let bot = match clients.get(&conf.id) {
+            Some(b) => b.clone(),
+            None => {
+                let b = conf.client(Duration::ZERO)?;
+                clients.insert(conf.id.clone(), b.clone());
+                b
+            }
+        };
+        let row = match incidents.get(&m.incident_ref) {
+            Some(r) => r.clone(),
+            None => {
+                let r = bots
+                    .store
+                    .incident(m.incident_ref)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                incidents.insert(m.incident_ref, r.clone());
+                r
+            }
+        };
+        let Ok(n) = serde_json::from_str::<Notification>(&m.payload) else {
+            continue;
+        };
+        let f = Followed {
+            bots,
+            conf,
+            bot: &bot,
+            m: &m,
+        };
+        match n.content {
+            Content::TelegramText {
+                text,
+                parse_mode,
+                buttons: Some(token),
+            } => f.edit(row.as_ref(), &text, parse_mode, &token).await,
+            Content::TelegramLocation {
+                live_period: Some(period),
+                ..
+            } => f.live(row.as_ref(), period, pins).await,
+            _ => {}
+        }
+    }
+    pins.retain(|_, p| now_ms() - p.moved_at < 86_400_000);
+    Ok(())
+}
+
+/// One message being followed up.
+struct Followed<'a> {
+    bots: &'a Bots,
+    conf: &'a BotConf,
+    bot: &'a Bot,
+    m: &'a PeerMessage,
+}
+
+/// What an incident's messages should show: its status name, and its state (none: gone or unreadable,
+/// shown as resolved).
+fn wanted(row: Option<&IncidentRow>) -> (&'static str, Option<IncidentState>) {
+    match row.map(|r| (r.status_name(), r.state.clone())) {
+        Some((name, Ok(state))) => (name, Some(state)),
+        _ => ("resolved", None),
+    }
+}
+
+impl Followed<'_> {
+    fn target(&self) -> Option<(teloxide_core::types::Recipient, MessageId)> {
+        let chat = recipient(&self.m.recipient).ok()?;
+        let id = self.m.peer_ref.parse().ok()?;
+        Some((chat, MessageId(id)))
+    }
+
+    /// Records what the message shows now.
+    async fn shown(&self, what: &str) {
+        if let Err(e) = self
+            .bots
+            .store
+            .set_peer_shown(self.m.delivery_id, what)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record a message's follow-up");
+        }
+    }
+
+    /// Edits an incident message to its incident's state, if it changed.
+    async fn edit(&self, row: Option<&IncidentRow>, text: &str, mode: ParseMode, token: &str) {
+        let (want, state) = wanted(row);
+        if want == self.m.shown.as_deref().unwrap_or("open") || want == "open" {
+            return;
+        }
+        let Some((chat, id)) = self.target() else {
+            return self.shown("stopped").await;
+        };
+        let tz = self.bots.shared.get().config.timezone;
+        let line = state
+            .as_ref()
+            .map_or_else(|| "☑️ Resolved.".to_string(), |s| status_line(s, tz));
+        let buttons: &[Button] = if want == "acknowledged" {
+            &[Button::Mute, Button::Where]
+        } else {
+            &[]
+        };
+        let escaped = match mode {
+            ParseMode::Html => crate::render::escape_html(&line),
+            ParseMode::MarkdownV2 => crate::render::escape_markdown_v2(&line),
+            ParseMode::Plain => line.clone(),
+        };
+        let new_text = format!("{text}\n\n{escaped}");
+        let r = if chunks(&new_text, mode).len() == 1 {
+            let mut req = self.bot.edit_message_text(chat, id, new_text);
+            if let Some(m) = crate::channel::telegram::teloxide_mode(mode) {
+                req = req.parse_mode(m);
+            }
+            if !buttons.is_empty() {
+                req = req.reply_markup(keyboard(token, buttons));
+            }
+            req.send().await.map(|_| ())
+        } else {
+            // A message sent in pieces keeps its text; only its buttons change.
+            use teloxide_core::payloads::EditMessageReplyMarkupSetters;
+            let mut req = self.bot.edit_message_reply_markup(chat, id);
+            if !buttons.is_empty() {
+                req = req.reply_markup(keyboard(token, buttons));
+            }
+            req.send().await.map(|_| ())
+        };
+        self.settle("edit", r, want).await;
+    }
+
+    /// Moves or stops a live pin.
+    async fn live(&self, row: Option<&IncidentRow>, period: u32, pins: &mut HashMap<i64, Pin>) {
+        let now = now_ms();
+        let (_, state) = wanted(row);
+        let grace = self.conf.two_way.live_grace.as_millis() as i64;
+        let over = match state.as_ref().map(|s| &s.status) {
+            None | Some(Status::Resolved { .. }) => true,
+            Some(Status::Acknowledged(a)) => a.at_ms + grace <= now,
+            Some(Status::Open) => false,
+        };
+        let Some((chat, id)) = self.target() else {
+            return self.shown("stopped").await;
+        };
+        if self.m.created_at_ms + i64::from(period) * 1000 <= now {
+            // Telegram stopped it already.
+            pins.remove(&self.m.delivery_id);
+            return self.shown("stopped").await;
+        }
+        if over {
+            let r = self.bot.stop_message_live_location(chat, id).send().await;
+            pins.remove(&self.m.delivery_id);
+            return self.settle("stop", r.map(|_| ()), "stopped").await;
+        }
+        let Some(p) = self
+            .bots
+            .whereabouts
+            .get(self.m.device_id)
+            .and_then(|w| w.position)
+        else {
+            return;
+        };
+        let pin = pins.entry(self.m.delivery_id).or_default();
+        let every = self.conf.two_way.live_every.as_millis() as i64;
+        let newer = match (pin.fix, p.fix_time) {
+            (Some(a), Some(b)) => b > a,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        if !newer || now - pin.moved_at < every {
+            return;
+        }
+        let Ok((lat, lon)) = p.map_point() else {
+            return;
+        };
+        let r = self
+            .bot
+            .edit_message_live_location(chat, id, lat, lon)
+            .send()
+            .await;
+        pin.fix = p.fix_time;
+        pin.moved_at = now;
+        match r {
+            Ok(_) => self.bots.metrics.bot_followup("move", "ok"),
+            Err(e) if not_modified(&e) => {}
+            Err(e) if gone(&e) => {
+                self.bots.metrics.bot_followup("move", "failed");
+                self.shown("stopped").await;
+            }
+            Err(e) => {
+                self.bots.metrics.bot_followup("move", "failed");
+                tracing::warn!(error = %redact(self.conf, &e), "cannot move a live location");
+            }
+        }
+    }
+
+    /// Records the outcome of an edit or a stop: done (or nothing to do: not modified, gone) is
+    /// recorded as `shown`; anything else is tried again at the next pass.
+    async fn settle(&self, what: &'static str, r: Result<(), RequestError>, shown: &str) {
+        match r {
+            Ok(()) => {
+                self.bots.metrics.bot_followup(what, "ok");
+                self.shown(shown).await;
+            }
+            Err(e) if not_modified(&e) => self.shown(shown).await,
+            Err(e) if gone(&e) => {
+                self.bots.metrics.bot_followup(what, "failed");
+                tracing::info!(error = %redact(self.conf, &e), "an incident message can no longer be changed; left as it is");
+                self.shown(if what == "edit" { shown } else { "stopped" })
+                    .await;
+            }
+            Err(e) => {
+                self.bots.metrics.bot_followup(what, "failed");
+                tracing::warn!(error = %redact(self.conf, &e), "cannot follow up an incident message; trying again");
+            }
+        }
+    }
+}
+
+/// The line an incident message gets: who acknowledged it and when, or how it was resolved.
+pub fn status_line(s: &IncidentState, tz: chrono_tz::Tz) -> String {
+    let at = |ms: i64| {
+        DateTime::from_timestamp_millis(ms)
+            .map(|t| crate::render::local_time(t, tz, Some("%H:%M")))
+            .unwrap_or_default()
+    };
+    match &s.status {
+        Status::Acknowledged(a) => format!("✅ acknowledged by {} at {}", a.by, at(a.at_ms)),
+        Status::Resolved { how, at_ms, .. } => match how {
+            Resolution::Manual { by, .. } => format!("☑️ resolved by {by} at {}", at(*at_ms)),
+            _ => format!("☑️ resolved at {}", at(*at_ms)),
+        },
+        Status::Open => String::new(),
+    }
+}
+
+/// Telegram's answer to an edit that changes nothing.
+fn not_modified(e: &RequestError) -> bool {
+    matches!(e, RequestError::Api(ApiError::MessageNotModified))
+        || e.to_string().contains("message is not modified")
+}
+
+/// Telegram's answers for a message that cannot be changed any more (deleted, too old, a live
+/// location expired or stopped).
+fn gone(e: &RequestError) -> bool {
+    let s = e.to_string();
+    matches!(
+        e,
+        RequestError::Api(ApiError::MessageToEditNotFound | ApiError::MessageCantBeEdited)
+    ) || s.contains("message to edit not found")
+        || s.contains("message can't be edited")
+        || s.contains("chat not found")
+}
+
+fn redact(conf: &BotConf, e: &RequestError) -> String {
+    e.to_string().replace(conf.token.expose(), "<bot-token>")
+}

@@ -1,0 +1,296 @@
+//! Two-way Telegram (an adapter): the relay reads what people send its bots and acts on it. A press
+//! on an incident message's button acknowledges the incident, mutes the device for an hour or sends
+//! where it is; commands (`/status`, `/where`, `/mute`, `/unmute`, `/ack`, `/help`) do the same by
+//! name; [`follow`] edits the messages of an incident when its state changes and moves its live pins.
+//!
+//! Updates come by `getUpdates` long polling (works behind NAT, no public URL). Telegram lets one
+//! client poll a bot at a time (a second gets 409 Conflict), so with several instances on one
+//! database a lease in the store decides which one polls; when it dies another takes over within the
+//! lease. The last update handled is stored with the lease: an update delivered twice (the poller died
+//! after acting, before recording) is acted on idempotently (an acknowledgement is, a mute makes no
+//! second silence for the same press).
+
+pub mod command;
+pub mod follow;
+mod handle;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use teloxide_core::payloads::GetUpdatesSetters;
+use teloxide_core::requests::{Request, Requester};
+use teloxide_core::types::AllowedUpdate;
+use teloxide_core::{ApiError, Bot, RequestError};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::telegram::{TelegramSettings, TwoWay};
+use crate::clock::now_ms;
+use crate::directory::{Directories, Whereabouts};
+use crate::metrics::Metrics;
+use crate::runtime::Shared;
+use crate::secret::Secret;
+use crate::settings::Config;
+use crate::silence_cache::SilenceCache;
+use crate::store::Store;
+
+/// How often the set of two-way bots is compared with the configuration (a reload adds or removes
+/// one).
+const SUPERVISE_EVERY: Duration = Duration::from_secs(2);
+
+/// The two-way bots of a relay and what they act on.
+#[derive(Clone)]
+pub struct Bots {
+    /// The configuration in force.
+    pub shared: Arc<Shared>,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Where devices were last seen.
+    pub whereabouts: Arc<Whereabouts>,
+    /// The live sources' devices (names of devices not seen since start).
+    pub directories: Arc<Directories>,
+    /// Silences in force (refreshed after a mute).
+    pub silences: Arc<SilenceCache>,
+    /// Instruments.
+    pub metrics: Arc<Metrics>,
+    /// Wakes the incident timer (an acknowledgement owes a notice).
+    pub incidents_wake: Arc<Notify>,
+    /// Wakes the follow-up (edits and live pins) after an acknowledgement.
+    pub follow_wake: Arc<Notify>,
+    /// This instance's name in leases (random per start).
+    pub holder: String,
+}
+
+/// One bot the configuration talks to two-way: every Telegram channel with `two_way` and its token.
+#[derive(Debug, Clone)]
+pub struct BotConf {
+    /// The numeric id (the token's part before `:`): names the bot in logs, leases and offsets.
+    pub id: String,
+    /// Token.
+    pub token: Secret,
+    /// Bot API base URL.
+    pub api_url: reqwest::Url,
+    /// Settings (of the first channel, by name).
+    pub two_way: TwoWay,
+    /// The channels that send through it.
+    pub channels: Vec<String>,
+}
+
+impl BotConf {
+    /// A client for this bot whose requests may wait `wait` (a long poll's) beyond the usual.
+    pub fn client(&self, wait: Duration) -> Result<Bot, String> {
+        let http = reqwest::Client::builder()
+            .timeout(wait + Duration::from_secs(15))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Bot::with_client(self.token.expose(), http).set_api_url(self.api_url.clone()))
+    }
+
+    /// The name of its polling lease.
+    fn lease(&self) -> String {
+        format!("telegram-poll/{}", self.id)
+    }
+}
+
+/// A channel's Telegram settings, if it is a Telegram channel.
+pub fn telegram(cfg: &Config, channel: &str) -> Option<TelegramSettings> {
+    let kind: &dyn std::any::Any = cfg.channels.get(channel)?.kind.as_ref();
+    kind.downcast_ref::<TelegramSettings>().cloned()
+}
+
+/// The two-way bots of a configuration, by id.
+pub fn two_way_bots(cfg: &Config) -> BTreeMap<String, BotConf> {
+    let mut out: BTreeMap<String, BotConf> = BTreeMap::new();
+    for name in cfg.channels.keys() {
+        let Some(s) = telegram(cfg, name) else {
+            continue;
+        };
+        let Some(two_way) = s.two_way else { continue };
+        let id = s
+            .bot_token
+            .expose()
+            .split_once(':')
+            .map(|(id, _)| id.to_string())
+            .unwrap_or_default();
+        out.entry(id.clone())
+            .or_insert_with(|| BotConf {
+                id,
+                token: s.bot_token.clone(),
+                api_url: s.api_url.clone(),
+                two_way,
+                channels: Vec::new(),
+            })
+            .channels
+            .push(name.clone());
+    }
+    out
+}
+
+/// A random name for this instance in leases.
+pub fn new_holder() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        &crate::secret::new_link_token()[..12]
+    )
+}
+
+impl Bots {
+    /// Polls every two-way bot of the configuration in force (bots added or removed by a reload
+    /// included), and runs the follow-up, until `shutdown`; then gives the leases up so that another
+    /// instance takes over at once.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut pollers: BTreeMap<String, (tokio::task::JoinHandle<()>, CancellationToken)> =
+            BTreeMap::new();
+        let follow = tokio::spawn(follow::run(self.clone(), shutdown.clone()));
+        loop {
+            let bots = two_way_bots(&self.shared.get().config);
+            pollers.retain(|id, (task, stop)| {
+                let keep = bots.contains_key(id) && !task.is_finished();
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            for (id, conf) in bots {
+                pollers.entry(id).or_insert_with(|| {
+                    let stop = shutdown.child_token();
+                    let task = tokio::spawn(self.clone().poll(conf, stop.clone()));
+                    (task, stop)
+                });
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(SUPERVISE_EVERY) => {}
+            }
+        }
+        for (_, (task, _)) in pollers {
+            let _ = task.await;
+        }
+        let _ = follow.await;
+    }
+
+    /// The bot's configuration now, if it is still two-way.
+    fn conf(&self, id: &str) -> Option<BotConf> {
+        two_way_bots(&self.shared.get().config).remove(id)
+    }
+
+    /// Polls one bot while this instance holds its lease, until `stop`.
+    async fn poll(self, conf: BotConf, stop: CancellationToken) {
+        let lease = conf.lease();
+        let mut leader = false;
+        let mut pause = Duration::from_secs(1);
+        let mut handler: Option<handle::Handler> = None;
+        while !stop.is_cancelled() {
+            let Some(conf) = self.conf(&conf.id) else {
+                break;
+            };
+            let ttl = conf.two_way.lease.as_millis() as i64;
+            match self
+                .store
+                .try_lease(&lease, &self.holder, ttl, now_ms())
+                .await
+            {
+                Ok(true) => {
+                    if !leader {
+                        tracing::info!(bot = %conf.id, "polling the Telegram bot's updates");
+                        leader = true;
+                    }
+                }
+                Ok(false) => {
+                    if leader {
+                        tracing::info!(bot = %conf.id, "another instance polls the bot now");
+                        leader = false;
+                    }
+                    handler = None;
+                    wait(&stop, (conf.two_way.lease / 3).min(Duration::from_secs(5))).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(bot = %conf.id, error = %e, "cannot take the bot's polling lease");
+                    wait(&stop, Duration::from_secs(2)).await;
+                    continue;
+                }
+            }
+            let h = match handler.take() {
+                Some(h) => h,
+                None => match handle::Handler::new(self.clone(), &conf).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::warn!(bot = %conf.id, error = %e, "cannot reach the Telegram bot");
+                        wait(&stop, pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(60));
+                        continue;
+                    }
+                },
+            };
+            match self.poll_once(&conf, &h, &stop).await {
+                Ok(()) => pause = Duration::from_secs(1),
+                Err(e) => {
+                    tracing::warn!(bot = %conf.id, error = %e, "cannot read the bot's updates");
+                    wait(&stop, pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(60));
+                }
+            }
+            handler = Some(h);
+        }
+        if leader {
+            let _ = self.store.release_lease(&lease, &self.holder).await;
+        }
+    }
+
+    /// One long poll: the updates after the stored offset, each handled, then the offset recorded.
+    async fn poll_once(
+        &self,
+        conf: &BotConf,
+        h: &handle::Handler,
+        stop: &CancellationToken,
+    ) -> Result<(), String> {
+        let offset = self
+            .store
+            .bot_offset(&conf.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = h
+            .poller
+            .get_updates()
+            .offset(offset as i32)
+            .timeout(conf.two_way.poll_timeout.as_secs() as u32)
+            .limit(50)
+            .allowed_updates([AllowedUpdate::Message, AllowedUpdate::CallbackQuery]);
+        let updates = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            r = req.send() => r,
+        };
+        let updates = match updates {
+            Ok(u) => u,
+            Err(RequestError::Api(ApiError::TerminatedByOtherGetUpdates)) => {
+                return Err(
+                    "409 Conflict: another program polls this bot (only one may; give the \
+                            relay its own bot, or stop the other poller)"
+                        .into(),
+                );
+            }
+            Err(e) => return Err(h.redact(&e.to_string())),
+        };
+        for u in updates {
+            let id = i64::from(u.id.0);
+            h.handle(u).await;
+            self.store
+                .set_bot_offset(&conf.id, id + 1)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Sleeps `d`, or less if `stop` comes first.
+async fn wait(stop: &CancellationToken, d: Duration) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(d) => {}
+    }
+}
