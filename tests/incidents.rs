@@ -737,3 +737,151 @@ async fn a_shared_key_is_judged_by_the_opening_rules_policy() {
     sink.assert_stays_at(1, Duration::from_millis(300)).await;
     relay.stop().await;
 }
+
+/// The alarm `id` of device 12 at (`lat`, `lon`), fixed `secs` after the first one's fix.
+fn moved_alarm(id: i64, lat: f64, lon: f64, secs: u32) -> String {
+    let at = format!(
+        "2026-05-15T00:{:02}:{:02}.000+00:00",
+        41 + secs / 60,
+        5 + secs % 60
+    );
+    payload("alarm_vibration.json")
+        .replace("1937310", &id.to_string())
+        .replace("47.262195", &lat.to_string())
+        .replace("11.413561", &lon.to_string())
+        .replace("2026-05-15T00:41:05.000+00:00", &at)
+}
+
+/// The callback data of the button labelled `label` on a message's keyboard.
+fn button(markup: &serde_json::Value, label: &str) -> Option<String> {
+    markup["inline_keyboard"]
+        .as_array()?
+        .iter()
+        .flat_map(|row| row.as_array().cloned().unwrap_or_default())
+        .find(|b| b["text"].as_str().is_some_and(|t| t.contains(label)))
+        .and_then(|b| b["callback_data"].as_str().map(str::to_string))
+}
+
+#[tokio::test]
+async fn the_shipped_theft_alarm_arrives_with_buttons_and_a_live_pin_that_follows_until_acknowledged(
+) {
+    use support::telegram::TgUser;
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let telegram = TelegramStandIn::start(TOKEN, &["4242"]).await;
+    let smtp = SmtpServer::start();
+    let sink = Sink::start().await;
+    let mut vars = example_vars(
+        dir.path(),
+        TOKEN,
+        telegram.base_url(),
+        smtp.port(),
+        sink.url("/ops"),
+    );
+    vars.insert("TRACKRELAY_ADMIN_TOKEN", ADMIN.to_string());
+    let relay = start_on(example_config(&vars), free_port()).await;
+    let auth = [("authorization", "Bearer s3cret")];
+
+    // The alarm: a message with three buttons, and a live pin.
+    relay.post(payload("alarm_vibration.json"), &auth).await;
+    let sent = telegram.wait_for_messages(2, WAIT).await;
+    let (msg, pin) = (&sent[0], &sent[1]);
+    let markup = msg.reply_markup.clone().expect("the alarm has buttons");
+    let ack = button(&markup, "Acknowledge").expect("an Acknowledge button");
+    assert!(button(&markup, "Mute").is_some() && button(&markup, "Where").is_some());
+    assert!(ack.len() <= 64, "{ack}");
+    assert_eq!(pin.method.to_ascii_lowercase(), "sendlocation");
+    let period: i64 = pin.params["live_period"].parse().unwrap();
+    assert_eq!(
+        period, 7200,
+        "live for as long as the incident may stay open (2h)"
+    );
+
+    // The bike moves: five positions (alarms that join the incident), each at least 10 s apart.
+    let route = [
+        (47.2630, 11.4140),
+        (47.2640, 11.4150),
+        (47.2650, 11.4160),
+        (47.2660, 11.4170),
+        (47.2670, 11.4180),
+    ];
+    for (i, (lat, lon)) in route.iter().enumerate() {
+        let n = i as u32 + 1;
+        relay
+            .post(moved_alarm(2000 + i64::from(n), *lat, *lon, n * 15), &auth)
+            .await;
+        clock::advance(11_000);
+        eventually(WAIT, "the pin moves", || {
+            telegram.live_moves(pin.message_id).len() > i
+        })
+        .await;
+    }
+    assert_eq!(telegram.live_moves(pin.message_id), route.to_vec());
+    assert_eq!(telegram.messages().len(), 2, "joining alarms notify nobody");
+
+    // The owner presses Acknowledge.
+    let lena = TgUser::new(4242, "Lena", Some("lena"));
+    telegram.press_button(msg.message_id, &lena, &ack);
+    let answers = telegram.wait_for_callback_answers(1, WAIT).await;
+    assert_eq!(
+        answers[0].text.as_deref(),
+        Some("✅ Acknowledged incident 1."),
+        "{answers:?}"
+    );
+    let (_, one) = relay.admin_get("/api/incidents/1", ADMIN).await;
+    assert_eq!(one["status"], "acknowledged", "{one}");
+    assert_eq!(one["detail"]["by"], "Lena", "{one}");
+    assert_eq!(one["detail"]["via"], "telegram", "{one}");
+
+    // The message says who, and keeps only the buttons that still apply.
+    eventually(WAIT, "the message is edited", || {
+        telegram.message_state(msg.message_id).is_some_and(|m| {
+            m.text
+                .unwrap_or_default()
+                .contains("acknowledged by Lena at")
+        })
+    })
+    .await;
+    let now = telegram.message_state(msg.message_id).unwrap();
+    let keys = now.reply_markup.clone().unwrap_or_default();
+    assert!(button(&keys, "Acknowledge").is_none(), "{keys}");
+    assert!(button(&keys, "Where").is_some(), "{keys}");
+    // The family, notified too, is told who acknowledged.
+    let mails = smtp.wait_for(2, WAIT).await;
+    assert!(
+        mails[1]
+            .text
+            .as_deref()
+            .unwrap_or("")
+            .contains("acknowledged by Lena"),
+        "{:?}",
+        mails[1].text
+    );
+
+    // No more reminders; the pin follows for the grace period, then stops.
+    advance(&relay, 9 * MIN).await;
+    let live = telegram
+        .message_state(pin.message_id)
+        .unwrap()
+        .live
+        .unwrap();
+    assert!(!live.stopped, "still following within the grace period");
+    advance(&relay, 2 * MIN).await;
+    eventually(WAIT, "the pin stops", || {
+        telegram
+            .message_state(pin.message_id)
+            .and_then(|m| m.live)
+            .is_some_and(|l| l.stopped)
+    })
+    .await;
+    let msgs = telegram.messages();
+    assert!(
+        msgs.iter().all(|m| !m
+            .plain_text
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("Reminder")),
+        "acknowledged: no reminders"
+    );
+    relay.stop().await;
+}
