@@ -32,7 +32,7 @@ const LEASE: &str = "telegram-follow";
 /// Its length.
 const LEASE_TTL: Duration = Duration::from_secs(15);
 /// Messages looked at in one pass.
-const BATCH: usize = 200;
+const BATCH: usize = 1000;
 
 /// What one live pin did last.
 #[derive(Debug, Clone, Copy, Default)]
@@ -88,6 +88,11 @@ async fn pass(
     let mut incidents: HashMap<i64, Option<IncidentRow>> = HashMap::new();
     for m in msgs {
         let Some(conf) = confs.values().find(|c| c.channels.contains(&m.channel)) else {
+            // The channel is gone or no longer two-way: nothing follows its messages up any more
+            // (and they no longer take a place in the batch).
+            if let Err(e) = bots.store.set_peer_shown(m.delivery_id, "stopped").await {
+                tracing::warn!(error = %e, "cannot record a message's follow-up");
+            }
             continue;
         };
         let bot = match clients.get(&conf.id) {
@@ -144,12 +149,13 @@ struct Followed<'a> {
     m: &'a PeerMessage,
 }
 
-/// What an incident's messages should show: its status name, and its state (none: gone or unreadable,
-/// shown as resolved).
-fn wanted(row: Option<&IncidentRow>) -> (&'static str, Option<IncidentState>) {
+/// What an incident's messages should show: its status name, and its state (none: the incident is
+/// gone, pruned after it was resolved). `None` for a row this version cannot read: left alone.
+fn wanted(row: Option<&IncidentRow>) -> Option<(&'static str, Option<IncidentState>)> {
     match row.map(|r| (r.status_name(), r.state.clone())) {
-        Some((name, Ok(state))) => (name, Some(state)),
-        _ => ("resolved", None),
+        Some((name, Ok(state))) => Some((name, Some(state))),
+        Some((_, Err(_))) => None,
+        None => Some(("resolved", None)),
     }
 }
 
@@ -174,7 +180,9 @@ impl Followed<'_> {
 
     /// Edits an incident message to its incident's state, if it changed.
     async fn edit(&self, row: Option<&IncidentRow>, text: &str, mode: ParseMode, token: &str) {
-        let (want, state) = wanted(row);
+        let Some((want, state)) = wanted(row) else {
+            return;
+        };
         if want == self.m.shown.as_deref().unwrap_or("open") || want == "open" {
             return;
         }
@@ -220,7 +228,9 @@ impl Followed<'_> {
     /// Moves or stops a live pin.
     async fn live(&self, row: Option<&IncidentRow>, period: u32, pins: &mut HashMap<i64, Pin>) {
         let now = now_ms();
-        let (_, state) = wanted(row);
+        let Some((_, state)) = wanted(row) else {
+            return;
+        };
         let grace = self.conf.two_way.live_grace.as_millis() as i64;
         let over = match state.as_ref().map(|s| &s.status) {
             None | Some(Status::Resolved { .. }) => true,

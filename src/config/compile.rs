@@ -848,6 +848,53 @@ mod tests {
     }
 
     #[test]
+    fn two_way_telegram_and_live_pins_compile_or_fail_with_file_line_and_reason() {
+        let tg = |two_way: &str| {
+            format!(
+                "channels:\n  tg: {{ type: telegram, bot_token: \"1:x\", chat_id: 5, two_way: {two_way} }}\n\
+                 rules:\n  - name: r\n    match: {{ type: alarm }}\n    incident: {{ repeat: 5m }}\n\
+                 \x20   notify: [{{ channel: tg, location: live }}]\n"
+            )
+        };
+        let settings = |c: &Config| {
+            let kind: &dyn std::any::Any = c.channels["tg"].kind.as_ref();
+            kind.downcast_ref::<crate::channel::telegram::TelegramSettings>()
+                .unwrap()
+                .two_way
+        };
+        let on = load(&tg("true")).unwrap();
+        let two_way = settings(&on).expect("two-way on");
+        assert_eq!(two_way.poll_timeout, Duration::from_secs(25));
+        assert_eq!(two_way.lease, Duration::from_secs(30));
+        assert!(on.channels["tg"].kind.buttons());
+        let t = &on.rules.rules()[0].targets[0];
+        assert!(t.location && t.live);
+        assert!(settings(&load(&tg("false")).unwrap()).is_none());
+        let custom = load(&tg("{ poll_timeout: 2s, lease: 8s, live_every: 3s }")).unwrap();
+        assert_eq!(
+            settings(&custom).unwrap().live_every,
+            Duration::from_secs(3)
+        );
+
+        let err = |yaml: &str| load(yaml).unwrap_err().to_string();
+        let e = err(&tg("{ poll_timeout: 20s, lease: 21s }"));
+        assert!(
+            e.contains("t.yaml:2") && e.contains("two_way.lease: 21s is too short"),
+            "{e}"
+        );
+        let e = err(&tg("{ poll_timeout: 60s, lease: 90s }"));
+        assert!(e.contains("two_way.poll_timeout: at most 50s"), "{e}");
+        // A live pin follows an incident's device: a rule without an incident cannot have one.
+        let e = err(&tg("true").replace("    incident: { repeat: 5m }\n", ""));
+        assert!(
+            e.contains("t.yaml:4") && e.contains("notify[0]: location: live follows the device"),
+            "{e}"
+        );
+        let e = err(&tg("true").replace("location: live", "location: alive"));
+        assert!(e.contains("t.yaml"), "{e}");
+    }
+
+    #[test]
     fn incident_sections_compile_or_fail_with_file_line_and_reason() {
         let ok = load(
             "public_url: https://alerts.example.org/\nchannels: { c: { type: log }, d: { type: log } }\n\
