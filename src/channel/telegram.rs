@@ -84,6 +84,9 @@ pub enum RawTwoWay {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTwoWaySettings {
+    /// How updates come: `poll` (`getUpdates` long polling, the default: works behind NAT) or
+    /// `webhook` (Telegram posts them to `<public_url>/telegram/<bot id>`; needs `public_url`).
+    pub updates: Option<String>,
     /// How long one `getUpdates` long poll waits (default 25 s, at most 50 s).
     #[serde(default, with = "humantime_serde")]
     pub poll_timeout: Option<Duration>,
@@ -99,9 +102,20 @@ pub struct RawTwoWaySettings {
     pub live_grace: Option<Duration>,
 }
 
+/// How a two-way bot gets its updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Updates {
+    /// `getUpdates` long polling.
+    Poll,
+    /// Telegram posts them to the relay (`setWebhook`).
+    Webhook,
+}
+
 /// A two-way bot's settings, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TwoWay {
+    /// How updates come.
+    pub updates: Updates,
     /// One long poll's wait.
     pub poll_timeout: Duration,
     /// The poller's lease.
@@ -131,7 +145,18 @@ impl TwoWay {
         if live_every < Duration::from_secs(1) {
             errors.push("two_way.live_every: at least 1s".into());
         }
+        let updates = match raw.updates.as_deref().unwrap_or("poll") {
+            "poll" => Updates::Poll,
+            "webhook" => Updates::Webhook,
+            other => {
+                errors.push(format!(
+                    "two_way.updates: `{other}` is not one of poll, webhook"
+                ));
+                Updates::Poll
+            }
+        };
         TwoWay {
+            updates,
             poll_timeout,
             lease,
             live_every,
