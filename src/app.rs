@@ -95,6 +95,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let path = config.ingest.path.clone();
+    let positions_path = config.ingest.positions_path.clone();
     let rules = config.rules.rules().len();
     let grace = config.delivery.shutdown_grace;
 
@@ -102,12 +103,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracing::warn!("{w}");
     }
     let (services, dispatcher) = wire(config, channels, store.clone()).await?;
-    let app = ingest::router(&path, services.pipeline.clone()).merge(api::router(AdminState {
-        pipeline: services.pipeline.clone(),
-        reloader: services.reloader.clone(),
-        sources: services.statuses.clone(),
-        outbox: Default::default(),
-    }));
+    let app = ingest::router(&path, &positions_path, services.pipeline.clone()).merge(api::router(
+        AdminState {
+            pipeline: services.pipeline.clone(),
+            reloader: services.reloader.clone(),
+            sources: services.statuses.clone(),
+            outbox: Default::default(),
+        },
+    ));
     // `intake` stops intake; `delivery` stops the worker, after intake (see `Running::stop`).
     let (intake, delivery) = (CancellationToken::new(), CancellationToken::new());
     let worker = tokio::spawn(dispatcher.run(delivery.clone()));
@@ -118,7 +121,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .with_graceful_shutdown(async move { sd.cancelled().await })
             .await
     });
-    tracing::info!(%addr, path, rules, "trackrelay listening");
+    tracing::info!(%addr, path, positions_path, rules, "trackrelay listening");
     Ok(Running {
         addr,
         store,

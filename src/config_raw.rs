@@ -35,6 +35,8 @@ impl<T> OneOrMany<T> {
 pub struct RawIngest {
     /// Path of the webhook endpoint (default `/events`).
     pub path: Option<String>,
+    /// Path of the endpoint Traccar's position forwarding posts to (default `/positions`).
+    pub positions_path: Option<String>,
     /// Exact `Authorization` header value required (e.g. `Bearer s3cret`); none = open.
     pub authorization: Option<String>,
     /// Largest accepted body in bytes (default 1 MiB).

@@ -1,6 +1,7 @@
 //! Enrichment data: the devices, groups and geofences a live Traccar source knows of its server
 //! ([`Directory`]), kept per dedup namespace ([`Directories`]) so that the webhook intake can fill in what
-//! a webhook body lacks from the live source of the same namespace.
+//! a webhook body (an event, or a forwarded position without its device) lacks from the live source of
+//! the same namespace; and [`Whereabouts`], where every device was last seen.
 //!
 //! Pure data (no I/O), below the services: the live source fills it, the pipeline reads it, and neither
 //! needs to import the other for it.
@@ -157,6 +158,14 @@ impl Directories {
             dir.read().unwrap_or_else(|e| e.into_inner()).fill(env);
         }
     }
+
+    /// The device `id` as the live source sharing `namespace` knows it, if there is one that does.
+    pub fn device(&self, namespace: &str, id: i64) -> Option<Device> {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let dir = map.get(namespace)?;
+        let dir = dir.read().unwrap_or_else(|e| e.into_inner());
+        dir.devices.get(&id).cloned()
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +180,23 @@ mod tests {
             fix_time: Some(chrono::Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_device_is_found_in_its_own_namespace_only() {
+        let dirs = Directories::default();
+        let dev = Device {
+            id: 7,
+            name: "Lena's bike".into(),
+            ..Default::default()
+        };
+        dirs.register("traccar")
+            .write()
+            .unwrap()
+            .replace(vec![dev], vec![], vec![]);
+        assert_eq!(dirs.device("traccar", 7).unwrap().name, "Lena's bike");
+        assert!(dirs.device("traccar", 8).is_none());
+        assert!(dirs.device("other", 7).is_none());
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub struct Metrics {
     reload_time: Gauge<f64, AtomicU64>,
     reload_ok: Gauge,
     positions: Family<Labels, Counter>,
+    forwarded_positions: Family<Labels, Counter>,
     stale_outcomes: Counter,
     silences_unreadable: Gauge,
     incident_events: Family<Labels, Counter>,
@@ -106,6 +107,7 @@ impl Metrics {
             reload_time: Gauge::default(),
             reload_ok: Gauge::default(),
             positions: Family::default(),
+            forwarded_positions: Family::default(),
             stale_outcomes: Counter::default(),
             silences_unreadable: Gauge::default(),
             incident_events: Family::default(),
@@ -128,12 +130,17 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// The flow: events in, rule matches, notifications out with their latency, the outbox.
+    /// The flow: events (and forwarded positions) in, rule matches, notifications out with their latency, the outbox.
     fn register_flow(&self, registry: &mut Registry) {
         registry.register(
             "events_received",
             "Events received, by source, type and result",
             self.events.clone(),
+        );
+        registry.register(
+            "positions_received",
+            "Positions received from Traccar's position forwarding (ingest.positions_path), by result (accepted, unauthorized, invalid); they update where devices are, nothing else",
+            self.forwarded_positions.clone(),
         );
         registry.register(
             "rule_matches",
@@ -323,6 +330,13 @@ impl Metrics {
             ("result", result.to_string()),
         ];
         self.events.get_or_create(&labels).inc();
+    }
+
+    /// A forwarded position was received; `result` is `accepted`, `unauthorized` or `invalid`.
+    pub fn forwarded_position(&self, result: &'static str) {
+        self.forwarded_positions
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
     }
 
     /// A live-source event that refers to a position got it `via` `socket`, `rest` or `missing`.

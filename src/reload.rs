@@ -78,6 +78,9 @@ impl Reloader {
                 if a.ingest.path != b.ingest.path {
                     needs_restart.push("ingest.path");
                 }
+                if a.ingest.positions_path != b.ingest.positions_path {
+                    needs_restart.push("ingest.positions_path");
+                }
                 if a.storage.data_dir != b.storage.data_dir {
                     needs_restart.push("storage.data_dir");
                 }

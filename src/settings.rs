@@ -20,6 +20,8 @@ use crate::traccar_config::TraccarSource;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8088";
 /// Default webhook path (what Traccar's `event.forward.url` and BikeTrax's `webhookUrl` point at).
 pub const DEFAULT_INGEST_PATH: &str = "/events";
+/// Default path of Traccar's position forwarding (`forward.url`).
+pub const DEFAULT_POSITIONS_PATH: &str = "/positions";
 /// Traccar event bodies are about 2 KiB; 1 MiB leaves room and still bounds memory.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// Events waiting for the store at most before intake answers 503.
@@ -40,6 +42,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Ingest {
     /// Webhook path.
     pub path: String,
+    /// Path of Traccar's position forwarding: positions update the devices' whereabouts only.
+    pub positions_path: String,
     /// Required `Authorization` header value.
     pub authorization: Option<Secret>,
     /// Body limit in bytes.

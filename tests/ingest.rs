@@ -367,3 +367,193 @@ async fn made_up_event_types_do_not_grow_the_metrics() {
         .unwrap();
     assert_eq!(stored, N);
 }
+
+/// Posts `body` to Traccar's position-forwarding path; returns the status and the answer's text.
+async fn post_position(
+    relay: &Relay,
+    body: impl Into<reqwest::Body>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut req = relay.client.post(relay.url("/positions")).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("relay answers");
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// A body of Traccar's position forwarding (`forward.type=json`): device 7 at `lat`, fixed `secs`
+/// seconds after 06:00; `position_device` is `position.deviceId` (`null` = left out), `device` the
+/// device object (`null` = left out).
+fn forwarded(position_device: &str, device: &str, lat: f64, secs: u32) -> String {
+    let device = if device == "null" {
+        String::new()
+    } else {
+        format!(r#","device":{device}"#)
+    };
+    format!(
+        r#"{{"position":{{"id":{secs},"deviceId":{position_device},"protocol":"osmand","valid":true,
+           "fixTime":"2026-05-14T06:00:{secs:02}.000+00:00","latitude":{lat},"longitude":16.37,
+           "speed":0.0,"course":0.0,"attributes":{{"batteryLevel":80}}}}{device}}}"#
+    )
+}
+
+/// Traccar's position forwarding (`forward.url` at `ingest.positions_path`) moves a device's
+/// whereabouts, never back to an older fix; it is authorized, bounded and checked like `/events`, and
+/// neither stores nor notifies anything.
+#[tokio::test]
+async fn forwarded_positions_move_the_whereabouts_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let relay = relay(dir.path(), &sink, "").await;
+    let whereabouts = &relay.running.as_ref().unwrap().pipeline.whereabouts;
+    let lat = |id: i64| {
+        whereabouts
+            .get(id)
+            .and_then(|w| w.position)
+            .map(|p| p.latitude)
+    };
+    let bike =
+        r#"{"id":7,"name":"Lena's bike","uniqueId":"861234","attributes":{"telegramChatId":"42"}}"#;
+
+    let (status, text) =
+        post_position(&relay, forwarded("7", bike, 48.21, 30), &[AUTH, JSON]).await;
+    assert_eq!((status, text.as_str()), (204, ""));
+    let w = whereabouts.get(7).expect("device 7 is known");
+    assert_eq!((w.name.as_str(), lat(7)), ("Lena's bike", Some(48.21)));
+    assert_eq!(w.attributes["telegramChatId"], "42");
+    // An older fix (a late or resent one) does not move it back; a newer one moves it, its device id
+    // taken from `device` when the position has none.
+    let (status, _) = post_position(&relay, forwarded("7", bike, 1.0, 10), &[AUTH, JSON]).await;
+    assert_eq!((status, lat(7)), (204, Some(48.21)));
+    let (status, _) =
+        post_position(&relay, forwarded("null", bike, 48.22, 40), &[AUTH, JSON]).await;
+    assert_eq!((status, lat(7)), (204, Some(48.22)));
+
+    let big = forwarded("9", "null", 47.5, 50).replace(
+        "\"batteryLevel\":80",
+        &format!("\"pad\":\"{}\"", "x".repeat(70_000)),
+    );
+    let cases = [
+        (
+            "no token",
+            forwarded("8", "null", 47.5, 50),
+            vec![JSON],
+            401,
+            "unauthorized",
+            "",
+        ),
+        (
+            "wrong token",
+            forwarded("8", "null", 47.5, 50),
+            vec![("authorization", "Bearer wrong"), JSON],
+            401,
+            "unauthorized",
+            "",
+        ),
+        (
+            "malformed JSON",
+            "{\"position\": {".to_string(),
+            vec![AUTH, JSON],
+            400,
+            "invalid_position",
+            "EOF",
+        ),
+        (
+            "wrong type",
+            forwarded("9", "null", 47.5, 50).replace("\"latitude\":47.5", "\"latitude\":\"north\""),
+            vec![AUTH, JSON],
+            400,
+            "invalid_position",
+            "position.latitude",
+        ),
+        (
+            "only a device",
+            format!(r#"{{"device":{bike}}}"#),
+            vec![AUTH, JSON],
+            400,
+            "invalid_position",
+            "no `position`",
+        ),
+        (
+            "no device at all",
+            forwarded("null", "null", 47.5, 50),
+            vec![AUTH, JSON],
+            400,
+            "invalid_position",
+            "position without a device",
+        ),
+        (
+            "two devices",
+            forwarded("9", bike, 47.5, 50),
+            vec![AUTH, JSON],
+            400,
+            "invalid_position",
+            "different devices",
+        ),
+        (
+            "empty body",
+            String::new(),
+            vec![AUTH, JSON],
+            400,
+            "empty_body",
+            "position",
+        ),
+        (
+            "oversized",
+            big,
+            vec![AUTH, JSON],
+            413,
+            "body_too_large",
+            "65536",
+        ),
+        (
+            "XML",
+            "<position/>".to_string(),
+            vec![AUTH, ("content-type", "application/xml")],
+            415,
+            "unsupported_media_type",
+            "application/xml",
+        ),
+    ];
+    for (what, body, headers, status, code, detail) in cases {
+        let (got, text) = post_position(&relay, body, &headers).await;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"));
+        assert_eq!(
+            (got, json["error"].as_str()),
+            (status, Some(code)),
+            "{what}: {json}"
+        );
+        let msg = json["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(detail),
+            "{what}: message {msg:?} lacks {detail:?}"
+        );
+    }
+    // Nothing of the refused ones was recorded; device 7 stayed where it was.
+    assert!(whereabouts.get(8).is_none() && whereabouts.get(9).is_none());
+    assert_eq!(lat(7), Some(48.22));
+
+    let metrics = relay.metrics().await;
+    for line in [
+        "trackrelay_positions_received_total{result=\"accepted\"} 3",
+        "trackrelay_positions_received_total{result=\"unauthorized\"} 2",
+        "trackrelay_positions_received_total{result=\"invalid\"} 8",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+    }
+    // Positions are not events: nothing received, stored or sent.
+    assert!(
+        !metrics.contains("trackrelay_events_received_total{"),
+        "{metrics}"
+    );
+    sink.assert_stays_at(0, Duration::from_millis(300)).await;
+    relay.stop().await;
+    let db =
+        rusqlite::Connection::open(dir.path().join(trackrelay::store::sqlite::DB_FILE)).unwrap();
+    let events: i64 = db
+        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(events, 0);
+}

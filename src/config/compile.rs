@@ -164,6 +164,10 @@ fn compile_ingest(
             .path
             .clone()
             .unwrap_or_else(|| DEFAULT_INGEST_PATH.into()),
+        positions_path: raw
+            .positions_path
+            .clone()
+            .unwrap_or_else(|| DEFAULT_POSITIONS_PATH.into()),
         authorization: raw
             .authorization
             .clone()
@@ -178,6 +182,22 @@ fn compile_ingest(
             file.find_line("path", None, 1),
             "ingest",
             "path must start with `/`",
+        ));
+    }
+    if !ingest.positions_path.starts_with('/') {
+        errors.push(file.error(
+            file.find_line("positions_path", None, 1),
+            "ingest",
+            "positions_path must start with `/`",
+        ));
+    } else if ingest.positions_path == ingest.path {
+        errors.push(file.error(
+            file.find_line("positions_path", None, 1),
+            "ingest",
+            format!(
+                "positions_path must differ from path (both are `{}`): events and positions are different bodies",
+                ingest.path
+            ),
         ));
     }
     ingest
@@ -1042,6 +1062,30 @@ mod tests {
             "t.yaml:2: timezone: `Mars/Base`",
             "ingest: path must start with `/`",
         ] {
+            assert!(text.contains(want), "{want:?} missing in {text}");
+        }
+    }
+
+    #[test]
+    fn the_positions_path_defaults_and_must_be_its_own() {
+        let cfg = load("{}\n").unwrap();
+        assert_eq!(
+            (cfg.ingest.path.as_str(), cfg.ingest.positions_path.as_str()),
+            ("/events", "/positions")
+        );
+        let cfg = load("ingest: { positions_path: /traccar/positions }\n").unwrap();
+        assert_eq!(cfg.ingest.positions_path, "/traccar/positions");
+        for (yaml, want) in [
+            (
+                "ingest:\n  positions_path: positions\n",
+                "t.yaml:2: ingest: positions_path must start with `/`",
+            ),
+            (
+                "ingest:\n  path: /hook\n  positions_path: /hook\n",
+                "t.yaml:3: ingest: positions_path must differ from path (both are `/hook`)",
+            ),
+        ] {
+            let text = load(yaml).unwrap_err().to_string();
             assert!(text.contains(want), "{want:?} missing in {text}");
         }
     }

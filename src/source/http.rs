@@ -1,6 +1,8 @@
-//! The webhook intake: `POST /events` with a Traccar event-forward or BikeTrax webhook body.
-//! Authenticated by an exact `Authorization` value, bounded in size, answered only after the event is
-//! committed, and never blocked: when the store is saturated the answer is 503 with `Retry-After`.
+//! The webhook intake: `POST /events` with a Traccar event-forward or BikeTrax webhook body, and
+//! `POST /positions` with a body of Traccar's position forwarding. Both are authenticated by an exact
+//! `Authorization` value and bounded in size. An event is answered only after it is committed, and never
+//! blocked: when the store is saturated the answer is 503 with `Retry-After`. A position is not stored:
+//! it only moves the device's whereabouts (what "Where is it?", `/where` and live pins read).
 
 use axum::body::Body;
 use axum::extract::State;
@@ -12,7 +14,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::clock::now_ms;
-use crate::event::Envelope;
+use crate::event::{Device, Envelope, ForwardedPosition, Position};
 use crate::http_error::HttpError;
 use crate::pipeline::Pipeline;
 use crate::plan::Arrival;
@@ -22,10 +24,14 @@ use crate::store::Accepted;
 /// Header values carried through (`X-PowTxn`, `X-Request-Id`) are cut to this length.
 const MAX_TRACE_HEADER: usize = 128;
 
-/// The intake route at `path`. Its settings (authorization, body limit, source name) are read from the
-/// current configuration on every request, so a reload changes them at once.
-pub fn router(path: &str, pipeline: Pipeline) -> Router {
-    Router::new().route(path, post(ingest)).with_state(pipeline)
+/// The intake routes: events at `path`, forwarded positions at `positions_path` (the two must differ).
+/// Their settings (authorization, body limit, source name) are read from the current configuration on
+/// every request, so a reload changes them at once.
+pub fn router(path: &str, positions_path: &str, pipeline: Pipeline) -> Router {
+    Router::new()
+        .route(path, post(ingest))
+        .route(positions_path, post(position))
+        .with_state(pipeline)
 }
 
 /// A header value fit to log and forward: printable ASCII, bounded.
@@ -155,27 +161,107 @@ fn authorized(headers: &HeaderMap, expected: Option<&Secret>) -> Result<(), Http
     }
 }
 
-/// The body as text and as an event: not blank, UTF-8, a Traccar or BikeTrax event.
-fn decode(bytes: &[u8]) -> Result<(&str, Envelope), HttpError> {
+/// The body as text: not blank, UTF-8. `expected` names what it should have been.
+fn text<'a>(bytes: &'a [u8], expected: &str) -> Result<&'a str, HttpError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(HttpError::new(
             StatusCode::BAD_REQUEST,
             "empty_body",
-            "the body is empty; expected a Traccar event as JSON",
+            format!("the body is empty; expected {expected} as JSON"),
         ));
     }
-    let raw = std::str::from_utf8(bytes).map_err(|e| {
+    std::str::from_utf8(bytes).map_err(|e| {
         HttpError::new(
             StatusCode::BAD_REQUEST,
             "invalid_utf8",
             format!("the body is not UTF-8: {e}"),
         )
-    })?;
+    })
+}
+
+/// The body as text and as an event: not blank, UTF-8, a Traccar or BikeTrax event.
+fn decode(bytes: &[u8]) -> Result<(&str, Envelope), HttpError> {
+    let raw = text(bytes, "a Traccar event")?;
     let env = Envelope::from_json(raw.as_bytes()).map_err(|e| {
         tracing::warn!(error = %e, "rejected an undecodable webhook body");
         HttpError::new(StatusCode::BAD_REQUEST, "invalid_event", e.to_string())
     })?;
     Ok((raw, env))
+}
+
+/// `POST /positions`: one position of Traccar's position forwarding (`forward.type=json`). It moves the
+/// device's whereabouts (unless an older fix than the one known) and is answered 204; it is neither
+/// stored nor turned into an event.
+async fn position(
+    State(p): State<Pipeline>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, HttpError> {
+    let (authorization, max_body, source) = {
+        let rt = p.shared.get();
+        let i = &rt.config.ingest;
+        (i.authorization.clone(), i.max_body_bytes, i.source.clone())
+    };
+    let reject = |e: HttpError, result: &'static str| {
+        p.metrics.forwarded_position(result);
+        e
+    };
+    authorized(&headers, authorization.as_ref()).map_err(|e| reject(e, "unauthorized"))?;
+    acceptable_content_type(&headers).map_err(|e| reject(e, "invalid"))?;
+    let bytes = read_body(body, &headers, max_body)
+        .await
+        .map_err(|e| reject(e, "invalid"))?;
+    let (position, device) = decode_position(&bytes).map_err(|e| reject(e, "invalid"))?;
+    // A live Traccar source of the same namespace knows the device when the body lacks it.
+    let device = device.or_else(|| p.directories.device(&source, position.device_id));
+    p.whereabouts.saw(
+        position.device_id,
+        device.as_ref(),
+        Some(&position),
+        now_ms(),
+    );
+    p.metrics.forwarded_position("accepted");
+    tracing::debug!(
+        device_id = position.device_id,
+        position_id = position.id,
+        "forwarded position received"
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A forwarded position and its device: the position is required, and its device id is taken from
+/// `device.id` when the position lacks it (both must agree when both are given).
+fn decode_position(bytes: &[u8]) -> Result<(Position, Option<Device>), HttpError> {
+    let invalid = |message: String| {
+        tracing::warn!(error = %message, "rejected an undecodable forwarded position");
+        HttpError::new(StatusCode::BAD_REQUEST, "invalid_position", message)
+    };
+    let raw = text(bytes, "a Traccar position")?;
+    let body = ForwardedPosition::from_json(raw.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+    let Some(mut position) = body.position else {
+        return Err(invalid(
+            "the body has no `position`; expected Traccar's position forwarding \
+             (`forward.type=json`): {\"position\": {...}, \"device\": {...}}"
+                .into(),
+        ));
+    };
+    let device_id = body.device.as_ref().map_or(0, |d| d.id);
+    match (position.device_id, device_id) {
+        (0, 0) => {
+            return Err(invalid(
+                "position without a device: neither `position.deviceId` nor `device.id` is set"
+                    .into(),
+            ))
+        }
+        (0, d) => position.device_id = d,
+        (p, d) if d != 0 && d != p => {
+            return Err(invalid(format!(
+                "`position.deviceId` ({p}) and `device.id` ({d}) name different devices"
+            )))
+        }
+        _ => {}
+    }
+    Ok((position, body.device))
 }
 
 /// Counts and logs an accepted (or duplicate) event, and the answer to its sender.
@@ -314,7 +400,7 @@ mod tests {
             silences: Default::default(),
             directories: Default::default(),
         };
-        let app = router("/events", pipeline);
+        let app = router("/events", "/positions", pipeline);
         let body = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/payloads/alarm_sos.json"
