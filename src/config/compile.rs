@@ -54,6 +54,7 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
     let traccar = compile_traccar(raw.traccar, &file, &ingest.source, &mut errors);
     let storage = compile_storage(raw.storage, &file, dir, &mut errors);
     let public_url = compile_public_url(raw.public_url.as_deref(), &file, &mut errors);
+    check_webhook_bots(&channels, public_url.is_some(), &file, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -78,6 +79,32 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
         traccar,
         public_url,
     })
+}
+
+/// Telegram posts a webhook bot's updates to `<public_url>/telegram/<bot id>`: such a bot needs one.
+fn check_webhook_bots(
+    channels: &BTreeMap<String, ChannelConfig>,
+    public_url: bool,
+    file: &SourceFile,
+    errors: &mut Vec<ConfigError>,
+) {
+    use crate::channel::telegram::{TelegramSettings, Updates};
+    for (name, c) in channels {
+        let kind: &dyn std::any::Any = c.kind.as_ref();
+        let webhook = kind
+            .downcast_ref::<TelegramSettings>()
+            .and_then(|s| s.two_way)
+            .is_some_and(|t| t.updates == Updates::Webhook);
+        if webhook && !public_url {
+            errors.push(file.error(
+                file.find_line(name, None, 1),
+                &format!("channel '{name}'"),
+                "two_way.updates: webhook needs `public_url` (Telegram posts the updates to \
+                 <public_url>/telegram/<bot id>); or use `updates: poll`"
+                    .to_string(),
+            ));
+        }
+    }
 }
 
 /// `public_url:`: an http(s) address without query or fragment, kept without its trailing slash.
