@@ -96,13 +96,15 @@ fn check_webhook_bots(
             .and_then(|s| s.two_way)
             .is_some_and(|t| t.updates == Updates::Webhook);
         if webhook && !public_url {
-            errors.push(file.error(
-                file.find_line(name, None, 1),
-                &format!("channel '{name}'"),
-                "two_way.updates: webhook needs `public_url` (Telegram posts the updates to \
+            errors.push(
+                file.error(
+                    file.find_line(name, None, 1),
+                    &format!("channel '{name}'"),
+                    "two_way.updates: webhook needs `public_url` (Telegram posts the updates to \
                  <public_url>/telegram/<bot id>); or use `updates: poll`"
-                    .to_string(),
-            ));
+                        .to_string(),
+                ),
+            );
         }
     }
 }
@@ -768,6 +770,14 @@ fn target_recipients(
 /// that can), and whether the pin is live.
 fn target_location(n: &RawNotify, ch: &ChannelConfig, errors: &mut Vec<String>) -> (bool, bool) {
     match (n.location, ch.kind.location()) {
+        (Some(RawLocation::Live(_)), Some(_)) if !ch.kind.buttons() => {
+            errors.push(
+                "location: live needs the channel to be two-way (`two_way: true`): the relay moves \
+                 a live pin only in the chats it follows up"
+                    .into(),
+            );
+            (true, false)
+        }
         (Some(RawLocation::Live(_)), Some(_)) => (true, true),
         (Some(RawLocation::Pin(l)), Some(_)) => (l, false),
         (None, Some(default)) => (default, false),
@@ -916,7 +926,8 @@ mod tests {
         assert!(on.channels["tg"].kind.buttons());
         let t = &on.rules.rules()[0].targets[0];
         assert!(t.location && t.live);
-        assert!(settings(&load(&tg("false")).unwrap()).is_none());
+        let off = load(&tg("false").replace("location: live", "location: true")).unwrap();
+        assert!(settings(&off).is_none());
         let custom = load(&tg("{ poll_timeout: 2s, lease: 8s, live_every: 3s }")).unwrap();
         assert_eq!(
             settings(&custom).unwrap().live_every,
@@ -935,6 +946,11 @@ mod tests {
         let e = err(&tg("true").replace("    incident: { repeat: 5m }\n", ""));
         assert!(
             e.contains("t.yaml:4") && e.contains("notify[0]: location: live follows the device"),
+            "{e}"
+        );
+        let e = err(&tg("false"));
+        assert!(
+            e.contains("t.yaml:4") && e.contains("location: live needs the channel to be two-way"),
             "{e}"
         );
         let e = err(&tg("true").replace("location: live", "location: alive"));

@@ -249,9 +249,14 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
     for rule in cfg.rules.incident_rules() {
         let Some(inc) = &rule.incident else { continue };
         let at = format!("{}: rule '{}'", rule.origin, rule.name);
-        if cfg.public_url.is_none() {
+        let buttons = rule.targets.iter().all(|t| {
+            cfg.channels
+                .get(&t.channel)
+                .is_some_and(|c| c.kind.buttons())
+        });
+        if cfg.public_url.is_none() && !buttons {
             out.push(format!(
-                "{at}: incident messages carry no acknowledgement link: set public_url (the address phones reach the relay at); until then acknowledge with `trackrelay incidents ack ID` or the admin API"
+                "{at}: incident messages carry no acknowledgement link: set public_url (the address phones reach the relay at); until then acknowledge with a two-way Telegram chat's button or /ack, `trackrelay incidents ack ID` or the admin API"
             ));
         }
         for (i, e) in inc.policy.escalate.iter().enumerate() {
