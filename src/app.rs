@@ -103,14 +103,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracing::warn!("{w}");
     }
     let (services, dispatcher) = wire(config, channels, store.clone()).await?;
-    let app = ingest::router(&path, &positions_path, services.pipeline.clone()).merge(api::router(
-        AdminState {
+    let app = ingest::router(&path, &positions_path, services.pipeline.clone())
+        .merge(api::router(AdminState {
             pipeline: services.pipeline.clone(),
             reloader: services.reloader.clone(),
             sources: services.statuses.clone(),
             outbox: Default::default(),
-        },
-    ));
+        }))
+        .merge(crate::bot::webhook::router(services.bots.clone()));
     // `intake` stops intake; `delivery` stops the worker, after intake (see `Running::stop`).
     let (intake, delivery) = (CancellationToken::new(), CancellationToken::new());
     let worker = tokio::spawn(dispatcher.run(delivery.clone()));

@@ -67,6 +67,11 @@ impl Handler {
         })
     }
 
+    /// The client that sends (for requests about the bot itself).
+    pub fn bot_client(&self) -> &Bot {
+        &self.bot
+    }
+
     /// An error text without the bot token (it is part of every request URL).
     pub fn redact(&self, s: &str) -> String {
         redact(&self.conf, s)

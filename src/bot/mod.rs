@@ -13,19 +13,20 @@
 pub mod command;
 pub mod follow;
 mod handle;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use teloxide_core::payloads::GetUpdatesSetters;
+use teloxide_core::payloads::{GetUpdatesSetters, SetWebhookSetters};
 use teloxide_core::requests::{Request, Requester};
 use teloxide_core::types::AllowedUpdate;
 use teloxide_core::{ApiError, Bot, RequestError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::telegram::{TelegramSettings, TwoWay};
+use crate::channel::telegram::{TelegramSettings, TwoWay, Updates};
 use crate::clock::now_ms;
 use crate::directory::{Directories, Whereabouts};
 use crate::metrics::Metrics;
@@ -183,6 +184,8 @@ impl Bots {
         let mut leader = false;
         let mut pause = Duration::from_secs(1);
         let mut handler: Option<handle::Handler> = None;
+        // How the bot gets its updates as this instance last told Telegram (none yet).
+        let mut registered: Option<Updates> = None;
         while !stop.is_cancelled() {
             let Some(conf) = self.conf(&conf.id) else {
                 break;
@@ -205,6 +208,7 @@ impl Bots {
                         leader = false;
                     }
                     handler = None;
+                    registered = None;
                     wait(&stop, (conf.two_way.lease / 3).min(Duration::from_secs(5))).await;
                     continue;
                 }
@@ -226,7 +230,11 @@ impl Bots {
                     }
                 },
             };
-            match self.poll_once(&conf, &h, &stop).await {
+            let done = match conf.two_way.updates {
+                Updates::Poll => self.poll_once(&conf, &h, &stop, &mut registered).await,
+                Updates::Webhook => self.keep_webhook(&conf, &h, &stop, &mut registered).await,
+            };
+            match done {
                 Ok(()) => pause = Duration::from_secs(1),
                 Err(e) => {
                     tracing::warn!(bot = %conf.id, error = %e, "cannot read the bot's updates");
@@ -241,13 +249,52 @@ impl Bots {
         }
     }
 
+    /// In webhook mode, the lease holder tells Telegram where to post (once per term, and whenever the
+    /// address changes), then only keeps the lease: the updates come to [`webhook`]'s route.
+    async fn keep_webhook(
+        &self,
+        conf: &BotConf,
+        h: &handle::Handler,
+        stop: &CancellationToken,
+        registered: &mut Option<Updates>,
+    ) -> Result<(), String> {
+        if *registered != Some(Updates::Webhook) {
+            let Some(base) = self.shared.get().config.public_url.clone() else {
+                return Err("webhook mode needs public_url".into());
+            };
+            let url = webhook::url(&base, conf);
+            let parsed = reqwest::Url::parse(&url).map_err(|e| format!("{url}: {e}"))?;
+            h.bot_client()
+                .set_webhook(parsed)
+                .secret_token(webhook::secret(conf).expose())
+                .allowed_updates([AllowedUpdate::Message, AllowedUpdate::CallbackQuery])
+                .send()
+                .await
+                .map_err(|e| h.redact(&e.to_string()))?;
+            tracing::info!(bot = %conf.id, %url, "Telegram posts the bot's updates to the relay");
+            *registered = Some(Updates::Webhook);
+        }
+        wait(stop, (conf.two_way.lease / 3).min(Duration::from_secs(5))).await;
+        Ok(())
+    }
+
     /// One long poll: the updates after the stored offset, each handled, then the offset recorded.
+    /// The first of a term removes a webhook a previous configuration set (Telegram refuses
+    /// `getUpdates` while one is set).
     async fn poll_once(
         &self,
         conf: &BotConf,
         h: &handle::Handler,
         stop: &CancellationToken,
+        registered: &mut Option<Updates>,
     ) -> Result<(), String> {
+        if *registered != Some(Updates::Poll) {
+            // Best effort: if it fails, getUpdates says why (409) and the next term tries again.
+            if let Err(e) = h.bot_client().delete_webhook().send().await {
+                tracing::warn!(bot = %conf.id, error = %h.redact(&e.to_string()), "cannot remove the bot's webhook");
+            }
+            *registered = Some(Updates::Poll);
+        }
         let offset = self
             .store
             .bot_offset(&conf.id)
