@@ -322,6 +322,20 @@ impl Bots {
             }
             Err(e) => return Err(h.redact(&e.to_string())),
         };
+        if updates.is_empty() {
+            return Ok(());
+        }
+        // The wait may have used most of the lease: renew it before acting, and act only while it is
+        // ours (else the new holder gets the same updates, as they are not confirmed yet).
+        let ttl = conf.two_way.lease.as_millis() as i64;
+        if !matches!(
+            self.store
+                .try_lease(&conf.lease(), &self.holder, ttl, now_ms())
+                .await,
+            Ok(true)
+        ) {
+            return Ok(());
+        }
         for u in updates {
             let id = i64::from(u.id.0);
             h.handle(u).await;
