@@ -1473,3 +1473,234 @@ async fn telegram_live_location_moves_expires_and_stops() {
     )
     .await;
 }
+
+// --- Telegram: webhook delivery ---------------------------------------------
+
+const UNALLOWED_SECRET: &str = "Bad Request: secret token contains unallowed characters";
+
+/// getWebhookInfo's `result`.
+async fn webhook_info(tg: &TelegramStandIn) -> Value {
+    let (status, body) = call(tg, "getWebhookInfo", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    body["result"].clone()
+}
+
+#[tokio::test]
+async fn telegram_webhook_posts_each_update_once_with_the_secret() {
+    let tg = start_telegram().await;
+    let hook = Sink::start().await;
+    let url = hook.url("/tg/hook");
+    let (status, body) = call(
+        &tg,
+        "setWebhook",
+        json!({"url": url, "secret_token": "s3cr3t_-X9"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"ok": true, "result": true, "description": "Webhook was set"})
+    );
+    assert_eq!(tg.webhook(), Some((url.clone(), Some("s3cr3t_-X9".into()))));
+    let a = tg.user_sends(42, &lena(), "/status").unwrap();
+    let b = tg.user_sends(42, &lena(), "hello").unwrap();
+    let got = hook.wait_for(2, WAIT).await;
+    for (request, (id, text)) in got.iter().zip([(a, "/status"), (b, "hello")]) {
+        assert_eq!(
+            (request.method.as_str(), request.path.as_str()),
+            ("POST", "/tg/hook")
+        );
+        assert_eq!(request.header(telegram::SECRET_HEADER), Some("s3cr3t_-X9"));
+        assert_eq!(request.header("content-type"), Some("application/json"));
+        let update = request.json();
+        assert_eq!(update["update_id"], id);
+        assert_eq!(update["message"]["text"], text);
+        assert_eq!(update["message"]["from"]["id"], 42);
+    }
+    assert_eq!(
+        tg.wait_for_webhook_posts(2, WAIT).await,
+        vec![(a, 200), (b, 200)]
+    );
+    // Confirmed by the 2xx answers: delivered exactly once.
+    hook.assert_stays_at(2, Duration::from_millis(500)).await;
+    assert_eq!(tg.webhook_posts().len(), 2);
+    assert!(tg.pending_updates().is_empty());
+    assert_eq!(
+        webhook_info(&tg).await,
+        json!({"url": url, "has_custom_certificate": false, "pending_update_count": 0,
+               "max_connections": 40, "ip_address": "127.0.0.1"})
+    );
+    // A button press travels the same way.
+    let (_, sent) = call(
+        &tg,
+        "sendMessage",
+        json!({"chat_id": 42, "text": "Alarm", "reply_markup": keyboard(&["ack"])}),
+    )
+    .await;
+    let mid = sent["result"]["message_id"].as_i64().unwrap();
+    let query = tg.press_button(mid, &lena(), "ack");
+    let got = hook.wait_for(3, WAIT).await;
+    assert_eq!(got[2].json()["callback_query"]["id"], query);
+    assert_eq!(got[2].json()["callback_query"]["data"], "ack");
+}
+
+#[tokio::test]
+async fn telegram_webhook_retries_a_failed_update_until_it_is_confirmed() {
+    let tg = start_telegram().await;
+    tg.set_webhook_retry_delay(Duration::from_millis(100));
+    let hook = Sink::start().await;
+    hook.set_mode(Mode::Status(500));
+    let (status, _) = call(&tg, "setWebhook", json!({"url": hook.url("/h")})).await;
+    assert_eq!(status, 200);
+    let a = tg.user_sends(42, &lena(), "first").unwrap();
+    assert_eq!(
+        tg.wait_for_webhook_posts(2, WAIT).await[..2],
+        [(a, 500), (a, 500)]
+    );
+    let log = tg.webhook_post_log();
+    let gap = log[1].sent_at - log[0].sent_at;
+    assert!(gap >= Duration::from_millis(90), "retried after {gap:?}");
+    let info = webhook_info(&tg).await;
+    assert_eq!(info["pending_update_count"], 1);
+    assert_eq!(
+        info["last_error_message"],
+        "Wrong response from the webhook: 500 Internal Server Error"
+    );
+    assert!(info["last_error_date"].as_u64().is_some_and(|d| d > 0));
+    // A later update waits behind the failing one.
+    let b = tg.user_sends(42, &lena(), "second").unwrap();
+    hook.set_mode(Mode::Ok);
+    tg.wait_for_updates_confirmed(WAIT).await;
+    let posts = tg.webhook_posts();
+    let n = posts.len();
+    assert_eq!(posts[n - 2..], [(a, 200), (b, 200)], "{posts:?}");
+    assert!(posts[..n - 2].iter().all(|p| *p == (a, 500)), "{posts:?}");
+    assert!(hook
+        .requests()
+        .iter()
+        .all(|r| r.header(telegram::SECRET_HEADER).is_none()));
+    // The last error stays on record after a success (until set anew).
+    let info = webhook_info(&tg).await;
+    assert_eq!(info["pending_update_count"], 0);
+    assert_eq!(
+        info["last_error_message"],
+        "Wrong response from the webhook: 500 Internal Server Error"
+    );
+
+    // The webhook goes away (connection refused) and comes back.
+    hook.shutdown().await;
+    let c = tg.user_sends(42, &lena(), "third").unwrap();
+    assert_eq!(tg.wait_for_webhook_posts(n + 1, WAIT).await[n], (c, 0));
+    assert_eq!(
+        webhook_info(&tg).await["last_error_message"],
+        "Connection refused"
+    );
+    hook.restart().await;
+    tg.wait_for_updates_confirmed(WAIT).await;
+    assert_eq!(tg.webhook_posts().last(), Some(&(c, 200)));
+}
+
+#[tokio::test]
+async fn telegram_get_updates_conflicts_with_a_webhook_until_it_is_deleted() {
+    let tg = start_telegram().await;
+    let hook = Sink::start().await;
+    hook.shutdown().await; // nothing listens: updates stay queued
+    let poll = tokio::spawn({
+        let tg = tg.clone();
+        async move { call(&tg, "getUpdates", json!({"timeout": 10})).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = call(&tg, "setWebhook", json!({"url": hook.url("/h")})).await;
+    assert_eq!(status, 200);
+    let (status, body) = tokio::time::timeout(Duration::from_secs(3), poll)
+        .await
+        .expect("setWebhook ends the waiting long poll")
+        .unwrap();
+    assert_eq!(status, 409);
+    assert_eq!(
+        body["description"],
+        "Conflict: terminated by setWebhook request"
+    );
+    let cant = "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first";
+    assert_rejected(&tg, "getUpdates", json!({}), 409, cant).await;
+    let a = tg.user_sends(42, &lena(), "hi").unwrap();
+    assert_eq!(tg.wait_for_webhook_posts(1, WAIT).await[0], (a, 0));
+
+    let (status, body) = call(&tg, "deleteWebhook", json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"ok": true, "result": true, "description": "Webhook was deleted"})
+    );
+    assert_eq!(tg.webhook(), None);
+    let (_, body) = call(&tg, "deleteWebhook", json!({})).await;
+    assert_eq!(body["description"], "Webhook is already deleted");
+    assert_eq!(
+        webhook_info(&tg).await,
+        json!({"url": "", "has_custom_certificate": false, "pending_update_count": 1})
+    );
+    // No more POSTs once deleted; polling gets the undelivered update.
+    let posts = tg.webhook_posts().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(tg.webhook_posts().len(), posts);
+    let (status, body) = call(&tg, "getUpdates", json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["result"][0]["update_id"], a);
+    // drop_pending_updates clears the queue even without a webhook.
+    call(&tg, "deleteWebhook", json!({"drop_pending_updates": true})).await;
+    assert!(tg.pending_updates().is_empty());
+}
+
+#[tokio::test]
+async fn telegram_set_webhook_checks_url_secret_and_rate() {
+    let tg = start_telegram().await;
+    let hook = Sink::start().await;
+    let url = hook.url("/h");
+    let cases = [
+        (json!({"url": url, "secret_token": "a b"}), UNALLOWED_SECRET),
+        (
+            json!({"url": url, "secret_token": "x".repeat(257)}),
+            "Bad Request: secret token is too long",
+        ),
+        (
+            json!({"url": "not a url"}),
+            "Bad Request: invalid webhook URL specified",
+        ),
+        (
+            json!({"url": "https://example.com/hook"}),
+            "Bad Request: bad webhook: (stand-in) only loopback webhook URLs are served",
+        ),
+    ];
+    for (params, desc) in cases {
+        assert_rejected(&tg, "setWebhook", params, 400, desc).await;
+        assert_eq!(tg.webhook(), None);
+        // setWebhook with a URL is allowed once a second, refused or not.
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+    }
+    let secret = "x".repeat(256);
+    let params = json!({"url": url, "secret_token": secret, "max_connections": 1000});
+    let (status, _) = call(&tg, "setWebhook", params.clone()).await;
+    assert_eq!(status, 200);
+    let (status, body) = call(&tg, "setWebhook", params.clone()).await;
+    assert_eq!(status, 429);
+    assert_eq!(
+        body,
+        json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1",
+               "parameters": {"retry_after": 1}})
+    );
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let mut same = params.clone();
+    same["allowed_updates"] = json!(["callback_query"]);
+    let (_, body) = call(&tg, "setWebhook", same).await;
+    assert_eq!(body["description"], "Webhook is already set");
+    let info = webhook_info(&tg).await;
+    assert_eq!(info["max_connections"], 100);
+    assert_eq!(info["allowed_updates"], json!(["callback_query"]));
+    assert_eq!(tg.user_sends(42, &lena(), "filtered"), None);
+    // The server closes the old webhook before it checks the new one.
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let bad = json!({"url": url, "secret_token": "no!"});
+    assert_rejected(&tg, "setWebhook", bad, 400, UNALLOWED_SECRET).await;
+    assert_eq!(tg.webhook(), None);
+    assert!(hook.requests().is_empty());
+}

@@ -16,7 +16,9 @@
 //!
 //! Two-way use (issue 18) lives in `telegram/two_way.rs`: `getUpdates`
 //! long polling with `offset`/`limit`/`timeout` and 409 for a superseded
-//! poller, injected user messages and button presses, `answerCallbackQuery`,
+//! poller, webhook delivery (`setWebhook`, `deleteWebhook`, `getWebhookInfo`;
+//! `telegram/two_way/webhook.rs`), injected user messages and button presses,
+//! `answerCallbackQuery`,
 //! `editMessageText`/`editMessageReplyMarkup`, live locations
 //! (`live_period`, `editMessageLiveLocation`, `stopMessageLiveLocation`) and
 //! inline-keyboard validation. Facts and sources: docs/reference/telegram-bot-api.md.
@@ -351,6 +353,8 @@ async fn handle(
     let method_segment = path.rsplit('/').next().unwrap_or("").to_owned();
     let outcome = if method_segment.eq_ignore_ascii_case("getupdates") {
         get_updates(&inner, &uri, &headers, &body).await
+    } else if let Some(method) = webhook_method(&method_segment.to_ascii_lowercase()) {
+        call_webhook_method(&inner, &uri, &headers, &body, method)
     } else {
         process(&inner, &uri, &headers, &body, now)
     };
@@ -364,6 +368,7 @@ async fn handle(
                 ok(result)
             }
             Outcome::Ok(result) => ok(result),
+            Outcome::Described(result, description) => ok_described(result, description),
             Outcome::Failed(f) => {
                 st.rejections.push(Rejection {
                     method: method_segment,
@@ -385,6 +390,8 @@ enum Outcome {
     Accepted(Box<SentMessage>, Value),
     /// A successful call that delivers nothing (getMe).
     Ok(Value),
+    /// A success with a `description` (setWebhook / deleteWebhook).
+    Described(Value, &'static str),
     Failed(Scripted),
 }
 
@@ -405,6 +412,17 @@ fn ok(result: Value) -> Response {
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
         json!({"ok": true, "result": result}).to_string(),
+    )
+        .into_response()
+}
+
+/// `{"ok":true,"result":…,"description":…}`, as the server answers
+/// setWebhook and deleteWebhook (`JsonQueryOk` with a description).
+fn ok_described(result: Value, description: &str) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"ok": true, "result": result, "description": description}).to_string(),
     )
         .into_response()
 }
@@ -830,9 +848,15 @@ fn message_json(token: &str, message_id: i64, v: &Validated) -> Value {
 }
 
 mod two_way;
-use two_way::{get_updates, parse_live_period, parse_reply_markup, two_way_method, TwoWay};
+use two_way::{
+    call_webhook_method, get_updates, parse_live_period, parse_reply_markup, two_way_method,
+    webhook_method, TwoWay,
+};
 #[allow(unused_imports)] // not every test binary uses every type
-pub use two_way::{CallbackAnswer, Edit, LiveState, MessageState, TgUser, LIVE_PERIOD_FOREVER};
+pub use two_way::{
+    CallbackAnswer, Edit, LiveState, MessageState, TgUser, WebhookPost, LIVE_PERIOD_FOREVER,
+    SECRET_HEADER,
+};
 
 // ---------------------------------------------------------------------------
 // Entity parsers. They mirror TDLib (td/telegram/MessageEntity.cpp), which is

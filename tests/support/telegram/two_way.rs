@@ -2,6 +2,7 @@
 //! polling, injected user messages and button presses, `answerCallbackQuery`,
 //! message edits, live locations and inline-keyboard validation. Facts and
 //! their sources are in docs/reference/telegram-bot-api.md (§2, §4–§7).
+//! Webhook delivery of the same update queue lives in `two_way/webhook.rs`.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -22,6 +23,24 @@ const NOT_MODIFIED: &str = "message is not modified: specified new message conte
                             are exactly the same as a current content and reply markup of the message";
 /// Types left out when `allowed_updates` is `[]` or never set.
 const NOT_DEFAULT: [&str; 3] = ["chat_member", "message_reaction", "message_reaction_count"];
+/// The update types `allowed_updates` understands, in the server's order.
+const KNOWN_UPDATES: [&str; 8] = [
+    "message",
+    "edited_message",
+    "channel_post",
+    "callback_query",
+    "my_chat_member",
+    "chat_member",
+    "message_reaction",
+    "message_reaction_count",
+];
+const CANT_POLL: &str =
+    "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first";
+const POLL_ENDED_BY_WEBHOOK: &str = "Conflict: terminated by setWebhook request";
+
+mod webhook;
+pub(super) use webhook::{call_webhook_method, webhook_method};
+pub use webhook::{WebhookPost, SECRET_HEADER};
 
 /// A Telegram user who writes to the bot or presses its buttons.
 #[derive(Debug, Clone)]
@@ -128,6 +147,8 @@ pub(super) struct TwoWay {
     next_query_id: u64,
     answers: Vec<CallbackAnswer>,
     edits: Vec<Edit>,
+    /// The webhook, if set, and its delivery records.
+    hook: webhook::Hook,
 }
 
 impl Default for TwoWay {
@@ -149,6 +170,7 @@ impl TwoWay {
             next_query_id: 4_382_000_000_000_000_001,
             answers: Vec::new(),
             edits: Vec::new(),
+            hook: webhook::Hook::default(),
         }
     }
 
@@ -225,20 +247,10 @@ impl TwoWay {
         let Ok(Value::Array(names)) = serde_json::from_str::<Value>(raw) else {
             return;
         };
-        const KNOWN: [&str; 8] = [
-            "message",
-            "edited_message",
-            "channel_post",
-            "callback_query",
-            "my_chat_member",
-            "chat_member",
-            "message_reaction",
-            "message_reaction_count",
-        ];
         let set: HashSet<String> = names
             .iter()
             .filter_map(Value::as_str)
-            .filter(|n| KNOWN.contains(n))
+            .filter(|n| KNOWN_UPDATES.contains(n))
             .map(str::to_owned)
             .collect();
         // `[]` or only unknown names fall back to the default set.
@@ -262,7 +274,8 @@ fn int_param(params: &BTreeMap<String, String>, name: &str, default: i64) -> i64
 
 /// `getUpdates`: answers at once when updates are queued or `timeout` is 0,
 /// otherwise holds the request until one arrives, the timeout passes, or a
-/// newer long poll supersedes it (409, as the real server does).
+/// newer long poll or a setWebhook supersedes it (409, as the real server
+/// does). While a webhook is set it answers 409 at once.
 pub(super) async fn get_updates(
     inner: &Arc<Inner>,
     uri: &Uri,
@@ -271,6 +284,9 @@ pub(super) async fn get_updates(
 ) -> Outcome {
     if let Err(o) = super::bot_method(inner, uri) {
         return o;
+    }
+    if lock(inner).two_way.hook.active() {
+        return Outcome::Failed(fail(409, CANT_POLL));
     }
     let params = match collect_params(uri, headers, body) {
         Ok(p) => p,
@@ -281,7 +297,7 @@ pub(super) async fn get_updates(
     let timeout = int_param(&params, "timeout", 0).clamp(0, 50);
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(u64::try_from(timeout).unwrap_or(0));
-    let generation = {
+    let (generation, hooks) = {
         let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(raw) = params.get("allowed_updates") {
             st.two_way.set_allowed(raw);
@@ -292,7 +308,7 @@ pub(super) async fn get_updates(
             return Outcome::Ok(Value::Array(batch));
         }
         st.two_way.poll_generation += 1;
-        st.two_way.poll_generation
+        (st.two_way.poll_generation, st.two_way.hook.set_count)
     };
     // Wake an older waiting poll so that it answers 409.
     inner.notify.notify_waiters();
@@ -300,6 +316,9 @@ pub(super) async fn get_updates(
         let notified = inner.notify.notified();
         {
             let st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            if st.two_way.hook.set_count != hooks {
+                return Outcome::Failed(fail(409, POLL_ENDED_BY_WEBHOOK));
+            }
             if st.two_way.poll_generation != generation {
                 return Outcome::Failed(fail(
                     409,
@@ -779,7 +798,8 @@ impl TelegramStandIn {
         id
     }
 
-    /// Ids of the updates not yet confirmed by a getUpdates `offset`.
+    /// Ids of the updates not yet confirmed by a getUpdates `offset` (or, with
+    /// a webhook, by a 2xx answer to their POST).
     pub fn pending_updates(&self) -> Vec<i64> {
         self.state()
             .two_way
