@@ -886,3 +886,89 @@ async fn the_shipped_theft_alarm_arrives_with_buttons_and_a_live_pin_that_follow
     );
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn in_webhook_mode_telegram_posts_the_press_and_only_with_the_secret() {
+    use support::telegram::{TgUser, SECRET_HEADER};
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let telegram = TelegramStandIn::start(TOKEN, &["4242"]).await;
+    let port = free_port();
+    let yaml = format!(
+        "storage: {{ data_dir: \"{}\" }}\npublic_url: http://127.0.0.1:{port}\nadmin: {{ token: {ADMIN} }}\n\
+         channels:\n  tg: {{ type: telegram, bot_token: \"{TOKEN}\", chat_id: 4242, api_url: \"{}\",\n\
+         \x20       two_way: {{ updates: webhook }} }}\n\
+         rules:\n  - name: theft\n    match: {{ type: alarm }}\n    incident: {{ repeat: 5m }}\n\
+         \x20   notify: [{{ channel: tg }}]\n",
+        dir.path().display(),
+        telegram.base_url(),
+    );
+    let relay = start_on(config_in(dir.path(), &yaml), port).await;
+
+    // The lease holder registers the relay's address, with a secret.
+    eventually(WAIT, "the webhook is set", || telegram.webhook().is_some()).await;
+    let (url, secret) = telegram.webhook().unwrap();
+    assert_eq!(url, format!("http://127.0.0.1:{port}/telegram/123456"));
+    let secret = secret.expect("a secret token");
+    assert!(
+        !secret.contains("TEST-token") && secret.len() >= 32,
+        "{secret}"
+    );
+
+    relay.post(alarm(1, true), &[]).await;
+    let sent = telegram.wait_for_messages(1, WAIT).await;
+    let ack = button(sent[0].reply_markup.as_ref().unwrap(), "Acknowledge").unwrap();
+
+    // Forged posts: without the secret, with a wrong one, to a bot that is not one: refused, no effect.
+    let press = serde_json::json!({"update_id": 77, "callback_query": {
+        "id": "forged", "from": {"id": 1, "is_bot": false, "first_name": "Mallory"},
+        "chat_instance": "1", "data": ack,
+        "message": {"message_id": sent[0].message_id, "date": 0,
+                    "chat": {"id": 4242, "type": "private", "first_name": "Lena"}}}});
+    let post = |path: &str, secret: Option<&str>, body: String| {
+        let mut req = relay
+            .client
+            .post(format!("http://127.0.0.1:{port}{path}"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(s) = secret {
+            req = req.header(SECRET_HEADER, s);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post("/telegram/123456", None, press.to_string()).await, 401);
+    assert_eq!(
+        post("/telegram/123456", Some("0123abcd"), press.to_string()).await,
+        401
+    );
+    assert_eq!(
+        post("/telegram/999", Some(&secret), press.to_string()).await,
+        404
+    );
+    assert_eq!(
+        post("/telegram/123456", Some(&secret), "{\"update_id\":".into()).await,
+        400
+    );
+    let (_, one) = relay.admin_get("/api/incidents/1", ADMIN).await;
+    assert_eq!(one["status"], "open", "{one}");
+
+    // The owner's press comes through Telegram's post: acknowledged, answered, the message edited.
+    let lena = TgUser::new(4242, "Lena", None);
+    telegram.press_button(sent[0].message_id, &lena, &ack);
+    let answers = telegram.wait_for_callback_answers(1, WAIT).await;
+    assert_eq!(
+        answers[0].text.as_deref(),
+        Some("✅ Acknowledged incident 1.")
+    );
+    let posts = telegram.wait_for_webhook_posts(1, WAIT).await;
+    assert_eq!(posts.iter().map(|(_, s)| *s).collect::<Vec<_>>(), [200]);
+    let (_, one) = relay.admin_get("/api/incidents/1", ADMIN).await;
+    assert_eq!(one["status"], "acknowledged", "{one}");
+    eventually(WAIT, "the message is edited", || {
+        telegram
+            .message_state(sent[0].message_id)
+            .is_some_and(|m| m.text.unwrap_or_default().contains("acknowledged by Lena"))
+    })
+    .await;
+    relay.stop().await;
+}

@@ -566,12 +566,43 @@ fn collect_params(
     } else if content_type.starts_with("application/x-www-form-urlencoded") {
         params.extend(parse_urlencoded(body));
     } else if content_type.starts_with("multipart/") {
-        // Only file uploads need multipart; the relay sends none.
-        return Err(bad_request(
-            "multipart/form-data is not supported by the test stand-in",
-        ));
+        // teloxide sends setWebhook as multipart (its certificate may be a file); the real server
+        // takes every parameter from the parts. Text parts only: the relay uploads no file.
+        let boundary = content_type
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("boundary="))
+            .map(|b| b.trim_matches('"').to_string())
+            .ok_or_else(|| bad_request("multipart boundary missing"))?;
+        params.extend(parse_multipart(body, &boundary)?);
     }
     Ok(params)
+}
+
+/// The text fields of a `multipart/form-data` body (RFC 7578): each part's `name` and its value.
+fn parse_multipart(body: &[u8], boundary: &str) -> Result<Vec<(String, String)>, Scripted> {
+    let text = String::from_utf8_lossy(body);
+    let delimiter = format!("--{boundary}");
+    let mut out = Vec::new();
+    for part in text.split(delimiter.as_str()).skip(1) {
+        if part.starts_with("--") {
+            break;
+        }
+        let part = part.strip_prefix("\r\n").unwrap_or(part);
+        let (head, value) = part
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| bad_request("malformed multipart part"))?;
+        let name = head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("content-disposition"))
+            .and_then(|l| l.split(';').find_map(|p| p.trim().strip_prefix("name=")))
+            .map(|n| n.trim_matches('"').to_string())
+            .ok_or_else(|| bad_request("multipart part without a name"))?;
+        out.push((
+            name,
+            value.strip_suffix("\r\n").unwrap_or(value).to_string(),
+        ));
+    }
+    Ok(out)
 }
 
 /// `application/x-www-form-urlencoded` decoding (also used for query strings).
