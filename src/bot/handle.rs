@@ -98,7 +98,7 @@ impl Handler {
             }
             (Some(chat), None, Some(pick)) => {
                 self.bots.metrics.bot_update("pick");
-                self.pick(pick, chat, &by).await
+                self.pick(pick, chat, &by, &q.id.0).await
             }
             _ => {
                 self.bots.metrics.bot_update("other");
@@ -342,29 +342,33 @@ impl Handler {
         self.bots.metrics.bot_update("command");
         let by = m.from.as_ref().map_or_else(|| "someone".into(), display);
         let chat = m.chat.id;
+        // Names the command in a silence it makes: the same message delivered twice mutes once.
+        let press = format!("message {} in chat {}", m.id.0, chat.0);
+        let who = (by.as_str(), press.as_str());
         let (text, keyboard) = match cmd {
             Command::Help => (HELP.to_string(), None),
             Command::Bad(why) => (why, None),
             Command::Status => (self.status(chat).await, None),
             Command::Ack => (self.ack_latest(chat, &by).await, None),
-            Command::Where(name) => self.by_name(chat, &name, Pick::Where).await,
-            Command::Unmute(name) => self.by_name(chat, &name, Pick::Unmute).await,
+            Command::Where(name) => self.by_name(chat, &name, who, Pick::Where).await,
+            Command::Unmute(name) => self.by_name(chat, &name, who, Pick::Unmute).await,
             Command::Mute(name, d) => {
                 let secs = d.as_secs();
-                self.by_name(chat, &name, |id| Pick::Mute(id, secs)).await
+                self.by_name(chat, &name, who, |id| Pick::Mute(id, secs))
+                    .await
             }
         };
-        let by_id = m.id.0.to_string();
-        let _ = by_id;
         self.reply(chat, &text, keyboard).await;
     }
 
     /// A command naming a device: acts when one device of the chat's matches, offers a list when
-    /// several do, refuses when the only matches are other chats' devices.
+    /// several do, refuses when the only matches are other chats' devices. `who`: the user who sent
+    /// it and a name of the message.
     async fn by_name(
         &self,
         chat: ChatId,
         name: &str,
+        (by, press): (&str, &str),
         pick: impl Fn(i64) -> Pick,
     ) -> (String, Option<InlineKeyboardMarkup>) {
         let (mine, others) = self.devices_named(chat, name);
@@ -381,7 +385,7 @@ impl Handler {
                 )
             }
             [] => (format!("No device of yours is called {name}."), None),
-            [one] => (self.act(pick(one.id), chat, "this chat").await, None),
+            [one] => (self.act(pick(one.id), chat, by, press).await, None),
             many => {
                 let rows = many.iter().take(MAX_PICKS).map(|d| {
                     vec![InlineKeyboardButton::callback(
@@ -397,8 +401,8 @@ impl Handler {
         }
     }
 
-    /// A device picked from a list: the chat's right to it is checked again.
-    async fn pick(&self, pick: Pick, chat: ChatId, by: &str) -> String {
+    /// A device picked from a list (the press `press_id`): the chat's right to it is checked again.
+    async fn pick(&self, pick: Pick, chat: ChatId, by: &str, press_id: &str) -> String {
         let id = match pick {
             Pick::Where(id) | Pick::Unmute(id) | Pick::Mute(id, _) => id,
         };
@@ -410,16 +414,16 @@ impl Handler {
             );
             return "Sorry, this chat does not get that device's alarms.".into();
         }
-        self.act(pick, chat, by).await
+        self.act(pick, chat, by, press_id).await
     }
 
-    async fn act(&self, pick: Pick, chat: ChatId, by: &str) -> String {
+    /// Does what `by` asked for one device; `press` names the message or button press that asked.
+    async fn act(&self, pick: Pick, chat: ChatId, by: &str, press: &str) -> String {
         match pick {
             Pick::Where(id) => self.send_where(chat, &self.known(id)).await,
             Pick::Unmute(id) => self.unmute(&self.known(id)).await,
             Pick::Mute(id, secs) => {
-                let press = format!("chat {} at {}", chat.0, now_ms());
-                self.mute(&self.known(id), None, Duration::from_secs(secs), by, &press)
+                self.mute(&self.known(id), None, Duration::from_secs(secs), by, press)
                     .await
             }
         }

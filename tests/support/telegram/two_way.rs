@@ -149,6 +149,8 @@ pub(super) struct TwoWay {
     edits: Vec<Edit>,
     /// The webhook, if set, and its delivery records.
     hook: webhook::Hook,
+    /// Every update ever queued, by id (see `forget_confirmations`).
+    history: BTreeMap<i64, Value>,
 }
 
 impl Default for TwoWay {
@@ -171,6 +173,7 @@ impl TwoWay {
             answers: Vec::new(),
             edits: Vec::new(),
             hook: webhook::Hook::default(),
+            history: BTreeMap::new(),
         }
     }
 
@@ -217,6 +220,7 @@ impl TwoWay {
         self.next_update_id += 1;
         let mut update = json!({ "update_id": id });
         update[kind] = payload;
+        self.history.insert(id, update.clone());
         self.updates.push_back((id, update));
         Some(id)
     }
@@ -796,6 +800,19 @@ impl TelegramStandIn {
         let id = self.state().two_way.enqueue(kind, payload);
         self.notify();
         id
+    }
+
+    /// Forgets every confirmation: each update ever queued is pending again,
+    /// as if the `offset`s that confirmed them never reached the server (a
+    /// poller that died after acting on them, before its next getUpdates). A
+    /// poll whose `offset` passes them drops them again.
+    pub fn forget_confirmations(&self) {
+        {
+            let mut st = self.state();
+            let all = st.two_way.history.clone();
+            st.two_way.updates = all.into_iter().collect();
+        }
+        self.notify();
     }
 
     /// Ids of the updates not yet confirmed by a getUpdates `offset` (or, with
