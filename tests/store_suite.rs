@@ -137,7 +137,7 @@ suite!(
     button_tokens_find_their_incident_and_chat,
     peer_refs_list_the_messages_still_to_edit,
     at_most_a_hundred_active_messages_unless_asked,
-    bot_offsets_move_forward_only_each_bot_its_own,
+    bot_offsets_are_kept_as_given_each_bot_its_own,
     a_lease_has_one_holder_at_a_time,
     instances_racing_for_a_lease_never_both_get_it,
 );
@@ -2529,14 +2529,15 @@ async fn at_most_a_hundred_active_messages_unless_asked(b: Backend) {
     assert_eq!(store.active_peer_messages(101).await.unwrap().len(), 101);
 }
 
-async fn bot_offsets_move_forward_only_each_bot_its_own(b: Backend) {
+async fn bot_offsets_are_kept_as_given_each_bot_its_own(b: Backend) {
     let (x, y) = (b.open().await, b.open().await);
     assert_eq!(x.bot_offset("alerts").await.unwrap(), 0);
     x.set_bot_offset("alerts", 10).await.unwrap();
     assert_eq!(y.bot_offset("alerts").await.unwrap(), 10);
-    // A slower instance's older offset does not take it back.
+    // After a week without updates Telegram numbers the next one at random, maybe lower: the
+    // offset follows it back (else the same updates would come again and again).
     y.set_bot_offset("alerts", 5).await.unwrap();
-    assert_eq!(x.bot_offset("alerts").await.unwrap(), 10);
+    assert_eq!(x.bot_offset("alerts").await.unwrap(), 5);
     y.set_bot_offset("alerts", 11).await.unwrap();
     assert_eq!(x.bot_offset("alerts").await.unwrap(), 11);
     assert_eq!(x.bot_offset("family").await.unwrap(), 0);

@@ -109,7 +109,14 @@ impl Pick {
         let pick = match action {
             "w" => Pick::Where(device),
             "u" => Pick::Unmute(device),
-            "m" => Pick::Mute(device, it.next()?.parse().ok()?),
+            // Callback data can be forged (a modified client): a mute stays within /mute's bounds.
+            "m" => Pick::Mute(
+                device,
+                it.next()?
+                    .parse()
+                    .ok()
+                    .filter(|s| (1..=MAX_MUTE.as_secs()).contains(s))?,
+            ),
             _ => return None,
         };
         it.next().is_none().then_some(pick)
@@ -177,6 +184,12 @@ mod tests {
         assert_eq!(Pick::parse("p:w:x"), None);
         assert_eq!(Pick::parse("p:m:1"), None);
         assert_eq!(Pick::parse("p:w:1:2"), None);
+        assert_eq!(Pick::parse("p:m:1:0"), None);
+        assert_eq!(
+            Pick::parse(&format!("p:m:1:{}", MAX_MUTE.as_secs() + 1)),
+            None
+        );
+        assert_eq!(Pick::parse("p:m:1:18446744073709551615"), None);
         assert_eq!(Pick::parse("a:abcd"), None);
     }
 

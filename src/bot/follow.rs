@@ -43,10 +43,43 @@ struct Pin {
     moved_at: i64,
 }
 
+/// Failed follow-ups of one message in a row before it is left as it is.
+const MAX_FAILURES: u32 = 8;
+/// A pass stops after this long (well within [`LEASE_TTL`]); the rest waits for the next one.
+const PASS_BUDGET: Duration = Duration::from_secs(8);
+
+/// When to try again: per bot after Telegram's flood control (`retry_after`), per message after it
+/// failed (doubling from 2 s, at most 5 min; left alone after [`MAX_FAILURES`]). Without it a
+/// failing edit would be tried every second forever, and keep the bot's alarms waiting behind
+/// Telegram's flood control.
+#[derive(Debug, Default)]
+struct Pacing {
+    /// Bot id → no request before this, unix ms.
+    bot_until: HashMap<String, i64>,
+    /// Delivery → (failures in a row, next try unix ms).
+    failing: HashMap<i64, (u32, i64)>,
+}
+
+/// What a follow-up did.
+enum Attempt {
+    /// Done, or nothing to do.
+    Done,
+    /// Telegram refused or could not be reached: try again later.
+    Failed(RequestError),
+}
+
+/// The follow-up's state between passes.
+#[derive(Default)]
+struct State {
+    pins: HashMap<i64, Pin>,
+    /// Clients by bot id, token and API URL (a new token or URL after a reload gets a new client).
+    clients: HashMap<String, Bot>,
+    pacing: Pacing,
+}
+
 /// Follows up until `shutdown`.
 pub async fn run(bots: Bots, shutdown: CancellationToken) {
-    let mut pins: HashMap<i64, Pin> = HashMap::new();
-    let mut clients: HashMap<String, Bot> = HashMap::new();
+    let mut state = State::default();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -66,20 +99,38 @@ pub async fn run(bots: Bots, shutdown: CancellationToken) {
         ) {
             continue;
         }
-        if let Err(e) = pass(&bots, &confs, &mut clients, &mut pins).await {
+        if let Err(e) = pass(&bots, &confs, &mut state, &shutdown).await {
             tracing::warn!(error = %e, "cannot follow up incident messages");
         }
     }
     let _ = bots.store.release_lease(LEASE, &bots.holder).await;
 }
 
-/// One look at every message still followed.
+/// A client for `conf`'s bot, made once per token and API URL.
+fn client(clients: &mut HashMap<String, Bot>, conf: &BotConf) -> Result<Bot, String> {
+    let key = format!(
+        "{}\u{1f}{}\u{1f}{}",
+        conf.id,
+        super::webhook::secret(conf).expose(),
+        conf.api_url
+    );
+    if let Some(b) = clients.get(&key) {
+        return Ok(b.clone());
+    }
+    let b = conf.client(Duration::ZERO)?;
+    clients.retain(|k, _| !k.starts_with(&format!("{}\u{1f}", conf.id)));
+    clients.insert(key, b.clone());
+    Ok(b)
+}
+
+/// One look at every message still followed, within [`PASS_BUDGET`].
 async fn pass(
     bots: &Bots,
     confs: &std::collections::BTreeMap<String, BotConf>,
-    clients: &mut HashMap<String, Bot>,
-    pins: &mut HashMap<i64, Pin>,
+    state: &mut State,
+    shutdown: &CancellationToken,
 ) -> Result<(), String> {
+    let started = tokio::time::Instant::now();
     let msgs = bots
         .store
         .active_peer_messages(BATCH)
@@ -87,6 +138,9 @@ async fn pass(
         .map_err(|e| e.to_string())?;
     let mut incidents: HashMap<i64, Option<IncidentRow>> = HashMap::new();
     for m in msgs {
+        if shutdown.is_cancelled() || started.elapsed() > PASS_BUDGET {
+            break;
+        }
         let Some(conf) = confs.values().find(|c| c.channels.contains(&m.channel)) else {
             // The channel is gone or no longer two-way: nothing follows its messages up any more
             // (and they no longer take a place in the batch).
@@ -95,14 +149,21 @@ async fn pass(
             }
             continue;
         };
-        let bot = match clients.get(&conf.id) {
-            Some(b) => b.clone(),
-            None => {
-                let b = conf.client(Duration::ZERO)?;
-                clients.insert(conf.id.clone(), b.clone());
-                b
-            }
-        };
+        let now = now_ms();
+        let waiting = state
+            .pacing
+            .bot_until
+            .get(&conf.id)
+            .is_some_and(|t| *t > now)
+            || state
+                .pacing
+                .failing
+                .get(&m.delivery_id)
+                .is_some_and(|(_, next)| *next > now);
+        if waiting {
+            continue;
+        }
+        let bot = client(&mut state.clients, conf)?;
         let row = match incidents.get(&m.incident_ref) {
             Some(r) => r.clone(),
             None => {
@@ -124,7 +185,7 @@ async fn pass(
             bot: &bot,
             m: &m,
         };
-        match n.content {
+        let attempt = match n.content {
             Content::TelegramText {
                 text,
                 parse_mode,
@@ -133,11 +194,12 @@ async fn pass(
             Content::TelegramLocation {
                 live_period: Some(period),
                 ..
-            } => f.live(row.as_ref(), period, pins).await,
-            _ => {}
-        }
+            } => f.live(row.as_ref(), period, &mut state.pins).await,
+            _ => Attempt::Done,
+        };
+        f.paced(attempt, &mut state.pacing).await;
     }
-    pins.retain(|_, p| now_ms() - p.moved_at < 86_400_000);
+    state.pins.retain(|_, p| now_ms() - p.moved_at < 86_400_000);
     Ok(())
 }
 
@@ -179,15 +241,22 @@ impl Followed<'_> {
     }
 
     /// Edits an incident message to its incident's state, if it changed.
-    async fn edit(&self, row: Option<&IncidentRow>, text: &str, mode: ParseMode, token: &str) {
+    async fn edit(
+        &self,
+        row: Option<&IncidentRow>,
+        text: &str,
+        mode: ParseMode,
+        token: &str,
+    ) -> Attempt {
         let Some((want, state)) = wanted(row) else {
-            return;
+            return Attempt::Done;
         };
         if want == self.m.shown.as_deref().unwrap_or("open") || want == "open" {
-            return;
+            return Attempt::Done;
         }
         let Some((chat, id)) = self.target() else {
-            return self.shown("stopped").await;
+            self.shown("stopped").await;
+            return Attempt::Done;
         };
         let tz = self.bots.shared.get().config.timezone;
         let line = state
@@ -222,14 +291,19 @@ impl Followed<'_> {
             }
             req.send().await.map(|_| ())
         };
-        self.settle("edit", r, want).await;
+        self.settle("edit", r, want).await
     }
 
     /// Moves or stops a live pin.
-    async fn live(&self, row: Option<&IncidentRow>, period: u32, pins: &mut HashMap<i64, Pin>) {
+    async fn live(
+        &self,
+        row: Option<&IncidentRow>,
+        period: u32,
+        pins: &mut HashMap<i64, Pin>,
+    ) -> Attempt {
         let now = now_ms();
         let Some((_, state)) = wanted(row) else {
-            return;
+            return Attempt::Done;
         };
         let grace = self.conf.two_way.live_grace.as_millis() as i64;
         let over = match state.as_ref().map(|s| &s.status) {
@@ -238,12 +312,14 @@ impl Followed<'_> {
             Some(Status::Open) => false,
         };
         let Some((chat, id)) = self.target() else {
-            return self.shown("stopped").await;
+            self.shown("stopped").await;
+            return Attempt::Done;
         };
         if self.m.created_at_ms + i64::from(period) * 1000 <= now {
             // Telegram stopped it already.
             pins.remove(&self.m.delivery_id);
-            return self.shown("stopped").await;
+            self.shown("stopped").await;
+            return Attempt::Done;
         }
         if over {
             let r = self.bot.stop_message_live_location(chat, id).send().await;
@@ -256,7 +332,7 @@ impl Followed<'_> {
             .get(self.m.device_id)
             .and_then(|w| w.position)
         else {
-            return;
+            return Attempt::Done;
         };
         let pin = pins.entry(self.m.delivery_id).or_default();
         let every = self.conf.two_way.live_every.as_millis() as i64;
@@ -266,35 +342,47 @@ impl Followed<'_> {
             (Some(_), None) => false,
         };
         if !newer || now - pin.moved_at < every {
-            return;
+            return Attempt::Done;
         }
         let Ok((lat, lon)) = p.map_point() else {
-            return;
+            return Attempt::Done;
         };
         let r = self
             .bot
             .edit_message_live_location(chat, id, lat, lon)
             .send()
             .await;
-        pin.fix = p.fix_time;
         pin.moved_at = now;
         match r {
-            Ok(_) => self.bots.metrics.bot_followup("move", "ok"),
-            Err(e) if not_modified(&e) => {}
+            Ok(_) => {
+                pin.fix = p.fix_time;
+                self.bots.metrics.bot_followup("move", "ok");
+                Attempt::Done
+            }
+            Err(e) if not_modified(&e) => {
+                pin.fix = p.fix_time;
+                Attempt::Done
+            }
             Err(e) if gone(&e) => {
                 self.bots.metrics.bot_followup("move", "failed");
                 self.shown("stopped").await;
+                Attempt::Done
             }
             Err(e) => {
                 self.bots.metrics.bot_followup("move", "failed");
-                tracing::warn!(error = %redact(self.conf, &e), "cannot move a live location");
+                Attempt::Failed(e)
             }
         }
     }
 
     /// Records the outcome of an edit or a stop: done (or nothing to do: not modified, gone) is
     /// recorded as `shown`; anything else is tried again at the next pass.
-    async fn settle(&self, what: &'static str, r: Result<(), RequestError>, shown: &str) {
+    async fn settle(
+        &self,
+        what: &'static str,
+        r: Result<(), RequestError>,
+        shown: &str,
+    ) -> Attempt {
         match r {
             Ok(()) => {
                 self.bots.metrics.bot_followup(what, "ok");
@@ -309,9 +397,41 @@ impl Followed<'_> {
             }
             Err(e) => {
                 self.bots.metrics.bot_followup(what, "failed");
-                tracing::warn!(error = %redact(self.conf, &e), "cannot follow up an incident message; trying again");
+                return Attempt::Failed(e);
             }
         }
+        Attempt::Done
+    }
+
+    /// Paces what comes after `attempt`: Telegram's flood control holds the bot back for as long as
+    /// it asks; another failure holds the message back, doubling, and after [`MAX_FAILURES`] the
+    /// message is left as it is.
+    async fn paced(&self, attempt: Attempt, pacing: &mut Pacing) {
+        let id = self.m.delivery_id;
+        let e = match attempt {
+            Attempt::Done => {
+                pacing.failing.remove(&id);
+                return;
+            }
+            Attempt::Failed(e) => e,
+        };
+        let now = now_ms();
+        if let RequestError::RetryAfter(secs) = &e {
+            let until = now + secs.duration().as_millis() as i64;
+            pacing.bot_until.insert(self.conf.id.clone(), until);
+            tracing::warn!(bot = %self.conf.id, retry_after_s = secs.seconds(), "Telegram's flood control: follow-ups wait");
+            return;
+        }
+        let failures = pacing.failing.get(&id).map_or(0, |(n, _)| *n) + 1;
+        if failures >= MAX_FAILURES {
+            pacing.failing.remove(&id);
+            tracing::warn!(error = %redact(self.conf, &e), delivery = id, "cannot follow up an incident message; left as it is");
+            self.shown("stopped").await;
+            return;
+        }
+        let wait = (2_000_i64 << (failures - 1)).min(300_000);
+        pacing.failing.insert(id, (failures, now + wait));
+        tracing::warn!(error = %redact(self.conf, &e), delivery = id, failures, "cannot follow up an incident message; trying again");
     }
 }
 
@@ -344,10 +464,19 @@ fn gone(e: &RequestError) -> bool {
     let s = e.to_string();
     matches!(
         e,
-        RequestError::Api(ApiError::MessageToEditNotFound | ApiError::MessageCantBeEdited)
+        RequestError::Api(
+            ApiError::MessageToEditNotFound
+                | ApiError::MessageCantBeEdited
+                | ApiError::BotBlocked
+                | ApiError::BotKicked
+                | ApiError::BotKickedFromSupergroup
+                | ApiError::ChatNotFound
+        ) | RequestError::MigrateToChatId(_)
     ) || s.contains("message to edit not found")
         || s.contains("message can't be edited")
         || s.contains("chat not found")
+        || s.starts_with("Forbidden")
+        || s.contains("group chat was upgraded")
 }
 
 fn redact(conf: &BotConf, e: &RequestError) -> String {

@@ -540,7 +540,9 @@ pub trait Store: Send + Sync {
         Err(no_incidents())
     }
 
-    /// Records that a bot handled every update before `offset` (never moves it back).
+    /// Records the next update id a bot should ask for, as given: it may go back, since Telegram
+    /// numbers the first update after a week without any at random (only the poller's lease holder
+    /// writes it).
     async fn set_bot_offset(&self, bot: &str, offset: i64) -> Result<(), StoreError> {
         let _ = (bot, offset);
         Err(no_incidents())

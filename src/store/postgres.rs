@@ -1351,7 +1351,7 @@ impl Store for PgStore {
         self.execute(
             "INSERT INTO bot_state (bot, next_offset) VALUES ($1, $2)
              ON CONFLICT (bot) DO UPDATE
-             SET next_offset = GREATEST(bot_state.next_offset, EXCLUDED.next_offset)",
+             SET next_offset = EXCLUDED.next_offset",
             &[&bot, &offset],
         )
         .await

@@ -81,7 +81,7 @@ pub(super) fn bot_offset(c: &Connection, bot: &str) -> Result<i64, StoreError> {
 pub(super) fn set_bot_offset(c: &Connection, bot: &str, offset: i64) -> Result<(), StoreError> {
     c.prepare_cached(
         "INSERT INTO bot_state (bot, next_offset) VALUES (?1, ?2)
-         ON CONFLICT (bot) DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
+         ON CONFLICT (bot) DO UPDATE SET next_offset = excluded.next_offset",
     )
     .and_then(|mut s| s.execute(params![bot, offset]))
     .map_err(db)?;
