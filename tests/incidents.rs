@@ -952,6 +952,29 @@ async fn in_webhook_mode_telegram_posts_the_press_and_only_with_the_secret() {
     let (_, one) = relay.admin_get("/api/incidents/1", ADMIN).await;
     assert_eq!(one["status"], "open", "{one}");
 
+    // An update posted twice (Telegram got no 2xx the first time) is acted on once.
+    let help = serde_json::json!({"update_id": 500, "message": {"message_id": 900, "date": 0,
+        "from": {"id": 4242, "is_bot": false, "first_name": "Lena"},
+        "chat": {"id": 4242, "type": "private", "first_name": "Lena"}, "text": "/help"}});
+    for _ in 0..2 {
+        assert_eq!(
+            post("/telegram/123456", Some(&secret), help.to_string()).await,
+            200
+        );
+    }
+    let helps = || {
+        telegram
+            .messages()
+            .iter()
+            .filter(|m| m.text.as_deref().unwrap_or("").contains("/status"))
+            .count()
+    };
+    eventually(WAIT, "the help is sent", || helps() == 1).await;
+    telegram
+        .assert_stays_at(2, Duration::from_millis(300))
+        .await;
+    assert_eq!(helps(), 1);
+
     // The owner's press comes through Telegram's post: acknowledged, answered, the message edited.
     let lena = TgUser::new(4242, "Lena", None);
     telegram.press_button(sent[0].message_id, &lena, &ack);

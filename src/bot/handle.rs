@@ -67,6 +67,11 @@ impl Handler {
         })
     }
 
+    /// The bot and settings it was made for.
+    pub fn conf(&self) -> &BotConf {
+        &self.conf
+    }
+
     /// The client that sends (for requests about the bot itself).
     pub fn bot_client(&self) -> &Bot {
         &self.bot

@@ -79,6 +79,15 @@ pub struct BotConf {
 }
 
 impl BotConf {
+    /// Whether `other` is the same bot with the same settings and channels.
+    pub fn same(&self, other: &BotConf) -> bool {
+        self.id == other.id
+            && self.token.expose() == other.token.expose()
+            && self.api_url == other.api_url
+            && self.two_way == other.two_way
+            && self.channels == other.channels
+    }
+
     /// A client for this bot whose requests may wait `wait` (a long poll's) beyond the usual.
     pub fn client(&self, wait: Duration) -> Result<Bot, String> {
         let http = reqwest::Client::builder()
@@ -185,7 +194,7 @@ impl Bots {
         let mut pause = Duration::from_secs(1);
         let mut handler: Option<handle::Handler> = None;
         // How the bot gets its updates as this instance last told Telegram (none yet).
-        let mut registered: Option<Updates> = None;
+        let mut registered: Option<String> = None;
         while !stop.is_cancelled() {
             let Some(conf) = self.conf(&conf.id) else {
                 break;
@@ -218,7 +227,8 @@ impl Bots {
                     continue;
                 }
             }
-            let h = match handler.take() {
+            // A reload that changed the bot (its token, API URL, settings or channels): new clients.
+            let h = match handler.take().filter(|h| h.conf().same(&conf)) {
                 Some(h) => h,
                 None => match handle::Handler::new(self.clone(), &conf).await {
                     Ok(h) => h,
@@ -235,14 +245,18 @@ impl Bots {
                 Updates::Webhook => self.keep_webhook(&conf, &h, &stop, &mut registered).await,
             };
             match done {
-                Ok(()) => pause = Duration::from_secs(1),
+                Ok(()) => {
+                    pause = Duration::from_secs(1);
+                    handler = Some(h);
+                }
                 Err(e) => {
+                    // Made again next time (a revoked token, a moved API server).
                     tracing::warn!(bot = %conf.id, error = %e, "cannot read the bot's updates");
                     wait(&stop, pause).await;
                     pause = (pause * 2).min(Duration::from_secs(60));
+                    registered = None;
                 }
             }
-            handler = Some(h);
         }
         if leader {
             let _ = self.store.release_lease(&lease, &self.holder).await;
@@ -256,13 +270,15 @@ impl Bots {
         conf: &BotConf,
         h: &handle::Handler,
         stop: &CancellationToken,
-        registered: &mut Option<Updates>,
+        registered: &mut Option<String>,
     ) -> Result<(), String> {
-        if *registered != Some(Updates::Webhook) {
-            let Some(base) = self.shared.get().config.public_url.clone() else {
-                return Err("webhook mode needs public_url".into());
-            };
-            let url = webhook::url(&base, conf);
+        let Some(base) = self.shared.get().config.public_url.clone() else {
+            return Err("webhook mode needs public_url".into());
+        };
+        let url = webhook::url(&base, conf);
+        // Registered again when the address or the secret (the token) changes.
+        let wanted = format!("webhook {url} {}", webhook::secret(conf).expose());
+        if registered.as_deref() != Some(wanted.as_str()) {
             let parsed = reqwest::Url::parse(&url).map_err(|e| format!("{url}: {e}"))?;
             h.bot_client()
                 .set_webhook(parsed)
@@ -272,7 +288,7 @@ impl Bots {
                 .await
                 .map_err(|e| h.redact(&e.to_string()))?;
             tracing::info!(bot = %conf.id, %url, "Telegram posts the bot's updates to the relay");
-            *registered = Some(Updates::Webhook);
+            *registered = Some(wanted);
         }
         wait(stop, (conf.two_way.lease / 3).min(Duration::from_secs(5))).await;
         Ok(())
@@ -286,14 +302,14 @@ impl Bots {
         conf: &BotConf,
         h: &handle::Handler,
         stop: &CancellationToken,
-        registered: &mut Option<Updates>,
+        registered: &mut Option<String>,
     ) -> Result<(), String> {
-        if *registered != Some(Updates::Poll) {
+        if registered.as_deref() != Some("poll") {
             // Best effort: if it fails, getUpdates says why (409) and the next term tries again.
             if let Err(e) = h.bot_client().delete_webhook().send().await {
                 tracing::warn!(bot = %conf.id, error = %h.redact(&e.to_string()), "cannot remove the bot's webhook");
             }
-            *registered = Some(Updates::Poll);
+            *registered = Some("poll".into());
         }
         let offset = self
             .store
@@ -325,18 +341,18 @@ impl Bots {
         if updates.is_empty() {
             return Ok(());
         }
-        // The wait may have used most of the lease: renew it before acting, and act only while it is
-        // ours (else the new holder gets the same updates, as they are not confirmed yet).
+        // The wait may have used most of the lease, and acting on an update takes time: renew it before
+        // each one, and act only while it is ours (else the new holder gets the rest, as they are not
+        // confirmed yet).
         let ttl = conf.two_way.lease.as_millis() as i64;
-        if !matches!(
-            self.store
-                .try_lease(&conf.lease(), &self.holder, ttl, now_ms())
-                .await,
-            Ok(true)
-        ) {
-            return Ok(());
-        }
         for u in updates {
+            let ours = self
+                .store
+                .try_lease(&conf.lease(), &self.holder, ttl, now_ms())
+                .await;
+            if !matches!(ours, Ok(true)) {
+                return Ok(());
+            }
             let id = i64::from(u.id.0);
             h.handle(u).await;
             self.store

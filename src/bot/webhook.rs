@@ -50,7 +50,13 @@ pub fn url(public_url: &str, conf: &BotConf) -> String {
 struct Hook {
     bots: Bots,
     handlers: Arc<Mutex<HashMap<String, Arc<Handler>>>>,
+    /// The update ids handled lately, per bot: Telegram posts an update again when it got no 2xx
+    /// (a timeout, this instance stopping after acting): it is answered, not acted on twice.
+    seen: Arc<std::sync::Mutex<HashMap<String, std::collections::VecDeque<u32>>>>,
 }
+
+/// Update ids remembered per bot.
+const SEEN: usize = 1024;
 
 /// The route Telegram posts to.
 pub fn router(bots: Bots) -> Router {
@@ -60,6 +66,7 @@ pub fn router(bots: Bots) -> Router {
         .with_state(Hook {
             bots,
             handlers: Arc::default(),
+            seen: Arc::default(),
         })
 }
 
@@ -109,21 +116,39 @@ async fn update(
             .into_response();
         }
     };
+    let id = u.id.0;
+    if hook.seen(&conf.id, id) {
+        return StatusCode::OK.into_response();
+    }
     handler.handle(u).await;
+    hook.remember(&conf.id, id);
     StatusCode::OK.into_response()
 }
 
 impl Hook {
+    fn seen(&self, bot: &str, id: u32) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(bot).is_some_and(|ids| ids.contains(&id))
+    }
+
+    fn remember(&self, bot: &str, id: u32) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let ids = seen.entry(bot.to_string()).or_default();
+        ids.push_back(id);
+        if ids.len() > SEEN {
+            ids.pop_front();
+        }
+    }
+
     /// The bot's handler, made on first use.
     async fn handler(&self, conf: &BotConf) -> Result<Arc<Handler>, String> {
-        // Keyed by the token's secret: a new token (the old one revoked) gets a new handler.
-        let key = secret(conf).expose().to_string();
+        // A reload that changed the bot (token, API URL, settings, channels) gets a new handler.
         let mut map = self.handlers.lock().await;
-        if let Some(h) = map.get(&key) {
+        if let Some(h) = map.get(&conf.id).filter(|h| h.conf().same(conf)) {
             return Ok(h.clone());
         }
         let h = Arc::new(Handler::new(self.bots.clone(), conf).await?);
-        map.insert(key, h.clone());
+        map.insert(conf.id.clone(), h.clone());
         Ok(h)
     }
 }
