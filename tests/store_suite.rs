@@ -138,6 +138,7 @@ suite!(
     peer_refs_list_the_messages_still_to_edit,
     at_most_a_hundred_active_messages_unless_asked,
     bot_offsets_are_kept_as_given_each_bot_its_own,
+    an_incidents_latest_event_names_its_device,
     a_lease_has_one_holder_at_a_time,
     instances_racing_for_a_lease_never_both_get_it,
 );
@@ -2527,6 +2528,16 @@ async fn at_most_a_hundred_active_messages_unless_asked(b: Backend) {
     let first = store.active_peer_messages(0).await.unwrap();
     assert_eq!(delivery_ids(&first), ids[..100]);
     assert_eq!(store.active_peer_messages(101).await.unwrap().len(), 101);
+}
+
+async fn an_incidents_latest_event_names_its_device(b: Backend) {
+    let store = b.open().await;
+    let mut e = alarm(1, T0, KEY, Trigger::Match, vec![to("o-lena", "lena")]);
+    e.device_id = 77;
+    let id = opens(&*store, e).await;
+    let row = store.incident(id).await.unwrap().unwrap();
+    assert_eq!(store.event_device(row.event_ref).await.unwrap(), Some(77));
+    assert_eq!(store.event_device(row.event_ref + 1000).await.unwrap(), None);
 }
 
 async fn bot_offsets_are_kept_as_given_each_bot_its_own(b: Backend) {

@@ -208,11 +208,11 @@ impl Handler {
         }
     }
 
-    /// The device of an incident: that of the events its messages were about.
+    /// The device of an incident: that of its latest event.
     async fn incident_device(&self, id: i64) -> Option<Known> {
-        let msgs = self.bots.store.peer_messages(id).await.ok()?;
-        let device_id = msgs.iter().map(|m| m.device_id).find(|d| *d != 0)?;
-        Some(self.known(device_id))
+        let row = self.bots.store.incident(id).await.ok()??;
+        let device_id = self.bots.store.event_device(row.event_ref).await.ok()??;
+        (device_id != 0).then(|| self.known(device_id))
     }
 
     /// A device by id with the best name known.

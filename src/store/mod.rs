@@ -534,6 +534,12 @@ pub trait Store: Send + Sync {
         Err(no_incidents())
     }
 
+    /// The device of a stored event (by its row id, e.g. an incident's latest event).
+    async fn event_device(&self, event_ref: i64) -> Result<Option<i64>, StoreError> {
+        let _ = event_ref;
+        Err(no_incidents())
+    }
+
     /// The next update id a bot should ask for (one past the last it handled; 0 when none yet).
     async fn bot_offset(&self, bot: &str) -> Result<i64, StoreError> {
         let _ = bot;

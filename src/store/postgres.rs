@@ -1340,6 +1340,13 @@ impl Store for PgStore {
         .map(|_| ())
     }
 
+    async fn event_device(&self, event_ref: i64) -> Result<Option<i64>, StoreError> {
+        let rows = self
+            .query("SELECT device_id FROM events WHERE id = $1", &[&event_ref])
+            .await?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
     async fn bot_offset(&self, bot: &str) -> Result<i64, StoreError> {
         let rows = self
             .query("SELECT next_offset FROM bot_state WHERE bot = $1", &[&bot])

@@ -1185,6 +1185,10 @@ impl Store for SqliteStore {
         self.read(move |c| chat::bot_offset(c, &bot)).await
     }
 
+    async fn event_device(&self, event_ref: i64) -> Result<Option<i64>, StoreError> {
+        self.read(move |c| chat::event_device(c, event_ref)).await
+    }
+
     async fn set_bot_offset(&self, bot: &str, offset: i64) -> Result<(), StoreError> {
         let bot = bot.to_string();
         self.call(true, move |c| chat::set_bot_offset(c, &bot, offset))

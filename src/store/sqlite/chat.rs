@@ -77,7 +77,14 @@ pub(super) fn bot_offset(c: &Connection, bot: &str) -> Result<i64, StoreError> {
         .map_err(db)
 }
 
-/// Moves a bot's next update id forward (never back).
+/// The device of a stored event (by row id).
+pub(super) fn event_device(c: &Connection, event_ref: i64) -> Result<Option<i64>, StoreError> {
+    c.prepare_cached("SELECT device_id FROM events WHERE id = ?1")
+        .and_then(|mut s| s.query_row(params![event_ref], |r| r.get(0)).optional())
+        .map_err(db)
+}
+
+/// Records a bot's next update id, as given.
 pub(super) fn set_bot_offset(c: &Connection, bot: &str, offset: i64) -> Result<(), StoreError> {
     c.prepare_cached(
         "INSERT INTO bot_state (bot, next_offset) VALUES (?1, ?2)
