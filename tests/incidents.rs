@@ -833,6 +833,11 @@ async fn the_shipped_theft_alarm_arrives_with_buttons_and_a_live_pin_that_follow
     assert_eq!(one["status"], "acknowledged", "{one}");
     assert_eq!(one["detail"]["by"], "Lena", "{one}");
     assert_eq!(one["detail"]["via"], "telegram", "{one}");
+    let metrics = relay.metrics().await;
+    assert!(
+        metrics.contains("trackrelay_incident_ack_seconds_count 1"),
+        "{metrics}"
+    );
 
     // The message says who, and keeps only the buttons that still apply.
     eventually(WAIT, "the message is edited", || {

@@ -2537,7 +2537,10 @@ async fn an_incidents_latest_event_names_its_device(b: Backend) {
     let id = opens(&*store, e).await;
     let row = store.incident(id).await.unwrap().unwrap();
     assert_eq!(store.event_device(row.event_ref).await.unwrap(), Some(77));
-    assert_eq!(store.event_device(row.event_ref + 1000).await.unwrap(), None);
+    assert_eq!(
+        store.event_device(row.event_ref + 1000).await.unwrap(),
+        None
+    );
 }
 
 async fn bot_offsets_are_kept_as_given_each_bot_its_own(b: Backend) {

@@ -88,6 +88,13 @@ impl Handler {
         match u.kind {
             UpdateKind::CallbackQuery(q) => self.on_callback(q).await,
             UpdateKind::Message(m) => self.on_message(m).await,
+            UpdateKind::Error(v) => {
+                // A kind or field this version of the Bot API types cannot read: say so (a button
+                // press lost here would spin on the phone with no trace).
+                self.bots.metrics.bot_update("other");
+                let head: String = v.to_string().chars().take(200).collect();
+                tracing::warn!(bot = %self.conf.id, update = %head, "an update the relay cannot read; skipped");
+            }
             _ => self.bots.metrics.bot_update("other"),
         }
     }
@@ -95,11 +102,18 @@ impl Handler {
     async fn on_callback(&self, q: CallbackQuery) {
         let data = q.data.as_deref().unwrap_or("");
         let chat = q.message.as_ref().map(|m| m.chat().id);
+        // A channel or public group may be addressed by its @username: a token bound to that name
+        // matches a press in it too.
+        let username = q
+            .message
+            .as_ref()
+            .and_then(|m| m.chat().username().map(|u| format!("@{u}")));
         let by = display(&q.from);
         let answer = match (chat, Button::parse(data), Pick::parse(data)) {
             (Some(chat), Some((button, token)), _) => {
                 self.bots.metrics.bot_update("button");
-                self.press(button, token, chat, &by, &q.id.0).await
+                let names = (chat, username.as_deref());
+                self.press(button, token, names, &by, &q.id.0).await
             }
             (Some(chat), None, Some(pick)) => {
                 self.bots.metrics.bot_update("pick");
@@ -110,6 +124,8 @@ impl Handler {
                 "This button is no longer valid.".to_string()
             }
         };
+        // Telegram shows at most 200 characters (a long name in "Already acknowledged by ...").
+        let answer: String = answer.chars().take(200).collect();
         if let Err(e) = self
             .bot
             .answer_callback_query(q.id.clone())
@@ -126,10 +142,11 @@ impl Handler {
         &self,
         button: Button,
         token: &str,
-        chat: ChatId,
+        chat: (ChatId, Option<&str>),
         by: &str,
         press_id: &str,
     ) -> String {
+        let (chat, username) = chat;
         let hash = crate::secret::link_token_hash(token);
         let found = match self.bots.store.incident_by_button(&hash).await {
             Ok(f) => f,
@@ -146,9 +163,10 @@ impl Handler {
             );
             return "This incident is closed.".into();
         };
-        if bound.as_deref() != Some(chat.0.to_string().as_str())
-            || !self.conf.channels.contains(&channel)
-        {
+        let here = |b: &str| {
+            b == chat.0.to_string() || username.is_some_and(|u| u.eq_ignore_ascii_case(b))
+        };
+        if !bound.as_deref().is_some_and(here) || !self.conf.channels.contains(&channel) {
             self.refuse(
                 "foreign_chat",
                 chat,
@@ -191,6 +209,8 @@ impl Handler {
         match r {
             Ok(a) if a.changed => {
                 tracing::info!(incident = id, by, "incident acknowledged in Telegram");
+                let after = (now_ms() - a.state.opened_at_ms) as f64 / 1000.0;
+                self.bots.metrics.incident_acknowledged(after);
                 format!("✅ Acknowledged incident {id}.")
             }
             Ok(a) => match a.state.status {

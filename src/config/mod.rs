@@ -246,6 +246,15 @@ pub(crate) fn yaml_error(file: &SourceFile, e: &serde_yaml::Error) -> ConfigErro
 /// What `check` (and the relay at start) warns of: settings that load but cannot work as written.
 pub fn warnings(cfg: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    let two_way = cfg.channels.values().any(|c| c.kind.buttons());
+    if two_way && cfg.ingest.authorization.is_none() {
+        out.push(
+            "ingest.authorization is unset while a Telegram channel is two-way: anyone who reaches the \
+             relay can post events and positions, and a device attribute they send (a chat id) decides \
+             which chat may ask where the device is; set ingest.authorization"
+                .to_string(),
+        );
+    }
     for rule in cfg.rules.incident_rules() {
         let Some(inc) = &rule.incident else { continue };
         let at = format!("{}: rule '{}'", rule.origin, rule.name);
