@@ -123,19 +123,47 @@ impl Pick {
     }
 }
 
-/// Whether a device `name` matches what the user typed: a glob (`*`, `?`) or, without one, the name
-/// case-insensitively, whole.
-pub fn name_matches(pattern: &str, name: &str) -> bool {
-    let pattern = pattern.trim();
-    if pattern.contains(['*', '?', '[']) {
-        globset::GlobBuilder::new(pattern)
-            .case_insensitive(true)
-            .build()
-            .is_ok_and(|g| g.compile_matcher().is_match(name))
-    } else {
-        pattern.eq_ignore_ascii_case(name.trim())
-            || pattern.to_lowercase() == name.trim().to_lowercase()
+/// What the user typed for a device name, compiled once: a glob (`*`, `?`, `[…]`) or, without one,
+/// the whole name case-insensitively.
+#[derive(Debug)]
+pub enum NamePattern {
+    /// A glob.
+    Glob(globset::GlobMatcher),
+    /// A name, lowercased.
+    Exact(String),
+    /// A glob that does not compile: matches nothing.
+    Nothing,
+}
+
+impl NamePattern {
+    /// Compiles `pattern`.
+    pub fn new(pattern: &str) -> NamePattern {
+        let pattern = pattern.trim();
+        if pattern.contains(['*', '?', '[']) {
+            globset::GlobBuilder::new(pattern)
+                .case_insensitive(true)
+                .build()
+                .map_or(NamePattern::Nothing, |g| {
+                    NamePattern::Glob(g.compile_matcher())
+                })
+        } else {
+            NamePattern::Exact(pattern.to_lowercase())
+        }
     }
+
+    /// Whether device `name` matches.
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            NamePattern::Glob(g) => g.is_match(name),
+            NamePattern::Exact(p) => *p == name.trim().to_lowercase(),
+            NamePattern::Nothing => false,
+        }
+    }
+}
+
+/// Whether a device `name` matches what the user typed (see [`NamePattern`]).
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    NamePattern::new(pattern).matches(name)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use teloxide_core::types::{
 };
 use teloxide_core::Bot;
 
-use super::command::{self, name_matches, Command, Pick, HELP};
+use super::command::{self, Command, NamePattern, Pick, HELP};
 use super::{BotConf, Bots};
 use crate::channel::telegram::Button;
 use crate::clock::now_ms;
@@ -458,8 +458,9 @@ impl Handler {
     fn devices_named(&self, chat: ChatId, pattern: &str) -> (Vec<Known>, usize) {
         let mut mine = Vec::new();
         let mut others = 0;
+        let pattern = NamePattern::new(pattern);
         for d in self.candidates() {
-            if !name_matches(pattern, &d.name) {
+            if !pattern.matches(&d.name) {
                 continue;
             }
             if self.routes_to(chat, &d) {
