@@ -166,8 +166,13 @@ struct Seen {
     unavailable_without_retry_after: usize,
 }
 
+/// The tests of this file take turns: the first restarts the PostgreSQL server mid-run, which would
+/// fail the other's store calls.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_one_database_kill_and_restart_lose_and_repeat_nothing() {
+    let _turn = TURN.lock().await;
     let Some(admin) = support::pg::admin_url() else {
         return;
     };
@@ -623,6 +628,7 @@ async fn wait_answered(telegram: &TelegramStandIn, ids: &[String], timeout: Dura
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_one_bot_the_poller_killed_the_other_takes_over_no_press_lost_or_doubled() {
+    let _turn = TURN.lock().await;
     let Some(admin) = support::pg::admin_url() else {
         return;
     };
