@@ -166,6 +166,18 @@ struct Seen {
     unavailable_without_retry_after: usize,
 }
 
+/// Where a test keeps its configs and the relays' logs: `TRACKRELAY_TEST_LOG_DIR` when set (for a
+/// look after the run), else its temporary directory.
+fn log_dir(tmp: &tempfile::TempDir) -> PathBuf {
+    match std::env::var_os("TRACKRELAY_TEST_LOG_DIR") {
+        Some(d) => {
+            std::fs::create_dir_all(&d).unwrap();
+            PathBuf::from(d)
+        }
+        None => tmp.path().to_path_buf(),
+    }
+}
+
 /// The tests of this file take turns: the first restarts the PostgreSQL server mid-run, which would
 /// fail the other's store calls.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -179,13 +191,7 @@ async fn two_instances_one_database_kill_and_restart_lose_and_repeat_nothing() {
     let db = support::pg::fresh_database(&admin, "cluster").await;
     let tmp = tempfile::tempdir().unwrap();
     // TRACKRELAY_TEST_LOG_DIR keeps the configs and the relays' logs for a look after the run.
-    let dir = match std::env::var_os("TRACKRELAY_TEST_LOG_DIR") {
-        Some(d) => {
-            std::fs::create_dir_all(&d).unwrap();
-            PathBuf::from(d)
-        }
-        None => tmp.path().to_path_buf(),
-    };
+    let dir = log_dir(&tmp);
     let sink = Sink::start().await;
     // A flaky receiver: some requests fail with 500 and are retried.
     sink.set_mode(Mode::FailRandom {
@@ -634,13 +640,7 @@ async fn two_instances_one_bot_the_poller_killed_the_other_takes_over_no_press_l
     };
     let db = support::pg::fresh_database(&admin, "cluster_bot").await;
     let tmp = tempfile::tempdir().unwrap();
-    let dir = match std::env::var_os("TRACKRELAY_TEST_LOG_DIR") {
-        Some(d) => {
-            std::fs::create_dir_all(&d).unwrap();
-            PathBuf::from(d)
-        }
-        None => tmp.path().to_path_buf(),
-    };
+    let dir = log_dir(&tmp);
     let telegram = TelegramStandIn::start(BOT_TOKEN, &[GROUP]).await;
     let api = telegram.base_url();
     let mut relays = [
