@@ -30,7 +30,7 @@ const PASS_EVERY: Duration = Duration::from_secs(1);
 /// The follow-up lease (one instance of several does it).
 const LEASE: &str = "telegram-follow";
 /// Its length.
-const LEASE_TTL: Duration = Duration::from_secs(15);
+const LEASE_TTL: Duration = Duration::from_secs(30);
 /// Messages looked at in one pass.
 const BATCH: usize = 1000;
 
@@ -137,10 +137,14 @@ async fn pass(
         .await
         .map_err(|e| e.to_string())?;
     let mut incidents: HashMap<i64, Option<IncidentRow>> = HashMap::new();
+    let mut looked_at = std::collections::HashSet::new();
+    let mut complete = true;
     for m in msgs {
         if shutdown.is_cancelled() || started.elapsed() > PASS_BUDGET {
+            complete = false;
             break;
         }
+        looked_at.insert(m.delivery_id);
         let Some(conf) = confs.values().find(|c| c.channels.contains(&m.channel)) else {
             // The channel is gone or no longer two-way: nothing follows its messages up any more
             // (and they no longer take a place in the batch).
@@ -200,6 +204,10 @@ async fn pass(
         f.paced(attempt, &mut state.pacing).await;
     }
     state.pins.retain(|_, p| now_ms() - p.moved_at < 86_400_000);
+    if complete {
+        // Messages no longer followed (done here or by another instance) are forgotten.
+        state.pacing.failing.retain(|id, _| looked_at.contains(id));
+    }
     Ok(())
 }
 
@@ -422,6 +430,13 @@ impl Followed<'_> {
             tracing::warn!(bot = %self.conf.id, retry_after_s = secs.seconds(), "Telegram's flood control: follow-ups wait");
             return;
         }
+        if trouble_at_telegram(&e) {
+            // Telegram (or the way to it) is down, or the token is wrong: not this message's fault.
+            // The bot's follow-ups wait; nothing is counted against the message.
+            pacing.bot_until.insert(self.conf.id.clone(), now + 10_000);
+            tracing::warn!(bot = %self.conf.id, error = %redact(self.conf, &e), "cannot reach Telegram for follow-ups; trying again in 10s");
+            return;
+        }
         let failures = pacing.failing.get(&id).map_or(0, |(n, _)| *n) + 1;
         if failures >= MAX_FAILURES {
             pacing.failing.remove(&id);
@@ -452,6 +467,24 @@ pub fn status_line(s: &IncidentState, tz: chrono_tz::Tz) -> String {
     }
 }
 
+/// Failures of Telegram or the way to it (not of one message): no answer, a 5xx, a token refused.
+fn trouble_at_telegram(e: &RequestError) -> bool {
+    match e {
+        RequestError::Network(_) | RequestError::Io(_) | RequestError::InvalidJson { .. } => true,
+        RequestError::Api(ApiError::InvalidToken) => true,
+        RequestError::Api(ApiError::Unknown(desc)) => [
+            "Internal Server Error",
+            "Bad Gateway",
+            "Service Unavailable",
+            "Gateway Timeout",
+            "Unauthorized",
+        ]
+        .iter()
+        .any(|p| desc.starts_with(p)),
+        _ => false,
+    }
+}
+
 /// Telegram's answer to an edit that changes nothing.
 fn not_modified(e: &RequestError) -> bool {
     matches!(e, RequestError::Api(ApiError::MessageNotModified))
@@ -470,12 +503,14 @@ fn gone(e: &RequestError) -> bool {
                 | ApiError::BotBlocked
                 | ApiError::BotKicked
                 | ApiError::BotKickedFromSupergroup
+                | ApiError::BotKickedFromChannel
+                | ApiError::UserDeactivated
                 | ApiError::ChatNotFound
         ) | RequestError::MigrateToChatId(_)
     ) || s.contains("message to edit not found")
         || s.contains("message can't be edited")
         || s.contains("chat not found")
-        || s.starts_with("Forbidden")
+        || s.contains("Forbidden:")
         || s.contains("group chat was upgraded")
 }
 

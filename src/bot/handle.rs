@@ -113,7 +113,9 @@ impl Handler {
             (Some(chat), Some((button, token)), _) => {
                 self.bots.metrics.bot_update("button");
                 let names = (chat, username.as_deref());
-                self.press(button, token, names, &by, &q.id.0).await
+                let pressed = q.message.as_ref().map_or(0, |m| m.id().0);
+                self.press(button, token, names, &by, (&q.id.0, pressed))
+                    .await
             }
             (Some(chat), None, Some(pick)) => {
                 self.bots.metrics.bot_update("pick");
@@ -144,7 +146,7 @@ impl Handler {
         token: &str,
         chat: (ChatId, Option<&str>),
         by: &str,
-        press_id: &str,
+        (press_id, pressed): (&str, i32),
     ) -> String {
         let (chat, username) = chat;
         let hash = crate::secret::link_token_hash(token);
@@ -177,14 +179,14 @@ impl Handler {
         match button {
             Button::Ack => self.ack(row.id, by).await,
             Button::Mute => {
-                let Some(device) = self.incident_device(row.id).await else {
+                let Some(device) = self.incident_device(row.id, chat, pressed).await else {
                     return "I don't know which device this incident is about.".into();
                 };
                 let rule = row.rule.clone();
                 self.mute(&device, Some(rule), MUTE_BUTTON, by, press_id)
                     .await
             }
-            Button::Where => match self.incident_device(row.id).await {
+            Button::Where => match self.incident_device(row.id, chat, pressed).await {
                 Some(device) => self.send_where(chat, &device).await,
                 None => "I don't know which device this incident is about.".into(),
             },
@@ -228,8 +230,19 @@ impl Handler {
         }
     }
 
-    /// The device of an incident: that of its latest event.
-    async fn incident_device(&self, id: i64) -> Option<Known> {
+    /// The device of an incident: that of the pressed message (an incident whose key spans devices
+    /// has messages about several), else that of its latest event (the message's id not recorded yet).
+    async fn incident_device(&self, id: i64, chat: ChatId, pressed: i32) -> Option<Known> {
+        let msgs = self.bots.store.peer_messages(id).await.unwrap_or_default();
+        let chat = chat.0.to_string();
+        let of_message = msgs
+            .iter()
+            .find(|m| m.recipient == chat && m.peer_ref == pressed.to_string())
+            .map(|m| m.device_id)
+            .filter(|d| *d != 0);
+        if let Some(device_id) = of_message {
+            return Some(self.known(device_id));
+        }
         let row = self.bots.store.incident(id).await.ok()??;
         let device_id = self.bots.store.event_device(row.event_ref).await.ok()??;
         (device_id != 0).then(|| self.known(device_id))

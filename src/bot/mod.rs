@@ -277,7 +277,11 @@ impl Bots {
         };
         let url = webhook::url(&base, conf);
         // Registered again when the address or the secret (the token) changes.
-        let wanted = format!("webhook {url} {}", webhook::secret(conf).expose());
+        let wanted = format!(
+            "webhook {url} {} {}",
+            webhook::secret(conf).expose(),
+            conf.api_url
+        );
         if registered.as_deref() != Some(wanted.as_str()) {
             let parsed = reqwest::Url::parse(&url).map_err(|e| format!("{url}: {e}"))?;
             h.bot_client()
@@ -345,22 +349,34 @@ impl Bots {
         // each one, and act only while it is ours (else the new holder gets the rest, as they are not
         // confirmed yet).
         let ttl = conf.two_way.lease.as_millis() as i64;
+        // One update may take a few Telegram calls; it must end well within the lease.
+        let budget = conf.two_way.lease / 3;
         for u in updates {
-            let ours = self
-                .store
-                .try_lease(&conf.lease(), &self.holder, ttl, now_ms())
-                .await;
-            if !matches!(ours, Ok(true)) {
+            if !self.still_ours(conf, ttl).await? {
                 return Ok(());
             }
             let id = i64::from(u.id.0);
-            h.handle(u).await;
+            if tokio::time::timeout(budget, h.handle(u)).await.is_err() {
+                tracing::warn!(bot = %conf.id, update = id, "an update took too long; left half done");
+            }
+            // Recorded only while the lease is still ours: a successor may have moved on already.
+            if !self.still_ours(conf, ttl).await? {
+                return Ok(());
+            }
             self.store
                 .set_bot_offset(&conf.id, id + 1)
                 .await
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// Renews the bot's polling lease: whether this instance still holds it.
+    async fn still_ours(&self, conf: &BotConf, ttl: i64) -> Result<bool, String> {
+        self.store
+            .try_lease(&conf.lease(), &self.holder, ttl, now_ms())
+            .await
+            .map_err(|e| format!("cannot renew the polling lease: {e}"))
     }
 }
 

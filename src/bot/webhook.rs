@@ -116,28 +116,28 @@ async fn update(
             .into_response();
         }
     };
-    let id = u.id.0;
-    if hook.seen(&conf.id, id) {
+    // Checked and remembered at once: a post repeated while the first is still being handled (it
+    // outlasted Telegram's patience) is not acted on twice.
+    if !hook.first_time(&conf.id, u.id.0) {
         return StatusCode::OK.into_response();
     }
     handler.handle(u).await;
-    hook.remember(&conf.id, id);
     StatusCode::OK.into_response()
 }
 
 impl Hook {
-    fn seen(&self, bot: &str, id: u32) -> bool {
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.get(bot).is_some_and(|ids| ids.contains(&id))
-    }
-
-    fn remember(&self, bot: &str, id: u32) {
+    /// Remembers update `id` of `bot`: `false` if it was seen already.
+    fn first_time(&self, bot: &str, id: u32) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let ids = seen.entry(bot.to_string()).or_default();
+        if ids.contains(&id) {
+            return false;
+        }
         ids.push_back(id);
         if ids.len() > SEEN {
             ids.pop_front();
         }
+        true
     }
 
     /// The bot's handler, made on first use.

@@ -132,6 +132,12 @@ impl TwoWay {
         if poll_timeout > Duration::from_secs(50) {
             errors.push("two_way.poll_timeout: at most 50s (Telegram closes longer polls)".into());
         }
+        if poll_timeout < Duration::from_secs(1) {
+            errors.push(
+                "two_way.poll_timeout: at least 1s (a poll that never waits asks Telegram nonstop)"
+                    .into(),
+            );
+        }
         let lease = raw.lease.unwrap_or(Duration::from_secs(30));
         if lease < poll_timeout + Duration::from_secs(5) {
             errors.push(format!(
