@@ -680,3 +680,29 @@ async fn updates_handled_before_a_restart_are_not_handled_again() {
     assert_eq!(tg.edits().len(), edits);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn where_is_it_after_a_restart_sends_the_incidents_last_position() {
+    let b = Bench::start().await;
+    let msg = b.alarm(1, &GAZELLE).await;
+    let where_ = button(msg.reply_markup.as_ref().unwrap(), "Where").unwrap();
+    let Bench { dir, tg, relay } = b;
+    relay.stop().await;
+    // Positions are kept in memory only: the restarted relay knows none, but the incident does.
+    let relay = Relay::start(config(dir.path(), &tg.base_url())).await;
+    let b = Bench { dir, tg, relay };
+    let before = b.tg.messages().len();
+    let answer = b.press(msg.message_id, &lena(), &where_).await;
+    assert_eq!(
+        answer,
+        format!("📍 Sent where {} was last seen.", GAZELLE.name)
+    );
+    let sent = b.tg.wait_for_messages(before + 2, WAIT).await;
+    let pin = sent[before..]
+        .iter()
+        .find(|m| is_location(m))
+        .expect("a pin");
+    assert_eq!((pin.latitude, pin.longitude), (Some(47.26), Some(11.41)));
+    assert_eq!(pin.chat_id, LENA.to_string());
+    b.relay.stop().await;
+}

@@ -186,10 +186,22 @@ impl Handler {
                 self.mute(&device, Some(rule), MUTE_BUTTON, by, press_id)
                     .await
             }
-            Button::Where => match self.incident_device(row.id, chat, pressed).await {
-                Some(device) => self.send_where(chat, &device).await,
-                None => "I don't know which device this incident is about.".into(),
-            },
+            Button::Where => {
+                let device = self.incident_device(row.id, chat, pressed).await;
+                let known = device.as_ref().is_some_and(|d| {
+                    self.bots
+                        .whereabouts
+                        .get(d.id)
+                        .is_some_and(|w| w.position.is_some())
+                });
+                match (device, row.state.as_ref().ok().and_then(|s| s.last_seen)) {
+                    (Some(device), _) if known => self.send_where(chat, &device).await,
+                    // No position since the relay started: where the incident last saw it.
+                    (device, Some(seen)) => self.send_sighting(chat, device.as_ref(), seen).await,
+                    (Some(device), None) => self.send_where(chat, &device).await,
+                    (None, None) => "I don't know which device this incident is about.".into(),
+                }
+            }
         }
     }
 
@@ -238,10 +250,17 @@ impl Handler {
         let of_message = msgs
             .iter()
             .find(|m| m.recipient == chat && m.peer_ref == pressed.to_string())
-            .map(|m| m.device_id)
-            .filter(|d| *d != 0);
-        if let Some(device_id) = of_message {
-            return Some(self.known(device_id));
+            .filter(|m| m.device_id != 0);
+        if let Some(m) = of_message {
+            let mut known = self.known(m.device_id);
+            // Not seen since the relay started: the name the message was sent with.
+            let sent_as = serde_json::from_str::<crate::notification::Notification>(&m.payload)
+                .map(|n| n.origin.device_name)
+                .unwrap_or_default();
+            if known.name == format!("device {}", m.device_id) && !sent_as.is_empty() {
+                known.name = sent_as;
+            }
+            return Some(known);
         }
         let row = self.bots.store.incident(id).await.ok()??;
         let device_id = self.bots.store.event_device(row.event_ref).await.ok()??;
@@ -340,6 +359,34 @@ impl Handler {
     }
 
     /// Sends the device's latest position to `chat`, as a pin and a line; the answer in words.
+    /// Sends where an incident last saw its device (its events' newest position).
+    async fn send_sighting(
+        &self,
+        chat: ChatId,
+        device: Option<&Known>,
+        seen: crate::incident::Sighting,
+    ) -> String {
+        let name = device.map_or("the device", |d| d.name.as_str());
+        let age = Duration::from_secs(((now_ms() - seen.at_ms).max(0) / 1000) as u64);
+        let line = format!(
+            "📍 {name} · {} ago (the incident's latest position)",
+            humantime::format_duration(age)
+        );
+        let sent = self
+            .bot
+            .send_location(chat, seen.lat, seen.lon)
+            .send()
+            .await;
+        let _ = self.bot.send_message(chat, line).send().await;
+        match sent {
+            Ok(_) => format!("📍 Sent where {name} was last seen."),
+            Err(e) => {
+                tracing::warn!(error = %self.redact(&e.to_string()), "cannot send a position");
+                "Sorry, I cannot send the position right now.".into()
+            }
+        }
+    }
+
     async fn send_where(&self, chat: ChatId, device: &Known) -> String {
         let seen = self.bots.whereabouts.get(device.id);
         let Some(p) = seen.as_ref().and_then(|w| w.position.clone()) else {
