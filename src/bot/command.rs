@@ -161,11 +161,6 @@ impl NamePattern {
     }
 }
 
-/// Whether a device `name` matches what the user typed (see [`NamePattern`]).
-pub fn name_matches(pattern: &str, name: &str) -> bool {
-    NamePattern::new(pattern).matches(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +214,10 @@ mod tests {
         );
         assert_eq!(Pick::parse("p:m:1:18446744073709551615"), None);
         assert_eq!(Pick::parse("a:abcd"), None);
+    }
+
+    fn name_matches(pattern: &str, name: &str) -> bool {
+        NamePattern::new(pattern).matches(name)
     }
 
     #[test]

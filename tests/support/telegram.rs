@@ -757,16 +757,7 @@ fn validate_send_location(
     inner: &Inner,
     params: &BTreeMap<String, String>,
 ) -> Result<Validated, Scripted> {
-    let coordinate = |name: &str, limit: f64| -> Result<f64, Scripted> {
-        let raw = params.get(name).map(|v| v.trim()).unwrap_or("");
-        if raw.is_empty() {
-            return Err(bad_request(format!("{name} is empty")));
-        }
-        raw.parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite() && v.abs() <= limit)
-            .ok_or_else(|| bad_request(format!("wrong {name}")))
-    };
+    let coordinate = |name: &str, limit: f64| two_way::coordinate(params, name, limit);
     let latitude = coordinate("latitude", 90.0)?;
     let longitude = coordinate("longitude", 180.0)?;
     let (chat_id, thread_id) = check_chat(inner, params)?;

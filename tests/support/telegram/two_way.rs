@@ -614,7 +614,12 @@ fn check_live(inner: &Inner, id: i64) -> Result<(), Scripted> {
     }
 }
 
-fn coordinate(params: &BTreeMap<String, String>, name: &str, limit: f64) -> Result<f64, Scripted> {
+/// A latitude or longitude parameter within `limit`, with the Bot API's error texts.
+pub(super) fn coordinate(
+    params: &BTreeMap<String, String>,
+    name: &str,
+    limit: f64,
+) -> Result<f64, Scripted> {
     let raw = params.get(name).map(|v| v.trim()).unwrap_or("");
     if raw.is_empty() {
         return Err(bad_request(format!("{name} is empty")));
