@@ -16,6 +16,7 @@ use crate::noise::{Over, RateLimit, MAX_RATE};
 use crate::notification::{Content, Notification, Origin};
 use crate::render::Escape;
 use crate::retry::RetryPolicy;
+use crate::severity::Severity;
 
 /// Why a send failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -122,6 +123,21 @@ pub trait ChannelKind: Any + Debug + Send + Sync {
         None
     }
 
+    /// Whether the kind carries an incident's acknowledgement link as an action of its own (a push
+    /// notification's button, a callback): the message text then does not end with the link. The
+    /// kind finds it in [`Message::ack_url`].
+    fn ack_action(&self) -> bool {
+        false
+    }
+
+    /// The content of a digest titled `title` listing `message` (the items' messages, one a line),
+    /// for a kind whose body has a shape of its own (a push service's JSON); `None`: the digest is
+    /// built from the shape of its first item ([`crate::noise::digest::build`]).
+    fn digest(&self, title: &str, message: &str) -> Option<Content> {
+        let _ = (title, message);
+        None
+    }
+
     /// The contents sent for one rendered message, each with its part name (`msg`, `loc`): the part is
     /// in the idempotency key, so its name must never change.
     fn content(&self, m: Message<'_>) -> Vec<(&'static str, Content)>;
@@ -152,6 +168,16 @@ pub struct Message<'a> {
     pub live_period: Option<u32>,
     /// Whether a digest may list the message (its rule groups, or the channel's rate limit digests).
     pub digested: bool,
+    /// The rule's severity: what a kind maps to its priority, sound or importance.
+    pub severity: Severity,
+    /// Whether the rule has an incident (a person must acknowledge): a push service's
+    /// acknowledge-or-keep-ringing level is used only then.
+    pub incident: bool,
+    /// The incident's acknowledgement link for this target (`POST` acknowledges), when the rule has
+    /// an incident and `public_url` is set.
+    pub ack_url: Option<String>,
+    /// A map link to the event's position, when it has one that is a place.
+    pub map_url: Option<String>,
     /// The rule, the channel and the event as received, for a default body.
     pub facts: Facts<'a>,
 }

@@ -167,6 +167,9 @@ pub struct RawRule {
     pub enabled: Option<bool>,
     /// Where matches go.
     pub notify: Vec<RawNotify>,
+    /// How urgent its messages are: `critical`, `high`, `normal` (the default) or `low`; each channel
+    /// maps it to its own notion (a push priority, a silent message, a mail's importance).
+    pub severity: Option<crate::severity::Severity>,
     /// After a notification, suppress the same key for a while.
     pub cooldown: Option<RawCooldown>,
     /// Identical events (rule, device, type, alarm, geofence) within this window notify once.

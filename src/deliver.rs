@@ -437,6 +437,32 @@ async fn expand_digest(
         .collect();
     let title = digest_title(rt, title_template.as_deref(), rule, group, &items);
     let mut content = digest::build(like, &title, &items);
+    // A kind whose body has a shape of its own (a push service's JSON) makes it from the digest's
+    // message; a body template still comes first.
+    let has_body = rt
+        .config
+        .channels
+        .get(&n.channel)
+        .is_some_and(|c| c.body.is_some());
+    if let (
+        Content::Webhook {
+            message: Some(message),
+            ..
+        },
+        false,
+    ) = (&content, has_body)
+    {
+        let own = rt.config.channels.get(&n.channel).and_then(|c| {
+            // The kind gets the listed lines; the title is a field of its own.
+            let lines = message
+                .strip_prefix(title.as_str())
+                .map_or(message.as_str(), |m| m.trim_start_matches('\n'));
+            c.kind.digest(&title, lines)
+        });
+        if let Some(own) = own {
+            content = own;
+        }
+    }
     // A webhook with a body template (a chat's `{"text": ...}`) gets the digest as its message.
     if let Content::Webhook {
         body,

@@ -445,6 +445,11 @@ impl IncidentService {
                 pin: None,
                 live_period: None,
                 digested: false,
+                // Someone has it in hand, or it is over: told quietly.
+                severity: crate::severity::Severity::Low,
+                incident: false,
+                ack_url: None,
+                map_url: None,
                 facts: MessageFacts {
                     rule: &state.rule,
                     channel,

@@ -91,6 +91,7 @@ pub mod rules;
 pub mod runtime;
 pub mod secret;
 pub mod settings;
+pub mod severity;
 pub mod silence_cache;
 pub mod source;
 pub mod store;

@@ -291,7 +291,11 @@ impl Planner<'_> {
     /// The variables a target's templates see besides the event's: the rule and channel, and an
     /// incident's `incident` and `ack_url`.
     fn extra(&self, rule: &Rule, i: usize, target: &Target) -> minijinja::Value {
-        let base = context! { rule => rule.name.as_str(), channel => target.channel.as_str() };
+        let base = context! {
+            rule => rule.name.as_str(),
+            channel => target.channel.as_str(),
+            severity => rule.severity.as_str(),
+        };
         match self.incidents.rules.get(&rule.name) {
             None => base,
             Some(e) => context! {
@@ -323,7 +327,9 @@ impl Planner<'_> {
             .rules
             .get(&rule.name)
             .and_then(|e| e.header.as_deref());
-        let link = self.incidents.link(&rule.name, i);
+        let ack_url = self.incidents.link(&rule.name, i);
+        // A kind with an acknowledge action of its own shows no link in the text.
+        let link = ack_url.filter(|_| !ch.kind.ack_action());
         let text = with_incident(render(&target.body), header, link, ch.kind.escape());
         // Subjects are one line: a template's stray newline would end the header.
         let subject = target.subject.as_deref().map(|s| {
@@ -365,6 +371,14 @@ impl Planner<'_> {
             pin,
             live_period,
             digested,
+            severity: rule.severity,
+            incident: rule.incident.is_some(),
+            ack_url: ack_url.map(str::to_string),
+            map_url: self
+                .env
+                .map_point()
+                .and_then(Result::ok)
+                .map(|(lat, lon)| crate::render::map_url(lat, lon)),
             facts: Facts {
                 rule: &rule.name,
                 channel: &target.channel,

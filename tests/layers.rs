@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("clock", 0),
     ("secret", 0),
     ("event", 1),
+    ("severity", 1),
     ("geo", 1),
     ("config_raw", 1),
     ("traccar_config", 1),

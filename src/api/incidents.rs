@@ -274,9 +274,34 @@ async fn page(State(s): State<AdminState>, Path(token): Path<String>) -> Respons
     }
 }
 
+/// What a `POST /ack/{token}` may carry: the page's form (`name`), a push service's action (`via=ntfy`),
+/// or Pushover's callback for an emergency message acknowledged in its app (`receipt`,
+/// `acknowledged_by_device`, …; other fields are ignored).
 #[derive(Deserialize)]
 struct AckForm {
     name: Option<String>,
+    via: Option<String>,
+    receipt: Option<String>,
+    acknowledged_by_device: Option<String>,
+}
+
+impl AckForm {
+    /// Where the acknowledgement came from, and the name to record (`None`: the link's label alone).
+    fn source(&self) -> (AckSource, Option<String>) {
+        if self.receipt.is_some() {
+            let device = clean_name(self.acknowledged_by_device.as_deref());
+            let name = match device {
+                Some(d) => format!("Pushover, {d}"),
+                None => "Pushover".into(),
+            };
+            return (AckSource::Pushover, Some(name));
+        }
+        let via = match self.via.as_deref() {
+            Some("ntfy") => AckSource::Ntfy,
+            _ => AckSource::Link,
+        };
+        (via, clean_name(self.name.as_deref()))
+    }
 }
 
 /// `POST /ack/{token}`: acknowledges (idempotent: a second press says who came first).
@@ -291,12 +316,12 @@ async fn page_ack(State(s): State<AdminState>, Path(token): Path<String>, body: 
     };
     // A body that is no form (a bare POST) acknowledges without a name.
     let form: Option<AckForm> = serde_urlencoded::from_bytes(&body).ok();
-    let name = clean_name(form.as_ref().and_then(|f| f.name.as_deref()));
+    let (via, name) = form.map_or((AckSource::Link, None), |f| f.source());
     let by = match name {
         Some(n) => format!("{n} ({label})"),
         None => label.clone(),
     };
-    match take(&s, &Which::TokenHash(hash), &by, AckSource::Link, false).await {
+    match take(&s, &Which::TokenHash(hash), &by, via, false).await {
         Ok(a) => {
             let note = if a.changed {
                 "Acknowledged. No more reminders; the others notified are told."

@@ -476,6 +476,7 @@ fn compile_rule(
             matcher,
             stop: raw.stop,
             targets,
+            severity: raw.severity.unwrap_or_default(),
             origin,
             noise,
             incident: incident.flatten(),

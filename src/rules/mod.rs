@@ -63,6 +63,8 @@ pub struct Rule {
     pub stop: bool,
     /// Where matches go.
     pub targets: Vec<Target>,
+    /// How urgent its messages are.
+    pub severity: crate::severity::Severity,
     /// Where it was written.
     pub origin: Origin,
     /// Cooldown, dedup, debounce, digests, schedule.
@@ -291,6 +293,7 @@ mod tests {
             matcher: Matcher::compile(raw).unwrap(),
             stop,
             targets: vec![],
+            severity: Default::default(),
             origin: Origin {
                 file: "t.yaml".into(),
                 line: Some(1),
