@@ -413,20 +413,7 @@ impl IncidentService {
         let ctx = cfg
             .renderer
             .event_context(&env, &arrival.source, arrival.txn.as_deref());
-        let origin = Origin {
-            source: arrival.source.clone(),
-            event_id: d.event.as_ref().map_or(0, |e| e.event_id),
-            event_type: d
-                .event
-                .as_ref()
-                .map_or_else(String::new, |e| e.event_type.clone()),
-            device_id: d.event.as_ref().map_or(0, |e| e.device_id),
-            device_name: String::new(),
-            rule: state.rule.clone(),
-            txn: arrival.txn.clone(),
-            request_id: None,
-            received_at_ms: now,
-        };
+        let origin = notice_origin(d, state, &arrival, now);
         let mut out = Vec::new();
         for (channel, recipient) in &d.circle {
             let Some(ch) = cfg.channels.get(channel) else {
@@ -645,4 +632,22 @@ pub async fn acknowledge(
         }
     }
     Err(IncidentError::Busy)
+}
+
+/// Where a notice of incident `d` comes from: its latest event.
+fn notice_origin(d: &DueIncident, state: &IncidentState, arrival: &Arrival, now: i64) -> Origin {
+    Origin {
+        source: arrival.source.clone(),
+        event_id: d.event.as_ref().map_or(0, |e| e.event_id),
+        event_type: d
+            .event
+            .as_ref()
+            .map_or_else(String::new, |e| e.event_type.clone()),
+        device_id: d.event.as_ref().map_or(0, |e| e.device_id),
+        device_name: String::new(),
+        rule: state.rule.clone(),
+        txn: arrival.txn.clone(),
+        request_id: None,
+        received_at_ms: now,
+    }
 }

@@ -33,6 +33,9 @@ pub enum Content {
         text: String,
         /// HTML part.
         html: String,
+        /// The rule's severity, sent as the mail's `Importance` and `X-Priority` (none: normal).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        severity: Option<crate::severity::Severity>,
     },
     /// A Telegram message.
     TelegramText {
@@ -44,6 +47,9 @@ pub enum Content {
         /// and Where is it?, whose callback data hold it (see `crate::channel::telegram::keyboard`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         buttons: Option<String>,
+        /// Sent without sound (`disable_notification`): the channel's `silent` severities.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        silent: bool,
     },
     /// A Telegram map pin (sent after the message of the same event, in order).
     TelegramLocation {
@@ -54,6 +60,9 @@ pub enum Content {
         /// Sent as a live location for this many seconds (an incident's pin that follows the device).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         live_period: Option<u32>,
+        /// Sent without sound, like its message.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        silent: bool,
     },
     /// An HTTP request body.
     Webhook {

@@ -194,6 +194,7 @@ async fn pass(
                 text,
                 parse_mode,
                 buttons: Some(token),
+                ..
             } => f.edit(row.as_ref(), &text, parse_mode, &token).await,
             Content::TelegramLocation {
                 live_period: Some(period),

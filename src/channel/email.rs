@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
+use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
@@ -17,6 +18,7 @@ use crate::config_raw::{OneOrMany, RawRateLimit, RawRetry};
 use crate::notification::{Content, Notification};
 use crate::render::{escape_html, html_page};
 use crate::secret::Secret;
+use crate::severity::Severity;
 
 /// Default subject template.
 pub const DEFAULT_SUBJECT: &str = "{{ title }}: {{ device.name }}";
@@ -195,6 +197,7 @@ impl ChannelKind for EmailSettings {
                 subject: m.subject.unwrap_or_default(),
                 text: m.text,
                 html: html_page(&m.html.unwrap_or_default()),
+                severity: (m.severity != Severity::Normal).then_some(m.severity),
             },
         )]
     }
@@ -204,6 +207,7 @@ impl ChannelKind for EmailSettings {
             subject: "trackrelay test message".into(),
             html: html_page(&escape_html(&text)),
             text,
+            severity: None,
         }
     }
 
@@ -247,6 +251,7 @@ impl Channel for EmailChannel {
             subject,
             text,
             html,
+            severity,
         } = &n.content
         else {
             return Err(SendError::permanent(
@@ -256,7 +261,13 @@ impl Channel for EmailChannel {
         let to: Mailbox = n.recipient.parse().map_err(|e| {
             SendError::permanent(format!("bad recipient address `{}`: {e}", n.recipient))
         })?;
-        let msg = lettre::Message::builder()
+        let mut msg = lettre::Message::builder();
+        if let Some((importance, priority)) = severity.and_then(importance) {
+            msg = msg
+                .header(Importance(importance))
+                .header(XPriority(priority));
+        }
+        let msg = msg
             .from(self.from.clone())
             .to(to)
             .subject(subject.as_str())
@@ -284,3 +295,48 @@ impl Channel for EmailChannel {
         }
     }
 }
+
+/// The `Importance` (RFC 2156) and `X-Priority` values of a severity; `None` for normal, which mail
+/// clients show without either.
+pub fn importance(s: Severity) -> Option<(&'static str, &'static str)> {
+    match s {
+        Severity::Critical => Some(("high", "1 (Highest)")),
+        Severity::High => Some(("high", "2 (High)")),
+        Severity::Normal => None,
+        Severity::Low => Some(("low", "5 (Lowest)")),
+    }
+}
+
+/// Declares a mail header whose value is one of a few fixed words.
+macro_rules! fixed_header {
+    ($(#[$doc:meta])* $ty:ident, $name:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $ty(pub &'static str);
+
+        impl Header for $ty {
+            fn name() -> HeaderName {
+                HeaderName::new_from_ascii_str($name)
+            }
+
+            fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+                Err("written only".into())
+            }
+
+            fn display(&self) -> HeaderValue {
+                HeaderValue::new(Self::name(), self.0.to_string())
+            }
+        }
+    };
+}
+
+fixed_header!(
+    /// `Importance: high | low` (Outlook, Thunderbird, Apple Mail).
+    Importance,
+    "Importance"
+);
+fixed_header!(
+    /// `X-Priority: 1 (Highest)` … `5 (Lowest)` (older clients).
+    XPriority,
+    "X-Priority"
+);

@@ -19,6 +19,7 @@ use crate::config_raw::{RawRateLimit, RawRetry};
 use crate::notification::{Content, Notification, ParseMode};
 use crate::render::{escape_html, escape_markdown_v2, Escape};
 use crate::secret::Secret;
+use crate::severity::Severity;
 
 /// Telegram's limit on one message, in characters after entity parsing.
 pub const MAX_MESSAGE_CHARS: usize = 4096;
@@ -65,6 +66,8 @@ pub struct RawTelegram {
     pub retry: RawRetry,
     /// Rate limit per recipient.
     pub rate_limit: Option<RawRateLimit>,
+    /// The severities sent without sound (`disable_notification`); default `[low]`.
+    pub silent: Option<Vec<Severity>>,
     /// Two-way: incident messages carry buttons, the bot answers commands, live pins follow a device.
     /// `true`, or its settings.
     pub two_way: Option<RawTwoWay>,
@@ -214,6 +217,8 @@ pub struct TelegramSettings {
     pub timeout: Duration,
     /// Two-way settings, when on.
     pub two_way: Option<TwoWay>,
+    /// Severities sent without sound.
+    pub silent: Vec<Severity>,
 }
 
 impl TelegramSettings {
@@ -271,6 +276,7 @@ impl TelegramSettings {
                 api_url,
                 timeout: raw.timeout.unwrap_or(DEFAULT_TIMEOUT),
                 two_way,
+                silent: raw.silent.clone().unwrap_or_else(|| vec![Severity::Low]),
             }),
             _ => Err(errors),
         }
@@ -325,6 +331,7 @@ impl ChannelKind for TelegramSettings {
                 text: m.text,
                 parse_mode: self.parse_mode,
                 buttons: None,
+                silent: self.silent.contains(&m.severity),
             },
         )];
         if let Some((latitude, longitude)) = m.pin {
@@ -334,6 +341,7 @@ impl ChannelKind for TelegramSettings {
                     latitude,
                     longitude,
                     live_period: m.live_period,
+                    silent: self.silent.contains(&m.severity),
                 },
             ));
         }
@@ -349,6 +357,7 @@ impl ChannelKind for TelegramSettings {
             },
             parse_mode: self.parse_mode,
             buttons: None,
+            silent: false,
         }
     }
 
@@ -441,6 +450,7 @@ impl Channel for TelegramChannel {
                 text,
                 parse_mode,
                 buttons,
+                silent,
             } => {
                 let pieces = chunks(text, *parse_mode);
                 let last = pieces.len().saturating_sub(1);
@@ -452,6 +462,9 @@ impl Channel for TelegramChannel {
                     }
                     if let Some(t) = thread {
                         req = req.message_thread_id(t);
+                    }
+                    if *silent {
+                        req = req.disable_notification(true);
                     }
                     if let (true, Some(token)) = (i == last, buttons) {
                         req = req.reply_markup(keyboard(token, &Button::ALL));
@@ -465,8 +478,12 @@ impl Channel for TelegramChannel {
                 latitude,
                 longitude,
                 live_period,
+                silent,
             } => {
                 let mut req = self.bot.send_location(chat, *latitude, *longitude);
+                if *silent {
+                    req = req.disable_notification(true);
+                }
                 if let Some(t) = thread {
                     req = req.message_thread_id(t);
                 }

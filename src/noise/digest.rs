@@ -6,6 +6,7 @@
 
 use crate::notification::{Content, Notification, ParseMode};
 use crate::render::{escape_html, escape_markdown_v2};
+use crate::severity::Severity;
 
 /// Most items listed in one digest message; the rest are counted.
 pub const MAX_LISTED: usize = 50;
@@ -28,8 +29,11 @@ pub fn build(template: &Content, title: &str, items: &[Notification]) -> Content
         more: items.len() - listed.len(),
     };
     match template {
-        Content::Email { .. } => email(title, &items),
-        Content::TelegramText { parse_mode, .. } => telegram(*parse_mode, title, &items),
+        // A digest is as loud as its rule's messages.
+        Content::Email { severity, .. } => email(title, &items, *severity),
+        Content::TelegramText {
+            parse_mode, silent, ..
+        } => telegram(*parse_mode, *silent, title, &items),
         Content::Webhook { content_type, .. } => webhook(content_type, title, &items),
         _ => {
             let mut lines = items.texts(&plain);
@@ -60,7 +64,7 @@ impl Listed<'_> {
 }
 
 /// An email digest: the items' texts and their HTML bodies, one after the other, in one page.
-fn email(title: &str, items: &Listed<'_>) -> Content {
+fn email(title: &str, items: &Listed<'_>, severity: Option<Severity>) -> Content {
     let text = items.texts(&|c| match c {
         Content::Email { text, .. } => Some(text.clone()),
         other => plain(other),
@@ -79,11 +83,12 @@ fn email(title: &str, items: &Listed<'_>) -> Content {
         subject: title.to_string(),
         text: text_part,
         html: crate::render::html_page(&html_part),
+        severity,
     }
 }
 
 /// A Telegram digest: the title in bold, then the items' texts (rendered for `parse_mode` already).
-fn telegram(parse_mode: ParseMode, title: &str, items: &Listed<'_>) -> Content {
+fn telegram(parse_mode: ParseMode, silent: bool, title: &str, items: &Listed<'_>) -> Content {
     let escape = |s: &str| match parse_mode {
         ParseMode::Html => escape_html(s),
         ParseMode::MarkdownV2 => escape_markdown_v2(s),
@@ -106,6 +111,7 @@ fn telegram(parse_mode: ParseMode, title: &str, items: &Listed<'_>) -> Content {
         text: format!("{head}\n\n{}", lines.join("\n")),
         parse_mode,
         buttons: None,
+        silent,
     }
 }
 
@@ -203,6 +209,7 @@ mod tests {
                     text: format!("<b>bike {i}</b> offline"),
                     parse_mode: ParseMode::Html,
                     buttons: None,
+                    silent: false,
                 })
             })
             .collect();
@@ -211,6 +218,7 @@ mod tests {
                 text: String::new(),
                 parse_mode: ParseMode::Html,
                 buttons: None,
+                silent: false,
             },
             "3 devices <offline>",
             &items,
@@ -281,16 +289,19 @@ mod tests {
             subject: "s".into(),
             text: "bike offline".into(),
             html: crate::render::html_page("<p>bike offline</p>"),
+            severity: None,
         })];
         let Content::Email {
             subject,
             text,
             html,
+            severity,
         } = build(
             &Content::Email {
                 subject: String::new(),
                 text: String::new(),
                 html: String::new(),
+                severity: Some(Severity::High),
             },
             "1 device offline",
             &items,
@@ -299,6 +310,11 @@ mod tests {
             panic!()
         };
         assert_eq!(subject, "1 device offline");
+        assert_eq!(
+            severity,
+            Some(Severity::High),
+            "as loud as its rule's messages"
+        );
         assert!(text.contains("bike offline"));
         assert!(html.contains("<p>bike offline</p>") && html.matches("<body>").count() == 1);
     }

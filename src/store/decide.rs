@@ -169,6 +169,7 @@ mod tests {
                     text: "*Alarm*".into(),
                     parse_mode,
                     buttons: None,
+                    silent: false,
                 },
                 origin: Origin::default(),
             })
@@ -197,6 +198,7 @@ mod tests {
                 latitude: 1.0,
                 longitude: 2.0,
                 live_period: None,
+                silent: false,
             },
             origin: Origin::default(),
         })
