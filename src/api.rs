@@ -323,6 +323,7 @@ async fn rules(State(s): State<AdminState>, headers: HeaderMap) -> Result<Respon
                 "description": r.description,
                 "match": r.matcher.describe(),
                 "stop": r.stop,
+                "severity": r.severity.as_str(),
                 "channels": r.targets.iter().map(|t| t.channel.as_str()).collect::<Vec<_>>(),
             })
         })

@@ -228,6 +228,7 @@ async fn admin_api_needs_its_token_and_is_off_without_one() {
         (200, Some("a")),
         "{rules}"
     );
+    assert_eq!(rules["rules"][0]["severity"], "normal", "the default");
     let resp = relay
         .client
         .post(relay.url("/api/explain"))
