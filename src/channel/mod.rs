@@ -6,7 +6,9 @@
 //! Adding a channel means one new file here and one line in that list (see `docs/development.md`).
 
 pub mod email;
+pub mod gotify;
 pub mod log;
+pub mod ntfy;
 pub mod telegram;
 pub mod webhook;
 
@@ -65,6 +67,10 @@ kinds! {
     Telegram(telegram::RawTelegram),
     /// Generic HTTP webhook.
     Webhook(webhook::RawWebhook),
+    /// ntfy push notifications.
+    Ntfy(ntfy::RawNtfy),
+    /// Gotify push notifications.
+    Gotify(gotify::RawGotify),
 }
 
 impl RawChannel {
