@@ -724,9 +724,9 @@ fn target_subject(
         (s, Some(default)) => t.add("subject", s.unwrap_or(default), Escape::Text, errors),
         (Some(_), None) => {
             errors.push(format!(
-                "subject: only email channels have a subject ('{}' is {})",
-                n.channel,
-                ch.kind.name()
+                "subject: {} channels have no subject or title ('{}')",
+                ch.kind.name(),
+                n.channel
             ));
             None
         }
