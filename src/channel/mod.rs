@@ -7,6 +7,8 @@
 
 pub mod email;
 pub mod log;
+pub mod matrix;
+pub mod preset;
 pub mod telegram;
 pub mod webhook;
 
@@ -65,6 +67,8 @@ kinds! {
     Telegram(telegram::RawTelegram),
     /// Generic HTTP webhook.
     Webhook(webhook::RawWebhook),
+    /// Matrix client-server API (a room message).
+    Matrix(matrix::RawMatrix),
 }
 
 impl RawChannel {
