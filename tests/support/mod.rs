@@ -5,6 +5,8 @@
 // Every test crate compiles this module, but each uses only some of it.
 #![allow(dead_code)]
 
+pub mod chat;
+pub mod matrix;
 pub mod pg;
 pub mod sink;
 pub mod smtp;
