@@ -8,7 +8,9 @@
 pub mod email;
 pub mod gotify;
 pub mod log;
+pub mod matrix;
 pub mod ntfy;
+pub mod preset;
 pub mod telegram;
 pub mod webhook;
 
@@ -71,6 +73,8 @@ kinds! {
     Ntfy(ntfy::RawNtfy),
     /// Gotify push notifications.
     Gotify(gotify::RawGotify),
+    /// Matrix client-server API (a room message).
+    Matrix(matrix::RawMatrix),
 }
 
 impl RawChannel {

@@ -1,5 +1,6 @@
 //! The `webhook` channel: an HTTP request per notification (reqwest), with an `Idempotency-Key` that is
 //! stable across retries and an optional HMAC-SHA256 signature so the receiver can verify the sender.
+//! With a chat `preset:` (see [`super::preset`]) the body is the chat's own, built from the message.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,12 +13,14 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use sha2::Sha256;
 
+use super::preset::{self, Preset};
 use super::{http_client, http_failure, parse_retry_after, Section, DEFAULT_TIMEOUT};
 use crate::channel_config::{Channel, ChannelKind, Common, Facts, Message, SendError, Sent};
 use crate::config_raw::{RawRateLimit, RawRetry};
 use crate::notification::{Content, Notification};
 use crate::render::Escape;
 use crate::secret::Secret;
+use crate::severity::Severity;
 
 /// Header carrying `sha256=<hex HMAC of the body>`.
 pub const SIGNATURE_HEADER: &str = "x-trackrelay-signature";
@@ -53,6 +56,10 @@ pub struct RawWebhook {
     pub retry: RawRetry,
     /// Rate limit per recipient.
     pub rate_limit: Option<RawRateLimit>,
+    /// A chat's native body: `slack`, `mattermost`, `discord`, `teams` or `googlechat`.
+    pub preset: Option<String>,
+    /// With a preset: put before critical messages (default per chat; empty: none).
+    pub mention: Option<String>,
 }
 
 impl Section for RawWebhook {
@@ -84,13 +91,17 @@ pub struct WebhookSettings {
     pub timeout: Duration,
     /// One request at a time, in order.
     pub ordered: bool,
+    /// The chat whose native body is sent when there is no body template.
+    pub preset: Option<Preset>,
+    /// With a preset: the mention of critical messages; empty: none.
+    pub mention: String,
 }
 
 impl WebhookSettings {
     /// Validates raw settings.
     pub fn compile(raw: RawWebhook) -> Result<WebhookSettings, Vec<String>> {
         let mut errors = Vec::new();
-        let url = match Url::parse(&raw.url) {
+        let mut url = match Url::parse(&raw.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
             Ok(u) => {
                 errors.push(format!("url: scheme `{}` is not http or https", u.scheme()));
@@ -128,6 +139,14 @@ impl WebhookSettings {
                 )),
             }
         }
+        let json = is_json(content_type.as_deref().unwrap_or(JSON));
+        let preset = preset::compile(
+            raw.preset.as_deref(),
+            raw.mention.as_deref(),
+            json || raw.body.is_some(),
+            url.as_mut(),
+            &mut errors,
+        );
         match (url, method) {
             (Some(url), Some(method)) if errors.is_empty() => Ok(WebhookSettings {
                 url,
@@ -138,6 +157,8 @@ impl WebhookSettings {
                 secret: raw.secret.filter(|s| !s.is_empty()).map(Secret),
                 timeout: raw.timeout.unwrap_or(DEFAULT_TIMEOUT),
                 ordered: raw.ordered.unwrap_or(false),
+                mention: preset.as_ref().map(|p| p.1.clone()).unwrap_or_default(),
+                preset: preset.map(|p| p.0),
             }),
             _ => Err(errors),
         }
@@ -145,9 +166,35 @@ impl WebhookSettings {
 
     /// Whether the body is JSON (and its template JSON-escaped).
     pub fn is_json(&self) -> bool {
-        let ct = self.content_type.to_ascii_lowercase();
-        ct.starts_with(JSON) || ct.contains("+json")
+        is_json(&self.content_type)
     }
+
+    /// The preset that makes the body: set, and no body template.
+    fn native(&self) -> Option<Preset> {
+        self.preset.filter(|_| self.body.is_none())
+    }
+
+    /// The preset's body of a message.
+    fn preset_body(&self, p: Preset, m: &Message<'_>) -> String {
+        let critical = m.severity == Severity::Critical;
+        preset::body(
+            p,
+            &preset::Post {
+                title: m.subject.as_deref().unwrap_or("trackrelay"),
+                text: &m.text,
+                severity: m.severity,
+                mention: Some(self.mention.as_str()).filter(|s| critical && !s.is_empty()),
+                map_url: m.map_url.as_deref(),
+                ack_url: m.ack_url.as_deref(),
+            },
+        )
+    }
+}
+
+/// Whether a content type is JSON.
+fn is_json(content_type: &str) -> bool {
+    let ct = content_type.to_ascii_lowercase();
+    ct.starts_with(JSON) || ct.contains("+json")
 }
 
 impl ChannelKind for WebhookSettings {
@@ -156,7 +203,38 @@ impl ChannelKind for WebhookSettings {
     }
 
     fn default_template(&self) -> &'static str {
-        super::log::DEFAULT_TEMPLATE
+        match self.preset {
+            Some(_) => preset::DEFAULT_TEMPLATE,
+            None => super::log::DEFAULT_TEMPLATE,
+        }
+    }
+
+    /// A preset's messages have a title.
+    fn subject(&self) -> Option<&str> {
+        self.preset.map(|_| preset::DEFAULT_SUBJECT)
+    }
+
+    /// A preset's body has the acknowledgement link as a button or link of its own.
+    fn ack_action(&self) -> bool {
+        self.native().is_some()
+    }
+
+    /// A preset's digest: a message of its own, titled, listing the lines.
+    fn digest(&self, title: &str, message: &str) -> Option<Content> {
+        let p = self.native()?;
+        let post = preset::Post {
+            title,
+            text: message,
+            severity: Severity::Normal,
+            mention: None,
+            map_url: None,
+            ack_url: None,
+        };
+        Some(Content::Webhook {
+            body: preset::body(p, &post),
+            content_type: self.content_type.clone(),
+            message: Some(format!("{title}\n{message}")),
+        })
     }
 
     fn ordered(&self) -> bool {
@@ -173,21 +251,42 @@ impl ChannelKind for WebhookSettings {
     }
 
     /// The body template's body, or the default one; the message too where a digest may list it.
-    fn content(&self, m: Message<'_>) -> Vec<(&'static str, Content)> {
-        let body = m.body.unwrap_or_else(|| default_body(&m.text, &m.facts));
+    fn content(&self, mut m: Message<'_>) -> Vec<(&'static str, Content)> {
+        let body = match (m.body.take(), self.preset) {
+            (Some(b), _) => b,
+            (None, Some(p)) => self.preset_body(p, &m),
+            (None, None) => default_body(&m.text, &m.facts),
+        };
         vec![(
             "msg",
             Content::Webhook {
                 body,
                 content_type: self.content_type.clone(),
-                message: m.digested.then_some(m.text),
+                message: m.digested.then(|| match self.preset {
+                    Some(_) => preset::digest_line(m.subject.as_deref(), &m.text),
+                    None => m.text,
+                }),
             },
         )]
     }
 
     fn test_content(&self, text: String) -> Content {
+        let body = match self.preset {
+            Some(p) => preset::body(
+                p,
+                &preset::Post {
+                    title: "trackrelay test",
+                    text: &text,
+                    severity: Severity::Normal,
+                    mention: None,
+                    map_url: None,
+                    ack_url: None,
+                },
+            ),
+            None => serde_json::json!({ "message": text, "test": true }).to_string(),
+        };
         Content::Webhook {
-            body: serde_json::json!({ "message": text, "test": true }).to_string(),
+            body,
             content_type: self.content_type.clone(),
             message: Some(text),
         }
@@ -297,15 +396,22 @@ impl Channel for WebhookChannel {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
         let text = resp.text().await.unwrap_or_default();
+        let retry_after =
+            retry_after.or_else(|| self.s.preset.and_then(|p| preset::retry_after(p, &text)));
         let snippet: String = text.chars().take(200).collect();
         let reason = format!(
             "webhook: HTTP {status}{}{}",
             if snippet.is_empty() { "" } else { ": " },
             snippet.trim()
         );
-        if status == StatusCode::REQUEST_TIMEOUT
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || status.is_server_error()
+        let permanent = self
+            .s
+            .preset
+            .is_some_and(|p| preset::permanent_server_error(p, status));
+        if !permanent
+            && (status == StatusCode::REQUEST_TIMEOUT
+                || status == StatusCode::TOO_MANY_REQUESTS
+                || status.is_server_error())
         {
             Err(SendError::Transient {
                 reason,

@@ -5,7 +5,9 @@
 // Every test crate compiles this module, but each uses only some of it.
 #![allow(dead_code)]
 
+pub mod chat;
 pub mod gotify;
+pub mod matrix;
 pub mod ntfy;
 pub mod pg;
 pub mod sink;
