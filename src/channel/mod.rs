@@ -7,6 +7,7 @@
 
 pub mod email;
 pub mod log;
+pub mod pushover;
 pub mod telegram;
 pub mod webhook;
 
@@ -65,6 +66,8 @@ kinds! {
     Telegram(telegram::RawTelegram),
     /// Generic HTTP webhook.
     Webhook(webhook::RawWebhook),
+    /// Pushover push notifications.
+    Pushover(pushover::RawPushover),
 }
 
 impl RawChannel {

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod pushover;
 pub mod sink;
 pub mod smtp;
 pub mod telegram;
