@@ -272,6 +272,10 @@ fn spawn_intake_tasks(
         services.incidents.clone().run(shutdown.clone()),
     ));
     tasks.push(tokio::spawn(services.bots.clone().run(shutdown.clone())));
+    tasks.push(tokio::spawn(crate::bot::pushover::run(
+        services.bots.clone(),
+        shutdown.clone(),
+    )));
     tasks.push(tokio::spawn(prune(
         services.shared.clone(),
         store.clone(),

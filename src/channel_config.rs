@@ -57,7 +57,9 @@ impl SendError {
 /// What a peer said of a message it accepted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sent {
-    /// The peer's id of the message (Telegram's `message_id`), where later edits need it.
+    /// The peer's id of the message (Telegram's `message_id`, a Pushover emergency's receipt), where
+    /// later edits need it. Kinds other than Telegram return one only for a message that is followed up
+    /// (it is recorded, and listed among the active peer messages until made final).
     pub peer_ref: Option<String>,
 }
 

@@ -331,19 +331,17 @@ async fn to_send(rt: &Runtime, store: &dyn Store, d: &Claimed) -> Result<Notific
 }
 
 /// Records the peer's id of a message that is followed up later (an incident message with buttons,
-/// edited when the incident is acknowledged; a live pin, moved). Best effort: without it the buttons
-/// stay (and still work) and the pin stays put; the delivery itself is done either way.
+/// edited when the incident is acknowledged; a live pin, moved; a Pushover emergency's receipt, polled
+/// and cancelled). Best effort: without it the buttons stay (and still work), the pin stays put and
+/// the emergency rings until acknowledged in the app or expired; the delivery itself is done either way.
 async fn remember_peer_ref(store: &dyn Store, d: &Claimed, n: &Notification, sent: Sent) {
-    let followed = matches!(
-        n.content,
-        Content::TelegramText {
-            buttons: Some(_),
-            ..
-        } | Content::TelegramLocation {
-            live_period: Some(_),
-            ..
-        }
-    );
+    let followed = match &n.content {
+        // Telegram gives every message an id; only these are followed.
+        Content::TelegramText { buttons, .. } => buttons.is_some(),
+        Content::TelegramLocation { live_period, .. } => live_period.is_some(),
+        // Other kinds return an id only for a message that is followed.
+        _ => true,
+    };
     if let (Some(peer_ref), true) = (sent.peer_ref, followed) {
         if let Err(e) = store.record_peer_refs(vec![(d.id, peer_ref)]).await {
             tracing::warn!(key = %n.key, error = %e, "cannot record the message's id: its buttons stay, a live pin is not moved");

@@ -6,7 +6,8 @@
 //!
 //! Driven by the store, not by who acknowledged: an acknowledgement by link, API or CLI (another
 //! process) is followed up the same way, within a second. With several instances, one (the holder of
-//! a lease) does it.
+//! a lease) does it. Messages of other kinds' channels (Pushover's receipts) are left to their own
+//! follow-up.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -139,7 +140,7 @@ async fn pass(
     let mut incidents: HashMap<i64, Option<IncidentRow>> = HashMap::new();
     let mut looked_at = std::collections::HashSet::new();
     let mut complete = true;
-    for m in msgs {
+    for m in msgs.into_iter().filter(|m| !other_kind(bots, &m.channel)) {
         if shutdown.is_cancelled() || started.elapsed() > PASS_BUDGET {
             complete = false;
             break;
@@ -210,6 +211,17 @@ async fn pass(
         state.pacing.failing.retain(|id, _| looked_at.contains(id));
     }
     Ok(())
+}
+
+/// Whether `channel` is configured and not a Telegram channel: its messages (a Pushover emergency's
+/// receipt) are followed by their own task, and left alone here.
+fn other_kind(bots: &Bots, channel: &str) -> bool {
+    bots.shared
+        .get()
+        .config
+        .channels
+        .get(channel)
+        .is_some_and(|c| c.kind.name() != "telegram")
 }
 
 /// One message being followed up.

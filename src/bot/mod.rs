@@ -2,6 +2,7 @@
 //! on an incident message's button acknowledges the incident, mutes the device for an hour or sends
 //! where it is; commands (`/status`, `/where`, `/mute`, `/unmute`, `/ack`, `/help`) do the same by
 //! name; [`follow`] edits the messages of an incident when its state changes and moves its live pins.
+//! ([`pushover`], beside them, follows Pushover's emergencies up: receipts polled, ringing cancelled.)
 //!
 //! Updates come by `getUpdates` long polling (works behind NAT, no public URL). Telegram lets one
 //! client poll a bot at a time (a second gets 409 Conflict), so with several instances on one
@@ -13,6 +14,7 @@
 pub mod command;
 pub mod follow;
 mod handle;
+pub mod pushover;
 pub mod webhook;
 
 use std::collections::BTreeMap;

@@ -11,6 +11,7 @@ pub mod log;
 pub mod matrix;
 pub mod ntfy;
 pub mod preset;
+pub mod pushover;
 pub mod telegram;
 pub mod webhook;
 
@@ -75,6 +76,8 @@ kinds! {
     Gotify(gotify::RawGotify),
     /// Matrix client-server API (a room message).
     Matrix(matrix::RawMatrix),
+    /// Pushover push notifications.
+    Pushover(pushover::RawPushover),
 }
 
 impl RawChannel {

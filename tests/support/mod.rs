@@ -10,6 +10,7 @@ pub mod gotify;
 pub mod matrix;
 pub mod ntfy;
 pub mod pg;
+pub mod pushover;
 pub mod sink;
 pub mod smtp;
 pub mod telegram;
