@@ -114,6 +114,14 @@ pub trait ChannelKind: Any + Debug + Send + Sync {
         false
     }
 
+    /// Whether a person can acknowledge an incident from a message of this severity without a link
+    /// (a Telegram button, a Pushover emergency's Acknowledge): `check` then does not ask for
+    /// `public_url`.
+    fn acknowledges(&self, severity: Severity) -> bool {
+        let _ = severity;
+        self.buttons()
+    }
+
     /// `Some(the channel's default)` for a kind that can send the event's position as a map pin.
     fn location(&self) -> Option<bool> {
         None

@@ -220,27 +220,25 @@ async fn every_example_payload_reaches_the_right_peer_with_the_exact_message() {
         .unwrap()
         .starts_with("grouped into the digest due"));
 
-    // Ops webhook: the Slack-style body of the example config, the transaction id carried through.
+    // Ops webhook: the example config's Slack preset (SOS is critical: @channel, red), the transaction
+    // id carried through.
     let reqs = peers.sink.wait_for(1, WAIT).await;
-    let mut texts: Vec<(String, Option<String>)> = reqs
-        .iter()
-        .map(|r| {
-            (
-                r.json()["text"].as_str().unwrap().to_string(),
-                r.header("x-powtxn").map(str::to_string),
-            )
-        })
-        .collect();
-    texts.sort();
+    assert_eq!(reqs.len(), 1);
+    let body = reqs[0].json();
     assert_eq!(
-        texts,
-        [(
-                "Alarm: sos: Lastenrad Wien at 2026-05-14 09:52:03 CEST (Prater, 1020 Wien, Austria, 0.0 km/h) \
-                 https://www.openstreetmap.org/?mlat=48.207815&mlon=16.419924#map=17/48.207815/16.419924"
-                    .to_string(),
-                Some("txn-0815".to_string())
-        )]
+        body["text"], "<!channel> *Alarm: sos · Lastenrad Wien*",
+        "{body}"
     );
+    let attachment = &body["attachments"][0];
+    assert_eq!(attachment["color"], "#D0021B", "{body}");
+    assert_eq!(
+        attachment["text"],
+        // Slack's text escapes `&` everywhere, links included.
+        "2026-05-14 09:52:03 CEST\n0.0 km/h · Prater, 1020 Wien, Austria\n\
+         <https://www.openstreetmap.org/?mlat=48.207815&amp;mlon=16.419924#map=17/48.207815/16.419924|Open map>",
+        "{body}"
+    );
+    assert_eq!(reqs[0].header("x-powtxn"), Some("txn-0815"));
     assert!(reqs
         .iter()
         .all(|r| r.path == "/ops" && r.header("idempotency-key").is_some()));

@@ -327,6 +327,11 @@ impl ChannelKind for PushoverSettings {
 
     /// An emergency carries the link as its `callback` (the app's own Acknowledge button); other
     /// messages get it at the end of their text here ([`ChannelKind::content`]).
+    /// An emergency is acknowledged in the app (its receipt is polled without `public_url`).
+    fn acknowledges(&self, severity: Severity) -> bool {
+        self.priority(severity, true) == 2
+    }
+
     fn ack_action(&self) -> bool {
         true
     }

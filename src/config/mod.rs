@@ -261,11 +261,11 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
         let buttons = rule.targets.iter().all(|t| {
             cfg.channels
                 .get(&t.channel)
-                .is_some_and(|c| c.kind.buttons())
+                .is_some_and(|c| c.kind.acknowledges(rule.severity))
         });
         if cfg.public_url.is_none() && !buttons {
             out.push(format!(
-                "{at}: incident messages carry no acknowledgement link: set public_url (the address phones reach the relay at); until then acknowledge with a two-way Telegram chat's button or /ack, `trackrelay incidents ack ID` or the admin API"
+                "{at}: incident messages carry no acknowledgement link: set public_url (the address phones reach the relay at); until then acknowledge with a two-way Telegram chat's button or /ack, a Pushover emergency, `trackrelay incidents ack ID` or the admin API"
             ));
         }
         for (i, e) in inc.policy.escalate.iter().enumerate() {
@@ -313,5 +313,32 @@ mod tests {
         assert_eq!(f.find_line("name", Some("b"), 1), Some(4));
         assert_eq!(f.find_line("name", Some("a"), 1), Some(2));
         assert_eq!(f.find_line("name", Some("d"), 1), None);
+    }
+
+    /// A rule whose every target can be acknowledged without a link (a Pushover emergency) needs no
+    /// `public_url`; the same rule below critical, where Pushover does not ring until acknowledged, does.
+    #[test]
+    fn a_pushover_emergency_needs_no_link_and_a_lesser_message_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.yaml");
+        let load = |severity: &str| {
+            let key = "u".repeat(30);
+            std::fs::write(
+                &path,
+                format!(
+                    "storage: {{ data_dir: \"{}\" }}\nchannels:\n  po: {{ type: pushover, token: {key}, user: {key} }}\n\
+                     rules:\n  - name: theft\n    severity: {severity}\n    match: {{ type: alarm }}\n\
+                     \x20   incident: {{ repeat: 30m }}\n    notify: [{{ channel: po }}]\n",
+                    dir.path().display()
+                ),
+            )
+            .unwrap();
+            let cfg = Config::load_with_env(Some(&path), &|_| None).unwrap();
+            warnings(&cfg)
+                .iter()
+                .any(|w| w.contains("carry no acknowledgement link"))
+        };
+        assert!(!load("critical"));
+        assert!(load("high"));
     }
 }
