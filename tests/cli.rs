@@ -136,7 +136,7 @@ fn explain_names_matches_failures_and_messages() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("no match  sos (rules/10-theft.yaml:40): failed `alarm in [sos]`"),
+        stdout.contains("no match  sos (rules/10-theft.yaml:44): failed `alarm in [sos]`"),
         "{stdout}"
     );
     assert!(
