@@ -206,3 +206,29 @@ pub async fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `text` with the commented block that starts at the line `first` (e.g. `  # push:`) uncommented: that
+/// line and the ones after it with the same `<indent># ` prefix lose their `# `, up to the first line
+/// that is a bare `<indent>#` or no comment of that indent. Panics when `first` is not in `text`, so a
+/// test of a shipped example's commented part fails when the example changes.
+pub fn uncomment_block(text: &str, first: &str) -> String {
+    let indent = &first[..first.find('#').expect("`first` is a comment line")];
+    let prefix = format!("{indent}# ");
+    let mut out = Vec::new();
+    let mut inside = false;
+    let mut found = false;
+    for line in text.lines() {
+        if line.starts_with(first) {
+            inside = true;
+            found = true;
+        } else if inside && !line.starts_with(&prefix) {
+            inside = false;
+        }
+        out.push(match (inside, line.strip_prefix(&prefix)) {
+            (true, Some(rest)) => format!("{indent}{rest}"),
+            _ => line.to_string(),
+        });
+    }
+    assert!(found, "no line starting with {first:?}");
+    out.join("\n") + "\n"
+}
