@@ -141,10 +141,11 @@ pub trait ChannelKind: Any + Debug + Send + Sync {
     }
 
     /// The content of a digest titled `title` listing `message` (the items' messages, one a line),
-    /// for a kind whose body has a shape of its own (a push service's JSON); `None`: the digest is
-    /// built from the shape of its first item ([`crate::noise::digest::build`]).
-    fn digest(&self, title: &str, message: &str) -> Option<Content> {
-        let _ = (title, message);
+    /// as loud as `severity` (its rule's), for a kind whose body has a shape of its own (a push
+    /// service's JSON); `None`: the digest is built from the shape of its first item
+    /// ([`crate::noise::digest::build`]).
+    fn digest(&self, title: &str, message: &str, severity: Severity) -> Option<Content> {
+        let _ = (title, message, severity);
         None
     }
 

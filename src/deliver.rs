@@ -455,7 +455,14 @@ async fn expand_digest(
             let lines = message
                 .strip_prefix(title.as_str())
                 .map_or(message.as_str(), |m| m.trim_start_matches('\n'));
-            c.kind.digest(&title, lines)
+            // As loud as its rule's messages.
+            let severity = rt
+                .config
+                .rules
+                .get(rule)
+                .map(|r| r.severity)
+                .unwrap_or_default();
+            c.kind.digest(&title, lines, severity)
         });
         if let Some(own) = own {
             content = own;

@@ -412,7 +412,8 @@ async fn permanent_failures_are_dead_at_once_and_server_errors_retried() {
     relay.stop().await;
 }
 
-/// A digest goes in the chat's own shape: titled, listing the items, uncoloured by any one of them.
+/// A digest goes in the chat's own shape: titled, listing the items, as loud as its rule (critical:
+/// red, `m.text`) but without a mention.
 #[tokio::test]
 async fn digests_are_chat_messages_too() {
     let dir = tempfile::tempdir().unwrap();
@@ -429,6 +430,11 @@ async fn digests_are_chat_messages_too() {
     }
     let slack = chat.wait_posts(Service::Slack, 1, WAIT).await;
     assert_eq!(slack[0]["text"], "*3 devices offline*", "{}", slack[0]);
+    assert_eq!(
+        slack[0]["attachments"][0]["color"], "#D0021B",
+        "{}",
+        slack[0]
+    );
     let listed = slack[0]["attachments"][0]["text"].as_str().unwrap();
     assert_eq!(listed.lines().count(), 3, "{listed}");
     assert!(
@@ -443,7 +449,7 @@ async fn digests_are_chat_messages_too() {
     assert!(run.failure.is_none(), "{run:#?}");
     mx.wait(WAIT, "a Matrix digest", |r| !r.is_empty()).await;
     let e = &mx.events()[0].content;
-    assert_eq!(e["msgtype"], "m.notice");
+    assert_eq!(e["msgtype"], "m.text");
     assert!(
         e["formatted_body"]
             .as_str()

@@ -317,6 +317,22 @@ async fn restart_and_resolve(pg: Option<&str>) {
     // Its links died with it: a 404 page, and pressing changes nothing.
     assert_eq!(relay.client.get(&page).send().await.unwrap().status(), 404);
     assert_eq!(relay.client.post(&page).send().await.unwrap().status(), 404);
+    // A push service's action or callback is told it is closed (200), so it does not call again.
+    for form in [
+        "via=ntfy",
+        "receipt=r1&acknowledged=1&acknowledged_by_device=pixel",
+    ] {
+        let resp = relay
+            .client
+            .post(&page)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{form}");
+        assert!(resp.text().await.unwrap().contains("closed"), "{form}");
+    }
     let (_, again) = relay.admin_get("/api/incidents?all=true", ADMIN).await;
     assert_eq!(
         again["incidents"][0]["detail"],

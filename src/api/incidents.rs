@@ -306,6 +306,14 @@ impl AckForm {
 
 /// `POST /ack/{token}`: acknowledges (idempotent: a second press says who came first).
 async fn page_ack(State(s): State<AdminState>, Path(token): Path<String>, body: Bytes) -> Response {
+    // A body that is no form (a bare POST) acknowledges without a name.
+    let form: Option<AckForm> = serde_urlencoded::from_bytes(&body).ok();
+    // A push service's action or callback (not a person at the page): a closed incident is an
+    // answer, not an error it would repeat (Pushover calls back every minute until it gets a 2xx).
+    let service = form
+        .as_ref()
+        .is_some_and(|f| f.receipt.is_some() || f.via.is_some());
+    let gone = || if service { closed() } else { gone() };
     let Some(hash) = token_hash(&token) else {
         return gone();
     };
@@ -314,8 +322,6 @@ async fn page_ack(State(s): State<AdminState>, Path(token): Path<String>, body: 
         Ok(None) => return gone(),
         Err(e) => return unavailable(&e.to_string()),
     };
-    // A body that is no form (a bare POST) acknowledges without a name.
-    let form: Option<AckForm> = serde_urlencoded::from_bytes(&body).ok();
     let (via, name) = form.map_or((AckSource::Link, None), |f| f.source());
     let by = match name {
         Some(n) => format!("{n} ({label})"),
@@ -409,6 +415,15 @@ fn gone() -> Response {
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Link expired</title>\
          </head><body><h1>This link has expired</h1><p>The incident it belongs to is closed, or the link \
          is not one this relay sent.</p></body></html>",
+    )
+}
+
+/// What a push service's action or callback gets for a closed incident: 200, nothing to do.
+fn closed() -> Response {
+    html(
+        StatusCode::OK,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Closed</title></head>\
+         <body><p>This incident is closed: nothing to acknowledge.</p></body></html>",
     )
 }
 

@@ -185,8 +185,8 @@ impl ChannelKind for GotifySettings {
         Some(&self.title)
     }
 
-    fn digest(&self, title: &str, message: &str) -> Option<Content> {
-        Some(self.body(Some(title), message, Severity::Normal, None))
+    fn digest(&self, title: &str, message: &str, severity: Severity) -> Option<Content> {
+        Some(self.body(Some(title), message, severity, None))
     }
 
     fn content(&self, m: Message<'_>) -> Vec<(&'static str, Content)> {

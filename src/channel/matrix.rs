@@ -303,9 +303,10 @@ impl ChannelKind for MatrixSettings {
     }
 
     /// A notice titled `title` listing the lines (a digest is a summary: it does not notify).
-    fn digest(&self, title: &str, message: &str) -> Option<Content> {
+    fn digest(&self, title: &str, message: &str, severity: Severity) -> Option<Content> {
         let content = event_content(&Post {
-            msgtype: "m.notice",
+            // As loud as the rule's messages, without a mention.
+            msgtype: msgtype(severity),
             mention: None,
             subject: Some(title),
             text: message,

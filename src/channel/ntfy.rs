@@ -339,11 +339,11 @@ impl ChannelKind for NtfySettings {
         true
     }
 
-    fn digest(&self, title: &str, message: &str) -> Option<Content> {
+    fn digest(&self, title: &str, message: &str, severity: Severity) -> Option<Content> {
         let body = self.body(Publish {
             title: Some(title),
             message,
-            severity: Severity::Normal,
+            severity,
             map_url: None,
             ack_url: None,
         });
@@ -469,7 +469,9 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, body: &str) -
     if code == Some(42908) {
         reason.push_str(" (the daily quota of messages is used up; retried later)");
     }
-    let transient = status == StatusCode::TOO_MANY_REQUESTS
+    // 42909: too many failed logins from this address; retrying keeps it locked out and hides the
+    // real cause (wrong credentials), so it is final like the 401 before it.
+    let transient = (status == StatusCode::TOO_MANY_REQUESTS && code != Some(42909))
         || status == StatusCode::REQUEST_TIMEOUT
         || (status.is_server_error() && code != Some(50701));
     if transient {
@@ -604,6 +606,15 @@ mod tests {
             classify(StatusCode::BAD_GATEWAY, None, "down"),
             SendError::Transient { .. }
         ));
+        let locked = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            None,
+            &body(42909, "limit reached: too many auth failures"),
+        );
+        assert!(
+            matches!(&locked, SendError::Permanent { reason } if reason.contains("42909")),
+            "{locked:?}"
+        );
         let unauthorized = classify(StatusCode::UNAUTHORIZED, None, &body(40101, "unauthorized"));
         assert_eq!(
             unauthorized,

@@ -46,8 +46,8 @@ pub const MAX_EMERGENCY_EXPIRE: Duration = Duration::from_secs(10_800);
 /// Pushover asks for no more than one receipt poll every 5 s.
 pub const MIN_RECEIPT_POLL: Duration = Duration::from_secs(5);
 /// Pushover asks for at least 5 s before a failed request is tried again: the channel's first backoff
-/// unless its `retry:` says otherwise.
-pub const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+/// unless its `retry:` says otherwise, 7 s so that the retry policy's jitter (±20%) stays above 5 s.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(7);
 /// Default subject template: the push notification's title.
 pub const DEFAULT_SUBJECT: &str = "{{ title }} · {{ device.name }}";
 /// Default message template (the title says what and which device; the map is the message's link).
@@ -267,7 +267,18 @@ impl PushoverSettings {
 
     /// The fields every message has: the devices and the sound.
     fn base(&self, title: &str, message: String, priority: i64) -> Map<String, Value> {
-        let (message, html) = fit(message, self.html);
+        self.base_as(title, message, priority, self.html)
+    }
+
+    /// [`Self::base`] for a message that is HTML or not as `html` says.
+    fn base_as(
+        &self,
+        title: &str,
+        message: String,
+        priority: i64,
+        html: bool,
+    ) -> Map<String, Value> {
+        let (message, html) = fit(message, html);
         let mut body = Map::new();
         body.insert("message".into(), message.into());
         let title = cut(title.trim(), MAX_TITLE_CHARS);
@@ -325,19 +336,20 @@ impl ChannelKind for PushoverSettings {
         Some(DEFAULT_SUBJECT)
     }
 
-    /// An emergency carries the link as its `callback` (the app's own Acknowledge button); other
-    /// messages get it at the end of their text here ([`ChannelKind::content`]).
     /// An emergency is acknowledged in the app (its receipt is polled without `public_url`).
     fn acknowledges(&self, severity: Severity) -> bool {
         self.priority(severity, true) == 2
     }
 
+    /// An emergency carries the link as its `callback` (the app's own Acknowledge button); other
+    /// messages get it at the end of their text here ([`ChannelKind::content`]).
     fn ack_action(&self) -> bool {
         true
     }
 
-    fn digest(&self, title: &str, message: &str) -> Option<Content> {
-        let body = self.base(title, message.to_string(), 0);
+    fn digest(&self, title: &str, message: &str, severity: Severity) -> Option<Content> {
+        // No emergency: a digest belongs to no incident.
+        let body = self.base(title, message.to_string(), self.priority(severity, false));
         Some(self.wrap(body, Some(message.to_string())))
     }
 
@@ -350,18 +362,28 @@ impl ChannelKind for PushoverSettings {
                 .escape()
                 .apply(m.subject.as_deref().unwrap_or("(no text)"));
         }
+        let mut html = self.html;
         if let Some(url) = m.ack_url.as_deref() {
             if !emergency && !text.contains(url) {
-                text.push_str("\n\n");
-                text.push_str(&if self.html {
-                    format!("<a href=\"{}\">Acknowledge</a>", escape_html(url))
+                let link = format!("\n\nAcknowledge: {url}");
+                if text.chars().count() + link.chars().count() > MAX_MESSAGE_CHARS {
+                    // Too long: the text gives way, never the link (cutting would lose an href).
+                    let plain = if html { strip_html(&text) } else { text };
+                    let room = MAX_MESSAGE_CHARS.saturating_sub(link.chars().count());
+                    text = cut(&plain, room) + &link;
+                    html = false;
+                } else if html {
+                    text.push_str(&format!(
+                        "\n\n<a href=\"{}\">Acknowledge</a>",
+                        escape_html(url)
+                    ));
                 } else {
-                    format!("Acknowledge: {url}")
-                });
+                    text.push_str(&link);
+                }
             }
         }
         let message = m.digested.then(|| text.clone());
-        let mut body = self.base(m.subject.as_deref().unwrap_or(""), text, priority);
+        let mut body = self.base_as(m.subject.as_deref().unwrap_or(""), text, priority, html);
         if let Some(url) = m.map_url.filter(|u| u.chars().count() <= MAX_URL_CHARS) {
             body.insert("url".into(), url.into());
             body.insert("url_title".into(), "Map".into());
@@ -791,6 +813,16 @@ mod tests {
         let b = body(&plain.content(message("x", Severity::Normal, true, Some(link))));
         assert_eq!(b["message"], format!("x\n\nAcknowledge: {link}"));
         assert!(b.get("html").is_none());
+        // A long message is cut to make room: the link stays whole, as plain text.
+        let long = format!("<b>{}</b>", "é".repeat(1100));
+        let b = body(&settings("").content(message(&long, Severity::High, true, Some(link))));
+        let text = b["message"].as_str().unwrap();
+        assert!(
+            text.ends_with(&format!("…\n\nAcknowledge: {link}")),
+            "{text}"
+        );
+        assert_eq!(text.chars().count(), MAX_MESSAGE_CHARS);
+        assert!(!text.contains("<b>") && b.get("html").is_none(), "{b}");
     }
 
     #[test]

@@ -220,12 +220,12 @@ impl ChannelKind for WebhookSettings {
     }
 
     /// A preset's digest: a message of its own, titled, listing the lines.
-    fn digest(&self, title: &str, message: &str) -> Option<Content> {
+    fn digest(&self, title: &str, message: &str, severity: Severity) -> Option<Content> {
         let p = self.native()?;
         let post = preset::Post {
             title,
             text: message,
-            severity: Severity::Normal,
+            severity,
             mention: None,
             map_url: None,
             ack_url: None,
