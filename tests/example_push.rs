@@ -133,3 +133,36 @@ async fn the_shipped_push_targets_ring_and_the_app_acknowledges() {
     assert!(notice.get("actions").is_none(), "{notice}");
     relay.stop().await;
 }
+
+/// The Apprise shorthand: one `url:` instead of the long form, the other keys beside it.
+#[tokio::test]
+async fn an_apprise_url_is_the_long_form_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let ntfy = NtfyStandIn::start().await;
+    ntfy.allow_token(NTFY_TOKEN, &["bike-alarms"]);
+    let authority = ntfy
+        .url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let yaml = format!(
+        "storage: {{ data_dir: \"{}\" }}\nchannels:\n  push: {{ url: \"ntfy://{NTFY_TOKEN}@{authority}/bike-alarms\", priorities: {{ normal: 4 }} }}\n\
+         rules: [{{ name: all, match: {{ type: alarm }}, notify: [{{ channel: push }}] }}]\n",
+        dir.path().display()
+    );
+    let relay = Relay::start(common::config_in(dir.path(), &yaml)).await;
+    let (status, body) = relay.post(payload("alarm_vibration.json"), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let m = ntfy.wait_published(1, WAIT).await.remove(0);
+    assert_eq!(
+        (m["topic"].as_str(), m["priority"].as_i64()),
+        (Some("bike-alarms"), Some(4)),
+        "{m}"
+    );
+    let request = &ntfy.requests()[0];
+    assert_eq!(
+        request.header("authorization"),
+        Some(format!("Bearer {NTFY_TOKEN}").as_str())
+    );
+    relay.stop().await;
+}

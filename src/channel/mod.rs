@@ -5,6 +5,7 @@
 //!
 //! Adding a channel means one new file here and one line in that list (see `docs/development.md`).
 
+pub mod apprise;
 pub mod email;
 pub mod gotify;
 pub mod log;
@@ -78,6 +79,22 @@ kinds! {
     Matrix(matrix::RawMatrix),
     /// Pushover push notifications.
     Pushover(pushover::RawPushover),
+}
+
+/// A channel section as written: the long form, or without `type:` an Apprise URL in `url:` (see
+/// [`apprise`]), expanded into the long form's keys first.
+#[derive(Debug)]
+pub struct ChannelSection(pub RawChannel);
+
+impl<'de> Deserialize<'de> for ChannelSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut v = serde_yaml::Value::deserialize(d)?;
+        apprise::expand_section(&mut v).map_err(D::Error::custom)?;
+        RawChannel::deserialize(v)
+            .map(ChannelSection)
+            .map_err(D::Error::custom)
+    }
 }
 
 impl RawChannel {

@@ -10,7 +10,7 @@ use chrono_tz::Tz;
 
 use super::raw::RawConfig;
 use super::*;
-use crate::channel::RawChannel;
+use crate::channel::ChannelSection;
 use crate::channel_config::ChannelConfig;
 use crate::config_raw::RawIncident;
 use crate::config_raw::{
@@ -234,14 +234,22 @@ fn compile_ingest(
 
 /// `channels:`, each checked by its kind.
 fn compile_channels(
-    raws: BTreeMap<String, RawChannel>,
+    raws: BTreeMap<String, serde_yaml::Value>,
     default_retry: &RetryPolicy,
     file: &SourceFile,
     errors: &mut Vec<ConfigError>,
 ) -> BTreeMap<String, ChannelConfig> {
     let mut channels = BTreeMap::new();
-    for (name, rc) in raws {
+    for (name, section) in raws {
         let line = file.find_line(&name, None, 1);
+        let ctx = format!("channel '{name}'");
+        let rc = match serde_yaml::from_value::<ChannelSection>(section) {
+            Ok(ChannelSection(rc)) => rc,
+            Err(e) => {
+                errors.push(file.error(line, &ctx, e.to_string()));
+                continue;
+            }
+        };
         match rc.compile(&name, default_retry) {
             Ok(c) => {
                 channels.insert(name, c);

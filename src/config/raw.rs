@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::channel::RawChannel;
 use crate::config_raw::{RawAdmin, RawDefaults, RawDelivery, RawIngest, RawRuleSource, RawStorage};
 use crate::traccar_config::RawTraccarSource;
 
@@ -32,9 +31,10 @@ pub struct RawConfig {
     /// Delivery workers and the default retry policy.
     #[serde(default)]
     pub delivery: RawDelivery,
-    /// Named channels.
+    /// Named channels, each read by [`crate::channel::ChannelSection`] when compiled (so that each
+    /// one's problems name it, and all of them are reported).
     #[serde(default)]
-    pub channels: BTreeMap<String, RawChannel>,
+    pub channels: BTreeMap<String, serde_yaml::Value>,
     /// Rule files or folders (relative to the config file), or rules written inline.
     #[serde(default)]
     pub rules: Vec<RawRuleSource>,
