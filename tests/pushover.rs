@@ -106,7 +106,7 @@ fn only_receipt(po: &PushoverStandIn) -> String {
 async fn active(relay: &Relay) -> Vec<(i64, String)> {
     let store = &relay.running.as_ref().unwrap().store;
     store
-        .active_peer_messages(0)
+        .active_peer_messages(&["push", "old", "tg"].map(String::from), 0)
         .await
         .unwrap()
         .into_iter()
@@ -300,6 +300,50 @@ async fn acknowledged_elsewhere_the_ringing_is_cancelled() {
             .is_empty(),
         "not polled"
     );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_restart_a_removed_channels_emergency_and_one_long_expired_are_left_alone() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let po = PushoverStandIn::start(APP, &[USER]).await;
+    let old = format!(
+        "  old:\n    type: pushover\n    token: {APP}\n    user: {USER}\n    api_url: \"{}\"\n",
+        po.base_url()
+    );
+    let rule = |to: &str| {
+        format!(
+            "  - name: theft\n    severity: critical\n    match: {{ type: alarm }}\n\
+             \x20   incident: {{}}\n    notify: [{to}]\n"
+        )
+    };
+    let both = rule("{ channel: push }, { channel: old }");
+    let yaml = config(dir.path(), &po, None, &old, &both);
+    let relay = Relay::start(config_in(dir.path(), &yaml)).await;
+    relay.post(payload("alarm_vibration.json"), &[]).await;
+    po.wait_for_messages(2, WAIT).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while active(&relay).await.len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "receipts not kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.stop().await;
+
+    // A day and more later, started again without `old`: its emergency can no longer be asked
+    // about (no token), and `push`'s stopped ringing long ago (what the last run saw of it is
+    // gone). Both are made final, and Pushover is not asked.
+    clock::advance(26 * 3_600_000);
+    let yaml = config(dir.path(), &po, None, "", &rule("{ channel: push }"));
+    let relay = Relay::start(config_in(dir.path(), &yaml)).await;
+    made_final(&relay).await;
+    let asked: Vec<String> = po
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|p| p.starts_with("/1/receipts/"))
+        .collect();
+    assert!(asked.is_empty(), "{asked:?}");
     relay.stop().await;
 }
 

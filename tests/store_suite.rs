@@ -137,6 +137,8 @@ suite!(
     button_tokens_find_their_incident_and_chat,
     peer_refs_list_the_messages_still_to_edit,
     at_most_a_hundred_active_messages_unless_asked,
+    each_follow_up_lists_only_its_channels_messages,
+    messages_of_channels_no_follow_up_looks_after_are_stopped,
     bot_offsets_are_kept_as_given_each_bot_its_own,
     an_incidents_latest_event_names_its_device,
     a_lease_has_one_holder_at_a_time,
@@ -2423,7 +2425,11 @@ async fn peer_refs_list_the_messages_still_to_edit(b: Backend) {
     .await;
     let ids = ids_of(&*store, &["o-lena", "o-max", "plain", "x-zoe"]).await;
     let (lena, plain, zoe) = (ids[0], ids[2], ids[3]);
-    assert!(store.active_peer_messages(0).await.unwrap().is_empty());
+    assert!(store
+        .active_peer_messages(&on(&["c"]), 0)
+        .await
+        .unwrap()
+        .is_empty());
     // Max's message got no id (not sent yet); the plain one belongs to no incident; an unknown
     // delivery is skipped.
     store
@@ -2435,7 +2441,7 @@ async fn peer_refs_list_the_messages_still_to_edit(b: Backend) {
         ])
         .await
         .unwrap();
-    let active = store.active_peer_messages(0).await.unwrap();
+    let active = store.active_peer_messages(&on(&["c"]), 0).await.unwrap();
     assert_eq!(delivery_ids(&active), [lena, zoe]);
     let m = &active[0];
     assert_eq!(
@@ -2460,21 +2466,25 @@ async fn peer_refs_list_the_messages_still_to_edit(b: Backend) {
     assert_eq!(sent.key, "o-lena");
     assert_eq!(active[1].created_at_ms, T0 + 5);
     assert_eq!(
-        delivery_ids(&store.active_peer_messages(1).await.unwrap()),
+        delivery_ids(&store.active_peer_messages(&on(&["c"]), 1).await.unwrap()),
         [lena]
     );
     // Acknowledged, it is still edited later; resolved or stopped, never again.
     store.set_peer_shown(lena, "acknowledged").await.unwrap();
-    let active = store.active_peer_messages(0).await.unwrap();
+    let active = store.active_peer_messages(&on(&["c"]), 0).await.unwrap();
     assert_eq!(delivery_ids(&active), [lena, zoe]);
     assert_eq!(active[0].shown.as_deref(), Some("acknowledged"));
     store.set_peer_shown(lena, "resolved").await.unwrap();
     assert_eq!(
-        delivery_ids(&store.active_peer_messages(0).await.unwrap()),
+        delivery_ids(&store.active_peer_messages(&on(&["c"]), 0).await.unwrap()),
         [zoe]
     );
     store.set_peer_shown(zoe, "stopped").await.unwrap();
-    assert!(store.active_peer_messages(0).await.unwrap().is_empty());
+    assert!(store
+        .active_peer_messages(&on(&["c"]), 0)
+        .await
+        .unwrap()
+        .is_empty());
     // An incident's messages are listed whatever they show, only those with a peer ref.
     let of_theft = store.peer_messages(theft).await.unwrap();
     assert_eq!(delivery_ids(&of_theft), [lena]);
@@ -2490,7 +2500,12 @@ async fn peer_refs_list_the_messages_still_to_edit(b: Backend) {
         .record_peer_refs(vec![(max, "m-2".into()), (lena, "m-5".into())])
         .await
         .unwrap();
-    let active = b.open().await.active_peer_messages(0).await.unwrap();
+    let active = b
+        .open()
+        .await
+        .active_peer_messages(&on(&["c"]), 0)
+        .await
+        .unwrap();
     assert_eq!(delivery_ids(&active), [lena, max]);
     assert_eq!(
         (active[0].peer_ref.as_str(), active[0].shown.as_deref()),
@@ -2525,9 +2540,117 @@ async fn at_most_a_hundred_active_messages_unless_asked(b: Backend) {
         .unwrap();
     let mut ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     ids.sort();
-    let first = store.active_peer_messages(0).await.unwrap();
+    let first = store.active_peer_messages(&on(&["c"]), 0).await.unwrap();
     assert_eq!(delivery_ids(&first), ids[..100]);
-    assert_eq!(store.active_peer_messages(101).await.unwrap().len(), 101);
+    assert_eq!(
+        store
+            .active_peer_messages(&on(&["c"]), 101)
+            .await
+            .unwrap()
+            .len(),
+        101
+    );
+}
+
+/// Channel names, as a follow-up asks for them.
+fn on(channels: &[&str]) -> Vec<String> {
+    channels.iter().map(|c| c.to_string()).collect()
+}
+
+/// A delivery through `channel`.
+fn via(channel: &str, key: &str) -> NewDelivery {
+    NewDelivery {
+        channel: channel.into(),
+        ..to(key, "lena")
+    }
+}
+
+/// One incident with `n` messages of each channel, given in this order, each with a peer ref; their
+/// ids, in order.
+async fn messages_of(store: &dyn Store, channels: &[(&str, usize)]) -> Vec<i64> {
+    let mut deliveries = Vec::new();
+    for (ch, n) in channels {
+        deliveries.extend((0..*n).map(|i| via(ch, &format!("{ch}-{i}"))));
+    }
+    let keys: Vec<String> = deliveries.iter().map(|d| d.key.clone()).collect();
+    opens(store, alarm(1, T0, KEY, Trigger::Match, deliveries)).await;
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let ids = ids_of(store, &keys).await;
+    store
+        .record_peer_refs(ids.iter().map(|id| (*id, format!("m-{id}"))).collect())
+        .await
+        .unwrap();
+    ids
+}
+
+/// Two follow-ups share the table (Telegram's edits, Pushover's receipts): each asks for its own
+/// channels, and another channel's older messages, however many, never fill its batch.
+async fn each_follow_up_lists_only_its_channels_messages(b: Backend) {
+    let store = b.open().await;
+    let ids = messages_of(&*store, &[("tg", 10), ("po", 3)]).await;
+    let (tg, po) = ids.split_at(10);
+    assert_eq!(
+        delivery_ids(&store.active_peer_messages(&on(&["po"]), 5).await.unwrap()),
+        po
+    );
+    assert_eq!(
+        delivery_ids(&store.active_peer_messages(&on(&["tg"]), 5).await.unwrap()),
+        tg[..5]
+    );
+    let both = store
+        .active_peer_messages(&on(&["po", "tg", "other"]), 0)
+        .await
+        .unwrap();
+    assert_eq!(delivery_ids(&both), ids);
+    assert!(store.active_peer_messages(&[], 0).await.unwrap().is_empty());
+    assert!(store
+        .active_peer_messages(&on(&["other"]), 0)
+        .await
+        .unwrap()
+        .is_empty());
+    // Another instance asks the same.
+    let again = b.open().await;
+    let polled = again.active_peer_messages(&on(&["po"]), 2).await.unwrap();
+    assert_eq!(delivery_ids(&polled), po[..2]);
+    assert_eq!(polled[0].channel, "po");
+}
+
+/// Messages of a channel no follow-up looks after (removed, no longer two-way) are made final at
+/// once; the others, and those final already, are left as they are.
+async fn messages_of_channels_no_follow_up_looks_after_are_stopped(b: Backend) {
+    let store = b.open().await;
+    let ids = messages_of(&*store, &[("tg", 2), ("gone", 3), ("po", 1)]).await;
+    store.set_peer_shown(ids[2], "resolved").await.unwrap();
+    store.set_peer_shown(ids[3], "acknowledged").await.unwrap();
+    let followed = on(&["po", "tg"]);
+    assert_eq!(store.stop_peer_messages_except(&followed).await.unwrap(), 2);
+    let all = on(&["gone", "po", "tg"]);
+    let active = store.active_peer_messages(&all, 0).await.unwrap();
+    assert_eq!(delivery_ids(&active), [ids[0], ids[1], ids[5]]);
+    let incident = active[0].incident_ref;
+    let shown: Vec<Option<String>> = store
+        .peer_messages(incident)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.shown)
+        .collect();
+    let s = |x: &str| Some(x.to_string());
+    assert_eq!(
+        shown,
+        [None, None, s("resolved"), s("stopped"), s("stopped"), None]
+    );
+    assert_eq!(store.stop_peer_messages_except(&followed).await.unwrap(), 0);
+    // None followed: every active message is stopped.
+    assert_eq!(
+        b.open().await.stop_peer_messages_except(&[]).await.unwrap(),
+        3
+    );
+    assert!(store
+        .active_peer_messages(&all, 0)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn an_incidents_latest_event_names_its_device(b: Backend) {

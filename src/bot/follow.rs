@@ -6,8 +6,9 @@
 //!
 //! Driven by the store, not by who acknowledged: an acknowledgement by link, API or CLI (another
 //! process) is followed up the same way, within a second. With several instances, one (the holder of
-//! a lease) does it. Messages of other kinds' channels (Pushover's receipts) are left to their own
-//! follow-up.
+//! a lease) does it. Only the two-way channels' messages are asked for: other kinds' (Pushover's
+//! receipts) are left to their own follow-up, and never fill this one's batch; those of channels
+//! removed or no longer two-way are made final by a [`super::Sweep`].
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -76,6 +77,8 @@ struct State {
     /// Clients by bot id, token and API URL (a new token or URL after a reload gets a new client).
     clients: HashMap<String, Bot>,
     pacing: Pacing,
+    /// Makes final the messages of channels nobody follows up.
+    sweep: super::Sweep,
 }
 
 /// Follows up until `shutdown`.
@@ -100,6 +103,7 @@ pub async fn run(bots: Bots, shutdown: CancellationToken) {
         ) {
             continue;
         }
+        state.sweep.run(&bots).await;
         if let Err(e) = pass(&bots, &confs, &mut state, &shutdown).await {
             tracing::warn!(error = %e, "cannot follow up incident messages");
         }
@@ -132,26 +136,23 @@ async fn pass(
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
     let started = tokio::time::Instant::now();
+    let channels: Vec<String> = confs.values().flat_map(|c| c.channels.clone()).collect();
     let msgs = bots
         .store
-        .active_peer_messages(BATCH)
+        .active_peer_messages(&channels, BATCH)
         .await
         .map_err(|e| e.to_string())?;
     let mut incidents: HashMap<i64, Option<IncidentRow>> = HashMap::new();
     let mut looked_at = std::collections::HashSet::new();
     let mut complete = true;
-    for m in msgs.into_iter().filter(|m| !other_kind(bots, &m.channel)) {
+    for m in msgs {
         if shutdown.is_cancelled() || started.elapsed() > PASS_BUDGET {
             complete = false;
             break;
         }
         looked_at.insert(m.delivery_id);
+        // Only the bots' channels' messages were asked for.
         let Some(conf) = confs.values().find(|c| c.channels.contains(&m.channel)) else {
-            // The channel is gone or no longer two-way: nothing follows its messages up any more
-            // (and they no longer take a place in the batch).
-            if let Err(e) = bots.store.set_peer_shown(m.delivery_id, "stopped").await {
-                tracing::warn!(error = %e, "cannot record a message's follow-up");
-            }
             continue;
         };
         let now = now_ms();
@@ -211,17 +212,6 @@ async fn pass(
         state.pacing.failing.retain(|id, _| looked_at.contains(id));
     }
     Ok(())
-}
-
-/// Whether `channel` is configured and not a Telegram channel: its messages (a Pushover emergency's
-/// receipt) are followed by their own task, and left alone here.
-fn other_kind(bots: &Bots, channel: &str) -> bool {
-    bots.shared
-        .get()
-        .config
-        .channels
-        .get(channel)
-        .is_some_and(|c| c.kind.name() != "telegram")
 }
 
 /// One message being followed up.

@@ -140,6 +140,60 @@ pub fn two_way_bots(cfg: &Config) -> BTreeMap<String, BotConf> {
     out
 }
 
+/// The channels whose messages a follow-up looks after: the two-way Telegram channels ([`follow`])
+/// and the Pushover channels ([`pushover`]), by name.
+pub fn followed_channels(cfg: &Config) -> Vec<String> {
+    let mut out: Vec<String> = two_way_bots(cfg)
+        .into_values()
+        .flat_map(|b| b.channels)
+        .chain(pushover::pushover_channels(cfg).into_keys())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// How often [`Sweep`] looks again while the followed channels stay the same.
+const SWEEP_EVERY_MS: i64 = 60_000;
+
+/// Makes final the messages no follow-up looks after (their channel was removed, is no longer
+/// two-way, or is now of another kind): each follow-up asks the store only for its own channels, so
+/// nobody else would, and they would stay in the index of active messages for good. Each follow-up
+/// runs one under its lease: when the followed channels change (a reload) and every minute (an
+/// instance still on an older configuration may have sent one meanwhile).
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// The followed channels of the last sweep, and when it was, unix ms.
+    last: Option<(Vec<String>, i64)>,
+}
+
+impl Sweep {
+    /// Sweeps if the followed channels changed or a minute passed.
+    pub async fn run(&mut self, bots: &Bots) {
+        let followed = followed_channels(&bots.shared.get().config);
+        let now = now_ms();
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|(f, at)| *f == followed && now - at < SWEEP_EVERY_MS)
+        {
+            return;
+        }
+        match bots.store.stop_peer_messages_except(&followed).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                messages = n,
+                "no longer following up the messages of channels removed or not followed up"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot stop following up removed channels' messages")
+            }
+        }
+        // Tried again in a minute after an error too (the follow-up's own pass reports the store).
+        self.last = Some((followed, now));
+    }
+}
+
 /// A random name for this instance in leases.
 pub fn new_holder() -> String {
     format!(

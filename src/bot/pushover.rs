@@ -8,8 +8,13 @@
 //! has stopped ringing (acknowledged, cancelled or expired).
 //!
 //! Like the Telegram follow-up, it is driven by the store, and with several instances one of them
-//! (the holder of a lease) does it. Telegram's follow-up leaves these messages alone, and this one
-//! leaves Telegram's alone.
+//! (the holder of a lease) does it. Each asks the store only for its own channels' messages, so that
+//! neither fills the other's batch (Telegram's stay active until their incident is resolved, and
+//! would keep the receipts out); those of channels removed are made final by a [`super::Sweep`].
+//!
+//! What this instance remembers of an emergency is lost at a restart (or when another instance
+//! takes the lease): the delivery's own time bounds how long it can still ring, so an emergency
+//! long expired is made final without asking Pushover again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -43,6 +48,12 @@ pub const CALLBACK_POLL: Duration = Duration::from_secs(60);
 const EXPIRY_GRACE_MS: i64 = 60_000;
 /// Longest wait between two failed cancellations.
 const MAX_PAUSE_MS: i64 = 300_000;
+/// The longest a request to Pushover may take here, whatever the channel's `timeout`: a pass (at
+/// most [`PASS_BUDGET`] and one request) ends well within [`LEASE_TTL`].
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after its delivery was queued an emergency is taken to be sent at the latest, at least:
+/// its retries' `max_age` when longer (the default is a day).
+const MIN_SEND_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// What the follow-up keeps between passes.
 #[derive(Default)]
@@ -58,6 +69,8 @@ struct State {
     /// Delivery → when this instance first saw it, unix ms: about when it was sent (the delivery's
     /// own time is when it was queued, which retries may have left far behind).
     seen: HashMap<i64, i64>,
+    /// Makes final the messages of channels nobody follows up.
+    sweep: super::Sweep,
 }
 
 /// The incident of an emergency, as far as its receipt is concerned.
@@ -115,8 +128,16 @@ fn action(
     }
 }
 
+/// About when an emergency was sent: when this instance first saw it (`seen`), but no later than its
+/// delivery (queued at `created_ms`) can have been sent, its retries giving up after `max_age`: after
+/// a restart, `seen` is now, and an emergency long expired would be asked about once more.
+fn sent_at(seen: i64, created_ms: i64, max_age: Duration) -> i64 {
+    let window = max_age.max(MIN_SEND_WINDOW).as_millis() as i64;
+    seen.min(created_ms.saturating_add(window))
+}
+
 /// The Pushover channels of a configuration, by name.
-fn pushover_channels(cfg: &Config) -> BTreeMap<String, PushoverSettings> {
+pub fn pushover_channels(cfg: &Config) -> BTreeMap<String, PushoverSettings> {
     cfg.channels
         .iter()
         .filter_map(|(name, c)| {
@@ -150,6 +171,7 @@ pub async fn run(bots: Bots, shutdown: CancellationToken) {
         if !held {
             continue;
         }
+        state.sweep.run(&bots).await;
         if let Err(e) = pass(&bots, &channels, &mut state, &shutdown).await {
             tracing::warn!(error = %e, "cannot follow up Pushover emergencies");
         }
@@ -167,9 +189,12 @@ async fn pass(
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
     let started = tokio::time::Instant::now();
+    // Only these channels' messages: Telegram's, older and active until their incident is
+    // resolved, would otherwise fill the batch and keep the receipts out.
+    let names: Vec<String> = channels.keys().cloned().collect();
     let msgs = bots
         .store
-        .active_peer_messages(BATCH)
+        .active_peer_messages(&names, BATCH)
         .await
         .map_err(|e| e.to_string())?;
     let mut incidents: HashMap<i64, Option<IncidentRow>> = HashMap::new();
@@ -179,11 +204,6 @@ async fn pass(
             return Ok(());
         }
         let Some(s) = channels.get(&m.channel) else {
-            // Another kind's message is left to its follow-up; one of a channel that is gone can
-            // no longer be polled or cancelled (no token).
-            if !bots.shared.get().config.channels.contains_key(&m.channel) {
-                stop(bots, &m).await;
-            }
             continue;
         };
         looked_at.insert(m.delivery_id);
@@ -210,7 +230,10 @@ async fn pass(
         let api = match state.apis.get(&m.channel).filter(|a| a.serves(s)) {
             Some(a) => a.clone(),
             None => {
-                let a = Api::new(s)?;
+                let a = Api::new(&PushoverSettings {
+                    timeout: s.timeout.min(REQUEST_TIMEOUT),
+                    ..s.clone()
+                })?;
                 state.apis.insert(m.channel.clone(), a.clone());
                 a
             }
@@ -220,6 +243,13 @@ async fn pass(
             m: &m,
             api: &api,
             poll: s.emergency.poll,
+            max_age: bots
+                .shared
+                .get()
+                .config
+                .channels
+                .get(&m.channel)
+                .map_or(MIN_SEND_WINDOW, |c| c.retry.max_age),
         };
         e.follow(row.as_ref(), state, now).await;
     }
@@ -245,6 +275,8 @@ struct Emergency<'a> {
     m: &'a PeerMessage,
     api: &'a Api,
     poll: Duration,
+    /// The channel's retries give up after this.
+    max_age: Duration,
 }
 
 impl Emergency<'_> {
@@ -272,7 +304,8 @@ impl Emergency<'_> {
         };
         let expire_s = stored.expire_s.unwrap_or(10_800);
         let due = state.poll_at.get(&id).copied();
-        let sent = *state.seen.entry(id).or_insert(now);
+        let seen = *state.seen.entry(id).or_insert(now);
+        let sent = sent_at(seen, self.m.created_at_ms, self.max_age);
         match action(incident, sent, expire_s, interval, due, now) {
             Action::Stop => {}
             Action::Idle => return,
@@ -400,5 +433,53 @@ mod tests {
         assert_eq!(a(Incident::Settled, 120_000), Action::Stop);
         assert_eq!(a(Incident::Open, 120_000), Action::Stop);
         assert_eq!(a(Incident::Unreadable, 5_000), Action::Pause(65_000));
+    }
+
+    const HOUR: i64 = 3_600_000;
+
+    #[test]
+    fn after_a_restart_an_emergency_long_expired_stops_without_a_request() {
+        let day = Duration::from_secs(24 * 3600);
+        // Seen for the first time now, queued two days ago with retries giving up after a day:
+        // sent a day ago at the latest, so an hour's ringing is long over.
+        let now = 48 * HOUR;
+        let sent = sent_at(now, 0, day);
+        assert_eq!(sent, 24 * HOUR);
+        for inc in [Incident::Open, Incident::Settled, Incident::Unreadable] {
+            assert_eq!(action(inc, sent, 3600, POLL, None, now), Action::Stop);
+        }
+        // Queued an hour ago: it may have been sent just now, and is asked as usual.
+        let sent = sent_at(now, now - HOUR, day);
+        assert_eq!(sent, now);
+        assert_eq!(
+            action(Incident::Settled, sent, 3600, POLL, None, now),
+            Action::Cancel
+        );
+        // Longer retries send later; shorter ones are given a day all the same.
+        assert_eq!(sent_at(now, 0, 3 * day), now);
+        assert_eq!(sent_at(now, 0, Duration::from_secs(60)), 24 * HOUR);
+    }
+
+    /// The receipts' follow-up asks the store for the Pushover channels only, and the sweep keeps
+    /// every followed channel's messages (the two-way Telegram ones too).
+    #[test]
+    fn the_follow_up_asks_for_its_own_channels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trackrelay.yaml");
+        let key = "azGDORePK8gMaC0QOYAMyEEuzJnyUi";
+        let yaml = format!(
+            "storage: {{ data_dir: \"{}\" }}\nchannels:\n\
+             \x20 push: {{ type: pushover, token: {key}, user: {key} }}\n\
+             \x20 tg: {{ type: telegram, bot_token: \"1:x\", chat_id: 1, two_way: {{}} }}\n\
+             \x20 plain: {{ type: telegram, bot_token: \"2:x\", chat_id: 1 }}\n\
+             \x20 hook: {{ type: webhook, url: \"http://127.0.0.1:9/\" }}\n\
+             rules: [{{ name: a, match: {{ type: alarm }}, notify: [{{ channel: hook }}] }}]\n",
+            dir.path().display()
+        );
+        std::fs::write(&path, yaml).unwrap();
+        let cfg = Config::load_with_env(Some(&path), &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<String> = pushover_channels(&cfg).into_keys().collect();
+        assert_eq!(names, ["push"]);
+        assert_eq!(super::super::followed_channels(&cfg), ["push", "tg"]);
     }
 }

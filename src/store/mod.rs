@@ -515,10 +515,23 @@ pub trait Store: Send + Sync {
         Err(no_incidents())
     }
 
-    /// Up to `limit` delivered messages of incidents that have a peer ref and are not final
-    /// (`shown` not in [`chat::SHOWN_FINAL`]), oldest first: what the chat follow-up edits or moves.
-    async fn active_peer_messages(&self, limit: usize) -> Result<Vec<PeerMessage>, StoreError> {
-        let _ = limit;
+    /// Up to `limit` (0: 100) delivered messages of incidents that have a peer ref, are not final
+    /// (`shown` not in [`chat::SHOWN_FINAL`]) and went through one of `channels` (none: no message),
+    /// oldest first: what a follow-up edits, moves, polls or cancels. Each follow-up asks for its own
+    /// channels, so that another kind's older messages never fill its batch.
+    async fn active_peer_messages(
+        &self,
+        channels: &[String],
+        limit: usize,
+    ) -> Result<Vec<PeerMessage>, StoreError> {
+        let _ = (channels, limit);
+        Err(no_incidents())
+    }
+
+    /// Marks `stopped` (final) every message [`Store::active_peer_messages`] would list that went
+    /// through none of `followed` (a channel removed, or no longer followed up); how many.
+    async fn stop_peer_messages_except(&self, followed: &[String]) -> Result<u64, StoreError> {
+        let _ = followed;
         Err(no_incidents())
     }
 

@@ -1323,8 +1323,16 @@ impl Store for PgStore {
         chat::record_peer_refs(&self.client().await?, &refs).await
     }
 
-    async fn active_peer_messages(&self, limit: usize) -> Result<Vec<PeerMessage>, StoreError> {
-        chat::active(&self.client().await?, limit).await
+    async fn active_peer_messages(
+        &self,
+        channels: &[String],
+        limit: usize,
+    ) -> Result<Vec<PeerMessage>, StoreError> {
+        chat::active(&self.client().await?, channels, limit).await
+    }
+
+    async fn stop_peer_messages_except(&self, followed: &[String]) -> Result<u64, StoreError> {
+        chat::stop_except(&self.client().await?, followed).await
     }
 
     async fn peer_messages(&self, incident_ref: i64) -> Result<Vec<PeerMessage>, StoreError> {

@@ -1166,8 +1166,19 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn active_peer_messages(&self, limit: usize) -> Result<Vec<PeerMessage>, StoreError> {
-        self.read(move |c| chat::active(c, limit)).await
+    async fn active_peer_messages(
+        &self,
+        channels: &[String],
+        limit: usize,
+    ) -> Result<Vec<PeerMessage>, StoreError> {
+        let channels = channels.to_vec();
+        self.read(move |c| chat::active(c, &channels, limit)).await
+    }
+
+    async fn stop_peer_messages_except(&self, followed: &[String]) -> Result<u64, StoreError> {
+        let followed = followed.to_vec();
+        self.call(true, move |c| chat::stop_except(c, &followed))
+            .await
     }
 
     async fn peer_messages(&self, incident_ref: i64) -> Result<Vec<PeerMessage>, StoreError> {

@@ -45,21 +45,42 @@ pub(super) async fn record_peer_refs(
     Ok(())
 }
 
-/// Messages that may still be edited, oldest first (the partial index `deliveries_peer` holds them).
+/// Messages of `channels` that may still be edited, oldest first (the partial index
+/// `deliveries_peer` holds them; the channel is checked on each of its rows).
 pub(super) async fn active(
     c: &impl GenericClient,
+    channels: &[String],
     limit: usize,
 ) -> Result<Vec<PeerMessage>, StoreError> {
+    if channels.is_empty() {
+        return Ok(Vec::new());
+    }
     let rows = c
         .query(
             &format!(
-                "SELECT {PEER_COLUMNS} FROM deliveries WHERE {ACTIVE_PEER} ORDER BY id LIMIT $1"
+                "SELECT {PEER_COLUMNS} FROM deliveries
+                 WHERE {ACTIVE_PEER} AND channel = ANY($1) ORDER BY id LIMIT $2"
             ),
-            &[&active_limit(limit)],
+            &[&channels, &active_limit(limit)],
         )
         .await
         .map_err(pg)?;
     Ok(rows.iter().map(read_peer).collect())
+}
+
+/// Marks `stopped` the messages that may still be edited of channels not in `followed`; how many.
+pub(super) async fn stop_except(
+    c: &impl GenericClient,
+    followed: &[String],
+) -> Result<u64, StoreError> {
+    c.execute(
+        &format!(
+            "UPDATE deliveries SET peer_shown = 'stopped' WHERE {ACTIVE_PEER} AND channel <> ALL($1)"
+        ),
+        &[&followed],
+    )
+    .await
+    .map_err(pg)
 }
 
 /// One incident's messages with a peer ref, oldest first.

@@ -2,7 +2,7 @@
 //! they show, bots' update offsets, and leases. Every write goes through the single writer, so the
 //! lease's conditional upsert is never raced.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
 
 use super::db;
 use crate::store::chat::{active_limit, PeerMessage, ACTIVE_PEER, PEER_COLUMNS};
@@ -35,16 +35,52 @@ pub(super) fn record_peer_refs(c: &Connection, refs: &[(i64, String)]) -> Result
     Ok(())
 }
 
-/// Messages that may still be edited, oldest first (by the partial index `deliveries_peer`).
-pub(super) fn active(c: &Connection, limit: usize) -> Result<Vec<PeerMessage>, StoreError> {
+/// `n` numbered parameters from `?first`: `?2, ?3, ?4`.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Messages of `channels` that may still be edited, oldest first (by the partial index
+/// `deliveries_peer`; the channel is checked on each of its rows).
+pub(super) fn active(
+    c: &Connection,
+    channels: &[String],
+    limit: usize,
+) -> Result<Vec<PeerMessage>, StoreError> {
+    if channels.is_empty() {
+        return Ok(Vec::new());
+    }
+    let limit = active_limit(limit);
+    let args =
+        std::iter::once(&limit as &dyn ToSql).chain(channels.iter().map(|c| c as &dyn ToSql));
     c.prepare_cached(&format!(
         "SELECT {PEER_COLUMNS} FROM deliveries INDEXED BY deliveries_peer
-         WHERE {ACTIVE_PEER} ORDER BY id LIMIT ?1"
+         WHERE {ACTIVE_PEER} AND channel IN ({}) ORDER BY id LIMIT ?1",
+        placeholders(2, channels.len())
     ))
     .and_then(|mut s| {
-        s.query_map(params![active_limit(limit)], read_peer)?
+        s.query_map(params_from_iter(args), read_peer)?
             .collect::<rusqlite::Result<_>>()
     })
+    .map_err(db)
+}
+
+/// Marks `stopped` the messages that may still be edited of channels not in `followed`; how many.
+pub(super) fn stop_except(c: &Connection, followed: &[String]) -> Result<u64, StoreError> {
+    let others = if followed.is_empty() {
+        String::new()
+    } else {
+        format!(" AND channel NOT IN ({})", placeholders(1, followed.len()))
+    };
+    c.prepare_cached(&format!(
+        "UPDATE deliveries INDEXED BY deliveries_peer SET peer_shown = 'stopped'
+         WHERE {ACTIVE_PEER}{others}"
+    ))
+    .and_then(|mut s| s.execute(params_from_iter(followed)))
+    .map(|n| n as u64)
     .map_err(db)
 }
 
