@@ -455,12 +455,12 @@ async fn expand_digest(
             let lines = message
                 .strip_prefix(title.as_str())
                 .map_or(message.as_str(), |m| m.trim_start_matches('\n'));
-            // As loud as its rule's messages.
-            let severity = rt
-                .config
-                .rules
-                .get(rule)
+            // As loud as its loudest item's rule (a channel's rate-limit digest mixes rules).
+            let severity = items
+                .iter()
+                .filter_map(|i| rt.config.rules.get(&i.origin.rule))
                 .map(|r| r.severity)
+                .min()
                 .unwrap_or_default();
             c.kind.digest(&title, lines, severity)
         });

@@ -88,15 +88,6 @@ impl RetryPolicy {
             let s = if attempts == 1 { "" } else { "s" };
             return Decision::Dead(format!("gave up after {attempts} attempt{s}: {reason}"));
         }
-        // A peer that asks for a wait past the delivery's age limit (a monthly quota used up) would
-        // only answer "wait" to every try until then: the delivery is dead now, with the reason.
-        if let Some(ra) = retry_after.filter(|ra| age + *ra > self.max_age) {
-            return Decision::Dead(format!(
-                "the peer asks to wait {}, past the max age {}: {reason}",
-                humantime::format_duration(Duration::from_secs(ra.as_secs())),
-                humantime::format_duration(self.max_age)
-            ));
-        }
         let wait = match retry_after {
             Some(ra) => ra.min(self.max_retry_after),
             None => self.backoff(attempts, jitter),
@@ -141,13 +132,7 @@ mod tests {
         let d =
             |ra| p.after_transient(1, Duration::ZERO, Some(Duration::from_secs(ra)), 0.0, "429");
         assert_eq!(d(7), Decision::RetryIn(Duration::from_secs(7)));
-        assert_eq!(d(3000), Decision::RetryIn(Duration::from_secs(300)));
-        // Past the age limit (an hour here): dead at once, saying why.
-        assert!(
-            matches!(d(100_000), Decision::Dead(r) if r.contains("asks to wait 1day 3h 46m 40s") && r.ends_with("429")),
-            "{:?}",
-            d(100_000)
-        );
+        assert_eq!(d(100_000), Decision::RetryIn(Duration::from_secs(300)));
     }
 
     #[test]

@@ -332,6 +332,17 @@ async fn restart_and_resolve(pg: Option<&str>) {
             .unwrap();
         assert_eq!(resp.status(), 200, "{form}");
         assert!(resp.text().await.unwrap().contains("closed"), "{form}");
+        // A link the relay never made stays a 404, service or not (a wrong public_url shows).
+        let unknown = format!("{}{}", &page[..page.len() - 32], "f".repeat(32));
+        let resp = relay
+            .client
+            .post(&unknown)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{form}");
     }
     let (_, again) = relay.admin_get("/api/incidents?all=true", ADMIN).await;
     assert_eq!(

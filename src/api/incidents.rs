@@ -308,12 +308,12 @@ impl AckForm {
 async fn page_ack(State(s): State<AdminState>, Path(token): Path<String>, body: Bytes) -> Response {
     // A body that is no form (a bare POST) acknowledges without a name.
     let form: Option<AckForm> = serde_urlencoded::from_bytes(&body).ok();
-    // A push service's action or callback (not a person at the page): a closed incident is an
-    // answer, not an error it would repeat (Pushover calls back every minute until it gets a 2xx).
+    // A push service's action or callback (not a person at the page): the incident of a known link
+    // being closed is an answer, not an error it would repeat (Pushover calls back every minute until
+    // it gets a 2xx). An unknown link stays a 404 (a wrong public_url must show).
     let service = form
         .as_ref()
         .is_some_and(|f| f.receipt.is_some() || f.via.is_some());
-    let gone = || if service { closed() } else { gone() };
     let Some(hash) = token_hash(&token) else {
         return gone();
     };
@@ -339,6 +339,7 @@ async fn page_ack(State(s): State<AdminState>, Path(token): Path<String>, body: 
                 &incident_page(&s, a.row.id, &a.state, &label, Some(note)),
             )
         }
+        Err(IncidentError::NotFound | IncidentError::Resolved(_)) if service => closed(),
         Err(IncidentError::NotFound | IncidentError::Resolved(_)) => gone(),
         Err(e) => unavailable(&e.to_string()),
     }

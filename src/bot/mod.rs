@@ -160,11 +160,16 @@ const SWEEP_EVERY_MS: i64 = 60_000;
 /// two-way, or is now of another kind): each follow-up asks the store only for its own channels, so
 /// nobody else would, and they would stay in the index of active messages for good. Each follow-up
 /// runs one under its lease: when the followed channels change (a reload) and every minute (an
-/// instance still on an older configuration may have sent one meanwhile).
+/// instance still on an older configuration may have sent one meanwhile). Only messages made before
+/// this instance took up its followed channels are swept: a later one of a channel unknown here may be
+/// another instance's, on a newer configuration that follows it (a rolling update); once every
+/// instance runs that configuration, the sweeps reach such messages of removed channels too.
 #[derive(Debug, Default)]
 pub struct Sweep {
     /// The followed channels of the last sweep, and when it was, unix ms.
     last: Option<(Vec<String>, i64)>,
+    /// Since when this instance follows these channels, unix ms.
+    since: i64,
 }
 
 impl Sweep {
@@ -179,7 +184,14 @@ impl Sweep {
         {
             return;
         }
-        match bots.store.stop_peer_messages_except(&followed).await {
+        if self.last.as_ref().is_none_or(|(f, _)| *f != followed) {
+            self.since = now;
+        }
+        match bots
+            .store
+            .stop_peer_messages_except(&followed, self.since)
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 messages = n,

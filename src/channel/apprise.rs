@@ -39,36 +39,40 @@ pub fn expand(url: &str) -> Result<Vec<(&'static str, String)>, String> {
              gotifys, matrix, matrixs); give `type` for the long form"
         ));
     }
-    if scheme == "pover" {
-        // The app token stands where a host would, and a URL parser would lowercase it.
-        let rest = &url[scheme.len() + 3..];
-        let (user, rest) = rest
-            .split_once('@')
-            .map_or((None, rest), |(u, r)| (Some(decode(u)), r));
-        let mut parts = rest.split('/').filter(|s| !s.is_empty()).map(decode);
-        let token = parts
-            .next()
-            .ok_or("url: pover://user_key@app_token: the app token is missing")?;
-        return pushover(
-            &token,
-            &parts.collect::<Vec<_>>(),
-            user.filter(|u| !u.is_empty()),
-        );
+    let rest = &url[scheme.len() + 3..];
+    if rest.contains(['?', '#']) {
+        return Err(format!(
+            "url: a {scheme}:// shorthand takes no `?` options or `#` part: give the options as keys \
+             beside `url` (a Matrix room by its id, `!room:server`)"
+        ));
     }
-    // `Url` parses special schemes only: read it as https, keeping the parts.
-    let u = Url::parse(&format!("https://{}", &url[scheme.len() + 3..]))
-        .map_err(|e| format!("url: not a valid {scheme}:// URL ({e})"))?;
+    if scheme == "pover" {
+        return pover(rest);
+    }
+    // These schemes are not "special" to the URL standard: the host keeps its case (an ntfy topic in
+    // its place is case-sensitive) and the port is kept as written.
+    let u = Url::parse(url).map_err(|e| format!("url: not a valid {scheme}:// URL ({e})"))?;
     let host = u
         .host_str()
         .filter(|h| !h.is_empty())
         .ok_or_else(|| format!("url: a {scheme}:// URL needs a host"))?
         .to_string();
-    let segments: Vec<String> = u
-        .path_segments()
-        .map(|s| s.filter(|s| !s.is_empty()).map(decode).collect())
-        .unwrap_or_default();
-    let user = (!u.username().is_empty()).then(|| decode(u.username()));
-    let password = u.password().map(decode);
+    let segments: Vec<String> = match u.path_segments() {
+        Some(s) => s
+            .filter(|s| !s.is_empty())
+            .map(decode)
+            .collect::<Result<_, _>>()?,
+        None => vec![],
+    };
+    let user = match u.username() {
+        "" => None,
+        name => Some(decode(name)?),
+    };
+    let password = u.password().map(decode).transpose()?;
+    if segments.is_empty() && u.port().is_some() && scheme.starts_with("ntfy") {
+        // `ntfys://host:8443` without a topic would publish to the topic "host" on ntfy.sh.
+        return Err("url: ntfy://host:port/topic: the topic is missing".into());
+    }
     let tls = scheme.ends_with('s');
     let base = |host: &str, path: &[String]| {
         let mut out = format!("{}://{host}", if tls { "https" } else { "http" });
@@ -160,6 +164,30 @@ fn ntfy(
     Ok(out)
 }
 
+/// `pover://user_key@app_token[/device]`, read by hand: the app token stands where a host would, and
+/// a URL parser would lowercase it.
+fn pover(rest: &str) -> Result<Vec<(&'static str, String)>, String> {
+    // The app token stands where a host would, and a URL parser would lowercase it.
+    let (user, rest) = match rest.split_once('@') {
+        Some((u, r)) => (Some(decode(u)?), r),
+        None => (None, rest),
+    };
+    let mut parts = rest
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(decode)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter();
+    let token = parts
+        .next()
+        .ok_or("url: pover://user_key@app_token: the app token is missing")?;
+    pushover(
+        &token,
+        &parts.collect::<Vec<_>>(),
+        user.filter(|u| !u.is_empty()),
+    )
+}
+
 /// `pover://user_key@app_token[/device]`.
 fn pushover(
     token: &str,
@@ -180,8 +208,13 @@ fn pushover(
     Ok(out)
 }
 
-fn decode(s: &str) -> String {
-    percent_decode_str(s).decode_utf8_lossy().into_owned()
+/// A percent-encoded part, decoded; not UTF-8 is an error (a secret silently changed would fail
+/// later, and less clearly).
+fn decode(s: &str) -> Result<String, String> {
+    percent_decode_str(s)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| "url: a percent-encoded part is not UTF-8".to_string())
 }
 
 /// Expands a channel section written with an Apprise `url:` and no `type:` in place; other sections
@@ -262,6 +295,29 @@ mod tests {
         assert!(expand("ntfy://lena@host/t")
             .unwrap_err()
             .contains("needs a password"));
+        // A topic keeps its case; numbers are topics, not addresses; a port needs a topic.
+        assert_eq!(
+            keys("ntfy://BikeAlarms")[2],
+            ("topic", "BikeAlarms".to_string())
+        );
+        assert_eq!(keys("ntfy://2024")[2], ("topic", "2024".to_string()));
+        assert!(expand("ntfys://u:p@myntfy:8443")
+            .unwrap_err()
+            .contains("topic is missing"));
+        // A port is kept as written, the default ones too.
+        assert_eq!(
+            keys("ntfy://host:443/t")[1],
+            ("url", "http://host:443".to_string())
+        );
+        assert!(expand("ntfy://host/t?priority=5")
+            .unwrap_err()
+            .contains("no `?` options"));
+        assert!(expand("matrix://t@host/#room:x")
+            .unwrap_err()
+            .contains("`#` part"));
+        assert!(expand("ntfy://u:%FF@host/t")
+            .unwrap_err()
+            .contains("not UTF-8"));
         assert!(expand("ntfy://host/a/b").unwrap_err().contains("one topic"));
     }
 

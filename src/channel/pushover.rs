@@ -48,6 +48,8 @@ pub const MIN_RECEIPT_POLL: Duration = Duration::from_secs(5);
 /// Pushover asks for at least 5 s before a failed request is tried again: the channel's first backoff
 /// unless its `retry:` says otherwise, 7 s so that the retry policy's jitter (±20%) stays above 5 s.
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(7);
+/// A monthly quota that resets later than this makes a message a dead letter at once.
+pub const QUOTA_WAIT_AT_MOST: Duration = Duration::from_secs(86_400);
 /// Default subject template: the push notification's title.
 pub const DEFAULT_SUBJECT: &str = "{{ title }} · {{ device.name }}";
 /// Default message template (the title says what and which device; the map is the message's link).
@@ -640,6 +642,15 @@ fn classify(
         let wait = reset
             .filter(|r| *r > now && *r - now <= 31 * 86_400)
             .map(|r| Duration::from_secs(r - now));
+        // Days away: an alarm sent then is no use, and every try until then is one more 4xx that
+        // Pushover counts against this address. Dead now, saying why.
+        if wait.is_some_and(|w| w > QUOTA_WAIT_AT_MOST) {
+            return Err(SendError::permanent(redact(format!(
+                "Pushover: HTTP 429: the application's monthly message limit is reached; it resets at \
+                 {}: raise the limit or use another application token",
+                crate::clock::rfc3339(reset.unwrap_or(0) as i64 * 1000)
+            ))));
+        }
         return Err(SendError::Transient {
             reason: redact(format!(
                 "Pushover: HTTP 429: the application's monthly message limit is reached{}",
@@ -885,6 +896,17 @@ mod tests {
         assert!(reason.contains("monthly message limit"), "{reason}");
         let wait = retry_after.unwrap().as_secs();
         assert!((3590..=3600).contains(&wait), "{wait}");
+        // Days away: dead now, saying why.
+        let far = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(now + 10 * 86_400),
+            "{}",
+            &[],
+        );
+        assert!(
+            matches!(&far, Err(SendError::Permanent { reason }) if reason.contains("raise the limit")),
+            "{far:?}"
+        );
         let Err(SendError::Transient { retry_after, .. }) = classify(
             StatusCode::TOO_MANY_REQUESTS,
             Some(now + 90 * 86_400),

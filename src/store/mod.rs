@@ -529,9 +529,15 @@ pub trait Store: Send + Sync {
     }
 
     /// Marks `stopped` (final) every message [`Store::active_peer_messages`] would list that went
-    /// through none of `followed` (a channel removed, or no longer followed up); how many.
-    async fn stop_peer_messages_except(&self, followed: &[String]) -> Result<u64, StoreError> {
-        let _ = followed;
+    /// through none of `followed` (a channel removed, or no longer followed up) and was created before
+    /// `created_before_ms` (a message made later may be another instance's, on a newer configuration
+    /// that follows its channel); how many.
+    async fn stop_peer_messages_except(
+        &self,
+        followed: &[String],
+        created_before_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let _ = (followed, created_before_ms);
         Err(no_incidents())
     }
 

@@ -1331,8 +1331,12 @@ impl Store for PgStore {
         chat::active(&self.client().await?, channels, limit).await
     }
 
-    async fn stop_peer_messages_except(&self, followed: &[String]) -> Result<u64, StoreError> {
-        chat::stop_except(&self.client().await?, followed).await
+    async fn stop_peer_messages_except(
+        &self,
+        followed: &[String],
+        created_before_ms: i64,
+    ) -> Result<u64, StoreError> {
+        chat::stop_except(&self.client().await?, followed, created_before_ms).await
     }
 
     async fn peer_messages(&self, incident_ref: i64) -> Result<Vec<PeerMessage>, StoreError> {

@@ -1175,10 +1175,16 @@ impl Store for SqliteStore {
         self.read(move |c| chat::active(c, &channels, limit)).await
     }
 
-    async fn stop_peer_messages_except(&self, followed: &[String]) -> Result<u64, StoreError> {
+    async fn stop_peer_messages_except(
+        &self,
+        followed: &[String],
+        created_before_ms: i64,
+    ) -> Result<u64, StoreError> {
         let followed = followed.to_vec();
-        self.call(true, move |c| chat::stop_except(c, &followed))
-            .await
+        self.call(true, move |c| {
+            chat::stop_except(c, &followed, created_before_ms)
+        })
+        .await
     }
 
     async fn peer_messages(&self, incident_ref: i64) -> Result<Vec<PeerMessage>, StoreError> {

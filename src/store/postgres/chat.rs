@@ -72,12 +72,14 @@ pub(super) async fn active(
 pub(super) async fn stop_except(
     c: &impl GenericClient,
     followed: &[String],
+    created_before_ms: i64,
 ) -> Result<u64, StoreError> {
     c.execute(
         &format!(
-            "UPDATE deliveries SET peer_shown = 'stopped' WHERE {ACTIVE_PEER} AND channel <> ALL($1)"
+            "UPDATE deliveries SET peer_shown = 'stopped' WHERE {ACTIVE_PEER} AND channel <> ALL($1) \
+             AND created_at < $2"
         ),
-        &[&followed],
+        &[&followed, &created_before_ms],
     )
     .await
     .map_err(pg)

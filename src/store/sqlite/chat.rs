@@ -69,17 +69,23 @@ pub(super) fn active(
 }
 
 /// Marks `stopped` the messages that may still be edited of channels not in `followed`; how many.
-pub(super) fn stop_except(c: &Connection, followed: &[String]) -> Result<u64, StoreError> {
+pub(super) fn stop_except(
+    c: &Connection,
+    followed: &[String],
+    created_before_ms: i64,
+) -> Result<u64, StoreError> {
     let others = if followed.is_empty() {
         String::new()
     } else {
-        format!(" AND channel NOT IN ({})", placeholders(1, followed.len()))
+        format!(" AND channel NOT IN ({})", placeholders(2, followed.len()))
     };
+    let mut params: Vec<rusqlite::types::Value> = vec![created_before_ms.into()];
+    params.extend(followed.iter().map(|f| f.clone().into()));
     c.prepare_cached(&format!(
         "UPDATE deliveries INDEXED BY deliveries_peer SET peer_shown = 'stopped'
-         WHERE {ACTIVE_PEER}{others}"
+         WHERE {ACTIVE_PEER} AND created_at < ?1{others}"
     ))
-    .and_then(|mut s| s.execute(params_from_iter(followed)))
+    .and_then(|mut s| s.execute(params_from_iter(params)))
     .map(|n| n as u64)
     .map_err(db)
 }
