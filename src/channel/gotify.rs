@@ -7,16 +7,16 @@
 //! message twice.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::CONTENT_TYPE;
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::ntfy::{server_url, DEFAULT_TEMPLATE, DEFAULT_TITLE};
-use super::{http_client, http_failure, parse_retry_after, Section, DEFAULT_TIMEOUT};
+use super::{http_client, http_failure, Section, DEFAULT_TIMEOUT};
 use crate::channel_config::{Channel, ChannelKind, Common, Message, SendError, Sent};
 use crate::config_raw::{RawRateLimit, RawRetry};
 use crate::notification::{Content, Notification};
@@ -244,12 +244,7 @@ impl Channel for GotifyChannel {
         if status.is_success() {
             return Ok(Sent::default());
         }
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let text = resp.text().await.unwrap_or_default();
+        let (retry_after, text) = super::refusal(resp).await;
         // Should the server ever echo the token, it is cut out.
         let secret = self.s.token.expose();
         Err(match classify(status, retry_after, &text) {

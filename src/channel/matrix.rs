@@ -11,15 +11,15 @@
 //! the channel's `mention` (default `@room`, which notifies everyone in the room who may be notified).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::CONTENT_TYPE;
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{http_client, http_failure, parse_retry_after, Section, DEFAULT_TIMEOUT};
+use super::{http_client, http_failure, Section, DEFAULT_TIMEOUT};
 use crate::channel_config::{Channel, ChannelKind, Common, Message, SendError, Sent};
 use crate::config_raw::{RawRateLimit, RawRetry};
 use crate::notification::{Content, Notification};
@@ -365,12 +365,7 @@ impl Channel for MatrixChannel {
         if status.is_success() {
             return Ok(Sent::default());
         }
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let text = resp.text().await.unwrap_or_default();
+        let (retry_after, text) = super::refusal(resp).await;
         Err(failure(status, retry_after, &text))
     }
 }

@@ -162,6 +162,17 @@ pub(crate) fn http_failure(e: &reqwest::Error) -> String {
     out
 }
 
+/// What a peer's non-2xx answer says: the wait its `Retry-After` asks for, and its body (empty when
+/// unreadable).
+pub(crate) async fn refusal(resp: reqwest::Response) -> (Option<Duration>, String) {
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+    (retry_after, resp.text().await.unwrap_or_default())
+}
+
 /// Parses an HTTP `Retry-After` value: seconds, or an HTTP date.
 pub fn parse_retry_after(v: &str, now: std::time::SystemTime) -> Option<Duration> {
     let v = v.trim();

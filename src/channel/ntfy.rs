@@ -9,15 +9,15 @@
 //! `sequence_id`, so a retry after a lost answer replaces the notification instead of adding a second.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::CONTENT_TYPE;
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{http_client, http_failure, parse_retry_after, Section, DEFAULT_TIMEOUT};
+use super::{http_client, http_failure, Section, DEFAULT_TIMEOUT};
 use crate::channel_config::{Channel, ChannelKind, Common, Message, SendError, Sent};
 use crate::config_raw::{RawRateLimit, RawRetry};
 use crate::notification::{Content, Notification};
@@ -427,12 +427,7 @@ impl Channel for NtfyChannel {
         if status.is_success() {
             return Ok(Sent::default());
         }
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let text = resp.text().await.unwrap_or_default();
+        let (retry_after, text) = super::refusal(resp).await;
         Err(redact(classify(status, retry_after, &text), &self.s.auth))
     }
 }

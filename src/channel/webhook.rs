@@ -4,17 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use sha2::Sha256;
 
 use super::preset::{self, Preset};
-use super::{http_client, http_failure, parse_retry_after, Section, DEFAULT_TIMEOUT};
+use super::{http_client, http_failure, Section, DEFAULT_TIMEOUT};
 use crate::channel_config::{Channel, ChannelKind, Common, Facts, Message, SendError, Sent};
 use crate::config_raw::{RawRateLimit, RawRetry};
 use crate::notification::{Content, Notification};
@@ -390,12 +390,7 @@ impl Channel for WebhookChannel {
         if status.is_success() {
             return Ok(Sent::default());
         }
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let text = resp.text().await.unwrap_or_default();
+        let (retry_after, text) = super::refusal(resp).await;
         let retry_after =
             retry_after.or_else(|| self.s.preset.and_then(|p| preset::retry_after(p, &text)));
         let snippet: String = text.chars().take(200).collect();
