@@ -1704,3 +1704,189 @@ async fn telegram_set_webhook_checks_url_secret_and_rate() {
     assert_eq!(tg.webhook(), None);
     assert!(hook.requests().is_empty());
 }
+
+// --- Browser harness (issue 20) ---------------------------------------------
+
+/// The browser harness of the web console's tests (`support::browser`) against a small form served
+/// on loopback: headless Chromium types, clicks, reads and takes screenshots.
+mod browser_harness {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use axum::extract::Form;
+    use axum::http::header;
+    use axum::response::{Html, IntoResponse};
+    use axum::routing::{get, post};
+    use axum::Router;
+    use tokio::net::TcpListener;
+
+    use super::support::browser::{screenshot_dir, Browser};
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    const FORM: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>Form</title></head>
+<body><form method="post" action="/answer">
+<label>Name <input id="name" name="name" type="text"></label>
+<button id="send" type="submit">Send</button>
+</form></body></html>"#;
+
+    /// A page without `<meta name="viewport">`.
+    const PLAIN: &str = "<!doctype html><html lang=\"en\"><title>Plain</title><p>Plain</p></html>";
+
+    fn escape(text: &str) -> String {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    }
+
+    /// The answer page shows the posted name and sets an HttpOnly cookie.
+    async fn answer(Form(form): Form<HashMap<String, String>>) -> impl IntoResponse {
+        let name = escape(form.get("name").map_or("", String::as_str));
+        let page = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Answer</title></head>\
+             <body><p id=\"answer\">Hello, {name}!</p></body></html>"
+        );
+        let cookie = "answered=yes; Path=/; HttpOnly; SameSite=Strict";
+        ([(header::SET_COOKIE, cookie)], Html(page))
+    }
+
+    /// Serves the form on a free loopback port; returns its base URL.
+    async fn serve_form() -> String {
+        let app = Router::new()
+            .route("/", get(|| async { Html(FORM) }))
+            .route("/answer", post(answer))
+            .route("/plain", get(|| async { Html(PLAIN) }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}")
+    }
+
+    /// Width and height from a PNG's IHDR chunk, after checking the signature.
+    fn png_size(png: &[u8]) -> (u32, u32) {
+        assert!(
+            png.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "not a PNG: {:?}",
+            &png[..png.len().min(8)]
+        );
+        assert_eq!(&png[12..16], b"IHDR", "the first chunk is IHDR");
+        let be = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+        (be(16), be(20))
+    }
+
+    /// Types a name, submits, and returns the answer's text.
+    async fn submit(browser: &Browser, base: &str, name: &str) -> String {
+        browser.goto(&format!("{base}/")).await;
+        browser.fill("#name", name).await;
+        browser.click("#send").await;
+        browser.wait_for_text("#answer", "Hello", WAIT).await
+    }
+
+    #[tokio::test]
+    async fn browser_fills_a_form_reads_the_answer_and_takes_a_screenshot() {
+        let base = serve_form().await;
+        let browser = Browser::new(360, 740).await;
+        let viewport = browser
+            .eval("return [window.innerWidth, window.innerHeight]")
+            .await;
+        assert_eq!(viewport, serde_json::json!([360, 740]));
+        let answer = submit(&browser, &base, "Lena <& Co>").await;
+        let viewport = browser
+            .eval("return [window.innerWidth, window.innerHeight]")
+            .await;
+        assert_eq!(
+            viewport,
+            serde_json::json!([360, 740]),
+            "after a navigation"
+        );
+        assert_eq!(answer, "Hello, Lena <& Co>!");
+        assert_eq!(browser.text("#answer").await, answer);
+        assert_eq!(browser.current_url().await.path(), "/answer");
+        assert!(!browser.exists("#name").await, "the form page is gone");
+        let cookies = browser.cookies().await;
+        let cookie = cookies.iter().find(|c| c.name() == "answered");
+        let cookie = cookie.unwrap_or_else(|| panic!("the answer's cookie: {cookies:?}"));
+        assert_eq!(cookie.value(), "yes");
+        assert_eq!(cookie.http_only(), Some(true));
+
+        let path = browser.screenshot("harness-answer").await;
+        assert_eq!(path, screenshot_dir().join("harness-answer.png"));
+        let png = std::fs::read(&path).expect("the screenshot was written");
+        assert_eq!(png_size(&png), (360, 740));
+
+        // A resized window is as wide as asked, and so is the next screenshot.
+        browser.set_size(800, 600).await;
+        let path = browser.screenshot("harness-answer-wide").await;
+        assert_eq!(png_size(&std::fs::read(path).unwrap()), (800, 600));
+        browser.close().await;
+    }
+
+    #[tokio::test]
+    async fn browser_phone_honours_the_viewport_meta_tag() {
+        let base = serve_form().await;
+        let inner_width = "return window.innerWidth";
+        let phone = Browser::phone(360, 740).await;
+        phone.goto(&format!("{base}/")).await;
+        assert_eq!(phone.eval(inner_width).await, 360);
+        let touch =
+            "return [navigator.maxTouchPoints > 0, matchMedia('(pointer: coarse)').matches]";
+        assert_eq!(phone.eval(touch).await, serde_json::json!([true, true]));
+        phone.goto(&format!("{base}/plain")).await;
+        assert_eq!(
+            phone.eval(inner_width).await,
+            980,
+            "no viewport tag: laid out as a desktop page"
+        );
+        let png = std::fs::read(phone.screenshot("harness-phone-plain").await).unwrap();
+        assert_eq!(png_size(&png), (360, 740));
+        drop(phone);
+        let desktop = Browser::new(360, 740).await;
+        desktop.goto(&format!("{base}/plain")).await;
+        assert_eq!(desktop.eval(inner_width).await, 360);
+    }
+
+    #[tokio::test]
+    async fn browser_pair_runs_two_sessions_at_once_with_separate_profiles() {
+        let base = serve_form().await;
+        let (a, b) = Browser::pair(360, 740).await;
+        b.goto(&format!("{base}/")).await;
+        let (from_a, from_b) = tokio::join!(submit(&a, &base, "Anna"), submit(&b, &base, "Ben"));
+        assert_eq!(from_a, "Hello, Anna!");
+        assert_eq!(from_b, "Hello, Ben!");
+        // Each has its own cookie jar: a fresh profile per session.
+        let c = Browser::new(360, 740);
+        drop(a);
+        let c = c.await;
+        c.goto(&format!("{base}/")).await;
+        assert!(
+            c.cookies().await.is_empty(),
+            "a new session starts without cookies"
+        );
+        assert_eq!(b.cookies().await.len(), 1);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "no `#answer` with a text containing \"Hello, Anne!\"")]
+    async fn browser_wait_for_text_fails_on_another_text() {
+        let base = serve_form().await;
+        let browser = Browser::new(360, 740).await;
+        submit(&browser, &base, "Anna").await;
+        browser
+            .wait_for_text("#answer", "Hello, Anne!", Duration::from_millis(300))
+            .await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "no element matches `#missing` on http://127.0.0.1:")]
+    async fn browser_click_fails_on_a_missing_element() {
+        let base = serve_form().await;
+        let browser = Browser::new(360, 740).await;
+        browser.goto(&format!("{base}/")).await;
+        browser.click("#missing").await;
+    }
+}
