@@ -26,6 +26,8 @@ use crate::store::{Filter, Replay, Status, Store, StoreError};
 
 mod incidents;
 
+pub(crate) use incidents::{clean_name, take};
+
 /// State of the operational and admin routes.
 #[derive(Clone)]
 pub struct AdminState {

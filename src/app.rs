@@ -102,14 +102,32 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     for w in crate::config::warnings(&config) {
         tracing::warn!("{w}");
     }
+    let own_token = crate::console::own_token(
+        config.admin_token.is_some(),
+        addr,
+        &config.storage.data_dir,
+    );
     let (services, dispatcher) = wire(config, channels, store.clone()).await?;
+    let admin = AdminState {
+        pipeline: services.pipeline.clone(),
+        reloader: services.reloader.clone(),
+        sources: services.statuses.clone(),
+        outbox: Default::default(),
+    };
+    match &own_token {
+        Ok(Some((_, file))) => tracing::info!(
+            url = %format!("http://{addr}/console/"),
+            token_file = %file.display(),
+            "web console: no admin.token is set; log in with the token in this file (loopback only)"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "web console: off (no admin.token, and no token file)"),
+    }
+    let own_token = own_token.ok().flatten().map(|(t, _)| t);
+    let console = std::sync::Arc::new(crate::console::Console::new(admin.clone(), own_token));
     let app = ingest::router(&path, &positions_path, services.pipeline.clone())
-        .merge(api::router(AdminState {
-            pipeline: services.pipeline.clone(),
-            reloader: services.reloader.clone(),
-            sources: services.statuses.clone(),
-            outbox: Default::default(),
-        }))
+        .merge(api::router(admin.clone()))
+        .merge(crate::console::router(console))
         .merge(crate::bot::webhook::router(services.bots.clone()));
     // `intake` stops intake; `delivery` stops the worker, after intake (see `Running::stop`).
     let (intake, delivery) = (CancellationToken::new(), CancellationToken::new());

@@ -53,6 +53,9 @@ pub struct RawIngest {
 pub struct RawAdmin {
     /// Bearer token for `/api/...`; the admin API is off without it.
     pub token: Option<String>,
+    /// Token of the web console's read-only login (looks, changes nothing); none: only the admin token
+    /// logs in.
+    pub viewer_token: Option<String>,
 }
 
 /// Storage settings.

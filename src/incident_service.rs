@@ -515,6 +515,7 @@ pub fn source_name(s: AckSource) -> &'static str {
         AckSource::Telegram => "Telegram",
         AckSource::Ntfy => "ntfy",
         AckSource::Pushover => "Pushover",
+        AckSource::Console => "console",
     }
 }
 

@@ -70,6 +70,7 @@ pub mod channel;
 pub mod channel_config;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod config_raw;
 pub mod deliver;
 pub mod directory;

@@ -122,6 +122,8 @@ pub struct Config {
     pub ingest: Ingest,
     /// Admin API token (off without).
     pub admin_token: Option<Secret>,
+    /// The web console's read-only login token.
+    pub viewer_token: Option<Secret>,
     /// Storage.
     pub storage: Storage,
     /// Delivery.

@@ -42,6 +42,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 6),
     ("reload", 6),
     ("api", 6),
+    ("console", 6),
     ("app", 6),
 ];
 

@@ -193,7 +193,7 @@ async fn by_hand(
 }
 
 /// Runs an acknowledgement or resolution, counts it and wakes the timer (it owes a notice).
-async fn take(
+pub(crate) async fn take(
     s: &AdminState,
     which: &Which,
     by: &str,
@@ -244,7 +244,7 @@ fn ack_error(e: IncidentError) -> HttpError {
 }
 
 /// A name given by a person: one line, printable, at most 60 characters; `None` when empty.
-fn clean_name(name: Option<&str>) -> Option<String> {
+pub(crate) fn clean_name(name: Option<&str>) -> Option<String> {
     let n: String = name?.chars().filter(|c| !c.is_control()).take(60).collect();
     let n = n.trim().to_string();
     (!n.is_empty()).then_some(n)

@@ -64,6 +64,7 @@ pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Conf
         timezone,
         ingest,
         admin_token: raw.admin.token.filter(|t| !t.is_empty()).map(Secret),
+        viewer_token: raw.admin.viewer_token.filter(|t| !t.is_empty()).map(Secret),
         storage,
         delivery: Delivery {
             workers: raw.delivery.workers.unwrap_or(DEFAULT_WORKERS).max(1),

@@ -129,6 +129,8 @@ pub enum AckSource {
     Ntfy,
     /// A Pushover acknowledgement.
     Pushover,
+    /// The web console.
+    Console,
 }
 
 /// How an incident closed.
