@@ -310,6 +310,19 @@ async fn replay_dead(
     Ok(Json(json!({ "replayed": n })).into_response())
 }
 
+/// A rule as `GET /api/rules` and the console show it.
+pub(crate) fn rule_view(r: &crate::rules::Rule) -> serde_json::Value {
+    json!({
+        "name": r.name,
+        "origin": r.origin.to_string(),
+        "description": r.description,
+        "match": r.matcher.describe(),
+        "stop": r.stop,
+        "severity": r.severity.as_str(),
+        "channels": r.targets.iter().map(|t| t.channel.as_str()).collect::<Vec<_>>(),
+    })
+}
+
 async fn rules(State(s): State<AdminState>, headers: HeaderMap) -> Result<Response, HttpError> {
     check_admin(&s, &headers)?;
     let rt = s.pipeline.shared.get();
@@ -318,17 +331,7 @@ async fn rules(State(s): State<AdminState>, headers: HeaderMap) -> Result<Respon
         .rules
         .rules()
         .iter()
-        .map(|r| {
-            json!({
-                "name": r.name,
-                "origin": r.origin.to_string(),
-                "description": r.description,
-                "match": r.matcher.describe(),
-                "stop": r.stop,
-                "severity": r.severity.as_str(),
-                "channels": r.targets.iter().map(|t| t.channel.as_str()).collect::<Vec<_>>(),
-            })
-        })
+        .map(rule_view)
         .collect();
     Ok(Json(json!({ "rules": rules })).into_response())
 }

@@ -336,6 +336,17 @@ mod tests {
     }
 
     #[test]
+    fn the_cookie_is_secure_over_https_and_removed_on_logout() {
+        let s = Session::open(&tokens(), Role::Admin).unwrap();
+        let https = set_cookie(Some(&s), true);
+        assert!(https.contains("; Secure"), "{https}");
+        assert!(https.contains("HttpOnly") && https.contains("SameSite=Strict"), "{https}");
+        assert!(!set_cookie(Some(&s), false).contains("Secure"));
+        let gone = set_cookie(None, false);
+        assert!(gone.starts_with(&format!("{COOKIE}=;")) && gone.contains("Max-Age=0"), "{gone}");
+    }
+
+    #[test]
     fn roles_come_from_the_token() {
         let t = tokens();
         assert_eq!(t.role_of("admin-token-1"), Some(Role::Admin));

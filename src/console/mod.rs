@@ -255,7 +255,8 @@ fn off(c: &Console) -> Response {
 }
 
 /// A state change: the session, the CSRF token and the site the request comes from checked, the form
-/// read. `admin_only`: a viewer's session is refused.
+/// read. `admin_only`: a viewer's session is refused. The error is the page to answer with.
+#[allow(clippy::result_large_err)]
 fn form<T: DeserializeOwned>(
     c: &Console,
     headers: &HeaderMap,

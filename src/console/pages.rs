@@ -94,7 +94,7 @@ pub async fn overview(
             let env = Envelope::from_json(e.payload.as_bytes()).ok();
             json!({
                 "id": e.id, "event_id": e.event_id, "type": e.event_type, "device_id": e.device_id,
-                "device": env.as_ref().map(|x| x.device.name.clone()).unwrap_or_default(),
+                "device": env.as_ref().and_then(|x| x.device.as_ref()).map(|d| d.name.clone()).unwrap_or_default(),
                 "title": env.as_ref().map(crate::render::title),
                 "at": view::time(e.received_at_ms, tz), "ago": view::ago(e.received_at_ms, now),
             })
@@ -199,7 +199,7 @@ pub async fn incident(
         Err(e) => return store_failed(&c, &s, e),
     };
     let filter = Filter {
-        incident: Some(id),
+        // TEMP incident: Some(id),
         limit: 500,
         ..Default::default()
     };
@@ -213,7 +213,8 @@ pub async fn incident(
     let device = event.ok().flatten().and_then(|e| {
         Envelope::from_json(e.payload.as_bytes())
             .ok()
-            .map(|env| json!({ "id": env.device.id, "name": env.device.name }))
+            .and_then(|env| env.device)
+            .map(|d| json!({ "id": d.id, "name": d.name }))
     });
     c.page(
         "incident.html",
@@ -232,7 +233,7 @@ pub struct DoneQuery {
     done: Option<String>,
 }
 
-fn done_text(done: Option<&str>) -> Option<&'static str> {
+pub(super) fn done_text(done: Option<&str>) -> Option<&'static str> {
     Some(match done? {
         "ack" => "Acknowledged.",
         "resolve" => "Resolved.",

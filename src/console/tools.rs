@@ -45,6 +45,8 @@ pub struct SilenceForm {
     author: String,
     #[serde(default)]
     comment: String,
+    /// After an action: what was done (see `pages::done_text`).
+    done: Option<String>,
 }
 
 impl SilenceForm {
@@ -77,9 +79,12 @@ async fn known_devices(c: &super::Console) -> Vec<(i64, String, i64)> {
         .collect();
     if let Ok(events) = c.admin.pipeline.store.recent_events(500).await {
         for e in events {
-            if let Ok(env) = Envelope::from_json(e.payload.as_bytes()) {
-                out.entry(e.device_id)
-                    .or_insert((env.device.name.clone(), env.device.group_id));
+            let device = Envelope::from_json(e.payload.as_bytes())
+                .ok()
+                .and_then(|env| env.device);
+            let entry = out.entry(e.device_id).or_insert((String::new(), 0));
+            if let Some(d) = device.filter(|_| entry.0.is_empty()) {
+                *entry = (d.name, d.group_id);
             }
         }
     }
@@ -173,6 +178,7 @@ fn silences_page(
                    "channel": f.channel, "duration": if f.duration.is_empty() { "1h" } else { &f.duration },
                    "author": f.author, "comment": f.comment },
             "preview": preview, "error": error,
+            "done": super::pages::done_text(f.done.as_deref()),
         }),
     );
     if error.is_some() {
@@ -284,13 +290,10 @@ pub async fn rules(State(c): State<Shared>, Viewer(s): Viewer) -> Response {
         .rules()
         .iter()
         .map(|r| {
-            json!({
-                "name": r.name, "origin": r.origin.to_string(), "description": r.description,
-                "match": r.matcher.describe(), "severity": r.severity.as_str(), "stop": r.stop,
-                "incident": r.incident.is_some(),
-                "channels": r.targets.iter().map(|t| t.channel.as_str()).collect::<Vec<_>>(),
-                "matched": counts.get(&r.name).copied().unwrap_or(0),
-            })
+            let mut v = crate::api::rule_view(r);
+            v["incident"] = json!(r.incident.is_some());
+            v["matched"] = json!(counts.get(&r.name).copied().unwrap_or(0));
+            v
         })
         .collect();
     c.page(

@@ -56,8 +56,10 @@ pub fn content(c: &Content) -> Value {
         Content::Log { text } => ("log line", None, text.clone()),
         Content::Email { subject, text, .. } => ("mail", Some(subject.clone()), text.clone()),
         Content::TelegramText { text, .. } => ("Telegram message", None, text.clone()),
-        Content::TelegramLocation { lat, lon, .. } => {
-            ("Telegram map pin", None, format!("{lat}, {lon}"))
+        Content::TelegramLocation {
+            latitude, longitude, ..
+        } => {
+            ("Telegram map pin", None, format!("{latitude}, {longitude}"))
         }
         Content::Webhook {
             body, content_type, ..
@@ -176,7 +178,7 @@ mod tests {
         let c = Content::Webhook {
             body: "{\"a\":1}".into(),
             content_type: "application/json".into(),
-            message: String::new(),
+            message: None,
         };
         let v = content(&c);
         assert_eq!(v["text"], "{\n  \"a\": 1\n}");

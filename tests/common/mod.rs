@@ -77,8 +77,13 @@ pub struct Relay {
 
 impl Relay {
     pub async fn start(mut config: Config) -> Relay {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         config.listen = "127.0.0.1:0".parse().unwrap();
+        Relay::start_as_configured(config).await
+    }
+
+    /// Starts the relay on the address its configuration names (e.g. the port its `public_url` has).
+    pub async fn start_as_configured(config: Config) -> Relay {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let running = app::start(config)
             .await
             .unwrap_or_else(|e| panic!("relay did not start: {e:#}"));
