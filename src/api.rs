@@ -227,8 +227,11 @@ async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Result<Respo
 pub struct ListQuery {
     status: Option<String>,
     channel: Option<String>,
+    rule: Option<String>,
     // Numbers arrive as text and are parsed here, so a bad one gets the JSON error shape.
     device: Option<String>,
+    // The next page: rows older than this id (the last one of the page before).
+    before: Option<String>,
     limit: Option<String>,
 }
 
@@ -261,12 +264,16 @@ async fn list(
         .transpose()
     };
     let device_id = number("device", q.device)?;
+    let before_id = number("before", q.before)?;
     let limit = number("limit", q.limit)?.unwrap_or(100).clamp(1, 10_000) as usize;
     let filter = Filter {
         status,
         channel: q.channel,
         device_id,
+        rule: q.rule,
+        before_id,
         limit,
+        ..Filter::default()
     };
     let rows = s.pipeline.store.list(filter).await.map_err(store_error)?;
     Ok(Json(json!({ "deliveries": rows })).into_response())

@@ -523,6 +523,8 @@ pub fn source_name(s: AckSource) -> &'static str {
 /// removed it, so that a step still goes out), its body, and its arrival now.
 fn step_event(d: &DueIncident, now: i64) -> (Envelope, String, Arrival) {
     let stored = d.event.clone().unwrap_or(StoredEvent {
+        id: 0,
+        received_at_ms: now,
         source: String::new(),
         event_id: 0,
         device_id: 0,

@@ -352,6 +352,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 channel,
                 device_id: device,
                 limit,
+                ..Filter::default()
             };
             deliveries(store.as_ref(), filter, json).await?;
         }

@@ -542,7 +542,15 @@ async fn an_acknowledgement_cancels_the_reminder_waiting_for_a_retry() {
     let relay = opened(dir.path(), &sink).await;
     sink.set_mode(support::sink::Mode::StatusRetryAfter(503, 600));
     advance(&relay, 5 * MIN + 1000).await;
-    let waiting = relay.wait_deliveries("pending", 1, ADMIN).await;
+    // Pending once made, and again once its attempt failed: wait for the failure.
+    let mut waiting = Vec::new();
+    for _ in 0..400 {
+        waiting = relay.wait_deliveries("pending", 1, ADMIN).await;
+        if waiting[0]["last_error"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     assert!(waiting[0]["last_error"].as_str().is_some(), "{waiting:?}");
     let (_, list) = relay.admin_get("/api/incidents", ADMIN).await;
     let id = list["incidents"][0]["id"].as_i64().unwrap();

@@ -269,6 +269,55 @@ async fn admin_api_needs_its_token_and_is_off_without_one() {
     relay.stop().await;
 }
 
+/// `GET /api/deliveries` filters by rule (the exact name) and pages by id: `before` the last id of a
+/// page lists the next; a `before` that is not a number is the JSON 400 of the other numbers.
+#[tokio::test]
+async fn the_deliveries_listing_filters_by_rule_and_pages_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let admin = format!("admin: {{ token: \"{ADMIN}\" }}\n");
+    let relay = Relay::start(common::hook_config(
+        dir.path(),
+        &sink.url("/t"),
+        "{ type: alarm }",
+        &admin,
+    ))
+    .await;
+    for id in 1..=3 {
+        let (status, _) = relay.post(with_event_id("alarm_sos.json", id), &[]).await;
+        assert_eq!(status, 200);
+    }
+    let ids = |v: &serde_json::Value| -> Vec<i64> {
+        v["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_i64().unwrap())
+            .collect()
+    };
+    let (status, all) = relay.admin_get("/api/deliveries?rule=a", ADMIN).await;
+    assert_eq!(status, 200, "{all}");
+    let all = ids(&all);
+    assert_eq!(all.len(), 3);
+    let (_, none) = relay.admin_get("/api/deliveries?rule=b", ADMIN).await;
+    assert!(ids(&none).is_empty(), "{none}");
+    let (_, first) = relay.admin_get("/api/deliveries?limit=2", ADMIN).await;
+    assert_eq!(ids(&first), all[..2]);
+    let (_, next) = relay
+        .admin_get(
+            &format!("/api/deliveries?rule=a&limit=2&before={}", all[1]),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(ids(&next), all[2..]);
+    let (status, bad) = relay.admin_get("/api/deliveries?before=x", ADMIN).await;
+    assert_eq!(
+        (status, bad["error"].as_str()),
+        (400, Some("invalid_query"))
+    );
+    relay.stop().await;
+}
+
 /// Secrets reach logs through error messages (URLs carry bot tokens and webhook paths) and through
 /// rejected requests. The relay runs as a process with JSON logs at debug level; none may appear.
 #[tokio::test]

@@ -3,6 +3,8 @@
 //! second store object on the same database stands for a second instance: dedup, ordering, leases and
 //! concurrent claims must hold across them.
 
+#[path = "store_suite/console.rs"]
+mod console;
 mod support;
 
 use std::collections::{HashMap, HashSet};
@@ -21,6 +23,8 @@ use trackrelay::plan::Planned;
 use trackrelay::store::postgres::{PgOptions, PgStore};
 use trackrelay::store::sqlite::SqliteStore;
 use trackrelay::store::*;
+
+use console::*;
 
 /// One database, of either kind, and how to open another store object on it.
 enum Backend {
@@ -143,6 +147,14 @@ suite!(
     an_incidents_latest_event_names_its_device,
     a_lease_has_one_holder_at_a_time,
     instances_racing_for_a_lease_never_both_get_it,
+    // The web console's reads (issue 20).
+    keyset_pages_list_every_row_once_newest_first_under_each_filter,
+    rule_and_time_filters_keep_exactly_their_rows,
+    a_delivery_in_full_and_none_for_a_missing_id,
+    a_grouped_delivery_names_its_digest,
+    activity_counts_events_and_their_deliveries_by_period,
+    rule_counts_count_each_event_once_per_rule,
+    recent_events_come_newest_first_up_to_the_limit,
 );
 
 /// A delivery of rule `r` with noise gates.
@@ -1242,7 +1254,7 @@ async fn postgres_migrations_are_safe_when_instances_start_together() {
         r.unwrap().unwrap_or_else(|e| panic!("{e}"));
     }
     let store = PgStore::connect(&opts).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 7);
+    assert_eq!(store.schema_version().await.unwrap(), 8);
     support::pg::execute(&url, "INSERT INTO trackrelay_schema (version) VALUES (99)").await;
     let err = PgStore::connect(&opts).await.err().expect("refused");
     assert!(err.to_string().contains("schema version 99"), "{err}");
@@ -1490,10 +1502,12 @@ async fn a_postgres_database_of_schema_4_upgrades_to_keys_unique_per_event() {
         .await
         .unwrap();
     // Back to what schema 4 had: the key unique across the table, an index on the event alone, no
-    // incidents (schema 6) and no chat (schema 7).
+    // incidents (schema 6), no chat (schema 7) and no console indexes (schema 8).
     support::pg::execute(
         &url,
-        "DROP TABLE bot_state, leases;
+        "DROP INDEX deliveries_status, deliveries_device, deliveries_rule, deliveries_channel;
+         DELETE FROM trackrelay_schema WHERE version = 8;
+         DROP TABLE bot_state, leases;
          ALTER TABLE deliveries DROP COLUMN peer_ref, DROP COLUMN peer_shown;
          DELETE FROM trackrelay_schema WHERE version = 7;
          DROP TABLE incidents, incident_tokens;
@@ -1527,7 +1541,7 @@ async fn a_postgres_database_of_schema_4_upgrades_to_keys_unique_per_event() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 7);
+    assert_eq!(version, 8);
     let mut indexes: Vec<String> = client
         .query(
             "SELECT indexname::TEXT FROM pg_indexes WHERE tablename = 'deliveries'",
@@ -1542,6 +1556,8 @@ async fn a_postgres_database_of_schema_4_upgrades_to_keys_unique_per_event() {
     assert_eq!(
         indexes,
         [
+            "deliveries_channel",
+            "deliveries_device",
             "deliveries_digest",
             "deliveries_due",
             "deliveries_event_key",
@@ -1552,6 +1568,8 @@ async fn a_postgres_database_of_schema_4_upgrades_to_keys_unique_per_event() {
             "deliveries_order",
             "deliveries_peer",
             "deliveries_pkey",
+            "deliveries_rule",
+            "deliveries_status",
         ]
     );
     drop(client);

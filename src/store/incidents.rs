@@ -130,8 +130,10 @@ pub struct DueIncident {
 }
 
 /// An event as the store keeps it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct StoredEvent {
+    /// Row id (what [`super::Store::stored_event`] takes).
+    pub id: i64,
     /// Dedup namespace.
     pub source: String,
     /// Traccar event id.
@@ -140,9 +142,12 @@ pub struct StoredEvent {
     pub device_id: i64,
     /// Event type.
     pub event_type: String,
+    /// Receive time, unix ms.
+    pub received_at_ms: i64,
     /// `X-PowTxn`.
     pub txn: Option<String>,
-    /// The body as received.
+    /// The body as received (empty for an unmatched event, unless `storage.keep_unmatched_payloads`
+    /// kept it).
     pub payload: String,
 }
 

@@ -6,9 +6,10 @@
 //!
 //! What does not depend on the database is written once, above both backends: noise control inside the
 //! accept transaction (`decide`), each delivery's row from its verdict (`rows`), and the other
-//! operations' shared parts (`common`: outcomes, listing, replay, retention, silences). Each backend
-//! keeps its SQL.
+//! operations' shared parts (`common`: outcomes, listing, replay, retention, silences; `browse`: the
+//! listing's statement and the console's reads). Each backend keeps its SQL.
 
+pub mod browse;
 pub mod chat;
 mod common;
 mod decide;
@@ -17,6 +18,7 @@ pub mod postgres;
 mod rows;
 pub mod sqlite;
 
+pub use browse::{ActivityBucket, DeliveryDetail};
 pub use chat::PeerMessage;
 pub use decide::{decide_noise, digest_content, noise_keys, with_note, NoiseOutcome};
 pub use incidents::{
@@ -279,7 +281,11 @@ pub struct DeliveryRow {
     pub txn: Option<String>,
 }
 
-/// Which deliveries to list.
+/// Which deliveries to list: every filter that is set applies (none set: every delivery). Each single
+/// filter, and a page further down ([`Filter::before_id`]), is answered from an index (see
+/// [`browse`]). [`Filter::since_ms`] and [`Filter::until_ms`] have none (a replay makes an old row
+/// new again): they narrow what the others find, and alone they read back from the newest row (or
+/// `before_id`) until the page is full or the outbox ends.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     /// Only this state.
@@ -288,7 +294,16 @@ pub struct Filter {
     pub channel: Option<String>,
     /// Only this device.
     pub device_id: Option<i64>,
-    /// At most this many, newest first.
+    /// Only this rule (its exact name).
+    pub rule: Option<String>,
+    /// Only rows with a smaller id: the next page after a page whose last (oldest) row had this id
+    /// (keyset pagination; rows stay ordered by id, newest first).
+    pub before_id: Option<i64>,
+    /// Only rows created (or last replayed) at or after this time, unix ms.
+    pub since_ms: Option<i64>,
+    /// Only rows created (or last replayed) before this time, unix ms.
+    pub until_ms: Option<i64>,
+    /// At most this many, newest first (0: 100).
     pub limit: usize,
 }
 
@@ -393,6 +408,48 @@ pub trait Store: Send + Sync {
 
     /// Lists deliveries, newest first.
     async fn list(&self, filter: Filter) -> Result<Vec<DeliveryRow>, StoreError>;
+
+    /// One delivery in full: its row as listed, the notification it sends, its event's stored body,
+    /// its incident and digest. `None` when there is no such row (or retention removed it). (The
+    /// console's reads default to failing, like the incidents' below: both backends implement them.)
+    async fn delivery(&self, id: i64) -> Result<Option<DeliveryDetail>, StoreError> {
+        let _ = id;
+        Err(no_browsing())
+    }
+
+    /// Events received at or after `since_ms`, in buckets of `bucket_ms` by their receive time (a
+    /// bucket starts at a multiple of `bucket_ms`; one below 1 is taken as 1), with their deliveries
+    /// counted by current status: only buckets with an event, oldest first. Reads the events of the
+    /// period (by their receive time) and each one's deliveries, never the whole outbox.
+    async fn activity(
+        &self,
+        since_ms: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<ActivityBucket>, StoreError> {
+        let _ = (since_ms, bucket_ms);
+        Err(no_browsing())
+    }
+
+    /// Per rule, how many events received at or after `since_ms` have a delivery of it (in any
+    /// status; an event counts once per rule), by rule name. Only rules with such an event are
+    /// listed. As cheap as [`Store::activity`].
+    async fn rule_counts(&self, since_ms: i64) -> Result<Vec<(String, u64)>, StoreError> {
+        let _ = since_ms;
+        Err(no_browsing())
+    }
+
+    /// Up to `limit` (0: 100) stored events, newest first, matched or not (an unmatched event's
+    /// payload is empty unless `storage.keep_unmatched_payloads` kept it).
+    async fn recent_events(&self, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let _ = limit;
+        Err(no_browsing())
+    }
+
+    /// One stored event by its row id ([`StoredEvent::id`]).
+    async fn stored_event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError> {
+        let _ = id;
+        Err(no_browsing())
+    }
 
     /// Makes deliveries due again; returns how many.
     async fn replay(&self, which: Replay, now_ms: i64) -> Result<u64, StoreError>;
@@ -597,6 +654,12 @@ pub trait Store: Send + Sync {
 /// them.
 fn no_incidents() -> StoreError {
     StoreError::Db("this store keeps no incidents".into())
+}
+
+/// What a store without the console's reads (a test's stand-in) answers to them; both backends have
+/// them.
+fn no_browsing() -> StoreError {
+    StoreError::Db("this store answers no console reads".into())
 }
 
 /// The advisory lock keys of an event on a shared database, sorted and without repeats: its noise

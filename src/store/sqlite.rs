@@ -7,9 +7,11 @@
 //! is rolled back, the writer goes on); a writer whose connection is left in a state it cannot vouch for
 //! ends the process with a clear error, so that its supervisor restarts it.
 //!
-//! The figures `/metrics` shows (deliveries by status, the oldest due one) are read on a read-only
-//! connection of their own: WAL lets it read beside the writer, so a scrape neither waits in the writer's
-//! queue nor holds up intake.
+//! The figures `/metrics` shows (deliveries by status, the oldest due one), the incidents' reads and
+//! what the console browses (the listing, one delivery, activity: `browse`) are read on a read-only
+//! connection of their own: WAL lets it read beside the writer, so a reader neither waits in the
+//! writer's queue nor holds up intake, and sees every write that was answered (each is committed
+//! first).
 
 use std::any::Any;
 use std::collections::HashSet;
@@ -22,15 +24,16 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use super::browse::events_limit;
 use super::common::{
-    listed_status, matchers_json, next_attempt, oldest_first, prune_in_chunks, Cutoffs, FINISHED,
-    LIST_COLUMNS, PRUNE_CHUNK, REPLAYABLE, REPLAY_RESET, SILENCE_COLUMNS,
+    matchers_json, oldest_first, prune_in_chunks, Cutoffs, FINISHED, PRUNE_CHUNK, REPLAYABLE,
+    REPLAY_RESET, SILENCE_COLUMNS,
 };
 use super::decide::{state_json, state_row};
 use super::rows::{plan_rows, EventRow, Group};
 use super::*;
-use crate::clock::rfc3339;
 
+mod browse;
 mod chat;
 mod incidents;
 
@@ -207,6 +210,17 @@ const MIGRATIONS: &[&str] = &[
         holder TEXT NOT NULL,
         until_ms INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 9: the console's listing (see `store::browse`): one index per filter that may keep few rows, each
+    // read newest first (an index ends with the row id). `done` is most rows, so the id order finds
+    // them and the status index leaves them out: a delivery leaves it when it is sent, and no
+    // statement that does not name the partial condition can take it for another purpose. Each costs
+    // intake an index write. Status, rule and channel write at the end of one value's run (a few hot
+    // pages per commit); the device's lands on a random page, about 4 KiB more WAL per delivery at 50
+    // deliveries a commit: what the device filter costs.
+    "CREATE INDEX deliveries_status ON deliveries (status) WHERE status <> 'done';
+    CREATE INDEX deliveries_device ON deliveries (device_id);
+    CREATE INDEX deliveries_rule ON deliveries (rule);
+    CREATE INDEX deliveries_channel ON deliveries (channel);",
 ];
 
 type AnyResult = Result<Box<dyn Any + Send>, StoreError>;
@@ -793,48 +807,6 @@ fn min_next_at(c: &Connection, cond: &'static str, now: i64) -> Result<Option<i6
     .map_err(db)
 }
 
-fn list(c: &Connection, f: &Filter) -> Result<Vec<DeliveryRow>, StoreError> {
-    let mut stmt = c
-        .prepare_cached(&format!(
-            "SELECT {LIST_COLUMNS} FROM deliveries
-             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR channel = ?2) AND (?3 IS NULL OR device_id = ?3)
-             ORDER BY id DESC LIMIT ?4"
-        ))
-        .map_err(db)?;
-    let rows = stmt
-        .query_map(
-            params![
-                f.status.map(Status::as_str),
-                f.channel,
-                f.device_id,
-                f.row_limit()
-            ],
-            |r| {
-                let st = listed_status(&r.get::<_, String>(2)?);
-                Ok(DeliveryRow {
-                    id: r.get(0)?,
-                    key: r.get(1)?,
-                    status: st,
-                    channel: r.get(3)?,
-                    recipient: r.get(4)?,
-                    rule: r.get(5)?,
-                    event_id: r.get(6)?,
-                    event_type: r.get(7)?,
-                    device_id: r.get(8)?,
-                    attempts: r.get::<_, i64>(9)? as u32,
-                    created_at: rfc3339(r.get(10)?),
-                    updated_at: rfc3339(r.get(11)?),
-                    next_attempt_at: next_attempt(st, r.get(12)?),
-                    last_error: r.get(13)?,
-                    txn: r.get(14)?,
-                    reason: r.get(15)?,
-                })
-            },
-        )
-        .map_err(db)?;
-    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
-}
-
 /// One retention step: at most [`PRUNE_CHUNK`] rows of each table.
 fn prune_chunk(c: &Connection, cut: Cutoffs) -> Result<Pruned, StoreError> {
     let deliveries = c
@@ -949,7 +921,33 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, filter: Filter) -> Result<Vec<DeliveryRow>, StoreError> {
-        self.call(true, move |c| list(c, &filter)).await
+        self.read(move |c| browse::list(c, &filter)).await
+    }
+
+    async fn delivery(&self, id: i64) -> Result<Option<DeliveryDetail>, StoreError> {
+        self.read(move |c| browse::delivery(c, id)).await
+    }
+
+    async fn activity(
+        &self,
+        since_ms: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<ActivityBucket>, StoreError> {
+        self.read(move |c| browse::activity(c, since_ms, bucket_ms))
+            .await
+    }
+
+    async fn rule_counts(&self, since_ms: i64) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(move |c| browse::rule_counts(c, since_ms)).await
+    }
+
+    async fn recent_events(&self, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let limit = events_limit(limit);
+        self.read(move |c| browse::recent_events(c, limit)).await
+    }
+
+    async fn stored_event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError> {
+        self.read(move |c| incidents::stored_event(c, id)).await
     }
 
     async fn replay(&self, which: Replay, now_ms: i64) -> Result<u64, StoreError> {

@@ -12,6 +12,7 @@ use deadpool_postgres::{GenericClient, Transaction};
 
 use super::{insert_deliveries, lock, pg};
 use crate::incident::IncidentState;
+use crate::store::browse::EVENT_COLUMNS;
 use crate::store::incidents::{
     apply_to_deliveries, incident_lock_key, plan_offer, status_name, step_event, DueIncident,
     IncidentFilter, IncidentOutcome, IncidentRow, IncidentWrite, NewToken, Notice, RowWrite,
@@ -257,25 +258,33 @@ pub(super) async fn write_incident(
     Ok(true)
 }
 
-async fn stored_event(
+/// The event of row `event_ref`, as stored.
+pub(super) async fn stored_event(
     c: &impl GenericClient,
     event_ref: i64,
 ) -> Result<Option<StoredEvent>, StoreError> {
     let r = c
         .query_opt(
-            "SELECT source, event_id, device_id, event_type, txn, payload FROM events WHERE id = $1",
+            &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1"),
             &[&event_ref],
         )
         .await
         .map_err(pg)?;
-    Ok(r.map(|r| StoredEvent {
-        source: r.get(0),
-        event_id: r.get(1),
-        device_id: r.get(2),
-        event_type: r.get(3),
-        txn: r.get(4),
-        payload: r.get(5),
-    }))
+    Ok(r.as_ref().map(read_event))
+}
+
+/// An event row read with [`EVENT_COLUMNS`].
+pub(super) fn read_event(r: &tokio_postgres::Row) -> StoredEvent {
+    StoredEvent {
+        id: r.get(0),
+        source: r.get(1),
+        event_id: r.get(2),
+        device_id: r.get(3),
+        event_type: r.get(4),
+        received_at_ms: r.get(5),
+        txn: r.get(6),
+        payload: r.get(7),
+    }
 }
 
 /// Incidents whose timer is due, with their latest event and, where a notice is owed, their circle.

@@ -9,6 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{db, insert_deliveries};
 use crate::incident::IncidentState;
+use crate::store::browse::EVENT_COLUMNS;
 use crate::store::incidents::{
     apply_to_deliveries, plan_offer, status_name, step_event, DueIncident, IncidentFilter,
     IncidentOutcome, IncidentRow, IncidentWrite, NewToken, Notice, RowWrite, StoredEvent,
@@ -211,24 +212,28 @@ pub(super) fn write_incident(c: &Connection, w: &IncidentWrite) -> Result<bool, 
     Ok(true)
 }
 
-fn stored_event(c: &Connection, event_ref: i64) -> Result<Option<StoredEvent>, StoreError> {
-    c.prepare_cached(
-        "SELECT source, event_id, device_id, event_type, txn, payload FROM events WHERE id = ?1",
-    )
-    .and_then(|mut s| {
-        s.query_row(params![event_ref], |r| {
-            Ok(StoredEvent {
-                source: r.get(0)?,
-                event_id: r.get(1)?,
-                device_id: r.get(2)?,
-                event_type: r.get(3)?,
-                txn: r.get(4)?,
-                payload: r.get(5)?,
-            })
-        })
-        .optional()
+/// The event of row `event_ref`, as stored.
+pub(super) fn stored_event(
+    c: &Connection,
+    event_ref: i64,
+) -> Result<Option<StoredEvent>, StoreError> {
+    c.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"))
+        .and_then(|mut s| s.query_row(params![event_ref], read_event).optional())
+        .map_err(db)
+}
+
+/// An event row read with [`EVENT_COLUMNS`].
+pub(super) fn read_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        id: r.get(0)?,
+        source: r.get(1)?,
+        event_id: r.get(2)?,
+        device_id: r.get(3)?,
+        event_type: r.get(4)?,
+        received_at_ms: r.get(5)?,
+        txn: r.get(6)?,
+        payload: r.get(7)?,
     })
-    .map_err(db)
 }
 
 /// Incidents whose timer is due, with their latest event and, where a notice is owed, their circle.
