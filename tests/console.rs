@@ -119,9 +119,12 @@ async fn an_incident_is_acknowledged_from_a_phone_on_its_link_and_resolved_in_th
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start().await;
     let relay = relay(dir.path(), &sink).await;
+    // An SOS first: not the incident's, so not on its timeline.
+    relay.post(alarm(599, "sos"), &[]).await;
+    sink.wait_for(1, WAIT).await;
     relay.post(alarm(600, "vibration"), &[]).await;
-    let sent = sink.wait_for(1, WAIT).await;
-    let link = ack_link(&sent[0].body_text());
+    let sent = sink.wait_for(2, WAIT).await;
+    let link = ack_link(&sent[1].body_text());
     assert!(link.contains("/ack/"), "{link}");
 
     let b = Browser::phone(PHONE.0, PHONE.1).await;
@@ -139,6 +142,15 @@ async fn an_incident_is_acknowledged_from_a_phone_on_its_link_and_resolved_in_th
     b.goto(&relay.url("/console/incidents/1")).await;
     let status = b.text("#incident-status").await;
     assert!(status.contains("acknowledged by Lena (hook) via link"), "{status}");
+    // The timeline: the opening message (delivery 2) and the notice of the acknowledgement (3), not
+    // the SOS (1).
+    let entries = b
+        .eval("return [...document.querySelectorAll('#timeline a')].map(a => a.getAttribute('href'))")
+        .await;
+    assert_eq!(
+        entries,
+        serde_json::json!(["/console/deliveries/2", "/console/deliveries/3"])
+    );
     b.screenshot("incident-phone").await;
     b.click("form[action$='/resolve'] button").await;
     b.wait_for_text(".flash", "Resolved.", WAIT).await;

@@ -199,7 +199,7 @@ pub async fn incident(
         Err(e) => return store_failed(&c, &s, e),
     };
     let filter = Filter {
-        // TEMP incident: Some(id),
+        incident: Some(id),
         limit: 500,
         ..Default::default()
     };

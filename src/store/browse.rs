@@ -115,6 +115,9 @@ impl Filter {
             args.push(arg);
             terms.push(format!("{column} {op} {}", placeholder(args.len())));
         };
+        if let Some(i) = self.incident {
+            add("incident_ref", "=", Arg::Int(i));
+        }
         if let Some(d) = self.device_id {
             add("device_id", "=", Arg::Int(d));
         }
@@ -142,7 +145,10 @@ impl Filter {
             // partial index only for a statement that implies its condition.
             terms.push(RARE_STATUS.to_string());
         }
-        let index = if self.device_id.is_some() {
+        let index = if self.incident.is_some() {
+            // Partial (`incident_ref IS NOT NULL`), which `incident_ref = ?` implies.
+            Some("deliveries_incident")
+        } else if self.device_id.is_some() {
             Some("deliveries_device")
         } else if rare_status {
             Some("deliveries_status")

@@ -296,6 +296,8 @@ pub struct Filter {
     pub device_id: Option<i64>,
     /// Only this rule (its exact name).
     pub rule: Option<String>,
+    /// Only the messages of this incident (its opening message, repeats, escalations, notices).
+    pub incident: Option<i64>,
     /// Only rows with a smaller id: the next page after a page whose last (oldest) row had this id
     /// (keyset pagination; rows stay ordered by id, newest first).
     pub before_id: Option<i64>,

@@ -266,6 +266,22 @@ pub(super) async fn a_delivery_in_full_and_none_for_a_missing_id(b: Backend) {
     let d = store.delivery(id_of("inc")).await.unwrap().unwrap();
     assert_eq!(d.incident_ref, Some(incident));
     assert!(store.delivery(999_999).await.unwrap().is_none());
+    // An incident's timeline: only its own messages.
+    let listed = |incident| {
+        let store = &store;
+        async move {
+            let rows = store
+                .list(Filter {
+                    incident: Some(incident),
+                    ..Filter::default()
+                })
+                .await
+                .unwrap();
+            rows.iter().map(|r| r.key.clone()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(incident).await, ["inc"]);
+    assert!(listed(incident + 1).await.is_empty());
     // Serialised as the console gets it.
     let json = serde_json::to_value(&d).unwrap();
     assert_eq!(json["row"]["key"], "inc");
