@@ -333,13 +333,7 @@ pub(crate) fn rule_view(r: &crate::rules::Rule) -> serde_json::Value {
 async fn rules(State(s): State<AdminState>, headers: HeaderMap) -> Result<Response, HttpError> {
     check_admin(&s, &headers)?;
     let rt = s.pipeline.shared.get();
-    let rules: Vec<_> = rt
-        .config
-        .rules
-        .rules()
-        .iter()
-        .map(rule_view)
-        .collect();
+    let rules: Vec<_> = rt.config.rules.rules().iter().map(rule_view).collect();
     Ok(Json(json!({ "rules": rules })).into_response())
 }
 

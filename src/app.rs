@@ -102,11 +102,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     for w in crate::config::warnings(&config) {
         tracing::warn!("{w}");
     }
-    let own_token = crate::console::own_token(
-        config.admin_token.is_some(),
-        addr,
-        &config.storage.data_dir,
-    );
+    let own_token =
+        crate::console::own_token(config.admin_token.is_some(), addr, &config.storage.data_dir);
     let (services, dispatcher) = wire(config, channels, store.clone()).await?;
     let admin = AdminState {
         pipeline: services.pipeline.clone(),
@@ -121,7 +118,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             "web console: no admin.token is set; log in with the token in this file (loopback only)"
         ),
         Ok(None) => {}
-        Err(e) => tracing::warn!(error = %e, "web console: off (no admin.token, and no token file)"),
+        Err(e) => {
+            tracing::warn!(error = %e, "web console: off (no admin.token, and no token file)")
+        }
     }
     let own_token = own_token.ok().flatten().map(|(t, _)| t);
     let console = std::sync::Arc::new(crate::console::Console::new(admin.clone(), own_token));
@@ -135,9 +134,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let tasks = spawn_intake_tasks(&services, &store, &intake);
     let sd = intake.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { sd.cancelled().await })
-            .await
+        // With the client's address: the console counts failed logins per address.
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { sd.cancelled().await })
+        .await
     });
     tracing::info!(%addr, path, positions_path, rules, "trackrelay listening");
     Ok(Running {

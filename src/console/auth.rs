@@ -148,12 +148,7 @@ impl Session {
     pub fn from_headers(headers: &HeaderMap, tokens: &Tokens) -> Option<Session> {
         let value = cookie(headers, COOKIE)?;
         let mut parts = value.split('.');
-        let (role, exp, nonce, tag) = (
-            parts.next()?,
-            parts.next()?,
-            parts.next()?,
-            parts.next()?,
-        );
+        let (role, exp, nonce, tag) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() || nonce.len() != 32 {
             return None;
         }
@@ -223,29 +218,44 @@ pub fn set_cookie(session: Option<&Session>, secure: bool) -> String {
 }
 
 /// Whether a state-changing request comes from another site: its `Sec-Fetch-Site` says `cross-site`
-/// or `same-site`, or its `Origin` is not this host. Requests without either header (curl, old
-/// browsers) pass on to the CSRF token check.
-pub fn cross_site(headers: &HeaderMap) -> bool {
+/// or `same-site`, or its `Origin` is neither `public_origin` (`https://relay.example`, from
+/// `public_url`: what the browser sees behind a reverse proxy that rewrites `Host`) nor the request's
+/// `Host`. Requests without either header (curl, old browsers) pass on to the CSRF token check.
+pub fn cross_site(headers: &HeaderMap, public_origin: Option<&str>) -> bool {
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     if matches!(h("sec-fetch-site"), Some("cross-site" | "same-site")) {
         return true;
     }
-    match (h("origin"), h("host")) {
-        (Some("null"), _) => true,
-        (Some(origin), Some(host)) => origin
-            .split_once("://")
-            .is_none_or(|(_, authority)| !authority.eq_ignore_ascii_case(host)),
-        (Some(_), None) => true,
-        (None, _) => false,
+    let Some(origin) = h("origin") else {
+        return false;
+    };
+    if origin == "null" {
+        return true;
     }
+    let public = public_origin.is_some_and(|p| p.eq_ignore_ascii_case(origin));
+    let host = h("host").is_some_and(|host| {
+        origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
+    });
+    !(public || host)
 }
 
-/// Failed logins, counted per window: after [`Limiter::MAX_FAILURES`] failures in one window every
-/// login is refused until the window ends, the right token included (otherwise the limit would tell
-/// a guesser when a guess was right).
+/// The origin (`scheme://host[:port]`) of a `public_url`, as browsers send it in `Origin`.
+pub fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    (!authority.is_empty()).then(|| format!("{scheme}://{authority}"))
+}
+
+/// Failed logins, counted per client address and window: after [`Limiter::MAX_FAILURES`] failures
+/// in one window every login from that address is refused until the window ends, the right token
+/// included (otherwise the limit would tell a guesser when a guess was right). Behind a reverse proxy
+/// every client has the proxy's address and shares one count. At most [`Limiter::CLIENTS`] addresses
+/// are remembered; beyond that, new ones share one count.
 #[derive(Debug, Default)]
 pub struct Limiter {
-    state: std::sync::Mutex<(i64, u32)>,
+    state: std::sync::Mutex<std::collections::HashMap<Option<std::net::IpAddr>, (i64, u32)>>,
 }
 
 impl Limiter {
@@ -253,28 +263,47 @@ impl Limiter {
     pub const MAX_FAILURES: u32 = 10;
     /// The window.
     pub const WINDOW: Duration = Duration::from_secs(60);
+    /// Addresses remembered at once.
+    pub const CLIENTS: usize = 4096;
 
-    /// `Err(seconds to wait)` while logins are refused.
-    pub fn check(&self, now_ms: i64) -> Result<(), u64> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let window = Self::WINDOW.as_millis() as i64;
-        if now_ms - s.0 >= window {
-            *s = (now_ms, 0);
-        }
-        if s.1 >= Self::MAX_FAILURES {
-            Err(((s.0 + window - now_ms) / 1000).max(1) as u64)
+    fn window() -> i64 {
+        Self::WINDOW.as_millis() as i64
+    }
+
+    /// `Err(seconds to wait)` while logins from `client` are refused.
+    pub fn check(&self, client: Option<std::net::IpAddr>, now_ms: i64) -> Result<(), u64> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let key = if state.contains_key(&client) {
+            client
+        } else if state.len() < Self::CLIENTS {
+            return Ok(());
         } else {
-            Ok(())
+            None
+        };
+        match state.get(&key) {
+            Some(&(start, n)) if now_ms - start < Self::window() && n >= Self::MAX_FAILURES => {
+                Err(((start + Self::window() - now_ms) / 1000).max(1) as u64)
+            }
+            _ => Ok(()),
         }
     }
 
-    /// Counts a failed login.
-    pub fn failed(&self, now_ms: i64) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if now_ms - s.0 >= Self::WINDOW.as_millis() as i64 {
-            *s = (now_ms, 0);
+    /// Counts a failed login from `client`.
+    pub fn failed(&self, client: Option<std::net::IpAddr>, now_ms: i64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !state.contains_key(&client) && state.len() >= Self::CLIENTS {
+            state.retain(|_, (start, _)| now_ms - *start < Self::window());
         }
-        s.1 += 1;
+        let key = if state.contains_key(&client) || state.len() < Self::CLIENTS {
+            client
+        } else {
+            None
+        };
+        let e = state.entry(key).or_insert((now_ms, 0));
+        if now_ms - e.0 >= Self::window() {
+            *e = (now_ms, 0);
+        }
+        e.1 += 1;
     }
 }
 
@@ -310,7 +339,11 @@ mod tests {
         assert!(Session::from_headers(&with_cookie(&forged), &t).is_none());
         // Nor extend its life.
         let v = s.cookie_value();
-        let later = v.replacen(&s.expires_ms.to_string(), &(s.expires_ms + 1).to_string(), 1);
+        let later = v.replacen(
+            &s.expires_ms.to_string(),
+            &(s.expires_ms + 1).to_string(),
+            1,
+        );
         assert!(Session::from_headers(&with_cookie(&later), &t).is_none());
         // A new token ends the session.
         let rotated = Tokens {
@@ -340,10 +373,16 @@ mod tests {
         let s = Session::open(&tokens(), Role::Admin).unwrap();
         let https = set_cookie(Some(&s), true);
         assert!(https.contains("; Secure"), "{https}");
-        assert!(https.contains("HttpOnly") && https.contains("SameSite=Strict"), "{https}");
+        assert!(
+            https.contains("HttpOnly") && https.contains("SameSite=Strict"),
+            "{https}"
+        );
         assert!(!set_cookie(Some(&s), false).contains("Secure"));
         let gone = set_cookie(None, false);
-        assert!(gone.starts_with(&format!("{COOKIE}=;")) && gone.contains("Max-Age=0"), "{gone}");
+        assert!(
+            gone.starts_with(&format!("{COOKIE}=;")) && gone.contains("Max-Age=0"),
+            "{gone}"
+        );
     }
 
     #[test]
@@ -361,30 +400,82 @@ mod tests {
 
     #[test]
     fn cross_site_requests_are_recognised() {
-        let h = |pairs: &[(&'static str, &'static str)]| {
+        let h = |pairs: &[(&'static str, &'static str)], public: Option<&str>| {
             let mut m = HeaderMap::new();
             for (k, v) in pairs {
                 m.insert(*k, HeaderValue::from_static(v));
             }
-            cross_site(&m)
+            cross_site(&m, public)
         };
-        assert!(!h(&[("host", "127.0.0.1:8088")]));
-        assert!(!h(&[("host", "127.0.0.1:8088"), ("origin", "http://127.0.0.1:8088")]));
-        assert!(h(&[("host", "127.0.0.1:8088"), ("origin", "http://127.0.0.1:9999")]));
-        assert!(h(&[("host", "a.example"), ("origin", "null")]));
-        assert!(h(&[("host", "a.example"), ("sec-fetch-site", "cross-site")]));
-        assert!(!h(&[("host", "a.example"), ("sec-fetch-site", "same-origin")]));
+        assert!(!h(&[("host", "127.0.0.1:8088")], None));
+        assert!(!h(
+            &[
+                ("host", "127.0.0.1:8088"),
+                ("origin", "http://127.0.0.1:8088")
+            ],
+            None
+        ));
+        assert!(h(
+            &[
+                ("host", "127.0.0.1:8088"),
+                ("origin", "http://127.0.0.1:9999")
+            ],
+            None
+        ));
+        assert!(h(&[("host", "a.example"), ("origin", "null")], None));
+        assert!(h(
+            &[("host", "a.example"), ("sec-fetch-site", "cross-site")],
+            None
+        ));
+        assert!(!h(
+            &[("host", "a.example"), ("sec-fetch-site", "same-origin")],
+            None
+        ));
+        // Behind a proxy that sends its own Host, the public origin is this site.
+        let proxied = [
+            ("host", "127.0.0.1:8088"),
+            ("origin", "https://relay.example"),
+        ];
+        assert!(h(&proxied, None));
+        assert!(!h(&proxied, Some("https://relay.example")));
+        assert!(h(&proxied, Some("https://other.example")));
+        assert!(!h(
+            &[("origin", "https://relay.example")],
+            Some("https://relay.example")
+        ));
+        assert_eq!(
+            origin_of("https://relay.example:8443/base/").as_deref(),
+            Some("https://relay.example:8443")
+        );
+        assert_eq!(origin_of("relay.example"), None);
     }
 
     #[test]
-    fn the_limiter_refuses_after_too_many_failures_then_forgives() {
+    fn the_limiter_refuses_a_client_after_too_many_failures_then_forgives() {
         let l = Limiter::default();
+        let (a, b) = (
+            Some("10.0.0.1".parse().unwrap()),
+            Some("10.0.0.2".parse().unwrap()),
+        );
         let t0 = 1_000_000;
         for _ in 0..Limiter::MAX_FAILURES {
-            assert!(l.check(t0).is_ok());
-            l.failed(t0);
+            assert!(l.check(a, t0).is_ok());
+            l.failed(a, t0);
         }
-        assert_eq!(l.check(t0 + 1_000), Err(59));
-        assert!(l.check(t0 + Limiter::WINDOW.as_millis() as i64).is_ok());
+        assert_eq!(l.check(a, t0 + 1_000), Err(59));
+        // Another client is not locked out by the first one's guesses.
+        assert!(l.check(b, t0 + 1_000).is_ok());
+        assert!(l.check(a, t0 + Limiter::WINDOW.as_millis() as i64).is_ok());
+    }
+
+    #[test]
+    fn the_limiter_remembers_a_bounded_number_of_clients() {
+        let l = Limiter::default();
+        for i in 0..Limiter::CLIENTS as u32 + 50 {
+            l.failed(Some(std::net::IpAddr::from(i.to_be_bytes())), 0);
+        }
+        assert!(l.state.lock().unwrap().len() <= Limiter::CLIENTS + 1);
+        // The overflow shares one count: 50 failures, over the limit.
+        assert!(l.check(Some("192.0.2.1".parse().unwrap()), 1).is_err());
     }
 }

@@ -89,6 +89,17 @@ impl Console {
         })
     }
 
+    /// The origin browsers reach the relay at, from `public_url`.
+    fn public_origin(&self) -> Option<String> {
+        let rt = self.admin.pipeline.shared.get();
+        rt.config.public_url.as_deref().and_then(auth::origin_of)
+    }
+
+    /// Whether a state change comes from another site (see [`auth::cross_site`]).
+    fn cross_site(&self, headers: &HeaderMap) -> bool {
+        auth::cross_site(headers, self.public_origin().as_deref())
+    }
+
     /// Whether cookies get `Secure`: the relay is reached over https.
     fn secure(&self) -> bool {
         let rt = self.admin.pipeline.shared.get();
@@ -186,20 +197,48 @@ pub fn own_token(
         return Ok(None);
     }
     let file = data_dir.join(TOKEN_FILE);
-    if let Ok(t) = std::fs::read_to_string(&file) {
-        let t = t.trim();
-        if t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(Some((Secret(t.to_string()), file)));
+    if private_file(&file) {
+        if let Ok(t) = std::fs::read_to_string(&file) {
+            let t = t.trim();
+            if t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(Some((Secret(t.to_string()), file)));
+            }
         }
     }
+    // A new token, written to a new file that only its owner may read, then moved into place: a file
+    // someone else made, could read or links elsewhere is replaced, never trusted or written through.
     std::fs::create_dir_all(data_dir)?;
     let token = hex::encode(rand::random::<[u8; 16]>());
+    let temp = data_dir.join(format!(
+        ".{TOKEN_FILE}.{}",
+        hex::encode(rand::random::<[u8; 8]>())
+    ));
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    std::io::Write::write_all(&mut opts.open(&file)?, format!("{token}\n").as_bytes())?;
+    let written = opts
+        .open(&temp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes()))
+        .and_then(|()| std::fs::rename(&temp, &file));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
     Ok(Some((Secret(token), file)))
+}
+
+/// Whether `file` is a plain file (not a link) that only its owner may read or write.
+#[cfg(unix)]
+fn private_file(file: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_file() && m.mode() & 0o077 == 0)
+}
+
+/// Whether `file` is a plain file (no owner or mode to check here).
+#[cfg(not(unix))]
+fn private_file(file: &std::path::Path) -> bool {
+    std::fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_file())
 }
 
 /// The console's routes.
@@ -212,16 +251,28 @@ pub fn router(console: Shared) -> Router {
         .route("/console/assets/{file}", get(asset))
         .route("/console/incidents", get(pages::incidents))
         .route("/console/incidents/{id}", get(pages::incident))
-        .route("/console/incidents/{id}/{action}", post(pages::incident_action))
+        .route(
+            "/console/incidents/{id}/{action}",
+            post(pages::incident_action),
+        )
         .route("/console/deliveries", get(pages::deliveries))
         .route("/console/deliveries/replay-dead", post(pages::replay_dead))
         .route("/console/deliveries/{id}", get(pages::delivery))
         .route("/console/deliveries/{id}/replay", post(pages::replay_one))
-        .route("/console/silences", get(tools::silences).post(tools::add_silence))
-        .route("/console/silences/preview", get(tools::preview))
+        .route(
+            "/console/silences",
+            get(tools::silences).post(tools::add_silence),
+        )
+        .route(
+            "/console/silences/preview",
+            get(tools::preview).post(tools::preview_form),
+        )
         .route("/console/silences/{id}/expire", post(tools::expire_silence))
         .route("/console/rules", get(tools::rules))
-        .route("/console/tester", get(tools::tester).post(tools::run_tester))
+        .route(
+            "/console/tester",
+            get(tools::tester).post(tools::run_tester),
+        )
         .route("/console/tester/send", post(tools::send_test))
         .route("/console/reload", post(tools::reload))
         .with_state(console)
@@ -264,7 +315,7 @@ fn form<T: DeserializeOwned>(
     admin_only: bool,
 ) -> Result<(Session, T), Response> {
     let tokens = c.tokens().ok_or_else(|| off(c))?;
-    if auth::cross_site(headers) {
+    if c.cross_site(headers) {
         return Err(c.message(
             None,
             StatusCode::FORBIDDEN,
@@ -322,11 +373,20 @@ async fn login_page(State(c): State<Shared>, headers: HeaderMap) -> Response {
     c.page("login.html", None, json!({ "title": "Log in" }))
 }
 
-async fn login(State(c): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn login(
+    State(c): State<Shared>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    // The client's address, when the server records it (it does: `app` serves with it).
+    let client = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|ci| ci.0.ip());
     let Some(tokens) = c.tokens() else {
         return off(&c);
     };
-    if auth::cross_site(&headers) {
+    if c.cross_site(&headers) {
         return c.message(
             None,
             StatusCode::FORBIDDEN,
@@ -335,7 +395,7 @@ async fn login(State(c): State<Shared>, headers: HeaderMap, body: axum::body::By
         );
     }
     let now = crate::clock::now_ms();
-    if let Err(wait) = c.limiter.check(now) {
+    if let Err(wait) = c.limiter.check(client, now) {
         let mut r = c.page(
             "login.html",
             None,
@@ -350,8 +410,11 @@ async fn login(State(c): State<Shared>, headers: HeaderMap, body: axum::body::By
     let token = serde_urlencoded::from_bytes::<LoginForm>(&body)
         .map(|f| f.token.trim().to_string())
         .unwrap_or_default();
-    let Some(session) = tokens.role_of(&token).and_then(|r| Session::open(&tokens, r)) else {
-        c.limiter.failed(now);
+    let Some(session) = tokens
+        .role_of(&token)
+        .and_then(|r| Session::open(&tokens, r))
+    else {
+        c.limiter.failed(client, now);
         tracing::warn!("console: a login with a wrong token was refused");
         let mut r = c.page(
             "login.html",

@@ -22,7 +22,11 @@ const PAGE: usize = 50;
 const CHART_MINUTES: usize = 180;
 
 /// A store failure as a page: nothing changed, try again.
-pub(super) fn store_failed(c: &super::Console, s: &super::Session, e: impl std::fmt::Display) -> Response {
+pub(super) fn store_failed(
+    c: &super::Console,
+    s: &super::Session,
+    e: impl std::fmt::Display,
+) -> Response {
     tracing::warn!(error = %e, "console: the store failed");
     c.message(
         Some(s),
@@ -55,12 +59,7 @@ pub async fn overview(
         (Ok(a), Ok(c), Ok(e)) => (a, c, e),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return store_failed(&c, &s, e),
     };
-    let count = |st: Status| {
-        counts
-            .iter()
-            .find(|(x, _)| *x == st)
-            .map_or(0, |(_, n)| *n)
-    };
+    let count = |st: Status| counts.iter().find(|(x, _)| *x == st).map_or(0, |(_, n)| *n);
     let outbox: Vec<Value> = [
         Status::Pending,
         Status::Inflight,
@@ -94,6 +93,7 @@ pub async fn overview(
             let env = Envelope::from_json(e.payload.as_bytes()).ok();
             json!({
                 "id": e.id, "event_id": e.event_id, "type": e.event_type, "device_id": e.device_id,
+                "has_body": !e.payload.is_empty(),
                 "device": env.as_ref().and_then(|x| x.device.as_ref()).map(|d| d.name.clone()).unwrap_or_default(),
                 "title": env.as_ref().map(crate::render::title),
                 "at": view::time(e.received_at_ms, tz), "ago": view::ago(e.received_at_ms, now),
@@ -271,7 +271,11 @@ pub async fn incident_action(
     let by = crate::api::clean_name(f.name.as_deref()).unwrap_or_else(|| "console".to_string());
     match crate::api::take(&c.admin, &Which::Id(id), &by, AckSource::Console, resolve).await {
         Ok(a) => {
-            let done = if !a.changed { "already" } else { action.as_str() };
+            let done = if !a.changed {
+                "already"
+            } else {
+                action.as_str()
+            };
             Redirect::to(&format!("/console/incidents/{id}?done={done}")).into_response()
         }
         Err(IncidentError::NotFound) => c.message(
@@ -397,7 +401,13 @@ pub async fn deliveries(
         .flatten();
     let mut channels: Vec<&String> = rt.config.channels.keys().collect();
     channels.sort();
-    let rules: Vec<&str> = rt.config.rules.rules().iter().map(|r| r.name.as_str()).collect();
+    let rules: Vec<&str> = rt
+        .config
+        .rules
+        .rules()
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
     c.page(
         "deliveries.html",
         Some(&s),
@@ -409,7 +419,7 @@ pub async fn deliveries(
             "statuses": ["pending", "inflight", "done", "dead", "suppressed", "grouped"],
             "channels": channels, "rules": rules, "next": next, "error": error,
             "done": done_text(q.done.as_deref()),
-            "replayed": q.done.as_deref().and_then(|d| d.strip_prefix("replayed-")),
+            "replayed": q.done.as_deref().and_then(|d| d.strip_prefix("replayed-")?.parse::<u64>().ok()),
         }),
     )
 }
@@ -465,7 +475,13 @@ pub async fn replay_one(
         Ok(x) => x,
         Err(r) => return r,
     };
-    match c.admin.pipeline.store.replay(Replay::Id(id), now_ms()).await {
+    match c
+        .admin
+        .pipeline
+        .store
+        .replay(Replay::Id(id), now_ms())
+        .await
+    {
         Ok(0) => c.message(
             Some(&s),
             StatusCode::CONFLICT,

@@ -56,7 +56,10 @@ impl SilenceForm {
         let m = Matchers {
             device: text(&self.device),
             group: text(&self.group)
-                .map(|g| g.parse().map_err(|_| format!("group: `{g}` is not a number")))
+                .map(|g| {
+                    g.parse()
+                        .map_err(|_| format!("group: `{g}` is not a number"))
+                })
                 .transpose()?,
             rule: text(&self.rule),
             event_type: text(&self.event_type),
@@ -66,6 +69,9 @@ impl SilenceForm {
         Ok(m)
     }
 }
+
+/// Recent events the silence preview learns devices from (beside the live sources' directories).
+const PREVIEW_EVENTS: usize = 200;
 
 /// The devices the relay knows: those of the live sources' directories and those of recent events.
 async fn known_devices(c: &super::Console) -> Vec<(i64, String, i64)> {
@@ -77,7 +83,7 @@ async fn known_devices(c: &super::Console) -> Vec<(i64, String, i64)> {
         .into_iter()
         .map(|d| (d.id, (d.name, d.group_id)))
         .collect();
-    if let Ok(events) = c.admin.pipeline.store.recent_events(500).await {
+    if let Ok(events) = c.admin.pipeline.store.recent_events(PREVIEW_EVENTS).await {
         for e in events {
             let device = Envelope::from_json(e.payload.as_bytes())
                 .ok()
@@ -93,7 +99,11 @@ async fn known_devices(c: &super::Console) -> Vec<(i64, String, i64)> {
 
 /// What matchers would mute among the known devices and the rules in force.
 async fn preview_of(c: &super::Console, m: &Matchers) -> Value {
-    let glob = |g: &Option<String>| g.as_deref().and_then(|g| Glob::new(g).ok()).map(|g| g.compile_matcher());
+    let glob = |g: &Option<String>| {
+        g.as_deref()
+            .and_then(|g| Glob::new(g).ok())
+            .map(|g| g.compile_matcher())
+    };
     let (device_glob, rule_glob) = (glob(&m.device), glob(&m.rule));
     let device_id = m.device.as_deref().and_then(|d| d.parse::<i64>().ok());
     let devices: Vec<Value> = known_devices(c)
@@ -132,13 +142,33 @@ pub async fn silences(
     Viewer(s): Viewer,
     Query(f): Query<SilenceForm>,
 ) -> Response {
-    let now = now_ms();
-    let list = match c.admin.pipeline.store.silences().await {
-        Ok(l) => l,
-        Err(e) => return super::pages::store_failed(&c, &s, e),
+    let preview = match f.matchers() {
+        Ok(m) => Some(preview_of(&c, &m).await),
+        Err(_) => None,
     };
+    silences_page(&c, &s, &f, preview, None).await
+}
+
+/// `POST /console/silences/preview`: the form's Preview button without JavaScript (a POST, so that
+/// the form's CSRF token never lands in an address).
+pub async fn preview_form(State(c): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let (s, f): (_, SilenceForm) = match form(&c, &headers, &body, false) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let (preview, error) = match f.matchers() {
+        Ok(m) => (Some(preview_of(&c, &m).await), None),
+        Err(e) => (None, Some(e)),
+    };
+    silences_page(&c, &s, &f, preview, error).await
+}
+
+/// The silences of the last 7 days, newest first, as the page lists them.
+async fn recent_silences(c: &super::Console) -> Result<Vec<Value>, crate::store::StoreError> {
+    let now = now_ms();
+    let list = c.admin.pipeline.store.silences().await?;
     let tz = c.admin.pipeline.shared.get().config.timezone;
-    let rows: Vec<Value> = list
+    Ok(list
         .iter()
         .rev()
         .filter(|x| x.ends_at_ms > now - 7 * 86_400_000)
@@ -149,22 +179,20 @@ pub async fn silences(
                     "ends": view::time(x.ends_at_ms, tz), "author": x.author, "comment": x.comment,
                     "live": x.ends_at_ms > now })
         })
-        .collect();
-    let preview = match f.matchers() {
-        Ok(m) => Some(preview_of(&c, &m).await),
-        Err(_) => None,
-    };
-    silences_page(&c, &s, rows, &f, preview, None)
+        .collect())
 }
 
-fn silences_page(
+async fn silences_page(
     c: &super::Console,
     s: &super::Session,
-    rows: Vec<Value>,
     f: &SilenceForm,
     preview: Option<Value>,
     error: Option<String>,
 ) -> Response {
+    let rows = match recent_silences(c).await {
+        Ok(r) => r,
+        Err(e) => return super::pages::store_failed(c, s, e),
+    };
     let durations: Vec<Value> = DURATIONS
         .iter()
         .map(|(v, l)| json!({ "value": v, "label": l }))
@@ -212,8 +240,12 @@ pub async fn add_silence(State(c): State<Shared>, headers: HeaderMap, body: Byte
     };
     let now = now_ms();
     let checked = f.matchers().and_then(|m| {
-        let d = humantime::parse_duration(f.duration.trim())
-            .map_err(|_| format!("duration: `{}` is not a length (2h, 30m)", f.duration))?;
+        // One of the form's lengths: a silence is for a while, and the API and CLI take any.
+        let d = DURATIONS
+            .iter()
+            .find(|(v, _)| *v == f.duration.trim())
+            .and_then(|(v, _)| humantime::parse_duration(v).ok())
+            .ok_or_else(|| format!("for: `{}` is not one of the lengths offered", f.duration))?;
         let author = f.author.trim();
         if author.is_empty() {
             return Err("author: say who makes the silence".to_string());
@@ -233,7 +265,7 @@ pub async fn add_silence(State(c): State<Shared>, headers: HeaderMap, body: Byte
                 Ok(m) => Some(preview_of(&c, &m).await),
                 Err(_) => None,
             };
-            return silences_page(&c, &s, Vec::new(), &f, preview, Some(e));
+            return silences_page(&c, &s, &f, preview, Some(e)).await;
         }
     };
     let store = c.admin.pipeline.store.as_ref();
@@ -271,7 +303,12 @@ pub async fn expire_silence(
             refresh(&c).await;
             Redirect::to("/console/silences?done=expired").into_response()
         }
-        Err(e) => c.message(Some(&s), StatusCode::NOT_FOUND, "Not expired", &e.to_string()),
+        Err(e) => c.message(
+            Some(&s),
+            StatusCode::NOT_FOUND,
+            "Not expired",
+            &e.to_string(),
+        ),
     }
 }
 
@@ -306,14 +343,38 @@ pub async fn rules(State(c): State<Shared>, Viewer(s): Viewer) -> Response {
 
 /// The example events shipped with the relay: one of each kind.
 const EXAMPLES: &[(&str, &str)] = &[
-    ("Alarm: vibration", include_str!("../../tests/payloads/alarm_vibration.json")),
-    ("Alarm: SOS", include_str!("../../tests/payloads/alarm_sos.json")),
-    ("Geofence exit", include_str!("../../tests/payloads/geofenceExit.json")),
-    ("Geofence enter", include_str!("../../tests/payloads/geofenceEnter.json")),
-    ("Device offline", include_str!("../../tests/payloads/deviceOffline.json")),
-    ("Device moving", include_str!("../../tests/payloads/deviceMoving.json")),
-    ("Overspeed", include_str!("../../tests/payloads/deviceOverspeed.json")),
-    ("BikeTrax (PowUnity's documented example)", include_str!("../../tests/payloads/biketrax_doc_example.json")),
+    (
+        "Alarm: vibration",
+        include_str!("../../tests/payloads/alarm_vibration.json"),
+    ),
+    (
+        "Alarm: SOS",
+        include_str!("../../tests/payloads/alarm_sos.json"),
+    ),
+    (
+        "Geofence exit",
+        include_str!("../../tests/payloads/geofenceExit.json"),
+    ),
+    (
+        "Geofence enter",
+        include_str!("../../tests/payloads/geofenceEnter.json"),
+    ),
+    (
+        "Device offline",
+        include_str!("../../tests/payloads/deviceOffline.json"),
+    ),
+    (
+        "Device moving",
+        include_str!("../../tests/payloads/deviceMoving.json"),
+    ),
+    (
+        "Overspeed",
+        include_str!("../../tests/payloads/deviceOverspeed.json"),
+    ),
+    (
+        "BikeTrax (PowUnity's documented example)",
+        include_str!("../../tests/payloads/biketrax_doc_example.json"),
+    ),
 ];
 
 /// The tester's form.
@@ -381,8 +442,12 @@ async fn tester_page(
         .await
         .unwrap_or_default()
         .iter()
-        .map(|e| json!({ "id": e.id, "label": format!("{} · {} · device {} · event {}",
-                     view::time(e.received_at_ms, tz), e.event_type, e.device_id, e.event_id) }))
+        // An event no rule matched is stored without its body (unless `keep_unmatched_payloads`).
+        .filter(|e| !e.payload.is_empty())
+        .map(|e| {
+            json!({ "id": e.id, "label": format!("{} · {} · device {} · event {}",
+                     view::time(e.received_at_ms, tz), e.event_type, e.device_id, e.event_id) })
+        })
         .collect();
     let examples: Vec<Value> = EXAMPLES
         .iter()
@@ -403,10 +468,15 @@ async fn tester_page(
 }
 
 /// What `explain` says of `raw`, for the page: rules, messages (as they will read) and incidents.
-async fn explain(c: &super::Console, raw: &str) -> Result<(Value, crate::explain::Explanation), String> {
-    let env = Envelope::from_json(raw.as_bytes()).map_err(|e| format!("not an event: {e}"))?;
+async fn explain(
+    c: &super::Console,
+    raw: &str,
+) -> Result<(Value, crate::explain::Explanation), String> {
+    let mut env = Envelope::from_json(raw.as_bytes()).map_err(|e| format!("not an event: {e}"))?;
     let p = &c.admin.pipeline;
     let rt = p.shared.get();
+    // What intake adds to a webhook event: the device, group and geofence a live source knows.
+    p.directories.fill(&rt.config.ingest.source, &mut env);
     let silences = p.silences.get();
     let x = crate::explain::explain(&rt.config, &env, raw, &silences, Some(p.store.as_ref())).await;
     let notifications: Vec<Value> = x
@@ -455,12 +525,34 @@ pub async fn send_test(State(c): State<Shared>, headers: HeaderMap, body: Bytes)
         Ok(x) => x,
         Err(e) => return tester_page(&c, &s, &f.event, None, Some(e), None).await,
     };
-    let Some(n) = f.send.trim().parse::<usize>().ok().and_then(|i| x.notifications.get(i)) else {
-        return tester_page(&c, &s, &f.event, Some(v), Some("pick a message to send".into()), None).await;
+    let Some(n) = f
+        .send
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|i| x.notifications.get(i))
+    else {
+        return tester_page(
+            &c,
+            &s,
+            &f.event,
+            Some(v),
+            Some("pick a message to send".into()),
+            None,
+        )
+        .await;
     };
     let rt = c.admin.pipeline.shared.get();
     let Some(channel) = rt.channels.get(&n.channel) else {
-        return tester_page(&c, &s, &f.event, Some(v), Some(format!("no channel '{}'", n.channel)), None).await;
+        return tester_page(
+            &c,
+            &s,
+            &f.event,
+            Some(v),
+            Some(format!("no channel '{}'", n.channel)),
+            None,
+        )
+        .await;
     };
     let test = Notification {
         key: format!("tr-test-{:016x}", rand::random::<u64>()),

@@ -49,18 +49,27 @@ pub fn ago(ms: i64, now_ms: i64) -> String {
     }
 }
 
-/// A message as a person reads it: a title (mail subject) if it has one, and its text. A webhook's
-/// body is shown as sent (JSON pretty-printed).
+/// An incident's acknowledgement links in a message, with their tokens hidden: a link is a credential
+/// that acknowledges without a login, and the console shows messages to viewers too.
+pub fn redact_links(text: &str) -> String {
+    static LINK: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"/ack/[0-9A-Fa-f]{32}").expect("a valid pattern")
+    });
+    LINK.replace_all(text, "/ack/(link hidden)").into_owned()
+}
+
+/// A message as a person reads it: a title (mail subject) if it has one, and its text (acknowledgement
+/// links hidden, see [`redact_links`]). A webhook's body is shown as sent (JSON pretty-printed).
 pub fn content(c: &Content) -> Value {
     let (kind, title, text) = match c {
         Content::Log { text } => ("log line", None, text.clone()),
         Content::Email { subject, text, .. } => ("mail", Some(subject.clone()), text.clone()),
         Content::TelegramText { text, .. } => ("Telegram message", None, text.clone()),
         Content::TelegramLocation {
-            latitude, longitude, ..
-        } => {
-            ("Telegram map pin", None, format!("{latitude}, {longitude}"))
-        }
+            latitude,
+            longitude,
+            ..
+        } => ("Telegram map pin", None, format!("{latitude}, {longitude}")),
         Content::Webhook {
             body, content_type, ..
         } => {
@@ -76,7 +85,7 @@ pub fn content(c: &Content) -> Value {
             format!("a digest of rule {rule}'s messages grouped by {group}, built when sent"),
         ),
     };
-    json!({ "kind": kind, "title": title, "text": text })
+    json!({ "kind": kind, "title": title, "text": redact_links(&text) })
 }
 
 /// Width and height of the activity chart's drawing, in SVG units.
@@ -95,7 +104,13 @@ pub fn chart(rows: &[ActivityBucket], now_ms: i64, bucket_ms: i64, buckets: usiz
             deliveries[i as usize] += r.deliveries;
         }
     }
-    let max = events.iter().chain(&deliveries).copied().max().unwrap_or(0).max(1);
+    let max = events
+        .iter()
+        .chain(&deliveries)
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let w = CHART.0 / buckets as f64;
     let bar = |i: usize, n: u64, offset: f64| {
         let h = (n as f64 / max as f64 * CHART.1).max(if n > 0 { 1.0 } else { 0.0 });
@@ -137,7 +152,11 @@ mod tests {
         let m = 60_000;
         let now = 1_000 * m + 30_000;
         // The last bucket is the current minute; one 3 minutes ago; one outside the range.
-        let rows = [bucket(1_000 * m, 2, 4), bucket(997 * m, 1, 1), bucket(900 * m, 9, 9)];
+        let rows = [
+            bucket(1_000 * m, 2, 4),
+            bucket(997 * m, 1, 1),
+            bucket(900 * m, 9, 9),
+        ];
         let c = chart(&rows, now, m, 10);
         assert_eq!(c["events"], 3);
         assert_eq!(c["deliveries"], 5);
@@ -160,7 +179,9 @@ mod tests {
         assert_eq!(time(ms, tz), "2026-05-15 02:41:00");
         assert_eq!(time(ms, chrono_tz::UTC), "2026-05-15 00:41:00");
         assert_eq!(parse_local("  ", tz), Ok(None));
-        assert!(parse_local("yesterday", tz).unwrap_err().contains("yesterday"));
+        assert!(parse_local("yesterday", tz)
+            .unwrap_err()
+            .contains("yesterday"));
         // 02:30 does not exist on the day clocks go forward.
         assert!(parse_local("2026-03-29T02:30", tz).is_err());
     }
@@ -171,6 +192,17 @@ mod tests {
         assert_eq!(ago(0, 600_000), "10 min");
         assert_eq!(ago(0, 3 * 3_600_000), "3 h");
         assert_eq!(ago(0, 49 * 3_600_000), "2 d");
+    }
+
+    #[test]
+    fn acknowledgement_links_are_hidden() {
+        let c = Content::Log {
+            text: "Theft! http://r.example/ack/0123456789abcdef0123456789ABCDEF ok".into(),
+        };
+        assert_eq!(
+            content(&c)["text"],
+            "Theft! http://r.example/ack/(link hidden) ok"
+        );
     }
 
     #[test]
