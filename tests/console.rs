@@ -255,7 +255,9 @@ async fn the_rule_tester_names_the_first_failing_condition_and_sends_a_test() {
     // The page comes back with the event in the box.
     let mut event = serde_json::Value::Null;
     for _ in 0..100 {
-        event = b.eval("return document.getElementById('event').value").await;
+        event = b
+            .eval("return document.getElementById('event').value")
+            .await;
         if event.as_str().is_some_and(|e| !e.is_empty()) {
             break;
         }
