@@ -536,6 +536,20 @@ async fn sessions_and_forms_follow_the_rules() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 303);
+    // Logging out needs the form's token too, and removes the cookie.
+    let logout = |form: Vec<(&'static str, String)>| {
+        client()
+            .post(relay.url("/console/logout"))
+            .header("cookie", &admin)
+            .form(&form)
+            .send()
+    };
+    assert_eq!(logout(vec![]).await.unwrap().status().as_u16(), 403);
+    let r = logout(vec![("csrf", token.clone())]).await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set.contains("Max-Age=0"), "{set}");
+    assert_eq!(r.headers()["location"], "/console/login");
     relay.stop().await;
 }
 
