@@ -74,7 +74,7 @@ impl OutboxFigures {
     }
 
     /// Figures `read` at most [`OutboxFigures::FRESH`] before this call began, or after.
-    async fn get<F>(&self, read: impl FnOnce() -> F) -> Result<Figures, StoreError>
+    pub(crate) async fn get<F>(&self, read: impl FnOnce() -> F) -> Result<Figures, StoreError>
     where
         F: std::future::Future<Output = Result<Figures, StoreError>>,
     {
@@ -93,7 +93,7 @@ impl OutboxFigures {
 }
 
 /// The outbox figures as the store has them now.
-async fn read_figures(store: &dyn Store) -> Result<Figures, StoreError> {
+pub(crate) async fn read_figures(store: &dyn Store) -> Result<Figures, StoreError> {
     let counts = store.counts().await?;
     let now = now_ms();
     let oldest = store.oldest_due(now).await?;

@@ -48,15 +48,17 @@ pub async fn overview(
     let tz = rt.config.timezone;
     let minute = 60_000;
     let since = (now / minute - CHART_MINUTES as i64 + 1) * minute;
-    let (activity, counts, oldest, incidents, events) = tokio::join!(
+    // The outbox figures as `/metrics` reads them: one read a second at most, however many
+    // overviews refresh themselves (counting scans every delivery).
+    let figures = c.admin.outbox.get(|| crate::api::read_figures(store));
+    let (activity, figures, incidents, events) = tokio::join!(
         store.activity(since, minute),
-        store.counts(),
-        store.oldest_due(now),
+        figures,
         store.incident_counts(),
         store.recent_events(10),
     );
-    let (activity, counts, events) = match (activity, counts, events) {
-        (Ok(a), Ok(c), Ok(e)) => (a, c, e),
+    let (activity, (counts, oldest_s), events) = match (activity, figures, events) {
+        (Ok(a), Ok(f), Ok(e)) => (a, f, e),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return store_failed(&c, &s, e),
     };
     let count = |st: Status| counts.iter().find(|(x, _)| *x == st).map_or(0, |(_, n)| *n);
@@ -109,7 +111,7 @@ pub async fn overview(
             "webhook": rt.config.ingest.path, "sources": sources,
             "chart": view::chart(&activity, now, minute, CHART_MINUTES),
             "outbox": outbox, "dead": count(Status::Dead),
-            "oldest_due": oldest.ok().flatten().map(|t| view::ago(t, now)),
+            "oldest_due": (oldest_s > 0.0).then(|| view::ago(now - (oldest_s * 1000.0) as i64, now)),
             "incidents": live.iter().map(|(st, n)| json!({ "status": st, "count": n })).collect::<Vec<_>>(),
             "open": open, "events": events, "reload_error": reload,
             "waiting": count(Status::Pending), "done": done_text(q.done.as_deref()),
