@@ -459,3 +459,51 @@ async fn asset(Path(file): Path<String>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_file_only_on_loopback_without_a_configured_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let public: std::net::SocketAddr = "0.0.0.0:8088".parse().unwrap();
+        let local: std::net::SocketAddr = "127.0.0.1:8088".parse().unwrap();
+        assert!(own_token(false, public, dir.path()).unwrap().is_none());
+        assert!(own_token(true, local, dir.path()).unwrap().is_none());
+        assert!(
+            !dir.path().join(TOKEN_FILE).exists(),
+            "no file made for them"
+        );
+        let (t, file) = own_token(false, local, dir.path()).unwrap().unwrap();
+        // Kept across restarts.
+        let (again, _) = own_token(false, local, dir.path()).unwrap().unwrap();
+        assert_eq!(again.expose(), t.expose());
+        // A file others may read is not trusted: a new token replaces it, private again.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let (fresh, _) = own_token(false, local, dir.path()).unwrap().unwrap();
+            assert_ne!(fresh.expose(), t.expose());
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{mode:o}");
+            // Nor is a link to elsewhere: it is replaced, and its target left alone.
+            let target = dir.path().join("elsewhere");
+            std::fs::write(&target, format!("{}\n", "a".repeat(32))).unwrap();
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::fs::remove_file(&file).unwrap();
+            std::os::unix::fs::symlink(&target, &file).unwrap();
+            let (linked, _) = own_token(false, local, dir.path()).unwrap().unwrap();
+            assert_ne!(linked.expose(), "a".repeat(32));
+            assert!(!std::fs::symlink_metadata(&file)
+                .unwrap()
+                .file_type()
+                .is_symlink());
+            assert_eq!(
+                std::fs::read_to_string(&target).unwrap().trim(),
+                "a".repeat(32)
+            );
+        }
+    }
+}
