@@ -36,6 +36,20 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// starting together with the relay).
 pub const PG_STARTUP_WAIT: Duration = Duration::from_secs(30);
 
+/// The configured store when its database exists (PostgreSQL, or a SQLite file already made), else
+/// `None`: commands that only read (`explain`, `backtest`) create no database.
+pub async fn existing_store(
+    cfg: &crate::settings::Config,
+) -> Result<Option<Arc<dyn Store>>, store::StoreError> {
+    let exists = cfg.storage.postgres.is_some()
+        || cfg.storage.data_dir.join(store::sqlite::DB_FILE).exists();
+    Ok(if exists {
+        Some(open_store(&cfg.storage, 16).await?)
+    } else {
+        None
+    })
+}
+
 /// Opens the store the configuration names: PostgreSQL when `storage.url` is set, else the SQLite file
 /// under `storage.data_dir`. `queue` bounds SQLite's write queue.
 pub async fn open_store(

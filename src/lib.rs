@@ -65,6 +65,7 @@
 
 pub mod api;
 pub mod app;
+pub mod backtest;
 pub mod bot;
 pub mod channel;
 pub mod channel_config;

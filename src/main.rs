@@ -110,6 +110,50 @@ enum IncidentAction {
     },
 }
 
+/// `trackrelay backtest`'s arguments.
+#[derive(clap::Args)]
+struct BacktestArgs {
+    /// Config file (default: $TRACKRELAY_CONFIG, else the built-in config).
+    pub config: Option<PathBuf>,
+    /// Config file, as with the other commands.
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "TRACKRELAY_CONFIG",
+        conflicts_with = "config"
+    )]
+    pub config_flag: Option<PathBuf>,
+    /// Start: a date (2026-11-01, in the configured time zone), a local time (2026-11-01 08:00)
+    /// or an RFC 3339 time. Default: 30 days before --to (a file: its first event).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End: a date (included, to the end of that day) or a time (excluded). Default: now (a
+    /// file: its last event).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Replay a file of event bodies, one JSON webhook body a line (any order).
+    #[arg(long, conflicts_with = "server")]
+    pub events: Option<PathBuf>,
+    /// Replay the history of this live Traccar source's server (its event reports).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// A second config to run on the same history, reported side by side.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print this many of the messages, as rendered, spread over the history.
+    #[arg(long, default_value_t = 0)]
+    pub show: usize,
+    /// List this many of the most notified devices.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// The longest period asked of a Traccar server at once (shorter ones while it refuses).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub window: std::time::Duration,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the relay. Without a config file it runs on the built-in one (every event to stdout).
@@ -219,6 +263,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What would these rules have sent? Replays history through the rules as the relay would decide
+    /// (noise control, silences of the time, incidents), on the events' own times. Sends nothing and
+    /// writes nothing to the live store. History: the relay's store (default), a file (--events) or a
+    /// live source's server (--server).
+    Backtest(BacktestArgs),
     /// Send a test message through a channel of the config, now (no rule, no outbox).
     SendTest {
         /// Channel name.
@@ -370,6 +419,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             to,
             config,
         } => send_test(&channel, to.as_deref(), config.as_deref()).await?,
+        Command::Backtest(args) => return backtest(args).await,
         Command::Version => println!("trackrelay {}", env!("CARGO_PKG_VERSION")),
     }
     Ok(ExitCode::SUCCESS)
@@ -424,20 +474,56 @@ async fn explain_event(event: &Path, config: Option<&Path>) -> anyhow::Result<()
     Ok(())
 }
 
-/// The configured store when its database exists (the stored state, cooldowns and silences, is read
-/// from it; nothing is written), else `None`: `explain` creates no database.
-async fn existing_store(cfg: &Config) -> anyhow::Result<Option<Arc<dyn Store>>> {
-    let exists = cfg.storage.postgres.is_some()
-        || cfg
-            .storage
-            .data_dir
-            .join(trackrelay::store::sqlite::DB_FILE)
-            .exists();
-    Ok(if exists {
-        Some(trackrelay::app::open_store(&cfg.storage, 16).await?)
+/// `backtest`: runs it until done or Ctrl-C (a second Ctrl-C exits at once), prints the report.
+async fn backtest(a: BacktestArgs) -> anyhow::Result<ExitCode> {
+    use trackrelay::backtest::history::Source;
+    let source = match (a.events, a.server) {
+        (Some(f), _) => Source::File(f),
+        (None, Some(s)) => Source::Server(s),
+        (None, None) => Source::Store,
+    };
+    let json = a.json;
+    let options = trackrelay::backtest::Options {
+        config: load(a.config.or(a.config_flag).as_deref())?,
+        compare: a.compare.as_deref().map(|p| load(Some(p))).transpose()?,
+        source,
+        from: a.from,
+        to: a.to,
+        show: a.show,
+        top: a.top,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) && !json,
+        window: chrono::Duration::from_std(a.window)?,
+    };
+    let stop = async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "stopping: reporting what was replayed so far (Ctrl-C again to quit at once)"
+            );
+            tokio::spawn(async {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            });
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let outcome = trackrelay::backtest::run(options, stop).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
-        None
+        print!("{}", trackrelay::backtest::text(&outcome));
+    }
+    Ok(if outcome.stopped_at.is_some() {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
     })
+}
+
+/// The configured store when its database exists (see [`trackrelay::app::existing_store`]).
+async fn existing_store(cfg: &Config) -> anyhow::Result<Option<Arc<dyn Store>>> {
+    Ok(trackrelay::app::existing_store(cfg).await?)
 }
 
 /// `--status` of `deliveries`, checked.

@@ -187,6 +187,80 @@ fn probe(env: &Envelope) -> Option<DebounceProbe> {
     })
 }
 
+/// An event evaluated against the rules, planned and rendered: what the store is asked to accept.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The event, its deliveries and incident offers.
+    pub event: NewEvent,
+    /// The names of the rules it matched.
+    pub matched: Vec<String>,
+    /// (rule, channel) of each delivery, for the log lines of held-back ones; only built when noise
+    /// control is in play.
+    keys: Vec<(String, String)>,
+}
+
+impl Prepared {
+    /// Whether storing it can change nothing: no delivery, no incident concerned, no geofence
+    /// transition that might cancel a held one. Such an event is still stored in production (for
+    /// dedup); a backtest leaves it out.
+    pub fn is_inert(&self) -> bool {
+        self.event.deliveries.is_empty()
+            && self.event.incidents.is_empty()
+            && self.event.debounce.is_none()
+    }
+}
+
+/// Evaluates `env` against `cfg`'s rules and plans its deliveries and incident offers under
+/// `silences`: every decision about an event that does not need the store. What [`Pipeline::ingest`]
+/// does before it commits, and what a backtest runs on history.
+pub fn prepare(
+    cfg: &Config,
+    silences: &crate::noise::silence::SilenceSet,
+    raw: &str,
+    env: &Envelope,
+    arrival: &Arrival,
+) -> Prepared {
+    let matched = cfg.rules.evaluate(env, arrival.name());
+    let triggered = incident_triggers(cfg, &matched, env, arrival);
+    let (extras, tokens) = opening_links(cfg, &triggered);
+    let mut planned = plan(cfg, &matched, env, raw, arrival, silences, &extras);
+    let incidents = offers(cfg, triggered, tokens, &mut planned, env, arrival);
+    let deliveries: Vec<NewDelivery> = planned.iter().map(NewDelivery::from).collect();
+    let keys = if deliveries.iter().any(|d| d.gates.any()) {
+        deliveries
+            .iter()
+            .map(|d| (d.rule.clone(), d.channel.clone()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let event = NewEvent {
+        source: arrival.source.clone(),
+        event_id: env.event.id,
+        device_id: env.device_id(),
+        event_type: env.event.event_type.clone(),
+        received_at_ms: arrival.received_at_ms,
+        judged_at_ms: judged_at(env, arrival.received_at_ms),
+        txn: arrival.txn.clone(),
+        // The body of an event that notifies nobody is only kept on request.
+        payload: if matched.is_empty() && !cfg.storage.keep_unmatched_payloads {
+            String::new()
+        } else {
+            raw.to_string()
+        },
+        deliveries,
+        claim_until: None,
+        debounce: cfg.rules.debounces().then(|| probe(env)).flatten(),
+        position_missing: env.lacks_position(),
+        incidents,
+    };
+    Prepared {
+        event,
+        matched: matched.iter().map(|r| r.name.clone()).collect(),
+        keys,
+    }
+}
+
 impl Pipeline {
     /// Evaluates, renders and durably stores one event. Returns once the event is committed.
     pub async fn ingest(
@@ -195,8 +269,8 @@ impl Pipeline {
         env: &Envelope,
         arrival: Arrival,
     ) -> Result<Accepted, StoreError> {
-        // The runtime is held for the whole call: the matched rules borrow from it, and a reload
-        // meanwhile does not change what this event is evaluated against.
+        // The runtime is held for the whole call: a reload meanwhile does not change what this event
+        // is evaluated against.
         let rt = self.shared.get();
         self.whereabouts.saw(
             env.device_id(),
@@ -204,46 +278,13 @@ impl Pipeline {
             env.position.as_ref(),
             arrival.received_at_ms,
         );
-        let matched = rt.config.rules.evaluate(env, arrival.name());
-        let triggered = incident_triggers(&rt.config, &matched, env, &arrival);
-        let event = {
-            let silences = self.silences.get();
-            let (extras, tokens) = opening_links(&rt.config, &triggered);
-            let mut planned = plan(&rt.config, &matched, env, raw, &arrival, &silences, &extras);
-            let incidents = offers(&rt.config, triggered, tokens, &mut planned, env, &arrival);
-            let deliveries = planned.iter().map(NewDelivery::from).collect();
-            NewEvent {
-                source: arrival.source.clone(),
-                event_id: env.event.id,
-                device_id: env.device_id(),
-                event_type: env.event.event_type.clone(),
-                received_at_ms: arrival.received_at_ms,
-                judged_at_ms: judged_at(env, arrival.received_at_ms),
-                txn: arrival.txn.clone(),
-                // The body of an event that notifies nobody is only kept on request.
-                payload: if matched.is_empty() && !rt.config.storage.keep_unmatched_payloads {
-                    String::new()
-                } else {
-                    raw.to_string()
-                },
-                deliveries,
-                claim_until: None,
-                debounce: rt.config.rules.debounces().then(|| probe(env)).flatten(),
-                position_missing: env.lacks_position(),
-                incidents,
-            }
-        };
-        // For the log lines of held-back deliveries (only built when noise control is in play).
-        let keys: Vec<(String, String)> = if event.deliveries.iter().any(|d| d.gates.any()) {
-            event
-                .deliveries
-                .iter()
-                .map(|d| (d.rule.clone(), d.channel.clone()))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let prepared = prepare(&rt.config, &self.silences.get(), raw, env, &arrival);
         let claim_until = arrival.received_at_ms + rt.config.storage.lease.as_millis() as i64;
+        let Prepared {
+            event,
+            matched,
+            keys,
+        } = prepared;
         let accepted = self.commit(event, claim_until).await?;
         if let Accepted::New { quieted, .. } = &accepted {
             for q in quieted {
@@ -262,7 +303,7 @@ impl Pipeline {
                 );
             }
             for r in &matched {
-                self.metrics.rule_matched(&r.name);
+                self.metrics.rule_matched(r);
             }
         }
         if let Accepted::New { incidents, .. } = &accepted {

@@ -37,6 +37,11 @@ impl SilenceCache {
         self.set.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Puts `set` in force (a backtest's silences, made as of the start of its history).
+    pub fn set(&self, set: SilenceSet) {
+        *self.set.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+    }
+
     /// Re-reads the silences from `store`.
     pub async fn refresh(&self, store: &dyn Store) -> Result<(), StoreError> {
         let all = store.silences().await?;

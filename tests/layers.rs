@@ -43,6 +43,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("reload", 6),
     ("api", 6),
     ("console", 6),
+    ("backtest", 6),
     ("app", 6),
 ];
 

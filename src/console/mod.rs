@@ -26,7 +26,7 @@ use crate::secret::Secret;
 pub mod auth;
 mod pages;
 mod tools;
-mod view;
+pub mod view;
 
 use auth::{Limiter, Role, Session, Tokens};
 

@@ -447,6 +447,20 @@ pub trait Store: Send + Sync {
         Err(no_browsing())
     }
 
+    /// Stored events received in `[since_ms, until_ms)`, oldest first (by receive time, then row id),
+    /// after `after` (the receive time and row id of the last one of the previous page), at most `limit`:
+    /// the history a backtest replays.
+    async fn history(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        after: Option<(i64, i64)>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let _ = (since_ms, until_ms, after, limit);
+        Err(no_browsing())
+    }
+
     /// One stored event by its row id ([`StoredEvent::id`]).
     async fn stored_event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError> {
         let _ = id;

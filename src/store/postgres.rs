@@ -1132,6 +1132,17 @@ impl Store for PgStore {
         browse::recent_events(&self.client().await?, events_limit(limit)).await
     }
 
+    async fn history(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        after: Option<(i64, i64)>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let limit = events_limit(limit);
+        browse::history(&self.client().await?, since_ms, until_ms, after, limit).await
+    }
+
     async fn stored_event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError> {
         incidents::stored_event(&self.client().await?, id).await
     }

@@ -36,6 +36,9 @@ use super::*;
 mod browse;
 mod chat;
 mod incidents;
+mod tally;
+
+pub use tally::DeliveryOutcome;
 
 /// Jobs per transaction at most: bounds the latency one commit adds to the jobs in it.
 pub const MAX_BATCH: usize = 2048;
@@ -246,6 +249,17 @@ impl SqliteStore {
     /// Opens (creating if needed) the database under `data_dir` and migrates it. `queue` bounds the jobs
     /// waiting for the writer.
     pub fn open(data_dir: &Path, queue: usize) -> Result<SqliteStore, StoreError> {
+        Self::open_with(data_dir, queue, true)
+    }
+
+    /// A store for a run that keeps nothing (a backtest in a temporary directory): as [`Self::open`],
+    /// but commits are not synced to disk (`synchronous = OFF`). Never for events someone was answered
+    /// for: a crash may lose the last commits.
+    pub fn open_scratch(data_dir: &Path, queue: usize) -> Result<SqliteStore, StoreError> {
+        Self::open_with(data_dir, queue, false)
+    }
+
+    fn open_with(data_dir: &Path, queue: usize, durable: bool) -> Result<SqliteStore, StoreError> {
         let path = data_dir.join(DB_FILE);
         let open_err = |reason: String| StoreError::Open {
             path: path.display().to_string(),
@@ -258,7 +272,7 @@ impl SqliteStore {
             ))
         })?;
         let mut conn = Connection::open(&path).map_err(|e| open_err(e.to_string()))?;
-        configure(&conn).map_err(|e| open_err(e.to_string()))?;
+        configure(&conn, durable).map_err(|e| open_err(e.to_string()))?;
         migrate(&mut conn).map_err(|e| open_err(e.to_string()))?;
         let reader = Connection::open_with_flags(
             &path,
@@ -281,6 +295,40 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Marks every delivery due by `now_ms` sent (`done`), as a delivery worker would have sent it: a
+    /// backtest, which sends nothing, calls it before it decides at `now_ms`, so that what production
+    /// had sent by then is no longer pending (an incident's resolution cancels only what is still
+    /// pending; so does a debounce). Returns when the first delivery still pending is due.
+    pub async fn settle(&self, now_ms: i64) -> Result<Option<i64>, StoreError> {
+        self.call(true, move |c| {
+            c.prepare_cached(
+                "UPDATE deliveries SET status = 'done', updated_at = ?1
+                 WHERE status = 'pending' AND next_at <= ?1",
+            )
+            .and_then(|mut s| s.execute(params![now_ms]))
+            .and_then(|_| {
+                c.query_row(
+                    "SELECT MIN(next_at) FROM deliveries WHERE status = 'pending'",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .map_err(db)
+        })
+        .await
+    }
+
+    /// Folds the outcome of every delivery, in id order, into `acc` with `f`, on the reading connection
+    /// (see [`DeliveryOutcome`]).
+    pub async fn fold_outcomes<A, F>(&self, mut acc: A, f: F) -> Result<A, StoreError>
+    where
+        A: Send + 'static,
+        F: Fn(&mut A, DeliveryOutcome) + Send + 'static,
+    {
+        self.read(move |c| tally::for_each(c, &mut |o| f(&mut acc, o)).map(|()| acc))
+            .await
     }
 
     async fn call<R, F>(&self, wait: bool, f: F) -> Result<R, StoreError>
@@ -324,7 +372,7 @@ impl SqliteStore {
     }
 }
 
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
+fn configure(conn: &Connection, durable: bool) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // WAL: readers never block the writer; FULL: a commit is on disk when it returns.
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -338,7 +386,11 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -16384;
          PRAGMA wal_autocheckpoint = 4096; PRAGMA temp_store = MEMORY;",
-    )
+    )?;
+    if !durable {
+        conn.execute_batch("PRAGMA synchronous = OFF; PRAGMA cache_size = -65536;")?;
+    }
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -944,6 +996,18 @@ impl Store for SqliteStore {
     async fn recent_events(&self, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         let limit = events_limit(limit);
         self.read(move |c| browse::recent_events(c, limit)).await
+    }
+
+    async fn history(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        after: Option<(i64, i64)>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let limit = events_limit(limit);
+        self.read(move |c| browse::history(c, since_ms, until_ms, after, limit))
+            .await
     }
 
     async fn stored_event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError> {

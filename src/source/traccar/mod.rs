@@ -9,8 +9,8 @@
 //! again at once. Duplicates from overlapping backfill or double pushes are dropped by the store's
 //! dedup on (namespace, event id).
 
-mod cache;
-mod client;
+pub mod cache;
+pub mod client;
 pub mod join;
 pub mod notifications;
 

@@ -135,6 +135,27 @@ pub(super) async fn rule_counts(
 }
 
 /// The newest `limit` stored events.
+/// See [`crate::store::Store::history`].
+pub(super) async fn history(
+    c: &impl GenericClient,
+    since_ms: i64,
+    until_ms: i64,
+    after: Option<(i64, i64)>,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let (at, id) = after.unwrap_or((since_ms, i64::MIN));
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events
+         WHERE received_at >= $1 AND received_at < $2 AND (received_at, id) > ($3, $4)
+         ORDER BY received_at, id LIMIT $5"
+    );
+    let rows = c
+        .query(sql.as_str(), &[&since_ms, &until_ms, &at, &id, &limit])
+        .await
+        .map_err(pg)?;
+    Ok(rows.iter().map(read_event).collect())
+}
+
 pub(super) async fn recent_events(
     c: &impl GenericClient,
     limit: i64,

@@ -158,6 +158,30 @@ pub(super) fn recent_events(c: &Connection, limit: i64) -> Result<Vec<StoredEven
     rows
 }
 
+/// See [`crate::store::Store::history`]. Reads `events_received` in order: a page costs its rows.
+pub(super) fn history(
+    c: &Connection,
+    since_ms: i64,
+    until_ms: i64,
+    after: Option<(i64, i64)>,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let (at, id) = after.unwrap_or((since_ms, i64::MIN));
+    let mut stmt = c
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_received
+             WHERE received_at >= ?1 AND received_at < ?2 AND (received_at, id) > (?3, ?4)
+             ORDER BY received_at, id LIMIT ?5"
+        ))
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(params![since_ms, until_ms, at, id, limit], read_event)
+        .map_err(db)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db);
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     //! The ways SQLite's planner takes (the speed at a million rows is the `console` benchmark's).

@@ -1,0 +1,378 @@
+//! `trackrelay backtest`: what would these rules have sent? Replays history (a file of event bodies,
+//! the relay's own store, or a live source's Traccar server) through one configuration, or two side by
+//! side (`--compare`), deciding exactly as the relay does (see [`engine`]) on the events' own times.
+//! Nothing is sent and nothing is written to the live store: each run has a scratch store of its own
+//! in a temporary directory, removed at the end.
+//!
+//! The history is read and decoded on one thread while the runs decide on others (each run's store
+//! writes on a thread of its own), so two configurations cost little more than one. A long run shows a
+//! progress bar on a terminal; Ctrl-C stops it cleanly and reports what was replayed so far.
+
+pub mod engine;
+pub mod history;
+pub mod report;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use serde::Serialize;
+
+use engine::{Engine, Finished};
+use history::{History, Skipped, Source, Span};
+use report::{Comparison, Report, Sample};
+
+use crate::settings::Config;
+use crate::store::{Store, StoreError};
+
+/// Why a backtest could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BacktestError {
+    /// The configuration or an option is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// The history cannot be read.
+    #[error("history: {0}")]
+    History(String),
+    /// The live source's server failed.
+    #[error("server: {0}")]
+    Server(#[from] crate::source::traccar::SourceError),
+    /// A store (the live one read, or a run's scratch one) failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What to replay, through what, and how to report it.
+pub struct Options {
+    /// The configuration to test.
+    pub config: Config,
+    /// A second configuration to run on the same history (`--compare`).
+    pub compare: Option<Config>,
+    /// Where the history comes from.
+    pub source: Source,
+    /// `--from`: a date (`2026-11-01`, the day's start in the configured zone) or an RFC 3339 time.
+    pub from: Option<String>,
+    /// `--to`: a date (included: up to the end of that day) or an RFC 3339 time (excluded).
+    pub to: Option<String>,
+    /// Sample messages to show.
+    pub show: usize,
+    /// Devices to list among the most notified.
+    pub top: usize,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+    /// The longest period asked of a Traccar server at once (halved while it refuses).
+    pub window: chrono::Duration,
+}
+
+/// A finished backtest.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// Where the history came from.
+    pub history: String,
+    /// Replayed from (RFC 3339).
+    pub from: String,
+    /// Replayed until (RFC 3339, excluded).
+    pub until: String,
+    /// What was left out of the history.
+    pub skipped: Skipped,
+    /// Stopped by Ctrl-C before the end: the time of the last event replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<String>,
+    /// The run of `config`.
+    pub report: Report,
+    /// Both runs side by side, with `--compare`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<Comparison>,
+}
+
+/// A time given on the command line: an RFC 3339 time, or a date (`end`: the end of that day), in `tz`.
+pub fn parse_when(s: &str, tz: chrono_tz::Tz, end: bool) -> Result<i64, BacktestError> {
+    if let Some(t) = crate::event::parse_time(s) {
+        return Ok(t.timestamp_millis());
+    }
+    let local = |n: NaiveDateTime| {
+        tz.from_local_datetime(&n)
+            .earliest()
+            .map(|t| t.timestamp_millis())
+            .ok_or_else(|| BacktestError::Usage(format!("`{s}` does not exist in {tz}")))
+    };
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        let day = if end { d.succ_opt().unwrap_or(d) } else { d };
+        return local(day.and_hms_opt(0, 0, 0).unwrap_or_default());
+    }
+    for f in [
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S",
+    ] {
+        if let Ok(n) = NaiveDateTime::parse_from_str(s, f) {
+            return local(n);
+        }
+    }
+    Err(BacktestError::Usage(format!(
+        "`{s}` is not a date (2026-11-01), a local time (2026-11-01 08:00) or an RFC 3339 time"
+    )))
+}
+
+/// The span the options name; `None` when neither end is given and the source tells (a file).
+fn span(o: &Options, now_ms: i64) -> Result<Option<Span>, BacktestError> {
+    let tz = o.config.timezone;
+    let from = o
+        .from
+        .as_deref()
+        .map(|s| parse_when(s, tz, false))
+        .transpose()?;
+    let to =
+        o.to.as_deref()
+            .map(|s| parse_when(s, tz, true))
+            .transpose()?;
+    let span = match (from, to, &o.source) {
+        (None, None, Source::File(_)) => return Ok(None),
+        (from, to, _) => {
+            let until = to.unwrap_or(now_ms);
+            Span {
+                from_ms: from.unwrap_or(until - 30 * 86_400_000),
+                until_ms: until,
+            }
+        }
+    };
+    if span.from_ms >= span.until_ms {
+        return Err(BacktestError::Usage("--from must be before --to".into()));
+    }
+    Ok(Some(span))
+}
+
+/// Opens the history the options name.
+async fn open_history(
+    o: &Options,
+    live: Option<Arc<dyn Store>>,
+    now_ms: i64,
+) -> Result<History, BacktestError> {
+    let span = span(o, now_ms)?;
+    match &o.source {
+        Source::File(path) => history::from_file(
+            path,
+            span,
+            o.config.timezone,
+            o.config.ingest.source.clone(),
+        ),
+        Source::Store => {
+            let store = live.ok_or_else(|| {
+                BacktestError::Usage(format!(
+                    "no store at {}: nothing to replay (give a file of events with --events, or a live source with --server)",
+                    o.config.storage.data_dir.display()
+                ))
+            })?;
+            Ok(history::from_store(
+                store,
+                span.expect("a store's span is always set"),
+            ))
+        }
+        Source::Server(name) => {
+            let cfg = o
+                .config
+                .traccar
+                .iter()
+                .find(|s| &s.name == name)
+                .ok_or_else(|| {
+                    let names: Vec<&str> =
+                        o.config.traccar.iter().map(|s| s.name.as_str()).collect();
+                    BacktestError::Usage(format!(
+                        "no live source `{name}` in the configuration (its sources: {})",
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
+                    ))
+                })?;
+            history::from_server(cfg, span.expect("a server's span is always set"), o.window).await
+        }
+    }
+}
+
+/// The silences of the live store (ended ones too: those active during the history apply), if any.
+async fn silences(
+    live: Option<&Arc<dyn Store>>,
+) -> Result<Vec<crate::noise::silence::Silence>, BacktestError> {
+    Ok(match live {
+        Some(s) => s.silences().await?,
+        None => Vec::new(),
+    })
+}
+
+fn describe(source: &Source) -> String {
+    match source {
+        Source::File(p) => format!("file {}", p.display()),
+        Source::Store => "the relay's store".into(),
+        Source::Server(name) => format!("live source {name}'s server"),
+    }
+}
+
+fn rfc3339(ms: i64, tz: chrono_tz::Tz) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| {
+            t.with_timezone(&tz)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        })
+        .unwrap_or_default()
+}
+
+/// Runs the backtest. `stop` resolves when the user asks to stop (Ctrl-C): the runs end at the last
+/// event replayed and report what they decided so far.
+pub async fn run(
+    o: Options,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Outcome, BacktestError> {
+    let now = crate::clock::now_ms();
+    let live = crate::app::existing_store(&o.config).await?;
+    let mut history = open_history(&o, live.clone(), now).await?;
+    let silences = silences(live.as_ref()).await?;
+    let from = history.span.from_ms;
+    let bar = progress_bar(o.progress, &history);
+    let (show, top, tz, source) = (o.show, o.top, o.config.timezone, describe(&o.source));
+    let mut a = Engine::new(o.config, silences.clone(), from)?;
+    let mut b = match o.compare {
+        Some(c) => Some(Engine::new(c, silences, from)?),
+        None => None,
+    };
+    let mut last = None;
+    tokio::pin!(stop);
+    let stopped = loop {
+        let batch = tokio::select! {
+            biased;
+            () = &mut stop => break true,
+            batch = history.next() => batch?,
+        };
+        let Some(batch) = batch else { break false };
+        for item in &batch {
+            match &mut b {
+                Some(b) => {
+                    let (x, y) = tokio::join!(a.feed(item), b.feed(item));
+                    x?;
+                    y?;
+                }
+                None => a.feed(item).await?,
+            }
+        }
+        if let Some(item) = batch.last() {
+            last = Some(item.arrival.received_at_ms);
+            bar.set_position(progress_of(&history.span, item.arrival.received_at_ms));
+            bar.set_message(rfc3339(item.arrival.received_at_ms, tz));
+        }
+    };
+    bar.finish_and_clear();
+    // A stopped run ends where it stopped: the timers after its last event did not come yet.
+    let until = match (stopped, last) {
+        (true, Some(t)) => t,
+        _ => history.span.until_ms,
+    };
+    let a = report_of(a.finish(until).await?, show, top).await?;
+    let comparison = match b {
+        Some(b) => {
+            let b = report_of(b.finish(until).await?, show, top).await?;
+            Some(Comparison::new(a.clone(), b))
+        }
+        None => None,
+    };
+    let skipped = history
+        .skipped
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Ok(Outcome {
+        history: source,
+        from: rfc3339(history.span.from_ms, tz),
+        until: rfc3339(history.span.until_ms, tz),
+        skipped,
+        stopped_at: stopped.then(|| last.map(|t| rfc3339(t, tz)).unwrap_or_default()),
+        report: a,
+        comparison,
+    })
+}
+
+/// Where `t` lies in `span`, in thousandths.
+fn progress_of(span: &Span, t: i64) -> u64 {
+    let len = (span.until_ms - span.from_ms).max(1);
+    (((t - span.from_ms).clamp(0, len) as f64 / len as f64) * 1000.0) as u64
+}
+
+fn progress_bar(show: bool, history: &History) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(1000);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% at {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    if let Some(total) = history.total {
+        bar.set_message(format!("{total} events"));
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// A finished run's report, with its sample messages.
+async fn report_of(f: Finished, show: usize, top: usize) -> Result<Report, BacktestError> {
+    let cfg = &f.runtime.config;
+    let names: Vec<String> = cfg.rules.rules().iter().map(|r| r.name.clone()).collect();
+    let ids = f.tally.sample_ids(show);
+    let config = cfg
+        .path
+        .as_ref()
+        .map_or("(built-in)".to_string(), |p| p.display().to_string());
+    let mut report = Report::build(config, &names, &f.counts, &f.tally, &f.incidents, top);
+    for (id, at) in ids {
+        if let Some(d) = f.store.delivery(id).await? {
+            report.samples.push(sample(&d, at, cfg.timezone));
+        }
+    }
+    Ok(report)
+}
+
+fn sample(d: &crate::store::DeliveryDetail, at: i64, tz: chrono_tz::Tz) -> Sample {
+    let content = serde_json::from_str::<crate::notification::Notification>(&d.content)
+        .map(|n| crate::console::view::content(&n.content))
+        .unwrap_or_default();
+    let field = |k: &str| content.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    Sample {
+        at: rfc3339(at, tz),
+        rule: d.row.rule.clone(),
+        channel: d.row.channel.clone(),
+        recipient: d.row.recipient.clone(),
+        device_id: d.row.device_id,
+        kind: field("kind").unwrap_or_default(),
+        title: field("title"),
+        text: field("text").unwrap_or_default(),
+    }
+}
+
+/// The text a terminal shows for `o`.
+pub fn text(o: &Outcome) -> String {
+    let mut out = format!("History: {}, {} to {}", o.history, o.from, o.until);
+    if let Some(at) = &o.stopped_at {
+        out.push_str(&format!(
+            " — stopped at {at} (Ctrl-C): what follows covers the events up to then"
+        ));
+    }
+    out.push('\n');
+    let s = &o.skipped;
+    if s.unreadable + s.without_body > 0 {
+        out.push_str(&format!(
+            "Left out: {} unreadable, {} stored without their body (no rule matched them then; storage.keep_unmatched_payloads keeps them)\n",
+            s.unreadable, s.without_body
+        ));
+        for e in &s.examples {
+            out.push_str(&format!("  {e}\n"));
+        }
+    }
+    match &o.comparison {
+        Some(c) => out.push_str(&report::comparison_text(c)),
+        None => out.push_str(&report::text(&o.report)),
+    }
+    out
+}
