@@ -493,6 +493,7 @@ async fn backtest(a: BacktestArgs) -> anyhow::Result<ExitCode> {
         top: a.top,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) && !json,
         window: chrono::Duration::from_std(a.window)?,
+        store: None,
     };
     let stop = async {
         if tokio::signal::ctrl_c().await.is_ok() {

@@ -75,6 +75,7 @@ fn options(config: Config, source: Source) -> Options {
         top: 10,
         progress: false,
         window: chrono::Duration::days(7),
+        store: None,
     }
 }
 

@@ -267,6 +267,15 @@ async fn the_rule_tester_names_the_first_failing_condition_and_sends_a_test() {
     b.click("form[action='/console/tester'][method=post] button")
         .await;
     b.wait_for_text("#result", "joins incident 1", WAIT).await;
+    // The stored events of the last week replayed: the theft opened one incident and sent one message.
+    b.click("#replay-form button").await;
+    let heading = b
+        .wait_for_text("#replay-h", "would have been sent", WAIT)
+        .await;
+    assert!(heading.starts_with("1 message would"), "{heading}");
+    let rows = b.text("#replay-rules").await;
+    assert!(rows.contains("theft 1 1 0 0 0 0 1 opened"), "{rows}");
+    assert!(rows.contains("sos 0 0 0 0 0 0"), "{rows}");
     // The stored message hides its acknowledgement link (viewers see messages too).
     b.goto(&relay.url("/console/deliveries/1")).await;
     let message = b.text("pre.message").await;

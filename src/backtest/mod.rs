@@ -62,6 +62,9 @@ pub struct Options {
     pub progress: bool,
     /// The longest period asked of a Traccar server at once (halved while it refuses).
     pub window: chrono::Duration,
+    /// The live store to read the history and silences from (a running relay's); `None`: the
+    /// configuration's, when its database exists.
+    pub store: Option<Arc<dyn Store>>,
 }
 
 /// A finished backtest.
@@ -130,7 +133,11 @@ fn span(o: &Options, now_ms: i64) -> Result<Option<Span>, BacktestError> {
     let span = match (from, to, &o.source) {
         (None, None, Source::File(_)) => return Ok(None),
         (from, to, _) => {
-            let until = to.unwrap_or(now_ms);
+            // Not into the future: the timers after the last event run until now at most.
+            let until = match &o.source {
+                Source::File(_) => to.unwrap_or(now_ms),
+                _ => to.map_or(now_ms, |t| t.min(now_ms)),
+            };
             Span {
                 from_ms: from.unwrap_or(until - 30 * 86_400_000),
                 until_ms: until,
@@ -226,7 +233,10 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<Outcome, BacktestError> {
     let now = crate::clock::now_ms();
-    let live = crate::app::existing_store(&o.config).await?;
+    let live = match o.store.clone() {
+        Some(s) => Some(s),
+        None => crate::app::existing_store(&o.config).await?,
+    };
     let mut history = open_history(&o, live.clone(), now).await?;
     let silences = silences(live.as_ref()).await?;
     let from = history.span.from_ms;

@@ -25,6 +25,7 @@ use crate::secret::Secret;
 
 pub mod auth;
 mod pages;
+mod replay;
 mod tools;
 pub mod view;
 
@@ -37,6 +38,8 @@ pub struct Console {
     limiter: Limiter,
     /// This run's own admin token, when none is configured and the relay listens on loopback only.
     own_token: Option<Secret>,
+    /// One replay of a period at a time (see [`replay`]).
+    replays: tokio::sync::Semaphore,
 }
 
 /// The console's shared state.
@@ -76,6 +79,7 @@ impl Console {
             templates,
             limiter: Limiter::default(),
             own_token,
+            replays: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -274,6 +278,7 @@ pub fn router(console: Shared) -> Router {
             get(tools::tester).post(tools::run_tester),
         )
         .route("/console/tester/send", post(tools::send_test))
+        .route("/console/tester/replay", post(replay::replay))
         .route("/console/reload", post(tools::reload))
         .with_state(console)
 }

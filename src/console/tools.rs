@@ -401,9 +401,9 @@ pub async fn tester(
 ) -> Response {
     let event = match pick(&c, &f).await {
         Ok(e) => e,
-        Err(e) => return tester_page(&c, &s, &f.event, None, Some(e), None).await,
+        Err(e) => return tester_page(&c, &s, &f.event, None, Some(e), None, None).await,
     };
-    tester_page(&c, &s, &event, None, None, None).await
+    tester_page(&c, &s, &event, None, None, None, None).await
 }
 
 /// The event the form names: pasted, a stored one, or an example.
@@ -424,16 +424,19 @@ async fn pick(c: &super::Console, f: &TesterForm) -> Result<String, String> {
     Ok(f.event.clone())
 }
 
-async fn tester_page(
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn tester_page(
     c: &super::Console,
     s: &super::Session,
     event: &str,
     explanation: Option<Value>,
     error: Option<String>,
     sent: Option<Value>,
+    backtest: Option<Value>,
 ) -> Response {
     let rt = c.admin.pipeline.shared.get();
     let tz = rt.config.timezone;
+    let today = chrono::Utc::now().with_timezone(&tz).date_naive();
     let recent: Vec<Value> = c
         .admin
         .pipeline
@@ -459,7 +462,9 @@ async fn tester_page(
         "tester.html",
         Some(s),
         json!({ "title": "Rule tester", "nav": "tester", "event": event, "x": explanation,
-                "error": error, "recent": recent, "examples": examples, "sent": sent }),
+                "error": error, "recent": recent, "examples": examples, "sent": sent,
+                "bt": backtest, "bt_days": super::replay::MAX_DAYS,
+                "bt_from": (today - chrono::Duration::days(7)).to_string(), "bt_to": today.to_string() }),
     );
     if bad {
         *r.status_mut() = StatusCode::BAD_REQUEST;
@@ -506,11 +511,11 @@ pub async fn run_tester(State(c): State<Shared>, headers: HeaderMap, body: Bytes
     };
     let raw = match pick(&c, &f).await {
         Ok(r) => r,
-        Err(e) => return tester_page(&c, &s, &f.event, None, Some(e), None).await,
+        Err(e) => return tester_page(&c, &s, &f.event, None, Some(e), None, None).await,
     };
     match explain(&c, &raw).await {
-        Ok((v, _)) => tester_page(&c, &s, &raw, Some(v), None, None).await,
-        Err(e) => tester_page(&c, &s, &raw, None, Some(e), None).await,
+        Ok((v, _)) => tester_page(&c, &s, &raw, Some(v), None, None, None).await,
+        Err(e) => tester_page(&c, &s, &raw, None, Some(e), None, None).await,
     }
 }
 
@@ -523,7 +528,7 @@ pub async fn send_test(State(c): State<Shared>, headers: HeaderMap, body: Bytes)
     };
     let (v, x) = match explain(&c, &f.event).await {
         Ok(x) => x,
-        Err(e) => return tester_page(&c, &s, &f.event, None, Some(e), None).await,
+        Err(e) => return tester_page(&c, &s, &f.event, None, Some(e), None, None).await,
     };
     let Some(n) = f
         .send
@@ -539,6 +544,7 @@ pub async fn send_test(State(c): State<Shared>, headers: HeaderMap, body: Bytes)
             Some(v),
             Some("pick a message to send".into()),
             None,
+            None,
         )
         .await;
     };
@@ -550,6 +556,7 @@ pub async fn send_test(State(c): State<Shared>, headers: HeaderMap, body: Bytes)
             &f.event,
             Some(v),
             Some(format!("no channel '{}'", n.channel)),
+            None,
             None,
         )
         .await;
@@ -570,7 +577,7 @@ pub async fn send_test(State(c): State<Shared>, headers: HeaderMap, body: Bytes)
         Err(e) => json!({ "ok": false, "channel": n.channel, "error": e.to_string() }),
     };
     tracing::info!(channel = %n.channel, rule = %n.rule, ok = sent["ok"].as_bool(), "console: test message sent");
-    tester_page(&c, &s, &f.event, Some(v), None, Some(sent)).await
+    tester_page(&c, &s, &f.event, Some(v), None, Some(sent), None).await
 }
 
 /// `POST /console/reload`: reload the configuration now.
