@@ -4,10 +4,15 @@
 use std::hint::black_box;
 use std::path::Path;
 
+#[path = "support/mix.rs"]
+mod mix;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use trackrelay::event::Envelope;
 use trackrelay::plan::{plan, Arrival};
 use trackrelay::settings::Config;
+
+use mix::kind;
 
 const PAYLOADS: &[&str] = &[
     "alarm_vibration.json",
@@ -23,23 +28,6 @@ fn payload(name: &str) -> String {
             .join(name),
     )
     .unwrap()
-}
-
-/// `n` rules mixing what real rule files use: type and alarm lists, geofence and device globs,
-/// attribute comparisons, regex, negation and expressions, spread over event types, with their
-/// operands varying from rule to rule (a thousand copies of one rule would measure a cache); all send
-/// to a log channel. The same mix as the server benchmark's (`scripts/bench/run`).
-fn kind(i: usize) -> String {
-    match i % 8 {
-        0 => "{ type: alarm, alarm: [movement, vibration], where: { position.attributes.armed: true } }".into(),
-        1 => format!("{{ type: [geofenceEnter, geofenceExit], geofence: 'Zone {i}*', not: {{ where: {{ ignition: true }} }} }}"),
-        2 => format!("{{ type: deviceOverspeed, expr: 'speed_kmh > {} || geofence.id == {i}' }}", 20 + i % 40),
-        3 => format!("{{ type: [deviceOffline, deviceUnknown], device: ['Fleet {i}*', {}] }}", 100_000_000 + i),
-        4 => format!("{{ where: {{ batteryLevel: {{ lt: {} }}, charge: {{ ne: true }} }} }}", 5 + i % 10),
-        5 => format!("{{ type: ignitionOn, where: {{ device.uniqueId: {{ regex: '^9{i}' }} }} }}"),
-        6 => format!("{{ type: alarm, alarm: sos, device: 'Team {i}*' }}"),
-        _ => format!("{{ type: alarm, expr: 'batteryLevel < {} && !ignition' }}", 10 + i % 10),
-    }
 }
 
 fn config(n: usize) -> Config {
