@@ -2,8 +2,9 @@
 //! `JSESSIONID` cookie), `/api/socket` (cookie required, a foreign `Origin` refused, `{}` keepalives,
 //! the latest positions on connect), the REST reads the relay uses, `/api/positions?id=..` (several ids;
 //! an unknown id fails the whole request with 500, as Traccar's `PositionResource` does when it reads a
-//! missing row), `/api/notifications`, and `/api/reports/events` (honours `deviceId`, `from`, `to` and
-//! wants `Accept: application/json`; carries no positions).
+//! missing row), `/api/notifications`, and `/api/reports/events` (several `deviceId`, `groupId` and
+//! `type`, `from`, `to`; wants `Accept: application/json`; carries no positions; refuses a period over
+//! the limit set with [`Traccar::set_report_period_limit`] as Traccar's `report.periodLimit` does).
 //!
 //! It behaves like Traccar 6 where the relay could be fooled by an easier order:
 //! - [`Traccar::push`] sends the `events` frame first and the `positions` frame of the event's position
@@ -71,6 +72,8 @@ struct St {
     socket_opens: usize,
     socket_refusals: Vec<u16>,
     report_queries: Vec<String>,
+    /// `report.periodLimit`: `/api/reports/events` refuses a longer `to - from`.
+    report_period_limit: Option<Duration>,
     connected: usize,
     hang: bool,
     silent: bool,
@@ -279,6 +282,12 @@ impl Traccar {
         self.st().report_queries.clone()
     }
 
+    /// Traccar's `report.periodLimit`: while set, `/api/reports/events` answers a `to - from` longer
+    /// than `limit` with 400 and [`PERIOD_LIMIT_BODY`], as the real server does.
+    pub fn set_report_period_limit(&self, limit: Option<Duration>) {
+        self.st().report_period_limit = limit;
+    }
+
     /// Waits while hanging is on (never answers while it stays on).
     async fn maybe_hang(inner: &Inner) {
         while inner.state.lock().unwrap().hang {
@@ -429,19 +438,53 @@ async fn list(
     Json(f(&inner.state.lock().unwrap())).into_response()
 }
 
-#[derive(serde::Deserialize)]
+/// The parameters of `GET /api/reports/events`: `deviceId`, `groupId` and `type` may each repeat
+/// (Traccar's `ReportResource.getEvents` takes them as `List`s).
 struct ReportQuery {
-    #[serde(rename = "deviceId")]
-    device_id: i64,
-    from: String,
-    to: String,
+    devices: Vec<i64>,
+    groups: Vec<i64>,
+    types: Vec<String>,
+    from: Option<String>,
+    to: Option<String>,
 }
 
+impl ReportQuery {
+    fn parse(query: &str) -> ReportQuery {
+        let mut q = ReportQuery {
+            devices: Vec::new(),
+            groups: Vec::new(),
+            types: Vec::new(),
+            from: None,
+            to: None,
+        };
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "deviceId" => q.devices.extend(v.parse::<i64>().ok()),
+                "groupId" => q.groups.extend(v.parse::<i64>().ok()),
+                "type" => q.types.push(v.into_owned()),
+                "from" => q.from = Some(v.into_owned()),
+                "to" => q.to = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// What Traccar answers when `to - from` exceeds `report.periodLimit`: `ReportUtils.checkPeriodLimit`
+/// throws `IllegalArgumentException("Time period exceeds the limit")` and `ResourceErrorHandler` maps
+/// any exception that is not a `WebApplicationException` to 400 with `Log.exceptionStack(e)` as the body
+/// (message, ` - `, class name, then the Traccar frames; the line numbers here are illustrative).
+pub const PERIOD_LIMIT_BODY: &str = "Time period exceeds the limit - IllegalArgumentException \
+     (ReportUtils:96 < EventsReportProvider:70 < ReportResource:137 < ...)";
+
+/// `GET /api/reports/events`, as Traccar's `EventsReportProvider.getObjects`: the period limit first,
+/// then for each device asked for (by id, then those of the groups asked for) its events between `from`
+/// and `to` (inclusive) in `eventTime` order, of the types asked for (none or `allEvents`: every type).
 async fn reports(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
     uri: axum::http::Uri,
-    Query(q): Query<ReportQuery>,
 ) -> Response {
     Traccar::maybe_hang(&inner).await;
     if !has_session(&inner, &headers) {
@@ -455,25 +498,50 @@ async fn reports(
         // Traccar answers a spreadsheet otherwise.
         return StatusCode::NOT_ACCEPTABLE.into_response();
     }
+    let query = uri.query().unwrap_or_default().to_string();
+    let q = ReportQuery::parse(&query);
     let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
-    let (Some(from), Some(to)) = (t(&q.from), t(&q.to)) else {
+    let (Some(from), Some(to)) = (q.from.as_deref().and_then(t), q.to.as_deref().and_then(t))
+    else {
         return StatusCode::BAD_REQUEST.into_response();
     };
     let mut st = inner.state.lock().unwrap();
-    st.report_queries
-        .push(uri.query().unwrap_or_default().to_string());
-    let events: Vec<Value> = st
-        .history
-        .iter()
-        .filter(|e| e["deviceId"].as_i64() == Some(q.device_id))
-        .filter(|e| {
-            e["eventTime"]
-                .as_str()
-                .and_then(t)
-                .is_some_and(|et| et >= from && et <= to)
-        })
-        .cloned()
-        .collect();
+    st.report_queries.push(query);
+    if let Some(limit) = st.report_period_limit {
+        let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+        if limit_ms > 0 && (to - from).num_milliseconds() > limit_ms {
+            return (
+                StatusCode::BAD_REQUEST,
+                [(header::CONTENT_TYPE, "text/plain")],
+                PERIOD_LIMIT_BODY,
+            )
+                .into_response();
+        }
+    }
+    let mut devices = q.devices.clone();
+    for d in &st.devices {
+        let (Some(id), Some(group)) = (d["id"].as_i64(), d["groupId"].as_i64()) else {
+            continue;
+        };
+        if q.groups.contains(&group) && !devices.contains(&id) {
+            devices.push(id);
+        }
+    }
+    let all_types = q.types.is_empty() || q.types.iter().any(|t| t == "allEvents");
+    let time = |e: &Value| e["eventTime"].as_str().and_then(t);
+    let mut events = Vec::new();
+    for device in devices {
+        let mut of_device: Vec<Value> = st
+            .history
+            .iter()
+            .filter(|e| e["deviceId"].as_i64() == Some(device))
+            .filter(|e| all_types || q.types.iter().any(|t| e["type"] == t.as_str()))
+            .filter(|e| time(e).is_some_and(|et| et >= from && et <= to))
+            .cloned()
+            .collect();
+        of_device.sort_by_key(|e| time(e));
+        events.extend(of_device);
+    }
     Json(events).into_response()
 }
 
