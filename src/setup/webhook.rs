@@ -74,6 +74,8 @@ pub struct Wanted {
     pub url: String,
     /// `webhookPsk`.
     pub psk: Secret,
+    /// The key is made by this run (not read from the key file): shown as such, not by fingerprint.
+    pub new_key: bool,
     /// `webhookTypes`.
     pub types: Option<String>,
 }
@@ -145,16 +147,16 @@ pub fn changes(user: &Value, wanted: &Wanted) -> Vec<Change> {
         if now.as_str() == target && (target.is_some() || now.is_null()) {
             continue;
         }
+        let new = match target {
+            None => "(removed: all event types)".to_string(),
+            Some(_) if secret && wanted.new_key => "a new key".to_string(),
+            Some(t) if secret => mask(t),
+            Some(t) => t.to_string(),
+        };
         out.push(Change {
             key,
             old: shown(now, secret),
-            new: target.map_or("(removed: all event types)".into(), |t| {
-                if secret {
-                    mask(t)
-                } else {
-                    t.to_string()
-                }
-            }),
+            new,
         });
     }
     out
@@ -184,6 +186,9 @@ pub async fn run(args: &WebhookArgs, out: &mut dyn Write) -> Result<(), SetupErr
         .psk_file
         .clone()
         .unwrap_or_else(|| cfg.storage.data_dir.join(PSK_FILE));
+    // Absolute: the config line printed reads it relative to the config's folder, not to here.
+    let psk_path = std::path::absolute(&psk_path)
+        .map_err(|e| SetupError::KeyFile(format!("the key file {}: {e}", psk_path.display())))?;
     let existing = read_key(&psk_path)?;
     let client = Client::new(&login_source(args)?).map_err(|e| server(args, e))?;
     let session = client.login().await.map_err(|e| server(args, e))?;
@@ -201,6 +206,7 @@ pub async fn run(args: &WebhookArgs, out: &mut dyn Write) -> Result<(), SetupErr
     let wanted = Wanted {
         url,
         psk,
+        new_key,
         types: webhook_types(&cfg, &cfg.ingest.source),
     };
     let changes = changes(&user, &wanted);
@@ -364,7 +370,7 @@ fn print_config(
         out,
         "\nThe relay accepts the webhook with this in {} ({}):\n\n  ingest:\n    authorization: \"${{file:{path}}}\"\n",
         cfg.path.as_ref().map_or("its config".into(), |p| p.display().to_string()),
-        if already { "it does already" } else { "add it, then reload" }
+        if already { "it does already" } else { "set it so, then reload the relay" }
     )?;
     writeln!(
         out,
@@ -420,6 +426,7 @@ mod tests {
         Wanted {
             url: "https://relay.example.org/events".into(),
             psk: Secret("Bearer new-key".into()),
+            new_key: false,
             types: types.map(String::from),
         }
     }
