@@ -49,6 +49,8 @@
 //! - [`traccar_config`]: a live Traccar source's settings, as written and compiled (plain data, used by
 //!   [`config`] and [`source::traccar`]).
 //! - [`explain`]: what the rules and noise control would do with an event, without sending.
+//! - [`setup`]: `trackrelay setup`: the `web` notifications a live source needs, and an account's
+//!   webhook pointed at the relay, planned and (with `--apply`) made on the server.
 //! - [`http_error`]: the one error type every HTTP endpoint answers with (JSON, no internals).
 //! - [`api`]: health, metrics and the admin API; [`app`]: wiring (it opens the store the
 //!   configuration names) and shutdown.
@@ -93,6 +95,7 @@ pub mod rules;
 pub mod runtime;
 pub mod secret;
 pub mod settings;
+pub mod setup;
 pub mod severity;
 pub mod silence_cache;
 pub mod source;

@@ -279,6 +279,12 @@ enum Command {
         #[arg(short, long, env = "TRACKRELAY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Prepare the server side: the `web` notifications live sources need (`setup traccar`), or an
+    /// account's webhook pointed at the relay (`setup webhook`). A dry run unless `--apply`.
+    Setup {
+        #[command(subcommand)]
+        what: trackrelay::setup::SetupCommand,
+    },
     /// Print the version.
     Version,
 }
@@ -420,9 +426,21 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             config,
         } => send_test(&channel, to.as_deref(), config.as_deref()).await?,
         Command::Backtest(args) => return backtest(args).await,
+        Command::Setup { what } => return Ok(setup(what).await),
         Command::Version => println!("trackrelay {}", env!("CARGO_PKG_VERSION")),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `setup traccar|webhook`: the report on standard output, the error on standard error (exit 1).
+async fn setup(what: trackrelay::setup::SetupCommand) -> ExitCode {
+    match trackrelay::setup::run(what, &mut std::io::stdout()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `check`: loads the config and says what it holds, or every error; `--online` goes on to the servers.

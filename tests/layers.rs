@@ -45,6 +45,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("console", 6),
     ("backtest", 6),
     ("app", 6),
+    ("setup", 6),
 ];
 
 /// The top-level modules named after `crate::` in the code of `text` (comment lines left out),

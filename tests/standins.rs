@@ -1705,6 +1705,95 @@ async fn telegram_set_webhook_checks_url_secret_and_rate() {
     assert!(hook.requests().is_empty());
 }
 
+// --- Traccar: reports ----------------------------------------------------------
+
+/// The Traccar stand-in's `/api/reports/events`: several devices, groups and types, and the period
+/// limit refused as Traccar refuses it (`report.periodLimit`).
+mod traccar_reports {
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+
+    use super::support::traccar::{Traccar, PERIOD_LIMIT_BODY};
+
+    fn event(id: i64, device: i64, kind: &str, time: &str) -> Value {
+        json!({"id": id, "deviceId": device, "type": kind, "eventTime": time, "attributes": {}})
+    }
+
+    /// `GET /api/reports/events?QUERY` with a fresh session: (status, body).
+    async fn report(server: &Traccar, query: &str) -> (u16, String) {
+        let http = reqwest::Client::new();
+        let login = http
+            .get(format!("{}/api/session?token=tok", server.url()))
+            .send()
+            .await
+            .unwrap();
+        let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
+        let cookie = cookie.split(';').next().unwrap().to_string();
+        let resp = http
+            .get(format!("{}/api/reports/events?{query}", server.url()))
+            .header("cookie", cookie)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    fn ids(body: &str) -> Vec<i64> {
+        let v: Vec<Value> = serde_json::from_str(body).unwrap();
+        v.iter().map(|e| e["id"].as_i64().unwrap()).collect()
+    }
+
+    const DAY: &str = "from=2026-05-01T00:00:00Z&to=2026-05-02T00:00:00Z";
+    const TWO_DAYS: &str = "from=2026-05-01T00:00:00Z&to=2026-05-03T00:00:00Z";
+
+    async fn server() -> Traccar {
+        let server = Traccar::start(Some("tok"), None, Duration::from_secs(30)).await;
+        server.record_event(event(3, 12, "alarm", "2026-05-01T10:00:00Z"));
+        server.record_event(event(1, 12, "deviceOnline", "2026-05-01T09:00:00Z"));
+        server.record_event(event(2, 27, "alarm", "2026-05-01T09:30:00Z"));
+        server.record_event(event(4, 27, "deviceOffline", "2026-05-02T12:00:00Z"));
+        server
+    }
+
+    #[tokio::test]
+    async fn several_devices_groups_and_types_are_honoured() {
+        let server = server().await;
+        // Device by device, each in event time order.
+        let (st, body) = report(&server, &format!("deviceId=12&deviceId=27&{TWO_DAYS}")).await;
+        assert_eq!((st, ids(&body)), (200, vec![1, 3, 2, 4]));
+        let (_, body) = report(&server, &format!("deviceId=27&deviceId=12&{DAY}")).await;
+        assert_eq!(ids(&body), [2, 1, 3]);
+        let q = format!("deviceId=12&deviceId=27&type=alarm&{TWO_DAYS}");
+        assert_eq!(ids(&report(&server, &q).await.1), [3, 2]);
+        let q = format!("deviceId=12&type=alarm&type=deviceOnline&{TWO_DAYS}");
+        assert_eq!(ids(&report(&server, &q).await.1), [1, 3]);
+        let q = format!("deviceId=27&type=allEvents&{TWO_DAYS}");
+        assert_eq!(ids(&report(&server, &q).await.1), [2, 4]);
+        // Device 27 is in group 5; no device named: none.
+        let q = format!("groupId=5&{TWO_DAYS}");
+        assert_eq!(ids(&report(&server, &q).await.1), [2, 4]);
+        assert!(ids(&report(&server, TWO_DAYS).await.1).is_empty());
+        assert_eq!(server.report_queries().len(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_period_over_the_limit_is_refused_as_traccar_does() {
+        let server = server().await;
+        server.set_report_period_limit(Some(Duration::from_secs(86_400)));
+        let (st, body) = report(&server, &format!("deviceId=12&{TWO_DAYS}")).await;
+        assert_eq!((st, body.as_str()), (400, PERIOD_LIMIT_BODY));
+        assert!(body.starts_with("Time period exceeds the limit - IllegalArgumentException"));
+        // Exactly the limit is allowed.
+        let (st, body) = report(&server, &format!("deviceId=12&{DAY}")).await;
+        assert_eq!((st, ids(&body)), (200, vec![1, 3]));
+        server.set_report_period_limit(None);
+        let (st, _) = report(&server, &format!("deviceId=12&{TWO_DAYS}")).await;
+        assert_eq!(st, 200);
+    }
+}
+
 // --- Browser harness (issue 20) ---------------------------------------------
 
 /// The browser harness of the web console's tests (`support::browser`) against a small form served

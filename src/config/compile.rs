@@ -31,7 +31,7 @@ type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 /// Compiles the main file (and the rule files it names).
 pub(super) fn compile(file: SourceFile, dir: &Path, env: Env<'_>) -> Result<Config, ConfigErrors> {
     let mut errors: Vec<ConfigError> = Vec::new();
-    let text = interpolate(&file, env).map_err(ConfigErrors)?;
+    let text = interpolate(&file, env, dir).map_err(ConfigErrors)?;
     let raw: RawConfig =
         serde_yaml::from_str(&text).map_err(|e| ConfigErrors(vec![yaml_error(&file, &e)]))?;
 
@@ -291,7 +291,7 @@ fn rule_units(
                     ));
                     vec![]
                 }) {
-                    match read_rule_file(&path, env) {
+                    match read_rule_file(&path, dir, env) {
                         Ok(unit) => units.push(unit),
                         Err(e) => errors.extend(e),
                     }
@@ -416,6 +416,7 @@ fn expand(path: &Path) -> Result<Vec<PathBuf>, String> {
 
 fn read_rule_file(
     path: &Path,
+    dir: &Path,
     env: Env<'_>,
 ) -> Result<(SourceFile, Vec<RawRule>), Vec<ConfigError>> {
     let name = path.display().to_string();
@@ -428,7 +429,7 @@ fn read_rule_file(
         }]
     })?;
     let file = SourceFile { name, text };
-    let text = interpolate(&file, env)?;
+    let text = interpolate(&file, env, dir)?;
     let raw: RawRuleFile = serde_yaml::from_str(&text).map_err(|e| vec![yaml_error(&file, &e)])?;
     Ok((file, raw.rules))
 }

@@ -1,6 +1,6 @@
-//! Configuration loading: `trackrelay.yaml` plus rule files, read, `${ENV}`-interpolated, and compiled
-//! into a validated [`Config`] (the data, in [`crate::settings`]). Compiling reports every error at once,
-//! each with file, line and the rule or channel it is about.
+//! Configuration loading: `trackrelay.yaml` plus rule files, read, interpolated (`${ENV}`,
+//! `${file:PATH}`), and compiled into a validated [`Config`] (the data, in [`crate::settings`]).
+//! Compiling reports every error at once, each with file, line and the rule or channel it is about.
 
 mod compile;
 pub mod raw;
@@ -160,11 +160,14 @@ impl SourceFile {
     }
 }
 
-/// Replaces `${NAME}` and `${NAME:-default}` with environment values; `$${` stands for a literal `${`.
-/// Comments are left alone. Unset variables without a default are errors, with the line they are on.
+/// Replaces `${NAME}` and `${NAME:-default}` with environment values and `${file:PATH}` with a file's
+/// content (without its trailing line break; a relative `PATH` is relative to `dir`, the config file's
+/// folder); `$${` stands for a literal `${`. Comments are left alone. An unset variable without a default
+/// and an unreadable file are errors, with the line they are on (never with the file's content).
 pub fn interpolate(
     file: &SourceFile,
     env: &dyn Fn(&str) -> Option<String>,
+    dir: &Path,
 ) -> Result<String, Vec<ConfigError>> {
     let mut out = String::with_capacity(file.text.len());
     let mut errors = Vec::new();
@@ -190,22 +193,9 @@ pub fn interpolate(
                 rest = tail;
                 continue;
             };
-            let spec = &tail[..end];
-            let (name, default) = match spec.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (spec, None),
-            };
-            let valid =
-                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            match (valid, env(name), default) {
-                (false, ..) => errors.push(file.error(Some(i + 1), "", format!("invalid variable name `{name}`"))),
-                (true, Some(v), _) => out.push_str(&v),
-                (true, None, Some(d)) => out.push_str(d),
-                (true, None, None) => errors.push(file.error(
-                    Some(i + 1),
-                    "",
-                    format!("environment variable `{name}` is not set (use ${{{name}:-default}} for a default)"),
-                )),
+            match substitute(&tail[..end], env, dir) {
+                Ok(v) => out.push_str(&v),
+                Err(message) => errors.push(file.error(Some(i + 1), "", message)),
             }
             rest = &tail[end + 1..];
         }
@@ -217,6 +207,54 @@ pub fn interpolate(
     } else {
         Err(errors)
     }
+}
+
+/// The value of one `${spec}`: `file:PATH`, `NAME` or `NAME:-default`; or why there is none.
+fn substitute(
+    spec: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    dir: &Path,
+) -> Result<String, String> {
+    if let Some(path) = spec.strip_prefix("file:") {
+        return read_secret_file(path, dir);
+    }
+    let (name, default) = match spec.split_once(":-") {
+        Some((n, d)) => (n, Some(d)),
+        None => (spec, None),
+    };
+    let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    match (valid, env(name), default) {
+        (false, ..) => Err(format!("invalid variable name `{name}`")),
+        (true, Some(v), _) => Ok(v),
+        (true, None, Some(d)) => Ok(d.to_string()),
+        (true, None, None) => Err(format!(
+            "environment variable `{name}` is not set (use ${{{name}:-default}} for a default)"
+        )),
+    }
+}
+
+/// `${file:PATH}`: the file's one line (trailing line breaks dropped). Errors name the path and the
+/// reason, never what the file holds: it is a secret.
+fn read_secret_file(path: &str, dir: &Path) -> Result<String, String> {
+    if path.is_empty() {
+        return Err("`${file:}` names no file".into());
+    }
+    let p = Path::new(path);
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    };
+    let text = std::fs::read_to_string(&full)
+        .map_err(|e| format!("`${{file:{path}}}`: cannot read {}: {e}", full.display()))?;
+    let value = text.trim_end_matches(['\n', '\r']);
+    if value.contains(['\n', '\r']) {
+        return Err(format!(
+            "`${{file:{path}}}`: {} holds more than one line (a secret file holds one value)",
+            full.display()
+        ));
+    }
+    Ok(value.to_string())
 }
 
 /// Where a YAML comment starts on a line: a `#` at the start or after a blank, outside quotes.
@@ -296,14 +334,88 @@ mod tests {
     fn interpolation() {
         let env = |k: &str| (k == "TOKEN").then(|| "s3cret".to_string());
         let f = file("a: ${TOKEN}\nb: ${MISSING:-dflt}\nc: $${LITERAL} $5\n");
+        let here = Path::new(".");
         assert_eq!(
-            interpolate(&f, &env).unwrap(),
+            interpolate(&f, &env, here).unwrap(),
             "a: s3cret\nb: dflt\nc: ${LITERAL} $5\n"
         );
-        let errs = interpolate(&file("x: 1\ny: ${NOPE}\n"), &env).unwrap_err();
+        let errs = interpolate(&file("x: 1\ny: ${NOPE}\n"), &env, here).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].line, Some(2));
         assert!(errs[0].message.contains("`NOPE` is not set"));
+    }
+
+    #[test]
+    fn a_file_is_read_relative_to_the_config_folder_without_its_line_break() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("psk"), "Bearer 0123abcd\n").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/crlf"), "s3cret\r\n").unwrap();
+        std::fs::write(dir.path().join("bare"), "x:y").unwrap();
+        let abs = dir.path().join("bare").display().to_string();
+        let f = file(&format!(
+            "a: \"${{file:psk}}\"\nb: ${{file:sub/crlf}}\nc: ${{file:{abs}}} # ${{file:nope}}\n"
+        ));
+        let no_env = |_: &str| None;
+        assert_eq!(
+            interpolate(&f, &no_env, dir.path()).unwrap(),
+            "a: \"Bearer 0123abcd\"\nb: s3cret\nc: x:y # ${file:nope}\n"
+        );
+        // A variable named `file` is still a variable when no `:` follows.
+        let env = |k: &str| (k == "file").then(|| "v".to_string());
+        assert_eq!(
+            interpolate(&file("a: ${file}\n"), &env, dir.path()).unwrap(),
+            "a: v\n"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_file_is_an_error_at_its_line_without_the_content() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("two"), "first-secret\nsecond-secret\n").unwrap();
+        let no_env = |_: &str| None;
+        let f = file("x: 1\ny: ${file:missing}\nz: ${file:two}\nw: ${file:}\n");
+        let errs = interpolate(&f, &no_env, dir.path()).unwrap_err();
+        let lines: Vec<_> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(2), Some(3), Some(4)]);
+        let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert!(
+            shown[0].starts_with("t.yaml:2: `${file:missing}`: cannot read "),
+            "{shown:?}"
+        );
+        assert!(shown[0].contains(&dir.path().join("missing").display().to_string()));
+        assert!(shown[1].contains("holds more than one line"), "{shown:?}");
+        assert!(shown[2].contains("names no file"), "{shown:?}");
+        assert!(
+            shown
+                .iter()
+                .all(|s| !s.contains("first-") && !s.contains("second-")),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn a_config_reads_its_secret_file_and_reports_a_missing_one_with_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("webhook-psk"), "Bearer abc123\n").unwrap();
+        let path = dir.path().join("t.yaml");
+        let yaml = |psk: &str| {
+            format!(
+                "storage: {{ data_dir: \"{}\" }}\ningest:\n  authorization: \"${{file:{psk}}}\"\n",
+                dir.path().display()
+            )
+        };
+        std::fs::write(&path, yaml("webhook-psk")).unwrap();
+        let cfg = Config::load_with_env(Some(&path), &|_| None).unwrap();
+        assert_eq!(
+            cfg.ingest.authorization.as_ref().map(|s| s.expose()),
+            Some("Bearer abc123")
+        );
+        std::fs::write(&path, yaml("gone")).unwrap();
+        let errs = Config::load_with_env(Some(&path), &|_| None).unwrap_err();
+        assert_eq!(errs.0.len(), 1);
+        assert_eq!(errs.0[0].file, path.display().to_string());
+        assert_eq!(errs.0[0].line, Some(3));
     }
 
     #[test]

@@ -2,16 +2,20 @@
 //! `JSESSIONID` cookie), `/api/socket` (cookie required, a foreign `Origin` refused, `{}` keepalives,
 //! the latest positions on connect), the REST reads the relay uses, `/api/positions?id=..` (several ids;
 //! an unknown id fails the whole request with 500, as Traccar's `PositionResource` does when it reads a
-//! missing row), `/api/notifications`, and `/api/reports/events` (honours `deviceId`, `from`, `to` and
-//! wants `Accept: application/json`; carries no positions).
+//! missing row), and `/api/reports/events` (several `deviceId`, `groupId` and
+//! `type`, `from`, `to`; wants `Accept: application/json`; carries no positions; refuses a period over
+//! the limit set with [`Traccar::set_report_period_limit`] as Traccar's `report.periodLimit` does).
+//! The account side — the session's user, `/api/users/{id}`, `/api/notifications`, `/api/permissions`
+//! with Traccar's write semantics, and BikeTrax's webhook — is in [`rest`].
 //!
 //! It behaves like Traccar 6 where the relay could be fooled by an easier order:
 //! - [`Traccar::push`] sends the `events` frame first and the `positions` frame of the event's position
 //!   a few milliseconds later (Traccar's `ProcessingHandler` runs the event handlers, whose `web`
 //!   notificator writes the events frame, before `PostProcessHandler` pushes the position).
-//! - An event reaches the socket only if a notification with the `web` notificator covers its type (and,
-//!   for `alarm`, lists the alarm in its `alarms` attribute); the default notifications cover the types
-//!   and alarms the tests use. Every event is kept for reports regardless.
+//! - An event reaches the socket only if a notification of the user (`always`, with the `web`
+//!   notificator) covers its type (and, for `alarm`, lists the alarm in its `alarms` attribute); the
+//!   default notifications cover the types and alarms the tests use. Every event is kept for reports
+//!   regardless.
 //!
 //! Tests drive it: push events and positions, record events that happen while the relay is away, drop
 //! sockets, expire sessions, make it hang or go silent, hold back positions frames, fail `/api/positions`;
@@ -30,6 +34,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
+
+mod rest;
+pub use rest::WriteRecord;
 
 /// What a socket connection is told to do.
 #[derive(Debug, Clone)]
@@ -60,8 +67,16 @@ struct St {
     history: Vec<Value>,
     /// Every position the server knows, by id.
     positions: BTreeMap<i64, Value>,
-    /// The user's notifications (`GET /api/notifications`); decide what the socket carries.
+    /// Every notification on the server; those linked to the user (`links`) are what
+    /// `GET /api/notifications` lists and decide what the socket carries.
     notifications: Vec<Value>,
+    /// User–notification link rows (`tc_user_notification`), duplicates possible as in Traccar.
+    links: Vec<(i64, i64)>,
+    /// The session's user (`GET /api/session`, `/api/users/{id}`).
+    user: Value,
+    /// Every write asked for, and the faults the test set.
+    writes: Vec<WriteRecord>,
+    faults: Vec<rest::Fault>,
     /// Positions frames are not sent (the relay must read the positions over REST).
     hold_positions: bool,
     /// `/api/positions` answers this status instead of positions.
@@ -71,6 +86,8 @@ struct St {
     socket_opens: usize,
     socket_refusals: Vec<u16>,
     report_queries: Vec<String>,
+    /// `report.periodLimit`: `/api/reports/events` refuses a longer `to - from`.
+    report_period_limit: Option<Duration>,
     connected: usize,
     hang: bool,
     silent: bool,
@@ -100,7 +117,7 @@ impl Traccar {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (frames, _) = broadcast::channel(256);
-        let st = St {
+        let mut st = St {
             token: token.map(String::from),
             email: login.map(|l| l.0.to_string()),
             password: login.map(|l| l.1.to_string()),
@@ -110,9 +127,16 @@ impl Traccar {
                 json!({"id": 5, "name": "Radkultur Wien", "groupId": 0, "attributes": {}}),
             ],
             geofences: example_geofences(),
-            notifications: default_notifications(),
+            user: rest::default_user(login.map(|l| l.0)),
             ..St::default()
         };
+        let me = st.user_id();
+        st.notifications = default_notifications();
+        st.links = st
+            .notifications
+            .iter()
+            .map(|n| (me, n["id"].as_i64().unwrap()))
+            .collect();
         let inner = Arc::new(Inner {
             addr,
             state: Mutex::new(st),
@@ -135,12 +159,8 @@ impl Traccar {
                 get(|s, h| list(s, h, |st| st.geofences.clone())),
             )
             .route("/api/reports/events", get(reports))
-            .route("/api/positions", get(positions))
-            .route(
-                "/api/notifications",
-                get(|s, h| list(s, h, |st| st.notifications.clone())),
-            )
-            .with_state(inner.clone());
+            .route("/api/positions", get(positions));
+        let app = rest::routes(app).with_state(inner.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -189,9 +209,21 @@ impl Traccar {
         self.st().positions.insert(id, position);
     }
 
-    /// Replaces the user's notifications.
+    /// Replaces every notification of the server with these, each linked to the user once.
     pub fn set_notifications(&self, notifications: Vec<Value>) {
-        self.st().notifications = notifications;
+        let mut st = self.st();
+        let me = st.user_id();
+        st.links = notifications
+            .iter()
+            .filter_map(|n| n["id"].as_i64())
+            .map(|id| (me, id))
+            .collect();
+        st.notifications = notifications;
+    }
+
+    /// The notifications `GET /api/notifications` lists: those linked to the user.
+    pub fn notifications(&self) -> Vec<Value> {
+        self.st().user_notifications()
     }
 
     /// Positions frames are not sent while on (as if the socket lost them).
@@ -209,13 +241,15 @@ impl Traccar {
         self.st().position_queries.clone()
     }
 
-    /// Whether Traccar would push `event` over the socket: a notification with the `web` notificator of
-    /// its type, and for an alarm one that lists the alarm (Traccar's `NotificationManager`).
+    /// Whether Traccar would push `event` over the socket: a notification of the user with the `web`
+    /// notificator of its type, and for an alarm one that lists the alarm (Traccar's
+    /// `NotificationManager`). The stand-in links no devices to notifications, so only `always` ones
+    /// (for every device) count.
     fn web_covers(&self, event: &Value) -> bool {
         let st = self.st();
         let kind = event["type"].as_str().unwrap_or("");
         let alarm = event["attributes"]["alarm"].as_str().unwrap_or("");
-        st.notifications.iter().any(|n| {
+        st.user_notifications().iter().any(|n| {
             let web = n["notificators"]
                 .as_str()
                 .unwrap_or("")
@@ -225,7 +259,7 @@ impl Traccar {
                 || n["attributes"]["alarms"]
                     .as_str()
                     .is_some_and(|a| a.split(',').any(|x| x.trim() == alarm));
-            web && n["type"] == kind && alarms_ok
+            web && n["always"] == true && n["type"] == kind && alarms_ok
         })
     }
 
@@ -277,6 +311,12 @@ impl Traccar {
 
     pub fn report_queries(&self) -> Vec<String> {
         self.st().report_queries.clone()
+    }
+
+    /// Traccar's `report.periodLimit`: while set, `/api/reports/events` answers a `to - from` longer
+    /// than `limit` with 400 and [`PERIOD_LIMIT_BODY`], as the real server does.
+    pub fn set_report_period_limit(&self, limit: Option<Duration>) {
+        self.st().report_period_limit = limit;
     }
 
     /// Waits while hanging is on (never answers while it stays on).
@@ -370,7 +410,7 @@ fn new_session(inner: &Inner, by_token: bool, ok: bool) -> Response {
             header::SET_COOKIE,
             format!("JSESSIONID={id}; Path=/; HttpOnly"),
         )],
-        Json(json!({"id": 1, "name": "relay", "email": st.email})),
+        Json(st.user.clone()),
     )
         .into_response()
 }
@@ -380,8 +420,19 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-async fn session_token(State(inner): State<Arc<Inner>>, Query(q): Query<TokenQuery>) -> Response {
+async fn session_token(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+) -> Response {
     Traccar::maybe_hang(&inner).await;
+    if q.token.is_none() {
+        // `SessionResource.get` without a token: the session's user, else 404.
+        if has_session(&inner, &headers) {
+            return Json(inner.state.lock().unwrap().user.clone()).into_response();
+        }
+        return StatusCode::NOT_FOUND.into_response();
+    }
     let ok = {
         let st = inner.state.lock().unwrap();
         q.token.is_some() && q.token == st.token
@@ -429,19 +480,53 @@ async fn list(
     Json(f(&inner.state.lock().unwrap())).into_response()
 }
 
-#[derive(serde::Deserialize)]
+/// The parameters of `GET /api/reports/events`: `deviceId`, `groupId` and `type` may each repeat
+/// (Traccar's `ReportResource.getEvents` takes them as `List`s).
 struct ReportQuery {
-    #[serde(rename = "deviceId")]
-    device_id: i64,
-    from: String,
-    to: String,
+    devices: Vec<i64>,
+    groups: Vec<i64>,
+    types: Vec<String>,
+    from: Option<String>,
+    to: Option<String>,
 }
 
+impl ReportQuery {
+    fn parse(query: &str) -> ReportQuery {
+        let mut q = ReportQuery {
+            devices: Vec::new(),
+            groups: Vec::new(),
+            types: Vec::new(),
+            from: None,
+            to: None,
+        };
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "deviceId" => q.devices.extend(v.parse::<i64>().ok()),
+                "groupId" => q.groups.extend(v.parse::<i64>().ok()),
+                "type" => q.types.push(v.into_owned()),
+                "from" => q.from = Some(v.into_owned()),
+                "to" => q.to = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// What Traccar answers when `to - from` exceeds `report.periodLimit`: `ReportUtils.checkPeriodLimit`
+/// throws `IllegalArgumentException("Time period exceeds the limit")` and `ResourceErrorHandler` maps
+/// any exception that is not a `WebApplicationException` to 400 with `Log.exceptionStack(e)` as the body
+/// (message, ` - `, class name, then the Traccar frames; the line numbers here are illustrative).
+pub const PERIOD_LIMIT_BODY: &str = "Time period exceeds the limit - IllegalArgumentException \
+     (ReportUtils:96 < EventsReportProvider:70 < ReportResource:137 < ...)";
+
+/// `GET /api/reports/events`, as Traccar's `EventsReportProvider.getObjects`: the period limit first,
+/// then for each device asked for (by id, then those of the groups asked for) its events between `from`
+/// and `to` (inclusive) in `eventTime` order, of the types asked for (none or `allEvents`: every type).
 async fn reports(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
     uri: axum::http::Uri,
-    Query(q): Query<ReportQuery>,
 ) -> Response {
     Traccar::maybe_hang(&inner).await;
     if !has_session(&inner, &headers) {
@@ -455,25 +540,50 @@ async fn reports(
         // Traccar answers a spreadsheet otherwise.
         return StatusCode::NOT_ACCEPTABLE.into_response();
     }
+    let query = uri.query().unwrap_or_default().to_string();
+    let q = ReportQuery::parse(&query);
     let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
-    let (Some(from), Some(to)) = (t(&q.from), t(&q.to)) else {
+    let (Some(from), Some(to)) = (q.from.as_deref().and_then(t), q.to.as_deref().and_then(t))
+    else {
         return StatusCode::BAD_REQUEST.into_response();
     };
     let mut st = inner.state.lock().unwrap();
-    st.report_queries
-        .push(uri.query().unwrap_or_default().to_string());
-    let events: Vec<Value> = st
-        .history
-        .iter()
-        .filter(|e| e["deviceId"].as_i64() == Some(q.device_id))
-        .filter(|e| {
-            e["eventTime"]
-                .as_str()
-                .and_then(t)
-                .is_some_and(|et| et >= from && et <= to)
-        })
-        .cloned()
-        .collect();
+    st.report_queries.push(query);
+    if let Some(limit) = st.report_period_limit {
+        let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+        if limit_ms > 0 && (to - from).num_milliseconds() > limit_ms {
+            return (
+                StatusCode::BAD_REQUEST,
+                [(header::CONTENT_TYPE, "text/plain")],
+                PERIOD_LIMIT_BODY,
+            )
+                .into_response();
+        }
+    }
+    let mut devices = q.devices.clone();
+    for d in &st.devices {
+        let (Some(id), Some(group)) = (d["id"].as_i64(), d["groupId"].as_i64()) else {
+            continue;
+        };
+        if q.groups.contains(&group) && !devices.contains(&id) {
+            devices.push(id);
+        }
+    }
+    let all_types = q.types.is_empty() || q.types.iter().any(|t| t == "allEvents");
+    let time = |e: &Value| e["eventTime"].as_str().and_then(t);
+    let mut events = Vec::new();
+    for device in devices {
+        let mut of_device: Vec<Value> = st
+            .history
+            .iter()
+            .filter(|e| e["deviceId"].as_i64() == Some(device))
+            .filter(|e| all_types || q.types.iter().any(|t| e["type"] == t.as_str()))
+            .filter(|e| time(e).is_some_and(|et| et >= from && et <= to))
+            .cloned()
+            .collect();
+        of_device.sort_by_key(|e| time(e));
+        events.extend(of_device);
+    }
     Json(events).into_response()
 }
 

@@ -1,11 +1,13 @@
 //! Traccar's REST side: login (token or email + password) to a `JSESSIONID` session, the WebSocket
-//! request carrying that cookie, and the reads used for enrichment and backfill. Errors never carry the
-//! token or password: reqwest errors lose their URL (the token is in its query) before they are kept.
+//! request carrying that cookie, the reads used for enrichment and backfill, and the account writes of
+//! `trackrelay setup` (notifications, permissions, the user's attributes). Errors never carry the token
+//! or password: reqwest errors lose their URL (the token is in its query) before they are kept.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::header::{ACCEPT, COOKIE, SET_COOKIE};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -17,6 +19,8 @@ use crate::traccar_config::{Auth, TraccarSource};
 
 /// Position ids asked for in one `GET /api/positions` (keeps the URL well under common limits).
 const POSITIONS_PER_REQUEST: usize = 100;
+/// How much of a refusal's text is kept: Traccar answers `<message> - <Exception> (<frames>)`.
+const REASON_CHARS: usize = 200;
 
 /// A logged-in session: the cookie to present.
 #[derive(Clone)]
@@ -146,6 +150,103 @@ impl Client {
         self.get(s, "api/notifications", &[]).await
     }
 
+    /// `GET /api/notifications` as the server wrote them, every field kept: what a `PUT` must send back
+    /// (Traccar's `PUT` replaces the whole object).
+    pub async fn notifications_json(&self, s: &Session) -> Result<Vec<Value>, SourceError> {
+        self.get(s, "api/notifications", &[]).await
+    }
+
+    /// `GET /api/session` with the session: the logged-in user.
+    pub async fn session_user(&self, s: &Session) -> Result<Value, SourceError> {
+        self.get(s, "api/session", &[]).await
+    }
+
+    /// `GET /api/users/{id}`: the whole user object.
+    pub async fn user(&self, s: &Session, id: i64) -> Result<Value, SourceError> {
+        self.get(s, &format!("api/users/{id}"), &[]).await
+    }
+
+    /// `PUT /api/users/{id}` with the whole object: fields left out are reset by the server.
+    pub async fn update_user(&self, s: &Session, user: &Value) -> Result<Value, SourceError> {
+        let id = user["id"].as_i64().unwrap_or(0);
+        self.write(s, Method::PUT, &format!("api/users/{id}"), user)
+            .await
+    }
+
+    /// `POST /api/notifications`: the new notification as stored (with its id). Traccar links it to the
+    /// calling user itself.
+    pub async fn create_notification(
+        &self,
+        s: &Session,
+        notification: &Value,
+    ) -> Result<Value, SourceError> {
+        self.write(s, Method::POST, "api/notifications", notification)
+            .await
+    }
+
+    /// `PUT /api/notifications/{id}` with the whole object.
+    pub async fn update_notification(
+        &self,
+        s: &Session,
+        notification: &Value,
+    ) -> Result<Value, SourceError> {
+        let id = notification["id"].as_i64().unwrap_or(0);
+        self.write(
+            s,
+            Method::PUT,
+            &format!("api/notifications/{id}"),
+            notification,
+        )
+        .await
+    }
+
+    /// `POST /api/permissions {"userId", "notificationId"}`: links a notification to a user. Traccar
+    /// stores a second equal link again rather than refusing it: ask only for a missing one.
+    pub async fn link_notification(
+        &self,
+        s: &Session,
+        user_id: i64,
+        notification_id: i64,
+    ) -> Result<(), SourceError> {
+        let body = json!({"userId": user_id, "notificationId": notification_id});
+        self.write(s, Method::POST, "api/permissions", &body)
+            .await
+            .map(drop)
+    }
+
+    /// A JSON write; the answer's JSON (`null` for 204). A refusal keeps the server's reason.
+    async fn write(
+        &self,
+        s: &Session,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, SourceError> {
+        let what = format!("{method} /{path}");
+        let resp = self
+            .http
+            .request(method, self.url(path))
+            .header(COOKIE, &s.0)
+            .header(ACCEPT, "application/json")
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| http_error(e, &what))?;
+        match resp.status() {
+            StatusCode::UNAUTHORIZED => Err(SourceError::Expired),
+            StatusCode::NO_CONTENT => Ok(Value::Null),
+            st if !st.is_success() => {
+                let text = resp.text().await.unwrap_or_default();
+                Err(SourceError::Refused {
+                    what,
+                    status: st.as_u16(),
+                    reason: reason(&text),
+                })
+            }
+            _ => resp.json().await.map_err(|e| http_error(e, &what)),
+        }
+    }
+
     /// `GET /api/positions?id=..&id=..`: the positions of these ids, in batches. Traccar answers a whole
     /// batch with an error when one id is unknown (it reads each and fails on the first missing one), so
     /// a batch the server refused is asked for again one id at a time; ids it has no position for are
@@ -211,6 +312,13 @@ impl Client {
     }
 }
 
+/// The gist of a refusal's text: its first line, up to Traccar's ` - <Exception>` suffix, shortened.
+fn reason(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("").trim();
+    let gist = line.split(" - ").next().unwrap_or(line);
+    gist.chars().take(REASON_CHARS).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +329,19 @@ mod tests {
         let raw: RawTraccarSource =
             serde_yaml::from_str(&format!("{{ name: s, url: '{url}', token: tok }}")).unwrap();
         TraccarSource::compile(raw, "traccar").unwrap()
+    }
+
+    #[test]
+    fn a_refusal_keeps_traccar_s_message_only() {
+        assert_eq!(
+            reason(
+                "Administrator access required - SecurityException (PermissionsService:150 < ...)"
+            ),
+            "Administrator access required"
+        );
+        assert_eq!(reason(""), "");
+        assert_eq!(reason(&"x".repeat(500)).len(), REASON_CHARS);
+        assert_eq!(reason("first\nsecond"), "first");
     }
 
     #[test]

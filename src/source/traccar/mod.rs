@@ -70,6 +70,16 @@ pub enum SourceError {
         /// The HTTP status.
         status: u16,
     },
+    /// The server refused a write, saying why (Traccar's message, e.g. `Write access denied`).
+    #[error("{what}: server answered {status}{}", if reason.is_empty() { String::new() } else { format!(" ({reason})") })]
+    Refused {
+        /// The request (`PUT /api/users/7`).
+        what: String,
+        /// The HTTP status.
+        status: u16,
+        /// The server's reason, shortened.
+        reason: String,
+    },
     /// No answer in time.
     #[error("{0}: no answer in time")]
     Timeout(String),
@@ -639,9 +649,14 @@ pub fn missing_web_notifications(
     rules: &crate::rules::RuleSet,
     notifications: &[notifications::Notification],
 ) -> Vec<String> {
+    notifications::missing(&wanted_on(cfg, rules), notifications)
+}
+
+/// The event types and alarms the rules can match on `cfg`'s source and need its server to push (the
+/// relay's own zones make geofence notifications unnecessary).
+pub fn wanted_on(cfg: &TraccarSource, rules: &crate::rules::RuleSet) -> notifications::Wanted {
     let own_zones = !cfg.zones.is_empty() || cfg.geofences_from_server;
-    let wanted = notifications::wanted(rules, &cfg.name, own_zones);
-    notifications::missing(&wanted, notifications)
+    notifications::wanted(rules, &cfg.name, own_zones)
 }
 
 /// `trackrelay check --online`: logs in to the server of `cfg` and says what the rules can match there

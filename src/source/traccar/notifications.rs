@@ -61,9 +61,12 @@ pub struct Wanted {
     pub alarms: BTreeSet<String>,
     /// Some rule takes `alarm` events without naming the alarms.
     pub any_alarm: bool,
+    /// Some rule takes events of every type (it has no type condition).
+    pub any_type: bool,
 }
 
-/// The event types and alarms the rules that can fire on `source` name. `own_zones`: the source
+/// The event types and alarms the rules that can fire on `source` name (and whether one takes every
+/// type). `own_zones`: the source
 /// computes geofence enter/exit itself, so those types need no notification on the server.
 pub fn wanted(rules: &RuleSet, source: &str, own_zones: bool) -> Wanted {
     let mut w = Wanted::default();
@@ -73,12 +76,13 @@ pub fn wanted(rules: &RuleSet, source: &str, own_zones: bool) -> Wanted {
             Cond::Source(names) => !names.iter().any(|n| n == source),
             _ => false,
         });
-        let Some(types) = rule.matcher.types() else {
-            continue;
-        };
         if other_source {
             continue;
         }
+        let Some(types) = rule.matcher.types() else {
+            w.any_type = true;
+            continue;
+        };
         let alarms = conds.iter().find_map(|c| match &c.cond {
             Cond::Alarm(a) => Some(a),
             _ => None,
@@ -185,6 +189,16 @@ mod tests {
             ["movement", "tow", "vibration"]
         );
         assert!(!w.any_alarm);
+        // `everything` has no type condition.
+        assert!(w.any_type);
+        assert!(
+            !wanted(
+                &rules(&RULES[..RULES.find("  - name: everything").unwrap()]),
+                "home",
+                false
+            )
+            .any_type
+        );
         // The relay's own zones make geofence notifications unnecessary; `source: other` is for another.
         let own = wanted(&rules(RULES), "home", true);
         assert!(!own.types.contains("geofenceExit"));
