@@ -1,7 +1,8 @@
 //! Writes a history and a rule set for timing `trackrelay backtest` at scale: `--events` events
 //! (default 1,000,000) as JSON lines, the example payloads' event types spread over `--devices` devices
-//! and 30 days, and `--rules` rules (default 1,000) in the benchmarks' mix, each with a 10-minute
-//! cooldown per device (noise control, so most matches consult stored state), sending to a log channel.
+//! and 30 days, and `--rules` rules (default 1,000) in the benchmarks' mix, each for one of 100 tenants
+//! (device groups; `--no-tenants`: for every device), each with a 10-minute cooldown per device (noise
+//! control, so every match consults stored state), sending to a log channel.
 //!
 //! ```text
 //! cargo run --release --example backtest_data -- --dir /tmp/bt
@@ -30,6 +31,9 @@ struct Args {
     /// Devices.
     #[arg(long, default_value_t = 10_000)]
     devices: u64,
+    /// Every rule for every device, rather than each for one tenant's (device group's) devices.
+    #[arg(long)]
+    no_tenants: bool,
 }
 
 fn main() -> std::io::Result<()> {
@@ -38,7 +42,7 @@ fn main() -> std::io::Result<()> {
     let data = a.dir.join("data");
     std::fs::write(
         a.dir.join("rules.yaml"),
-        mix::rules_yaml(a.rules, &data.display().to_string()),
+        mix::rules_yaml(a.rules, &data.display().to_string(), !a.no_tenants),
     )?;
     let bodies = mix::bodies();
     let mut out = std::io::BufWriter::new(std::fs::File::create(a.dir.join("events.jsonl"))?);

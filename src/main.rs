@@ -501,8 +501,10 @@ async fn backtest(a: BacktestArgs) -> anyhow::Result<ExitCode> {
         (None, None) => Source::Store,
     };
     let json = a.json;
+    let config = load(a.config.or(a.config_flag).as_deref())?;
+    let store = existing_store(&config).await?;
     let options = trackrelay::backtest::Options {
-        config: load(a.config.or(a.config_flag).as_deref())?,
+        config,
         compare: a.compare.as_deref().map(|p| load(Some(p))).transpose()?,
         source,
         from: a.from,
@@ -511,7 +513,7 @@ async fn backtest(a: BacktestArgs) -> anyhow::Result<ExitCode> {
         top: a.top,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) && !json,
         window: chrono::Duration::from_std(a.window)?,
-        store: None,
+        store,
     };
     let stop = async {
         if tokio::signal::ctrl_c().await.is_ok() {

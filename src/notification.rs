@@ -89,6 +89,37 @@ pub enum Content {
     },
 }
 
+impl Content {
+    /// What a person reads of it: the kind (`mail`, `Telegram message`, ...), a title where there is
+    /// one (a mail's subject, a request's content type) and the text (a request's JSON body pretty).
+    pub fn describe(&self) -> (&'static str, Option<String>, String) {
+        match self {
+            Content::Log { text } => ("log line", None, text.clone()),
+            Content::Email { subject, text, .. } => ("mail", Some(subject.clone()), text.clone()),
+            Content::TelegramText { text, .. } => ("Telegram message", None, text.clone()),
+            Content::TelegramLocation {
+                latitude,
+                longitude,
+                ..
+            } => ("Telegram map pin", None, format!("{latitude}, {longitude}")),
+            Content::Webhook {
+                body, content_type, ..
+            } => {
+                let pretty = serde_json::from_str::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                    .unwrap_or_else(|| body.clone());
+                ("HTTP request", Some(content_type.clone()), pretty)
+            }
+            Content::Digest { group, rule, .. } => (
+                "digest",
+                None,
+                format!("a digest of rule {rule}'s messages grouped by {group}, built when sent"),
+            ),
+        }
+    }
+}
+
 /// Where a notification came from: carried to logs, the deliveries list and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Origin {

@@ -188,8 +188,8 @@ async fn the_store_replayed_decides_as_the_relay_did() {
         .await
         .unwrap();
     let live = live_figures(&rows);
-    drop(store);
     let mut o = options(cfg, Source::Store);
+    o.store = Some(store);
     o.to = Some(utc(chrono::Utc::now() + chrono::Duration::minutes(1)));
     let outcome = run(o, std::future::pending()).await.unwrap();
     let replayed = backtest_figures(&outcome.report);

@@ -62,8 +62,8 @@ pub struct Options {
     pub progress: bool,
     /// The longest period asked of a Traccar server at once (halved while it refuses).
     pub window: chrono::Duration,
-    /// The live store to read the history and silences from (a running relay's); `None`: the
-    /// configuration's, when its database exists.
+    /// The live store to read the history and silences from (the configuration's, when its database
+    /// exists; a running relay's); `None`: no store (no silences; a store history is refused).
     pub store: Option<Arc<dyn Store>>,
 }
 
@@ -233,10 +233,7 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<Outcome, BacktestError> {
     let now = crate::clock::now_ms();
-    let live = match o.store.clone() {
-        Some(s) => Some(s),
-        None => crate::app::existing_store(&o.config).await?,
-    };
+    let live = o.store.clone();
     let mut history = open_history(&o, live.clone(), now).await?;
     let silences = silences(live.as_ref()).await?;
     let from = history.span.from_ms;
@@ -345,19 +342,18 @@ async fn report_of(f: Finished, show: usize, top: usize) -> Result<Report, Backt
 }
 
 fn sample(d: &crate::store::DeliveryDetail, at: i64, tz: chrono_tz::Tz) -> Sample {
-    let content = serde_json::from_str::<crate::notification::Notification>(&d.content)
-        .map(|n| crate::console::view::content(&n.content))
-        .unwrap_or_default();
-    let field = |k: &str| content.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let (kind, title, text) = serde_json::from_str::<crate::notification::Notification>(&d.content)
+        .map(|n| n.content.describe())
+        .unwrap_or(("unreadable", None, String::new()));
     Sample {
         at: rfc3339(at, tz),
         rule: d.row.rule.clone(),
         channel: d.row.channel.clone(),
         recipient: d.row.recipient.clone(),
         device_id: d.row.device_id,
-        kind: field("kind").unwrap_or_default(),
-        title: field("title"),
-        text: field("text").unwrap_or_default(),
+        kind: kind.to_string(),
+        title,
+        text,
     }
 }
 

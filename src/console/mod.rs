@@ -27,7 +27,7 @@ pub mod auth;
 mod pages;
 mod replay;
 mod tools;
-pub mod view;
+mod view;
 
 use auth::{Limiter, Role, Session, Tokens};
 

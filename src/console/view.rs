@@ -61,30 +61,7 @@ pub fn redact_links(text: &str) -> String {
 /// A message as a person reads it: a title (mail subject) if it has one, and its text (acknowledgement
 /// links hidden, see [`redact_links`]). A webhook's body is shown as sent (JSON pretty-printed).
 pub fn content(c: &Content) -> Value {
-    let (kind, title, text) = match c {
-        Content::Log { text } => ("log line", None, text.clone()),
-        Content::Email { subject, text, .. } => ("mail", Some(subject.clone()), text.clone()),
-        Content::TelegramText { text, .. } => ("Telegram message", None, text.clone()),
-        Content::TelegramLocation {
-            latitude,
-            longitude,
-            ..
-        } => ("Telegram map pin", None, format!("{latitude}, {longitude}")),
-        Content::Webhook {
-            body, content_type, ..
-        } => {
-            let pretty = serde_json::from_str::<Value>(body)
-                .ok()
-                .and_then(|v| serde_json::to_string_pretty(&v).ok())
-                .unwrap_or_else(|| body.clone());
-            ("HTTP request", Some(content_type.clone()), pretty)
-        }
-        Content::Digest { group, rule, .. } => (
-            "digest",
-            None,
-            format!("a digest of rule {rule}'s messages grouped by {group}, built when sent"),
-        ),
-    };
+    let (kind, title, text) = c.describe();
     json!({ "kind": kind, "title": title, "text": redact_links(&text) })
 }
 
