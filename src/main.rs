@@ -124,11 +124,12 @@ struct BacktestArgs {
     )]
     pub config_flag: Option<PathBuf>,
     /// Start: a date (2026-11-01, in the configured time zone), a local time (2026-11-01 08:00)
-    /// or an RFC 3339 time. Default: 30 days before --to (a file: its first event).
+    /// or an RFC 3339 time. Default: 30 days before the end (a file without --from and --to: the
+    /// start of its first event's day).
     #[arg(long)]
     pub from: Option<String>,
-    /// End: a date (included, to the end of that day) or a time (excluded). Default: now (a
-    /// file: its last event).
+    /// End: a date (included, to the end of that day) or a time (excluded). Default: now (a file
+    /// without --from and --to: the end of its last event's day).
     #[arg(long)]
     pub to: Option<String>,
     /// Replay a file of event bodies, one JSON webhook body a line (any order).
@@ -522,6 +523,7 @@ async fn backtest(a: BacktestArgs) -> anyhow::Result<ExitCode> {
             );
             tokio::spawn(async {
                 if tokio::signal::ctrl_c().await.is_ok() {
+                    trackrelay::backtest::engine::remove_scratch();
                     std::process::exit(130);
                 }
             });

@@ -486,8 +486,8 @@ fn ctrl_c_stops_with_a_report_of_what_was_replayed() {
     );
 }
 
-/// A live source's server: every device's event reports read in windows (the server's period limit
-/// kept), the positions the events refer to read by id, device names from the server; the figures equal
+/// A live source's server: every device's event reports read in windows (shorter ones after the
+/// server refused a period as too long; an event on a border kept once), the positions the events refer to read by id, device names from the server; the figures equal
 /// those of the same events given as a file.
 #[tokio::test]
 async fn a_servers_history_is_read_device_by_device_with_positions() {
@@ -535,6 +535,14 @@ async fn a_servers_history_is_read_device_by_device_with_positions() {
             }
         }
     }
+    // An event on a window's border (the server's windows include both ends): read twice, kept once.
+    let border = json!({"id": 9999, "type": "deviceOnline", "deviceId": 12, "positionId": 0,
+        "eventTime": "2026-11-05T00:00:00.000Z", "attributes": {}});
+    server.record_event(border.clone());
+    lines
+        .push(json!({"event": border, "device": {"id": 12, "name": "Lena's Gazelle"}}).to_string());
+    // Traccar's `report.periodLimit`: 36 hours; the relay asks for 2 days, is refused, asks for 1.
+    server.set_report_period_limit(Some(Duration::from_secs(36 * 3600)));
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         r#"storage: {{ data_dir: "{}" }}
@@ -560,17 +568,17 @@ traccar:
     o.show = 42;
     let from_server = run(o, std::future::pending()).await.unwrap();
     let r = &from_server.report;
-    assert_eq!(r.events, 84);
+    assert_eq!(r.events, 85);
     assert_eq!(r.rules[0].total.notified, 42, "one a day per device");
     assert_eq!(r.rules[0].total.suppressed["cooldown"], 42);
-    // Every device asked for in 2-day windows over the 21 days.
+    // Every device asked for a 2-day window, refused, then in 1-day windows over the 21 days.
     let queries = server.report_queries();
     for device in [12, 27] {
         let n = queries
             .iter()
             .filter(|q| q.contains(&format!("deviceId={device}&")))
             .count();
-        assert_eq!(n, 11, "{queries:?}");
+        assert_eq!(n, 1 + 21, "{queries:?}");
     }
     // Positions read by id: each message has its day's latitude; names come from the server.
     let texts: Vec<&str> = r.samples.iter().map(|s| s.text.as_str()).collect();

@@ -155,6 +155,7 @@ suite!(
     activity_counts_events_and_their_deliveries_by_period,
     rule_counts_count_each_event_once_per_rule,
     recent_events_come_newest_first_up_to_the_limit,
+    history_pages_list_each_event_of_the_span_once_in_time_order,
 );
 
 /// A delivery of rule `r` with noise gates.

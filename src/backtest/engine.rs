@@ -16,13 +16,24 @@ use crate::event::Envelope;
 use crate::incident_service::IncidentService;
 use crate::metrics::Metrics;
 use crate::noise::silence::{Silence, SilenceSet};
-use crate::pipeline::prepare;
+use crate::pipeline::{prepare, Prepared};
 use crate::plan::Arrival;
 use crate::runtime::{Runtime, Shared};
 use crate::settings::Config;
 use crate::silence_cache::SilenceCache;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Accepted, IncidentFilter, IncidentRow, Store, StoreError};
+
+/// Every scratch directory this process made, for [`remove_scratch`].
+static SCRATCH: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes the scratch stores of every run of this process: for a process about to exit without
+/// dropping its runs (a second Ctrl-C). A run that ends removes its own.
+pub fn remove_scratch() {
+    for dir in SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
 
 /// One event of the history, ready for the rules.
 #[derive(Debug, Clone)]
@@ -71,6 +82,10 @@ impl Engine {
             .prefix("trackrelay-backtest-")
             .tempdir()
             .map_err(|e| StoreError::Db(format!("cannot make a scratch directory: {e}")))?;
+        SCRATCH
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(dir.path().to_path_buf());
         let store = Arc::new(SqliteStore::open_scratch(dir.path(), 1024)?);
         let has_incidents = config.rules.incident_rules().next().is_some();
         let shared = Arc::new(Shared::new(Runtime {
@@ -102,6 +117,21 @@ impl Engine {
 
     /// Decides one event at its arrival time, after the incident timers due before it.
     pub async fn feed(&mut self, item: &Item) -> Result<(), StoreError> {
+        let prepared = self.preparer().prepare(item);
+        self.commit(item, prepared).await
+    }
+
+    /// What prepares events for this run (see [`Preparer`]).
+    pub fn preparer(&self) -> Preparer {
+        Preparer {
+            runtime: self.shared.get(),
+            silences: self.silences.get(),
+        }
+    }
+
+    /// Decides one prepared event at its arrival time (events in time order), after the incident
+    /// timers due before it: the store's part, which depends on what came before.
+    pub async fn commit(&mut self, item: &Item, prepared: Prepared) -> Result<(), StoreError> {
         let at = item.arrival.received_at_ms;
         self.timers_until(at).await?;
         self.counts.events += 1;
@@ -111,21 +141,9 @@ impl Engine {
                 .entry(d.id)
                 .or_insert_with(|| d.name.clone());
         }
-        let prepared = {
-            let rt = self.shared.get();
-            prepare(
-                &rt.config,
-                &self.silences.get(),
-                &item.raw,
-                &item.env,
-                &item.arrival,
-            )
-        };
-        for r in &prepared.matched {
-            *self.counts.matched.entry(r.clone()).or_default() += 1;
-        }
         // Stored in production for dedup only; it can change no decision.
         if prepared.is_inert() {
+            self.count_matches(&prepared.matched);
             return Ok(());
         }
         let concerns_incidents = !prepared.event.incidents.is_empty();
@@ -133,6 +151,7 @@ impl Engine {
         match self.store.accept(prepared.event).await? {
             Accepted::Duplicate => self.counts.duplicates += 1,
             Accepted::New { deliveries, .. } => {
+                self.count_matches(&prepared.matched);
                 if deliveries > 0 {
                     self.may_be_due(at);
                 }
@@ -142,6 +161,12 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    fn count_matches(&mut self, matched: &[String]) {
+        for r in matched {
+            *self.counts.matched.entry(r.clone()).or_default() += 1;
+        }
     }
 
     /// What was due by `at` counts as sent (see [`SqliteStore::settle`]); nothing to do before the
@@ -201,6 +226,28 @@ impl Engine {
             store: self.store,
             _dir: self._dir,
         })
+    }
+}
+
+/// Prepares events for a run: rules, silences, schedules, rendering and incident offers, which depend
+/// on the configuration and the silences only, not on what the store holds, so they may run ahead of
+/// the store on another thread.
+#[derive(Clone)]
+pub struct Preparer {
+    runtime: Arc<Runtime>,
+    silences: Arc<SilenceSet>,
+}
+
+impl Preparer {
+    /// `item` evaluated and planned (see [`crate::pipeline::prepare`]).
+    pub fn prepare(&self, item: &Item) -> Prepared {
+        prepare(
+            &self.runtime.config,
+            &self.silences,
+            &item.raw,
+            &item.env,
+            &item.arrival,
+        )
     }
 }
 

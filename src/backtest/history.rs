@@ -225,10 +225,7 @@ pub fn from_file(
     let day = |t: i64, next: bool| {
         DateTime::<Utc>::from_timestamp_millis(t).map_or(t, |t| {
             let d = t.with_timezone(&tz).date_naive();
-            let d = if next { d.succ_opt().unwrap_or(d) } else { d };
-            d.and_hms_opt(0, 0, 0)
-                .and_then(|n| chrono::TimeZone::from_local_datetime(&tz, &n).earliest())
-                .map_or(0, |t| t.timestamp_millis())
+            super::day_start(if next { d.succ_opt().unwrap_or(d) } else { d }, tz)
         })
     };
     let span = span.unwrap_or_else(|| Span {
@@ -349,7 +346,7 @@ fn decode_lines(
 }
 
 /// The shortest window the server is asked for at once before giving up on its period limit.
-const MIN_WINDOW: chrono::Duration = chrono::Duration::hours(1);
+pub const MIN_WINDOW: chrono::Duration = chrono::Duration::hours(1);
 
 /// The history of live source `cfg`'s server in `span`: every device's events (in windows of
 /// `window`, halved while the server refuses a window as too long: Traccar's `report.periodLimit`), the

@@ -101,7 +101,7 @@ pub fn parse_when(s: &str, tz: chrono_tz::Tz, end: bool) -> Result<i64, Backtest
     };
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         let day = if end { d.succ_opt().unwrap_or(d) } else { d };
-        return local(day.and_hms_opt(0, 0, 0).unwrap_or_default());
+        return Ok(day_start(day, tz));
     }
     for f in [
         "%Y-%m-%d %H:%M",
@@ -116,6 +116,17 @@ pub fn parse_when(s: &str, tz: chrono_tz::Tz, end: bool) -> Result<i64, Backtest
     Err(BacktestError::Usage(format!(
         "`{s}` is not a date (2026-11-01), a local time (2026-11-01 08:00) or an RFC 3339 time"
     )))
+}
+
+/// When `day` starts in `tz`, unix ms: its midnight, or the first hour after it where a clock change
+/// skips midnight (America/Santiago, Africa/Cairo).
+pub fn day_start(day: NaiveDate, tz: chrono_tz::Tz) -> i64 {
+    (0..=2)
+        .find_map(|h| {
+            day.and_hms_opt(h, 0, 0)
+                .and_then(|n| tz.from_local_datetime(&n).earliest())
+        })
+        .map_or(0, |t| t.timestamp_millis())
 }
 
 /// The span the options name; `None` when neither end is given and the source tells (a file).
@@ -176,6 +187,10 @@ async fn open_history(
                 span.expect("a store's span is always set"),
             ))
         }
+        Source::Server(_) if o.window < history::MIN_WINDOW => Err(BacktestError::Usage(
+            "--window: at least 1h (the server is asked for one window per device at a time)"
+                .into(),
+        )),
         Source::Server(name) => {
             let cfg = o
                 .config
@@ -199,14 +214,20 @@ async fn open_history(
     }
 }
 
-/// The silences of the live store (ended ones too: those active during the history apply), if any.
+/// The silences of the live store (ended ones too: those active during the history apply), if any,
+/// each from when it was made at the earliest: one made with a start in the past muted nothing before
+/// it existed.
 async fn silences(
     live: Option<&Arc<dyn Store>>,
 ) -> Result<Vec<crate::noise::silence::Silence>, BacktestError> {
-    Ok(match live {
+    let mut all = match live {
         Some(s) => s.silences().await?,
         None => Vec::new(),
-    })
+    };
+    for s in &mut all {
+        s.starts_at_ms = s.starts_at_ms.max(s.created_at_ms);
+    }
+    Ok(all)
 }
 
 fn describe(source: &Source) -> String {
@@ -234,7 +255,7 @@ pub async fn run(
 ) -> Result<Outcome, BacktestError> {
     let now = crate::clock::now_ms();
     let live = o.store.clone();
-    let mut history = open_history(&o, live.clone(), now).await?;
+    let history = open_history(&o, live.clone(), now).await?;
     let silences = silences(live.as_ref()).await?;
     let from = history.span.from_ms;
     let bar = progress_bar(o.progress, &history);
@@ -244,36 +265,39 @@ pub async fn run(
         Some(c) => Some(Engine::new(c, silences, from)?),
         None => None,
     };
+    let (span, skipped) = (history.span, history.skipped.clone());
+    let mut batches = prepare_ahead(history, a.preparer(), b.as_ref().map(Engine::preparer));
     let mut last = None;
     tokio::pin!(stop);
     let stopped = loop {
         let batch = tokio::select! {
             biased;
             () = &mut stop => break true,
-            batch = history.next() => batch?,
+            batch = batches.recv() => batch,
         };
         let Some(batch) = batch else { break false };
-        for item in &batch {
-            match &mut b {
-                Some(b) => {
-                    let (x, y) = tokio::join!(a.feed(item), b.feed(item));
+        let batch = batch?;
+        for (item, pa, pb) in batch {
+            match (&mut b, pb) {
+                (Some(b), Some(pb)) => {
+                    let (x, y) = tokio::join!(a.commit(&item, pa), b.commit(&item, pb));
                     x?;
                     y?;
                 }
-                None => a.feed(item).await?,
+                _ => a.commit(&item, pa).await?,
             }
-        }
-        if let Some(item) = batch.last() {
             last = Some(item.arrival.received_at_ms);
-            bar.set_position(progress_of(&history.span, item.arrival.received_at_ms));
-            bar.set_message(rfc3339(item.arrival.received_at_ms, tz));
+        }
+        if let Some(t) = last {
+            bar.set_position(progress_of(&span, t));
+            bar.set_message(rfc3339(t, tz));
         }
     };
     bar.finish_and_clear();
     // A stopped run ends where it stopped: the timers after its last event did not come yet.
     let until = match (stopped, last) {
         (true, Some(t)) => t,
-        _ => history.span.until_ms,
+        _ => span.until_ms,
     };
     let a = report_of(a.finish(until).await?, show, top).await?;
     let comparison = match b {
@@ -283,20 +307,62 @@ pub async fn run(
         }
         None => None,
     };
-    let skipped = history
-        .skipped
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let skipped = skipped.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(Outcome {
         history: source,
-        from: rfc3339(history.span.from_ms, tz),
-        until: rfc3339(history.span.until_ms, tz),
+        from: rfc3339(span.from_ms, tz),
+        until: rfc3339(span.until_ms, tz),
         skipped,
         stopped_at: stopped.then(|| last.map(|t| rfc3339(t, tz)).unwrap_or_default()),
         report: a,
         comparison,
     })
+}
+
+/// A prepared event: the item, and what each run's [`Preparer`] made of it.
+type Ready = (
+    engine::Item,
+    crate::pipeline::Prepared,
+    Option<crate::pipeline::Prepared>,
+);
+
+/// Reads the history and prepares its events for both runs on a task of its own, ahead of the runs'
+/// store work (a few batches ahead at most); an error ends the stream after it is handed over.
+fn prepare_ahead(
+    mut history: History,
+    a: engine::Preparer,
+    b: Option<engine::Preparer>,
+) -> tokio::sync::mpsc::Receiver<Result<Vec<Ready>, BacktestError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let batch = match history.next().await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+            };
+            let (a, b) = (a.clone(), b.clone());
+            let ready = tokio::task::spawn_blocking(move || {
+                batch
+                    .into_iter()
+                    .map(|item| {
+                        let pa = a.prepare(&item);
+                        let pb = b.as_ref().map(|b| b.prepare(&item));
+                        (item, pa, pb)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            let Ok(ready) = ready else { break };
+            if tx.send(Ok(ready)).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// Where `t` lies in `span`, in thousandths.

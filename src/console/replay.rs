@@ -56,11 +56,17 @@ async fn outcome(c: &super::Console, f: &ReplayForm) -> Result<Value, String> {
             c.admin.pipeline.store.clone(),
         )
     };
-    let from = parse_when(f.from.trim(), tz, false).map_err(|e| e.to_string())?;
-    let until = parse_when(f.to.trim(), tz, true).map_err(|e| e.to_string())?;
-    if until - from > MAX_DAYS * 86_400_000 {
+    let day = |s: &str| {
+        chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+            .map_err(|_| format!("`{}` is not a day (2026-11-01)", s.trim()))
+    };
+    let (first, last) = (day(&f.from)?, day(&f.to)?);
+    // Calendar days: a month across a clock change is still a month.
+    if (last - first).num_days() >= MAX_DAYS {
         return Err(format!("at most {MAX_DAYS} days at once"));
     }
+    let from = parse_when(&first.to_string(), tz, false).map_err(|e| e.to_string())?;
+    let until = parse_when(&last.to_string(), tz, true).map_err(|e| e.to_string())?;
     let config = crate::settings::Config::load(path.as_deref())
         .map_err(|e| format!("the configuration files do not load now: {e}"))?;
     let ms = |t: i64| crate::clock::rfc3339(t);

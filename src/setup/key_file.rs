@@ -80,11 +80,16 @@ pub fn write_key(path: &Path, key: &Secret) -> Result<(), SetupError> {
         f.write_all(format!("{}\n", key.expose()).as_bytes())?;
         f.sync_all()
     });
-    let renamed = written.and_then(|()| std::fs::rename(&tmp, path));
-    if renamed.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    renamed.map_err(fail)
+    // A hard link, unlike a rename, never replaces a file that appeared meanwhile: it fails.
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    linked.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => fail(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "it appeared meanwhile; run again to reuse it",
+        )),
+        _ => fail(e),
+    })
 }
 
 #[cfg(all(test, unix))]

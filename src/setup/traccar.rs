@@ -24,48 +24,7 @@ use crate::traccar_config::TraccarSource;
 /// The attribute that marks a notification as the relay's own.
 pub const MARK: &str = "trackrelay";
 
-/// Every alarm Traccar 6 knows (`Position.ALARM_*`): what a rule that takes any alarm needs listed
-/// (a notification matches only the alarms its `alarms` attribute names).
-pub const KNOWN_ALARMS: &[&str] = &[
-    "general",
-    "sos",
-    "vibration",
-    "movement",
-    "lowspeed",
-    "overspeed",
-    "fallDown",
-    "lowPower",
-    "lowBattery",
-    "fault",
-    "powerOff",
-    "powerOn",
-    "door",
-    "lock",
-    "unlock",
-    "geofence",
-    "geofenceEnter",
-    "geofenceExit",
-    "gpsAntennaCut",
-    "accident",
-    "tow",
-    "idle",
-    "highRpm",
-    "hardAcceleration",
-    "hardBraking",
-    "hardCornering",
-    "laneChange",
-    "fatigueDriving",
-    "powerCut",
-    "powerRestored",
-    "jamming",
-    "temperature",
-    "parking",
-    "bonnet",
-    "footBrake",
-    "fuelLeak",
-    "tampering",
-    "removing",
-];
+pub use crate::source::traccar::notifications::KNOWN_ALARMS;
 
 /// `trackrelay setup traccar`.
 #[derive(Debug, clap::Args)]
@@ -345,13 +304,22 @@ async fn create(
 ) -> Result<String, SourceError> {
     let created = client.create_notification(s, body).await?;
     let id = created["id"].as_i64().unwrap_or(0);
-    let listed = client.notifications_json(s).await?;
+    // Made, but perhaps not the user's: say so, or a rerun (which sees only the user's) makes another.
+    let half = |e: SourceError| {
+        SourceError::Http(format!(
+            "notification #{id} was created, but linking it to user #{user_id} failed ({e}): link it in the server's web UI (or delete it) before running again"
+        ))
+    };
+    let listed = client.notifications_json(s).await.map_err(half)?;
     if listed.iter().any(|n| n["id"] == id) {
         return Ok(format!(
             " -> #{id} (the server linked it to user #{user_id})"
         ));
     }
-    client.link_notification(s, user_id, id).await?;
+    client
+        .link_notification(s, user_id, id)
+        .await
+        .map_err(half)?;
     Ok(format!(" -> #{id}, linked to user #{user_id}"))
 }
 

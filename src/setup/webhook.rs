@@ -15,7 +15,6 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use super::key_file::{read_key, write_key};
 use super::{dry_run_note, load, Progress, SetupError};
@@ -74,7 +73,7 @@ pub struct Wanted {
     pub url: String,
     /// `webhookPsk`.
     pub psk: Secret,
-    /// The key is made by this run (not read from the key file): shown as such, not by fingerprint.
+    /// The key is made by this run (not read from the key file): shown as such, not masked.
     pub new_key: bool,
     /// `webhookTypes`.
     pub types: Option<String>,
@@ -117,13 +116,12 @@ pub fn webhook_types(cfg: &Config, source: &str) -> Option<String> {
     Some(w.types.into_iter().collect::<Vec<_>>().join(","))
 }
 
-/// A secret as the report shows it: its scheme and a fingerprint (the first 8 hex digits of its
-/// SHA-256), enough to tell two apart and nothing to use.
+/// A secret as the report shows it: its scheme and its length, nothing of the secret itself (a short
+/// hash would let whoever reads the report check guesses of a weak old key).
 pub fn mask(value: &str) -> String {
-    let fingerprint = hex::encode(Sha256::digest(value.as_bytes()));
     match value.split_once(' ') {
-        Some((scheme, _)) => format!("{scheme} *** (fingerprint {})", &fingerprint[..8]),
-        None => format!("*** (fingerprint {})", &fingerprint[..8]),
+        Some((scheme, rest)) => format!("{scheme} *** ({} characters)", rest.chars().count()),
+        None => format!("*** ({} characters)", value.chars().count()),
     }
 }
 
@@ -467,7 +465,7 @@ mod tests {
             "{shown}"
         );
         assert!(
-            c[1].old.starts_with("Bearer *** (fingerprint "),
+            c[1].old.starts_with("Bearer *** (") && c[1].old.ends_with(" characters)"),
             "{}",
             c[1].old
         );

@@ -485,3 +485,37 @@ pub(super) async fn recent_events_come_newest_first_up_to_the_limit(b: Backend) 
     let json = serde_json::to_value(&one).unwrap();
     assert_eq!(json["received_at_ms"], 4000);
 }
+
+/// A backtest's history: every stored event in the span once, oldest first, page after page, however
+/// many share a receive time across a page's end; events outside the span left out.
+pub(super) async fn history_pages_list_each_event_of_the_span_once_in_time_order(b: Backend) {
+    let store = b.open().await;
+    // Received out of order, three at a time at the same millisecond.
+    for i in 0..30i64 {
+        let at = 10_000 + ((i * 7) % 10) * 1000;
+        store
+            .accept(event(500 + i, at, vec![delivery(&format!("h{i}"), None)]))
+            .await
+            .unwrap();
+    }
+    store.accept(event(900, 5_000, vec![])).await.unwrap();
+    store.accept(event(901, 20_000, vec![])).await.unwrap();
+    for page in [1, 2, 4, 7, 100] {
+        let (mut after, mut seen) = (None, Vec::new());
+        loop {
+            let rows = store.history(10_000, 20_000, after, page).await.unwrap();
+            let Some(last) = rows.last() else { break };
+            after = Some((last.received_at_ms, last.id));
+            seen.extend(rows.iter().map(|e| (e.received_at_ms, e.id, e.event_id)));
+        }
+        assert_eq!(seen.len(), 30, "page {page}: {seen:?}");
+        assert!(
+            seen.windows(2).all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1)),
+            "page {page}"
+        );
+        assert!(
+            seen.iter().all(|e| (500..530).contains(&e.2)),
+            "page {page}"
+        );
+    }
+}

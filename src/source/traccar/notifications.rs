@@ -14,6 +14,49 @@ use crate::event::Attributes;
 use crate::rules::cond::Cond;
 use crate::rules::RuleSet;
 
+/// Every alarm Traccar 6 knows (`Position.ALARM_*`): what a rule that takes any alarm needs listed
+/// (a notification matches only the alarms its `alarms` attribute names).
+pub const KNOWN_ALARMS: &[&str] = &[
+    "general",
+    "sos",
+    "vibration",
+    "movement",
+    "lowspeed",
+    "overspeed",
+    "fallDown",
+    "lowPower",
+    "lowBattery",
+    "fault",
+    "powerOff",
+    "powerOn",
+    "door",
+    "lock",
+    "unlock",
+    "geofence",
+    "geofenceEnter",
+    "geofenceExit",
+    "gpsAntennaCut",
+    "accident",
+    "tow",
+    "idle",
+    "highRpm",
+    "hardAcceleration",
+    "hardBraking",
+    "hardCornering",
+    "laneChange",
+    "fatigueDriving",
+    "powerCut",
+    "powerRestored",
+    "jamming",
+    "temperature",
+    "parking",
+    "bonnet",
+    "footBrake",
+    "fuelLeak",
+    "tampering",
+    "removing",
+];
+
 /// A Traccar notification as `GET /api/notifications` returns it (only what the check needs).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -30,15 +73,28 @@ pub struct Notification {
     /// Free attributes; `alarms` lists the alarms of an `alarm` notification (comma-separated).
     #[serde(default)]
     pub attributes: Attributes,
+    /// For every device of the user (else only for the devices and groups linked to it). A server
+    /// that does not say is taken at its word for every device.
+    #[serde(default = "every_device")]
+    pub always: bool,
+}
+
+fn every_device() -> bool {
+    true
 }
 
 impl Notification {
+    /// A `web` notification for every device: what makes the server push an event of its type
+    /// whatever device it comes from (one limited to linked devices leaves the others out, a device
+    /// added later too). A calendar limiting it to some times is taken as the user's choice.
     fn is_web(&self) -> bool {
-        self.notificators
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .any(|n| n.trim() == "web")
+        self.always
+            && self
+                .notificators
+                .as_deref()
+                .unwrap_or("")
+                .split(',')
+                .any(|n| n.trim() == "web")
     }
 
     fn alarms(&self) -> impl Iterator<Item = &str> {
@@ -66,45 +122,60 @@ pub struct Wanted {
 }
 
 /// The event types and alarms the rules that can fire on `source` name (and whether one takes every
-/// type). `own_zones`: the source
-/// computes geofence enter/exit itself, so those types need no notification on the server.
+/// type), with what else decides: the events that close an incident (`resolve_on`), and both geofence
+/// transitions when a rule debounces them (the return across the border cancels the held message,
+/// whichever rule matches it). `own_zones`: the source computes geofence enter/exit itself, so those
+/// types need no notification on the server.
 pub fn wanted(rules: &RuleSet, source: &str, own_zones: bool) -> Wanted {
     let mut w = Wanted::default();
     for rule in rules.rules() {
-        let conds = &rule.matcher.conds;
-        let other_source = conds.iter().any(|c| match &c.cond {
-            Cond::Source(names) => !names.iter().any(|n| n == source),
-            _ => false,
-        });
-        if other_source {
-            continue;
+        add(&mut w, &rule.matcher, source, own_zones);
+        if let Some(on) = rule.incident.as_ref().and_then(|i| i.resolve_on.as_ref()) {
+            add(&mut w, on, source, own_zones);
         }
-        let Some(types) = rule.matcher.types() else {
-            w.any_type = true;
-            continue;
-        };
-        let alarms = conds.iter().find_map(|c| match &c.cond {
-            Cond::Alarm(a) => Some(a),
-            _ => None,
-        });
-        for t in types {
-            if own_zones && (t == "geofenceEnter" || t == "geofenceExit") {
-                continue;
-            }
-            w.types.insert(t.clone());
-            if t == "alarm" {
-                match alarms {
-                    Some(a) => w.alarms.extend(a.iter().cloned()),
-                    None => w.any_alarm = true,
-                }
-            }
-        }
+    }
+    if rules.debounces() && !own_zones {
+        w.types.insert("geofenceEnter".into());
+        w.types.insert("geofenceExit".into());
     }
     w
 }
 
-/// What `wanted` lacks among the user's `web` notifications, in words: event types (`deviceOffline`),
-/// alarms (`alarm:movement`), or `alarm:*` when rules take every alarm and no web notification lists any.
+/// Adds what `m` can match on `source` to `w`.
+fn add(w: &mut Wanted, m: &crate::rules::cond::Matcher, source: &str, own_zones: bool) {
+    let conds = &m.conds;
+    let other_source = conds.iter().any(|c| match &c.cond {
+        Cond::Source(names) => !names.iter().any(|n| n == source),
+        _ => false,
+    });
+    if other_source {
+        return;
+    }
+    let Some(types) = m.types() else {
+        w.any_type = true;
+        return;
+    };
+    let alarms = conds.iter().find_map(|c| match &c.cond {
+        Cond::Alarm(a) => Some(a),
+        _ => None,
+    });
+    for t in types {
+        if own_zones && (t == "geofenceEnter" || t == "geofenceExit") {
+            continue;
+        }
+        w.types.insert(t.clone());
+        if t == "alarm" {
+            match alarms {
+                Some(a) => w.alarms.extend(a.iter().cloned()),
+                None => w.any_alarm = true,
+            }
+        }
+    }
+}
+
+/// What `wanted` lacks among the user's `web` notifications (those for every device),
+/// in words: event types (`deviceOffline`), alarms (`alarm:movement`), or `alarm:*` when rules take
+/// every alarm and the notifications do not list every alarm Traccar knows ([`KNOWN_ALARMS`]).
 pub fn missing(wanted: &Wanted, notifications: &[Notification]) -> Vec<String> {
     let web: Vec<&Notification> = notifications.iter().filter(|n| n.is_web()).collect();
     let covered_types: BTreeSet<&str> = web.iter().map(|n| n.event_type.as_str()).collect();
@@ -128,7 +199,8 @@ pub fn missing(wanted: &Wanted, notifications: &[Notification]) -> Vec<String> {
                 out.push(format!("alarm:{a}"));
             }
         }
-        if wanted.any_alarm && covered_alarms.is_empty() {
+        // A rule that takes every alarm needs every alarm listed.
+        if wanted.any_alarm && KNOWN_ALARMS.iter().any(|a| !covered_alarms.contains(a)) {
             out.push("alarm:*".into());
         }
     }
@@ -159,7 +231,54 @@ mod tests {
             event_type: t.into(),
             notificators: Some(notificators.into()),
             attributes,
+            always: true,
         }
+    }
+
+    #[test]
+    fn what_closes_an_incident_and_a_debounced_return_are_wanted_too() {
+        let r = rules(
+            "
+  - name: theft
+    match: { type: alarm, alarm: sos }
+    incident: { resolve_on: { type: ignitionOn } }
+    notify: [{ channel: out }]
+  - name: left
+    match: { type: geofenceExit }
+    debounce: 2m
+    notify: [{ channel: out }]
+",
+        );
+        let w = wanted(&r, "home", false);
+        assert_eq!(
+            w.types.iter().collect::<Vec<_>>(),
+            ["alarm", "geofenceEnter", "geofenceExit", "ignitionOn"]
+        );
+        // The source's own zones make both transitions its own.
+        let own = wanted(&r, "home", true);
+        assert_eq!(
+            own.types.iter().collect::<Vec<_>>(),
+            ["alarm", "ignitionOn"]
+        );
+    }
+
+    #[test]
+    fn a_notification_for_some_devices_or_some_alarms_does_not_cover_all() {
+        let w = wanted(&rules(RULES), "home", false);
+        let mut offline = notification("deviceOffline", "web", None);
+        offline.always = false;
+        assert!(missing(&w, &[offline]).contains(&"deviceOffline".to_string()));
+        // A rule taking every alarm needs every alarm listed, not just one.
+        let any = wanted(
+            &rules("  - { name: a, match: { type: alarm }, notify: [{ channel: out }] }\n"),
+            "home",
+            false,
+        );
+        assert!(any.any_alarm);
+        let sos = notification("alarm", "web", Some("sos"));
+        assert_eq!(missing(&any, &[sos]), ["alarm:*"]);
+        let all = notification("alarm", "web", Some(&KNOWN_ALARMS.join(",")));
+        assert!(missing(&any, &[all]).is_empty());
     }
 
     const RULES: &str = "
@@ -237,6 +356,7 @@ mod tests {
         );
         assert!(any.any_alarm);
         assert_eq!(missing(&any, &some[..3]), ["alarm:*"]);
-        assert!(missing(&any, &some).is_empty());
+        // Two alarms listed are not every alarm.
+        assert_eq!(missing(&any, &some), ["alarm:*"]);
     }
 }

@@ -146,7 +146,7 @@ pub(super) async fn history(
     let (at, id) = after.unwrap_or((since_ms, i64::MIN));
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events
-         WHERE received_at >= $1 AND received_at < $2 AND (received_at, id) > ($3, $4)
+         WHERE received_at >= GREATEST($1::BIGINT, $3::BIGINT) AND received_at < $2 AND (received_at, id) > ($3, $4)
          ORDER BY received_at, id LIMIT $5"
     );
     let rows = c

@@ -158,7 +158,8 @@ pub(super) fn recent_events(c: &Connection, limit: i64) -> Result<Vec<StoredEven
     rows
 }
 
-/// See [`crate::store::Store::history`]. Reads `events_received` in order: a page costs its rows.
+/// See [`crate::store::Store::history`]. Reads `events_received` in order from the last row read (the
+/// range starts there, not at `since_ms`): a page costs its rows, wherever it is.
 pub(super) fn history(
     c: &Connection,
     since_ms: i64,
@@ -170,7 +171,7 @@ pub(super) fn history(
     let mut stmt = c
         .prepare_cached(&format!(
             "SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_received
-             WHERE received_at >= ?1 AND received_at < ?2 AND (received_at, id) > (?3, ?4)
+             WHERE received_at >= max(?1, ?3) AND received_at < ?2 AND (received_at, id) > (?3, ?4)
              ORDER BY received_at, id LIMIT ?5"
         ))
         .map_err(db)?;
