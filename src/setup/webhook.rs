@@ -148,7 +148,8 @@ pub fn changes(user: &Value, wanted: &Wanted) -> Vec<Change> {
         let new = match target {
             None => "(removed: all event types)".to_string(),
             Some(_) if secret && wanted.new_key => "a new key".to_string(),
-            Some(t) if secret => mask(t),
+            // Listed only when it differs from what the server has: the masks may look alike.
+            Some(t) if secret => format!("{}, the key file's", mask(t)),
             Some(t) => t.to_string(),
         };
         out.push(Change {
