@@ -35,6 +35,32 @@ pub fn remove_scratch() {
     }
 }
 
+/// A run's scratch directory, listed for [`remove_scratch`] while it exists, removed when dropped.
+struct Scratch(tempfile::TempDir);
+
+impl Scratch {
+    fn new(dir: tempfile::TempDir) -> Scratch {
+        SCRATCH
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(dir.path().to_path_buf());
+        Scratch(dir)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        SCRATCH
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| p != self.0.path());
+    }
+}
+
 /// One event of the history, ready for the rules.
 #[derive(Debug, Clone)]
 pub struct Item {
@@ -71,7 +97,7 @@ pub struct Engine {
     pending_due: Option<i64>,
     counts: Counts,
     /// Holds the scratch store's directory; removed when the run is dropped.
-    _dir: tempfile::TempDir,
+    _dir: Scratch,
 }
 
 impl Engine {
@@ -82,10 +108,7 @@ impl Engine {
             .prefix("trackrelay-backtest-")
             .tempdir()
             .map_err(|e| StoreError::Db(format!("cannot make a scratch directory: {e}")))?;
-        SCRATCH
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(dir.path().to_path_buf());
+        let dir = Scratch::new(dir);
         let store = Arc::new(SqliteStore::open_scratch(dir.path(), 1024)?);
         let has_incidents = config.rules.incident_rules().next().is_some();
         let shared = Arc::new(Shared::new(Runtime {
@@ -263,5 +286,25 @@ pub struct Finished {
     pub incidents: Vec<IncidentRow>,
     /// The scratch store, for the sample messages.
     pub store: Arc<SqliteStore>,
-    _dir: tempfile::TempDir,
+    _dir: Scratch,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(path: &std::path::Path) -> bool {
+        SCRATCH.lock().unwrap().iter().any(|p| p.as_path() == path)
+    }
+
+    #[test]
+    fn a_runs_scratch_store_is_listed_while_it_lives_and_gone_after() {
+        let e = Engine::new(Config::load(None).unwrap(), Vec::new(), 0).unwrap();
+        let path = e._dir.path().to_path_buf();
+        assert!(path.join(crate::store::sqlite::DB_FILE).exists());
+        assert!(listed(&path));
+        drop(e);
+        assert!(!listed(&path), "still listed for removal after its run");
+        assert!(!path.exists(), "scratch store left behind");
+    }
 }
