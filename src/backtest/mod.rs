@@ -156,7 +156,9 @@ fn span(o: &Options, now_ms: i64) -> Result<Option<Span>, BacktestError> {
         }
     };
     if span.from_ms >= span.until_ms {
-        return Err(BacktestError::Usage("--from must be before --to".into()));
+        return Err(BacktestError::Usage(
+            "--from must be before --to (and, replaying the store or a server, before now)".into(),
+        ));
     }
     Ok(Some(span))
 }
