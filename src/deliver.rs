@@ -2,6 +2,7 @@
 //! records the outcome: done, retry at a time the [`RetryPolicy`] decides, or dead letter. Retries,
 //! logging and the send deadline are written here once, around [`Channel::send`](crate::channel_config::Channel::send).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +65,11 @@ struct Polling {
     check_at: Instant,
     /// When the store was last asked.
     last_claim: Instant,
+    /// Deliveries claimed from the store (not handed over by the fast lane) and still being sent: only
+    /// their outcomes may let another delivery go (the next one to an ordered recipient; the fast lane
+    /// carries unordered deliveries only), so only they, a retry or a stalled record wake the loop to
+    /// claim again. Under a steady load every outcome would otherwise cost a claim that finds nothing.
+    from_store: HashSet<i64>,
 }
 
 impl Dispatcher {
@@ -87,6 +93,7 @@ impl Dispatcher {
             dirty: true,
             check_at: Instant::now(),
             last_claim: Instant::now(),
+            from_store: HashSet::new(),
         };
         loop {
             while let Some(r) = tasks.try_join_next() {
@@ -97,8 +104,13 @@ impl Dispatcher {
             if !finished.is_empty()
                 && (finished.len() >= gather || tasks.is_empty() || last_record.elapsed() >= GATHER)
             {
-                self.record(&mut finished, &mut recording, &stalled);
+                let wake = wakes(&finished, &mut polling.from_store);
+                self.record(&mut finished, &mut recording, &stalled, wake);
                 last_record = Instant::now();
+            }
+            if tasks.is_empty() && finished.is_empty() {
+                // A send that panicked left its id behind.
+                polling.from_store.clear();
             }
             while tasks.len() < self.workers {
                 match self.fast.try_recv() {
@@ -138,7 +150,7 @@ impl Dispatcher {
             }
         }
         self.drain(&mut tasks, &mut finished).await;
-        self.record(&mut finished, &mut recording, &stalled);
+        self.record(&mut finished, &mut recording, &stalled, false);
         while recording.join_next().await.is_some() {}
     }
 
@@ -157,6 +169,7 @@ impl Dispatcher {
             Ok(batch) => {
                 let full = batch.len() == free;
                 for d in batch {
+                    polling.from_store.insert(d.id);
                     self.spawn(tasks, d);
                 }
                 if full {
@@ -221,8 +234,9 @@ impl Dispatcher {
         tasks.spawn(async move { deliver(&shared, &metrics, store.as_ref(), d).await });
     }
 
-    /// Records finished sends in the background (the loop goes on claiming meanwhile), then wakes the
-    /// loop: a recorded outcome may let the next delivery to the same recipient go. On failure the rows
+    /// Records finished sends in the background (the loop goes on claiming meanwhile), then, if `wake`
+    /// (see [`wakes`]) or the store was unreachable for a while, wakes the loop: the outcome may let the
+    /// next delivery to the same recipient go, or a retry needs its time watched. On failure the rows
     /// stay claimed and are sent again after restart (or, with a shared store, after their lease), under
     /// the same idempotency key.
     fn record(
@@ -230,6 +244,7 @@ impl Dispatcher {
         finished: &mut Vec<(ClaimRef, Outcome)>,
         recording: &mut JoinSet<()>,
         stalled: &Arc<AtomicUsize>,
+        wake_after: bool,
     ) {
         if finished.is_empty() {
             return;
@@ -269,9 +284,22 @@ impl Dispatcher {
             if waited {
                 stalled.fetch_sub(1, Ordering::Relaxed);
             }
-            wake.notify_one();
+            if wake_after || waited {
+                wake.notify_one();
+            }
         });
     }
+}
+
+/// Whether recording these outcomes may make a delivery claimable: one was claimed from the store
+/// (it may be ordered: the next to its recipient waits for it) or is retried later (its time is
+/// watched from the claims' `next_due`). Forgets the finished ones in `from_store`.
+fn wakes(finished: &[(ClaimRef, Outcome)], from_store: &mut HashSet<i64>) -> bool {
+    let mut wake = false;
+    for (at, outcome) in finished {
+        wake |= from_store.remove(&at.id) | matches!(outcome, Outcome::Retry { .. });
+    }
+    wake
 }
 
 /// Sends one claimed delivery; returns its outcome.
@@ -563,5 +591,41 @@ pub fn decide(
                 Decision::Dead(error) => Outcome::Dead { error },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(id: i64) -> ClaimRef {
+        ClaimRef {
+            id,
+            claim: 1,
+            attempts: 1,
+        }
+    }
+
+    /// Outcomes of fast-lane deliveries (unordered, handed over by intake) wake nobody: nothing waits
+    /// for them. One claimed from the store, or a retry, does; the finished ones are forgotten.
+    #[test]
+    fn only_outcomes_that_may_free_a_delivery_wake_the_loop() {
+        let mut from_store = HashSet::from([7]);
+        assert!(!wakes(&[(at(1), Outcome::Delivered)], &mut from_store));
+        let dead = Outcome::Dead {
+            error: "HTTP 410".into(),
+        };
+        assert!(!wakes(&[(at(2), dead.clone())], &mut from_store));
+        let retry = Outcome::Retry {
+            at_ms: 5,
+            error: "HTTP 503".into(),
+        };
+        assert!(wakes(&[(at(3), retry)], &mut from_store));
+        assert!(wakes(
+            &[(at(1), Outcome::Delivered), (at(7), dead)],
+            &mut from_store
+        ));
+        assert!(from_store.is_empty());
+        assert!(!wakes(&[(at(7), Outcome::Delivered)], &mut from_store));
     }
 }

@@ -103,7 +103,7 @@ async fn every_example_payload_reaches_the_right_peer_with_the_exact_message() {
              ORDER BY id",
         )
         .unwrap()
-        .query_map([], |r| r.get::<_, String>(0))
+        .query_map([], |r| trackrelay::store::sqlite::pack::unpack(r.get_ref(0)?).map_err(Into::into))
         .unwrap()
         .map(|c| {
             let n: Notification = serde_json::from_str(&c.unwrap()).unwrap();

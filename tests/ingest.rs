@@ -304,7 +304,12 @@ async fn unmatched_events_are_stored_without_their_body_unless_asked() {
     let rows: Vec<(String, String)> = db
         .prepare("SELECT event_type, payload FROM events ORDER BY id")
         .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                trackrelay::store::sqlite::pack::unpack(r.get_ref(1)?)?,
+            ))
+        })
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();

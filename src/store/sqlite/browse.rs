@@ -7,6 +7,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
 
 use super::db;
 use super::incidents::read_event;
+use super::pack::Unpacked;
 use crate::clock::rfc3339;
 use crate::store::browse::{
     shown_payload, Arg, ListQuery, ACTIVITY_COUNTS, DETAIL_COLUMNS, EVENT_COLUMNS,
@@ -74,10 +75,10 @@ pub(super) fn delivery(c: &Connection, id: i64) -> Result<Option<DeliveryDetail>
         s.query_row(params![id], |r| {
             Ok(DeliveryDetail {
                 row: listed(r)?,
-                content: r.get(16)?,
+                content: r.get::<_, Unpacked>(16)?.0,
                 incident_ref: r.get(17)?,
                 digest_ref: r.get(18)?,
-                event_payload: shown_payload(r.get(19)?),
+                event_payload: shown_payload(r.get::<_, Option<Unpacked>>(19)?.map(|u| u.0)),
             })
         })
         .optional()

@@ -5,6 +5,7 @@
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
 
 use super::db;
+use super::pack::Unpacked;
 use crate::store::chat::{active_limit, PeerMessage, ACTIVE_PEER, PEER_COLUMNS};
 use crate::store::StoreError;
 
@@ -16,7 +17,7 @@ fn read_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<PeerMessage> {
         channel: r.get(2)?,
         recipient: r.get(3)?,
         peer_ref: r.get(4)?,
-        payload: r.get(5)?,
+        payload: r.get::<_, Unpacked>(5)?.0,
         shown: r.get(6)?,
         device_id: r.get(7)?,
         created_at_ms: r.get(8)?,

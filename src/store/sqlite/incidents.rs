@@ -7,6 +7,7 @@ use std::borrow::Cow;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::pack::Unpacked;
 use super::{db, insert_deliveries};
 use crate::incident::IncidentState;
 use crate::store::browse::EVENT_COLUMNS;
@@ -232,7 +233,7 @@ pub(super) fn read_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent>
         event_type: r.get(4)?,
         received_at_ms: r.get(5)?,
         txn: r.get(6)?,
-        payload: r.get(7)?,
+        payload: r.get::<_, Unpacked>(7)?.0,
     })
 }
 
