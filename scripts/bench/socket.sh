@@ -7,7 +7,8 @@
 #
 #   socket-load: secs=60 devices=100000 ... (key=value pairs, see tests/socket_load.rs)
 #
-# Environment: SOCKET_LOAD_SECS (default 60), SOCKET_LOAD_DEVICES (default 100000, a multiple of 1000).
+# Environment: SOCKET_LOAD_SECS (default 60), SOCKET_LOAD_DEVICES (default 100000, a multiple of 1000),
+# SOCKET_LOAD_RATE (positions/s, default 10000).
 # Exit status: the test's (non-zero when an assertion failed; the line is printed before the assertions).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
