@@ -511,9 +511,11 @@ async fn the_relay_keeps_up_with_a_fleet_on_the_socket() {
     let sink = Sink::start().await;
     let relay = RelayProcess::start(dir.path(), &server, &sink);
     relay.wait_connected(load.devices).await;
+    let rss_connected = rss_kib(relay.pid());
     let t0 = Instant::now();
     let mut fleet = Fleet::new(load.devices);
     let warmup = warm_up(&server, &sink, &mut fleet, t0).await;
+    let rss_warm = rss_kib(relay.pid());
     let sent = send_frames(&server, &mut fleet, t0, load, relay.pid()).await;
     let received = wait_count(&sink, sent.expected, DRAIN).await;
     // Anything beyond the expected count would be a duplicate or a stray: give it a moment to show.
@@ -521,9 +523,11 @@ async fn the_relay_keeps_up_with_a_fleet_on_the_socket() {
     let records = sink.requests();
     let figures = Figures::new(&records, t0, &sent, load);
     println!(
-        "socket-load: {} warmup_s={:.2} frames_dropped={}",
+        "socket-load: {} warmup_s={:.2} rss_connected_mib={:.1} rss_warm_mib={:.1} frames_dropped={}",
         figures.line(load, &sent, records.len()),
         warmup.as_secs_f64(),
+        mib(rss_connected),
+        mib(rss_warm),
         server.frames_dropped()
     );
     println!("socket-load-rss-mib (every second): {}", figures.rss_series);
