@@ -18,8 +18,9 @@
 //!   regardless.
 //!
 //! Tests drive it: push events and positions, record events that happen while the relay is away, drop
-//! sockets, expire sessions, make it hang or go silent, hold back positions frames, fail `/api/positions`;
-//! and read what it saw (logins, socket opens, report and position queries).
+//! sockets, expire sessions, make it hang or go silent, hold back positions frames, fail `/api/positions`,
+//! serve a fleet of any size (devices, geofences); and read what it saw (logins, socket opens, report and
+//! position queries, frames a slow reader made it drop).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -89,9 +90,14 @@ struct St {
     /// `report.periodLimit`: `/api/reports/events` refuses a longer `to - from`.
     report_period_limit: Option<Duration>,
     connected: usize,
+    /// Frames a socket never sent: its queue ran more than [`FRAME_QUEUE`] frames ahead of the reader.
+    frames_dropped: u64,
     hang: bool,
     silent: bool,
 }
+
+/// Frames queued for each open socket; a socket whose reader falls further behind loses the oldest.
+const FRAME_QUEUE: usize = 256;
 
 struct Inner {
     addr: SocketAddr,
@@ -116,7 +122,7 @@ impl Traccar {
     ) -> Traccar {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (frames, _) = broadcast::channel(256);
+        let (frames, _) = broadcast::channel(FRAME_QUEUE);
         let mut st = St {
             token: token.map(String::from),
             email: login.map(|l| l.0.to_string()),
@@ -266,6 +272,21 @@ impl Traccar {
     /// An event happens while nobody listens: kept for reports only.
     pub fn record_event(&self, event: Value) {
         self.st().history.push(event);
+    }
+
+    /// Replaces the devices `GET /api/devices` lists (a fleet of any size).
+    pub fn set_devices(&self, devices: Vec<Value>) {
+        self.st().devices = devices;
+    }
+
+    /// Replaces the geofences `GET /api/geofences` lists.
+    pub fn set_geofences(&self, geofences: Vec<Value>) {
+        self.st().geofences = geofences;
+    }
+
+    /// Frames that open sockets dropped unsent because their reader fell too far behind.
+    pub fn frames_dropped(&self) -> u64 {
+        self.st().frames_dropped
     }
 
     /// Sends a text frame as is (positions, devices, garbage).
@@ -681,7 +702,9 @@ async fn serve_socket(inner: Arc<Inner>, mut socket: WebSocket, mut rx: broadcas
                 }
                 Ok(Cmd::Text(_)) => {}
                 Ok(Cmd::Drop) | Err(broadcast::error::RecvError::Closed) => break,
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    inner.state.lock().unwrap().frames_dropped += n;
+                }
             },
             _ = keepalive.tick() => {
                 if !silent && socket.send(Message::Text("{}".into())).await.is_err() { break; }
