@@ -513,7 +513,9 @@ async fn an_acknowledgement_racing_a_repeat_is_never_undone() {
         // The acknowledgement's notice (it says so) may still be on its way; no step may. (The store
         // keeps contents packed: they are read back as text here.)
         let pending = db
-            .prepare("SELECT content FROM deliveries WHERE incident_ref = ?1 AND status = 'pending'")
+            .prepare(
+                "SELECT content FROM deliveries WHERE incident_ref = ?1 AND status = 'pending'",
+            )
             .unwrap()
             .query_map([id], |r| {
                 Ok(trackrelay::store::sqlite::pack::unpack(r.get_ref(0)?)?)

@@ -17,6 +17,7 @@ use support::gotify::{gotify_error, GotifyStandIn};
 use support::ntfy::{NtfyStandIn, Scripted};
 use support::sink::Sink;
 use support::smtp::{free_port, SmtpServer};
+use support::stored::{contains, stored_bytes};
 use support::telegram::TelegramStandIn;
 
 const TG_TOKEN: &str = "123456:TEST-token";
@@ -62,24 +63,6 @@ fn example_with_ntfy(dir: &Path) {
         }
         std::fs::write(dir.join("rules").join(f.file_name().unwrap()), text).unwrap();
     }
-}
-
-/// Every byte the relay stored (the database and its journal).
-fn stored_bytes(dir: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    for f in std::fs::read_dir(dir).unwrap() {
-        let p = f.unwrap().path();
-        if p.is_file() {
-            out.extend(std::fs::read(&p).unwrap());
-        }
-    }
-    out
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
 }
 
 #[tokio::test]

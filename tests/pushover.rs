@@ -15,6 +15,7 @@ use std::time::Duration;
 use common::{config_in, payload, Relay};
 use support::pushover::PushoverStandIn;
 use support::smtp::free_port;
+use support::stored::{contains, stored_bytes};
 use support::telegram::TelegramStandIn;
 use trackrelay::clock;
 
@@ -136,22 +137,6 @@ async fn made_final(relay: &Relay) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Every byte the relay wrote to its data folder (the database and its journal).
-fn stored_bytes(dir: &Path) -> Vec<u8> {
-    let mut all = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_file() && !p.ends_with("trackrelay.yaml") {
-            all.extend(std::fs::read(&p).unwrap());
-        }
-    }
-    all
-}
-
-fn contains(hay: &[u8], needle: &str) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
 #[tokio::test]

@@ -14,5 +14,6 @@ pub mod pg;
 pub mod pushover;
 pub mod sink;
 pub mod smtp;
+pub mod stored;
 pub mod telegram;
 pub mod traccar;
