@@ -54,7 +54,7 @@ pub use tally::DeliveryOutcome;
 
 /// Jobs per transaction at most: bounds the latency one commit adds to the jobs in it.
 pub const MAX_BATCH: usize = 2048;
-/// A durable batch of fewer jobs than this, within [`GATHER_AFTER`] of the last commit, waits
+/// A batch with durable jobs, of fewer jobs than this, within [`GATHER_AFTER`] of the last synced commit, waits
 /// [`GATHER_FOR`] for more before it is committed: at a steady rate each commit (its fsync, the pages it
 /// writes to the WAL in full, its locks) is then shared by more events. A lone event (none committed
 /// for a while) is committed at once; under load batches are large without waiting.
@@ -543,19 +543,23 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 /// sender is gone. A `durable` store syncs a batch's commit unless every job in it is lazy.
 fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, parked: Parked, durable: bool) {
     let mut synced = true;
-    let mut last_commit = std::time::Instant::now() - GATHER_AFTER;
+    let mut last_synced = std::time::Instant::now() - GATHER_AFTER;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         take_waiting(&mut rx, &mut batch);
-        if durable && batch.len() < GATHER_BELOW && last_commit.elapsed() < GATHER_AFTER {
-            // A steady stream of small batches: wait a moment so that one commit carries more.
+        let durable_jobs = durable && batch.iter().any(|j| !j.lazy);
+        if durable_jobs && batch.len() < GATHER_BELOW && last_synced.elapsed() < GATHER_AFTER {
+            // A steady stream of small synced batches: wait a moment so that one fsync carries more.
+            // Lazy batches (outcomes, claims, a wake-up) have no fsync to share and never wait.
             std::thread::sleep(GATHER_FOR);
             take_waiting(&mut rx, &mut batch);
         }
-        last_commit = std::time::Instant::now();
         batch.append(&mut parked.lock().unwrap_or_else(|e| e.into_inner()));
         if durable {
             let sync = batch.iter().any(|j| !j.lazy);
+            if sync {
+                last_synced = std::time::Instant::now();
+            }
             if sync != synced {
                 let level = if sync { "FULL" } else { "NORMAL" };
                 if let Err(e) = conn.pragma_update(None, "synchronous", level) {
@@ -1573,6 +1577,45 @@ mod tests {
         assert_eq!(write.await.unwrap().unwrap(), 1);
         assert_eq!(status_of(&store, claimed[1].id).await, "dead");
         assert!(store.parked.lock().unwrap().is_empty());
+    }
+
+    /// What `PRAGMA synchronous` is while a job runs (2: FULL, 1: NORMAL).
+    fn sync_level(c: &Connection) -> Result<i64, StoreError> {
+        c.query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .map_err(db)
+    }
+
+    /// Only a batch of nothing but lazy jobs commits without an fsync of its own; the next batch with
+    /// a durable job (intake: answered only once on disk) is synced again, and one that carries parked
+    /// outcomes with a durable job is synced too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_lazy_batches_commit_without_their_own_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path(), 16).unwrap());
+        assert_eq!(store.call(true, sync_level).await.unwrap(), 2);
+        assert_eq!(store.park(sync_level).await.unwrap(), 1, "parked alone");
+        assert_eq!(store.call_lazy(sync_level).await.unwrap(), 1);
+        assert_eq!(
+            store.call(true, sync_level).await.unwrap(),
+            2,
+            "durable again"
+        );
+        // Parked beside a durable job: both run in its synced batch.
+        let release = hold_writer(&store).await;
+        let s = store.clone();
+        let parked = tokio::spawn(async move { s.park(sync_level).await });
+        while store.parked.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let s = store.clone();
+        let durable = tokio::spawn(async move { s.call(true, sync_level).await });
+        queued(&store, 1).await;
+        drop(release);
+        assert_eq!(durable.await.unwrap().unwrap(), 2);
+        assert_eq!(parked.await.unwrap().unwrap(), 2);
+        // A scratch store never syncs, lazy or not.
+        let scratch = SqliteStore::open_scratch(&dir.path().join("scratch"), 16).unwrap();
+        assert_eq!(scratch.call(true, sync_level).await.unwrap(), 0);
     }
 
     /// A job that panics fails alone, with an error that says so: its writes are rolled back, the job
